@@ -1,0 +1,151 @@
+"""Typed configuration: dataclasses are the config; YAML files and `a.b=value` overrides fill them.
+
+Design decisions:
+- Every stage's settings are a dataclass with defaults and a docstring per field (the help
+  text); there are no dotted-string component lookups that fail only at run time: an unknown
+  key or a value of the wrong type is an error naming the key.
+- The resolved config is saved beside every checkpoint and report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dmlm.model import ModelConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    train: str = "runs/demo/data/train.jsonl"
+    """Training manifest (JSONL)."""
+    dev: str = "runs/demo/data/dev.jsonl"
+    """Dev manifest, for the dev loss during training."""
+    units: str = "runs/demo/units"
+    """Folder of token stores written by `dmlm tokenize` (one per manifest, named after it)."""
+    codebook: str = "runs/demo/codebook.safetensors"
+    """Speech codebook used to make the units."""
+    text_tokenizer: str = ""
+    """Text tokenizer folder; empty: a BPE trained on the training text (scratch) or the LLM's own (pretrained)."""
+    bpe_vocab_size: int = 1000
+    """Size of the BPE trained for from-scratch models."""
+    tasks: list[str] = field(default_factory=lambda: ["asr"])
+    """Tasks to train on."""
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/demo/model"
+    """Checkpoint folder (a Hugging Face model dir); training state lives in OUT.state/."""
+    steps: int = 3000
+    """Optimizer steps (the LR schedule's length)."""
+    max_minutes: float = 0.0
+    """If > 0, a time budget: the schedule runs on max(step/steps, elapsed/max_minutes) and stops at 1."""
+    batch_tokens: int = 6000
+    """Tokens per micro-batch (padding included), batches bucketed by length."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    loss: str = "length_normalized"
+    """full, target or length_normalized (DMLM)."""
+    lambdas: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Per-modality loss weights (text, speech, image) for length_normalized."""
+    eval_every: int = 250
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."""
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes"):
+                return True
+            if value.lower() in ("0", "false", "no"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.startswith("[") else value.split(",")
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    return value
+
+
+def _fill(obj: Any, values: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; known: {', '.join(sorted(prefix + n for n in names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping")
+            _fill(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig) -> Any:
+    """A `cls` from defaults, then the YAML file, then `a.b=value` overrides."""
+    cfg = cls()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a YAML mapping at the top")
+        _fill(cfg, values)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        nested: dict = {}
+        cur = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = yaml.safe_load(value) if value else value
+        _fill(cfg, nested)
+    return cfg
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(asdict(cfg), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: manifests, text corpora, speech synthesis, token shards."""

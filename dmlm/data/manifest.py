@@ -1,0 +1,161 @@
+"""Manifest records: one example per JSONL line, the contract every importer produces.
+
+Design decisions:
+- A record is a typed dataclass with an escape hatch (`custom`) for corpus-specific fields,
+  in the spirit of lhotse's `SupervisionSegment`.
+- Paths inside a manifest are relative to the manifest file, so a corpus folder can move.
+- Reading is lazy (a generator over lines) and validating: a bad line raises `ManifestError`
+  naming the file, the line number and the field, instead of failing later in training.
+- Writing is atomic (temp file + rename): an interrupted job never leaves a half manifest
+  that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "dev", "test")
+
+
+class ManifestError(ValueError):
+    """A manifest line that does not match the record schema."""
+
+
+@dataclass
+class Record:
+    """One example. Every modality field is optional; `id` is not."""
+
+    id: str
+    split: str | None = None
+    lang: str | None = None
+    audio: str | None = None  # path relative to the manifest file
+    duration: float | None = None  # seconds
+    text: str | None = None
+    translations: dict[str, str] | None = None  # lang -> text
+    image: str | None = None  # path relative to the manifest file
+    caption: str | None = None
+    speaker: str | None = None
+    custom: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        return json.dumps(d, ensure_ascii=False)
+
+    def audio_path(self, manifest: str | Path) -> Path:
+        """Absolute path of this record's audio, resolved against its manifest's folder."""
+        if self.audio is None:
+            raise ManifestError(f"{manifest}: record {self.id!r} has no 'audio' field")
+        p = Path(self.audio)
+        return p if p.is_absolute() else Path(manifest).parent / p
+
+    def image_path(self, manifest: str | Path) -> Path:
+        if self.image is None:
+            raise ManifestError(f"{manifest}: record {self.id!r} has no 'image' field")
+        p = Path(self.image)
+        return p if p.is_absolute() else Path(manifest).parent / p
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "split": (str,),
+    "lang": (str,),
+    "audio": (str,),
+    "duration": (int, float),
+    "text": (str,),
+    "translations": (dict,),
+    "image": (str,),
+    "caption": (str,),
+    "speaker": (str,),
+    "custom": (dict,),
+}
+_KNOWN = {f.name for f in fields(Record)}
+
+
+def parse_record(obj: Any, where: str) -> Record:
+    """Validate one decoded JSON object; `where` is 'file:line' for error messages."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "id" not in obj:
+        raise ManifestError(f"{where}: missing required field 'id'")
+    kwargs: dict[str, Any] = {}
+    custom = dict(obj.get("custom") or {})
+    for key, value in obj.items():
+        if key not in _KNOWN:
+            custom[key] = value  # unknown fields survive in the escape hatch
+            continue
+        if value is None:
+            continue
+        types = _FIELD_TYPES[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            expected = " or ".join(t.__name__ for t in types)
+            raise ManifestError(
+                f"{where}: field {key!r} must be {expected}, got {type(value).__name__} ({value!r:.60})"
+            )
+        kwargs[key] = value
+    if not kwargs["id"]:
+        raise ManifestError(f"{where}: field 'id' is empty")
+    if "duration" in kwargs and kwargs["duration"] < 0:
+        raise ManifestError(f"{where}: field 'duration' is negative ({kwargs['duration']})")
+    if "translations" in kwargs:
+        for lang, txt in kwargs["translations"].items():
+            if not isinstance(txt, str):
+                raise ManifestError(f"{where}: translations[{lang!r}] must be a string")
+    kwargs["custom"] = custom
+    return Record(**kwargs)
+
+
+def iter_manifest(path: str | Path) -> Iterator[Record]:
+    """Lazily yield validated records; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            yield parse_record(obj, f"{path}:{lineno}")
+
+
+def read_manifest(path: str | Path) -> list[Record]:
+    """All records of a manifest, with duplicate ids rejected."""
+    records = list(iter_manifest(path))
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise ManifestError(f"{path}: duplicate record id {r.id!r}")
+        seen.add(r.id)
+    return records
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(path: str | Path, records: Iterable[Record]) -> int:
+    """Atomically write records as JSONL; returns the number written."""
+    lines = [r.to_json() for r in records]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)

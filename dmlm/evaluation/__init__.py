@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions behind a text normalizer, and JSON reports."""

@@ -1,0 +1,69 @@
+"""One multimodal cross-entropy; masks and per-modality weights select the variant.
+
+Per predicted token t: cross-entropy ℓ_t, weight w_t ∈ {0, 1}, modality m_t.
+
+- `full`:              L = Σ_t w_t ℓ_t / Σ_t w_t, w = every non-pad token
+- `target`:            same, w = the target span only (what the task is judged on)
+- `length_normalized`: L = Σ_m λ_m · Σ_{t∈m} w_t ℓ_t / Σ_{t∈m} w_t, w = every non-pad token
+                       (DMLM, Trinh et al.: speech is 10–50× longer than text; a plain mean
+                       lets speech drown the text tokens the ASR task is judged on)
+
+Design decisions:
+- The denominators are *global over the optimizer step* (all micro-batches, all ranks) and
+  passed in as `counts`: each micro-batch returns its share of the step's loss, the shares
+  sum to the loss of the whole batch, so the result does not depend on how a batch is split
+  (gradient accumulation and data parallelism stay exact). ESPnet's `loss_region` and
+  `modality_weights` are the model for one code path selected by data.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dmlm.vocab import MODALITIES
+
+LOSSES = ("full", "target", "length_normalized")
+N_MOD = len(MODALITIES)
+
+
+def loss_weights(loss: str, attention: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """w_t for the *predicted* positions 1..T-1; attention/target: (B, T) -> (B, T-1) float."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    mask = target if loss == "target" else attention
+    return mask[:, 1:].float()
+
+
+def loss_counts(loss: str, weights: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+    """Denominators contributed by one micro-batch; (N_MOD,) for length_normalized else (1,).
+
+    weights, modality: (B, T-1) at predicted positions.
+    """
+    if loss == "length_normalized":
+        return torch.stack([(weights * (modality == m)).sum() for m in range(N_MOD)])
+    return weights.sum().reshape(1)
+
+
+def multimodal_loss(
+    logits: torch.Tensor,  # (B, T, V)
+    input_ids: torch.Tensor,  # (B, T)
+    weights: torch.Tensor,  # (B, T-1) from loss_weights
+    modality: torch.Tensor,  # (B, T) modality of each token
+    loss: str,
+    counts: torch.Tensor,  # global denominators of the step, from loss_counts summed
+    lambdas: torch.Tensor | None = None,  # (N_MOD,) per-modality weights, default 1
+) -> torch.Tensor:
+    """This micro-batch's share of the step loss (sum over micro-batches = step loss)."""
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), input_ids[:, 1:].reshape(-1), reduction="none")
+    ce = ce.view_as(weights) * weights  # (B, T-1)
+    if loss == "length_normalized":
+        mod = modality[:, 1:]
+        lam = lambdas if lambdas is not None else torch.ones(N_MOD, device=ce.device)
+        total = ce.new_zeros(())
+        for m in range(N_MOD):
+            if counts[m] > 0:
+                total = total + lam[m] * (ce * (mod == m)).sum() / counts[m]
+        return total
+    return ce.sum() / counts[0].clamp(min=1)

@@ -1,0 +1,225 @@
+"""Speech codebook and speech tokenizer: frame features -> k-means units.
+
+Design decisions:
+- A codebook file (`.safetensors`) holds the centroids and, in its metadata, everything that
+  reproduces the units: feature backend, model, layer, frame rate, k, pooling, deduplication,
+  and a **fingerprint** (hash of centroids + settings). Vocabularies, token stores and
+  checkpoints record the fingerprint; a mismatch is an error (`CodebookMismatch`).
+- Fitting uses scikit-learn `MiniBatchKMeans` on frames sampled across utterances (bounded
+  memory); assignment is a batched nearest-centroid search in torch (GPU-capable).
+- Deduplication collapses runs of one unit (HuBERT-unit practice): about halves sequence
+  length, at the cost of durations, which the vocoder must then predict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from dmlm.tokenizers.features import FeatureExtractor, build_features
+
+log = logging.getLogger(__name__)
+
+
+class CodebookMismatch(ValueError):
+    """Units or a model made with another codebook than the one given."""
+
+
+@dataclass
+class CodebookSettings:
+    backend: str = "whisper"
+    """Feature backend: whisper (CTranslate2, last layer), whisper-hf (transformers, any layer) or mel."""
+    model: str | None = "whisper-base"
+    """Whisper preset, local directory or hub id (ignored for mel)."""
+    layer: int | None = -1
+    """Encoder layer; -1 is the last (the paper's choice)."""
+    k: int = 500
+    """Number of units."""
+    dedup: bool = True
+    """Collapse runs of repeated units."""
+    pooling: int = 1
+    """Average this many consecutive frames before assignment (1 = 50 Hz, 2 = 25 Hz)."""
+    compute_type: str = "int8"
+    """CTranslate2 compute type for the whisper backend."""
+    pad_quantum: float = 0.5
+    """Clips are zero-padded to a multiple of this many seconds before encoding."""
+    seed: int = 0
+    """k-means seed."""
+    max_frames: int = 300_000
+    """Frames sampled for fitting."""
+    frame_rate: float = field(default=50.0)
+    """Frames per second after pooling (set by fit)."""
+
+    def reproducing(self) -> dict:
+        """The settings that determine units (not fit-time knobs like max_frames)."""
+        d = asdict(self)
+        d.pop("max_frames")
+        return d
+
+
+class Codebook:
+    modality = "speech"
+
+    def __init__(self, centroids: np.ndarray, settings: CodebookSettings):
+        if centroids.ndim != 2 or centroids.shape[0] != settings.k:
+            raise ValueError(f"centroids must be (k={settings.k}, D), got {centroids.shape}")
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.settings = settings
+        self._features: FeatureExtractor | None = None
+        self._c = torch.from_numpy(self.centroids)
+        self._c_sq = (self._c**2).sum(1)
+
+    @property
+    def k(self) -> int:
+        return self.settings.k
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.centroids.tobytes())
+        h.update(json.dumps(self.settings.reproducing(), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        meta = {"modality": "speech", "settings": json.dumps(asdict(self.settings)), "fingerprint": self.fingerprint}
+        save_file({"centroids": self.centroids}, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Codebook:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: codebook not found")
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+        if meta.get("modality") != "speech":
+            raise ValueError(f"{path}: not a speech codebook (modality={meta.get('modality')!r})")
+        cb = cls(load_file(str(path))["centroids"], CodebookSettings(**json.loads(meta["settings"])))
+        if meta.get("fingerprint") and meta["fingerprint"] != cb.fingerprint:
+            raise CodebookMismatch(f"{path}: stored fingerprint {meta['fingerprint']} != computed {cb.fingerprint}")
+        return cb
+
+    # -- encoding ------------------------------------------------------------------------
+    @property
+    def features(self) -> FeatureExtractor:
+        if self._features is None:
+            s = self.settings
+            self._features = build_features(s.backend, s.model, s.layer, compute_type=s.compute_type,
+                                            pad_quantum=s.pad_quantum)
+        return self._features
+
+    def assign(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Nearest centroid of each (T, D) frame; (T,) int64."""
+        x = torch.as_tensor(frames, dtype=torch.float32)
+        if x.shape[-1] != self.centroids.shape[1]:
+            raise ValueError(f"frames have dim {x.shape[-1]}, codebook expects {self.centroids.shape[1]}")
+        c, c_sq = self._c.to(x.device), self._c_sq.to(x.device)
+        out = []
+        for chunk in x.split(8192):
+            out.append(torch.argmin(c_sq[None] - 2.0 * chunk @ c.T, dim=1))  # ||x||² is constant per row
+        return torch.cat(out).cpu().numpy()
+
+    def frames_to_units(self, frames: np.ndarray) -> np.ndarray:
+        units = self.assign(pool_frames(frames, self.settings.pooling))
+        return dedup(units) if self.settings.dedup else units
+
+    def encode(self, wav: np.ndarray) -> list[int]:
+        return self.encode_batch([wav])[0]
+
+    def encode_batch(self, wavs: Sequence[np.ndarray]) -> list[list[int]]:
+        return [self.frames_to_units(f).tolist() for f in self.features(wavs)]
+
+    def decode(self, units: Sequence[int]) -> np.ndarray:
+        """Units back to their centroid frames (T, D): the codebook's view of the audio."""
+        u = np.asarray(units, dtype=np.int64)
+        if len(u) and (u.min() < 0 or u.max() >= self.k):
+            raise ValueError(f"unit ids must be in [0, {self.k}), got range [{u.min()}, {u.max()}]")
+        return self.centroids[u]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.k
+
+    def check(self, fingerprint: str | None, what: str) -> None:
+        """Raise if `what` (a token store, a checkpoint) was made with another codebook."""
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            raise CodebookMismatch(
+                f"{what} was made with speech codebook {fingerprint}, but the codebook given is {self.fingerprint}"
+            )
+
+
+def pool_frames(frames: np.ndarray, pooling: int) -> np.ndarray:
+    if pooling <= 1:
+        return frames
+    T = (len(frames) // pooling) * pooling
+    if T == 0:
+        return frames.mean(0, keepdims=True)
+    return frames[:T].reshape(T // pooling, pooling, -1).mean(1)
+
+
+def dedup(units: np.ndarray) -> np.ndarray:
+    if len(units) == 0:
+        return units
+    keep = np.ones(len(units), dtype=bool)
+    keep[1:] = units[1:] != units[:-1]
+    return units[keep]
+
+
+def fit_codebook(
+    wavs: Iterable[np.ndarray], settings: CodebookSettings, features: FeatureExtractor | None = None,
+    total: int | None = None,
+) -> Codebook:
+    """Fit k-means on frames sampled from `wavs` (an iterable of 16 kHz clips)."""
+    from sklearn.cluster import MiniBatchKMeans
+    from tqdm import tqdm
+
+    feats = features or build_features(settings.backend, settings.model, settings.layer,
+                                       compute_type=settings.compute_type, pad_quantum=settings.pad_quantum)
+    rng = np.random.default_rng(settings.seed)
+    pool: list[np.ndarray] = []
+    n = 0
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal n
+        for f in feats(batch):
+            f = pool_frames(f, settings.pooling)
+            pool.append(f)
+            n += len(f)
+        batch.clear()
+
+    for wav in tqdm(wavs, total=total, desc="codebook features", unit="utt"):
+        batch.append(wav)
+        if len(batch) == 64:
+            flush()
+        if n >= settings.max_frames:
+            break
+    if batch:
+        flush()
+    X = np.concatenate(pool)
+    if len(X) > settings.max_frames:
+        X = X[rng.choice(len(X), settings.max_frames, replace=False)]
+    if len(X) < settings.k:
+        raise ValueError(f"only {len(X)} frames to fit k={settings.k} units; give more audio or a smaller k")
+    log.info("k-means: %d frames x %d dims -> k=%d", *X.shape, settings.k)
+    km = MiniBatchKMeans(n_clusters=settings.k, batch_size=4096, n_init=3, max_iter=100,
+                         random_state=settings.seed, compute_labels=False)
+    km.fit(X)
+    settings.frame_rate = feats.frame_rate / max(1, settings.pooling)
+    cb = Codebook(km.cluster_centers_.astype(np.float32), settings)
+    cb._features = feats
+    return cb

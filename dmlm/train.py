@@ -1,0 +1,370 @@
+"""`dmlm train`: the training loop (accelerate), checkpoints, exact resume, logs.
+
+Design decisions:
+- `accelerate` owns devices, DDP/FSDP/DeepSpeed and mixed precision; dmlm owns the data
+  order and the loss. The loss denominators of a step are summed over its micro-batches and
+  all-reduced over ranks *before* the forward passes (they depend only on masks), so the
+  length-normalized loss is exact under accumulation and data parallelism (see `dmlm.loss`).
+- Data order is a pure function of (seed, epoch): length-bucketed batches under a token
+  budget, shuffled. The position in that order is training state, so `--resume` continues
+  exactly where a killed run stopped (same batches, same losses).
+- The LR schedule (linear warmup, cosine to `min_lr_ratio`) runs on a progress fraction,
+  which is step/steps, or, with a time budget, the larger of that and elapsed/max_minutes:
+  the demo anneals fully within its budget on any machine.
+- Checkpoint = Hugging Face model dir (`dmlm.model.save_checkpoint`); training state lives in
+  `OUT.state/`, written to a temp folder and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dmlm.config import RunConfig, dump_config
+from dmlm.data.manifest import read_manifest
+from dmlm.data.shards import TokenStore
+from dmlm.loss import loss_counts, loss_weights, multimodal_loss
+from dmlm.model import build_model, load_checkpoint, model_summary, save_checkpoint
+from dmlm.tasks import Rendered, Sample, get_task, render
+from dmlm.tokenizers.speech import Codebook
+from dmlm.tokenizers.text import TextTokenizer, unified_hf_tokenizer
+from dmlm.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+
+# -- data ---------------------------------------------------------------------------------
+
+def store_for(units_dir: str | Path, manifest: str | Path) -> TokenStore:
+    return TokenStore(Path(units_dir) / Path(manifest).stem)
+
+
+def asr_samples(manifest: str | Path, store: TokenStore, text: TextTokenizer, codebook: Codebook | None) -> list[Sample]:
+    """Samples of a manifest whose units are in `store`; the store must match the codebook."""
+    if codebook is not None:
+        codebook.check(store.fingerprint, f"token store {store.prefix}")
+    samples = []
+    for r in read_manifest(manifest):
+        if r.text is None or not r.text.strip():
+            raise ValueError(f"{manifest}: record {r.id!r} has empty 'text'; ASR training needs transcripts")
+        samples.append(Sample(id=r.id, units=store.get(r.id), text_ids=text.encode(r.text), src_lang=r.lang or "en",
+                              tgt_lang=r.lang or "en", extra={"text": r.text, "custom": r.custom}))
+    return samples
+
+
+def bucket_batches(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of similar length under a padded-token budget; a pure function of (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    batches: list[list[int]] = []
+    chunk = 2048  # sort within chunks: buckets stay random across the epoch
+    for s in range(0, len(perm), chunk):
+        idx = sorted(perm[s : s + chunk].tolist(), key=lambda i: lengths[i])
+        cur: list[int] = []
+        longest = 0
+        for i in idx:
+            longest_new = max(longest, int(lengths[i]))
+            if cur and longest_new * (len(cur) + 1) > batch_tokens:
+                batches.append(cur)
+                cur, longest_new = [], int(lengths[i])
+            cur.append(i)
+            longest = longest_new
+        if cur:
+            batches.append(cur)
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def collate(items: list[Rendered], pad: int) -> dict[str, torch.Tensor]:
+    T = max(len(r.ids) for r in items)
+    B = len(items)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    target = torch.zeros((B, T), dtype=torch.long)
+    modality = torch.zeros((B, T), dtype=torch.long)
+    for b, r in enumerate(items):
+        n = len(r.ids)
+        ids[b, :n] = torch.tensor(r.ids)
+        attn[b, :n] = 1
+        target[b, :n] = torch.tensor(r.target)
+        modality[b, :n] = torch.tensor(r.modality)
+    return {"input_ids": ids, "attention_mask": attn, "target": target, "modality": modality}
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # index of the next micro-batch within the epoch
+    elapsed: float = 0.0  # training seconds so far
+    tokens: int = 0
+
+
+class BatchStream:
+    """Endless micro-batches in the deterministic order; its position is `Progress`."""
+
+    def __init__(self, rendered: list[Rendered], batch_tokens: int, seed: int, progress: Progress):
+        self.rendered, self.batch_tokens, self.seed, self.p = rendered, batch_tokens, seed, progress
+        self.lengths = np.array([len(r.ids) for r in rendered])
+        if self.lengths.max() > batch_tokens:
+            raise ValueError(f"a sequence of {self.lengths.max()} tokens exceeds train.batch_tokens={batch_tokens}")
+        self._epoch_batches = bucket_batches(self.lengths, batch_tokens, seed, progress.epoch)
+
+    def next(self) -> list[Rendered]:
+        if self.p.batch >= len(self._epoch_batches):
+            self.p.epoch += 1
+            self.p.batch = 0
+            self._epoch_batches = bucket_batches(self.lengths, self.batch_tokens, self.seed, self.p.epoch)
+        idx = self._epoch_batches[self.p.batch]
+        self.p.batch += 1
+        return [self.rendered[i] for i in idx]
+
+
+def lr_factor(progress: float, warmup_frac: float, min_ratio: float) -> float:
+    if progress < warmup_frac:
+        return max(progress / warmup_frac, 1e-3)
+    t = min(1.0, (progress - warmup_frac) / max(1e-8, 1 - warmup_frac))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+def build_text_tokenizer(cfg: RunConfig) -> TextTokenizer:
+    if cfg.data.text_tokenizer:
+        return TextTokenizer.load(cfg.data.text_tokenizer)
+    if cfg.model.init == "pretrained":
+        from dmlm.assets import llm_dir
+
+        return TextTokenizer.load(llm_dir(cfg.model.llm))
+    texts = [r.text for r in read_manifest(cfg.data.train) if r.text]
+    if not texts:
+        raise ValueError(f"{cfg.data.train}: no 'text' in any record to train the BPE on")
+    return TextTokenizer.train_bpe(texts, cfg.data.bpe_vocab_size)
+
+
+@dataclass
+class Setup:
+    vocab: Vocab
+    text: TextTokenizer
+    codebook: Codebook
+    train: list[Rendered]
+    dev: list[Rendered]
+    dev_samples: list[Sample]
+
+
+def setup(cfg: RunConfig) -> Setup:
+    codebook = Codebook.load(cfg.data.codebook)
+    text = build_text_tokenizer(cfg)
+    vocab = Vocab(text_size=text.vocab_size, speech_size=codebook.k, bos_id=text.bos_id, eos_id=text.eos_id,
+                  fingerprints={"speech": codebook.fingerprint})
+    if cfg.data.tasks != ["asr"]:
+        raise ValueError(f"data.tasks={cfg.data.tasks}: this version trains the asr task only")
+    task = get_task("asr")
+    train_s = asr_samples(cfg.data.train, store_for(cfg.data.units, cfg.data.train), text, codebook)
+    dev_s = asr_samples(cfg.data.dev, store_for(cfg.data.units, cfg.data.dev), text, codebook) if cfg.data.dev else []
+    return Setup(vocab, text, codebook, [render(task, s, vocab) for s in train_s],
+                 [render(task, s, vocab) for s in dev_s], dev_s)
+
+
+# -- loop -----------------------------------------------------------------------------------
+
+def _step_loss(model, batch: dict, loss: str, counts: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    w = loss_weights(loss, batch["attention_mask"], batch["target"])
+    return multimodal_loss(out.logits, batch["input_ids"], w, batch["modality"], loss, counts, lambdas)
+
+
+@torch.no_grad()
+def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) -> float:
+    """Mean per-token target loss (the transcript's cross-entropy) on the dev set."""
+    model.eval()
+    total, n = 0.0, 0
+    for idx in bucket_batches(np.array([len(r.ids) for r in rendered]), cfg.train.batch_tokens, 0, 0):
+        b = {k: v.to(device) for k, v in collate([rendered[i] for i in idx], pad).items()}
+        w = loss_weights("target", b["attention_mask"], b["target"])
+        c = loss_counts("target", w, b["modality"])
+        total += float(_step_loss(model, b, "target", c, None)) * float(c[0])
+        n += float(c[0])
+    model.train()
+    return total / max(n, 1)
+
+
+def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> Path:
+    """Train; returns the checkpoint folder. `stop_at` simulates an interruption (tests)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out = Path(cfg.train.out)
+    state_dir = out.with_name(out.name + ".state")
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    set_seed(cfg.train.seed)
+    S = setup(cfg)
+    progress = Progress()
+    if resume and (state_dir / "progress.json").is_file():
+        ck = load_checkpoint(out)
+        if ck.vocab.to_dict() != S.vocab.to_dict():
+            raise ValueError(f"{out}: checkpoint vocabulary differs from this config's; cannot resume")
+        model = ck.model.train()
+        progress = Progress(**json.loads((state_dir / "progress.json").read_text()))
+        log.info("resuming from step %d", progress.step)
+    else:
+        if resume:
+            log.warning("--resume given but %s has no training state; starting fresh", state_dir)
+        model = build_model(cfg.model, S.vocab, seed=cfg.train.seed)
+    hf_tok = unified_hf_tokenizer(S.text, S.vocab)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, betas=(0.9, 0.95))
+    model, opt = acc.prepare(model, opt)
+    if progress.step > 0:
+        opt.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True))
+        rng = torch.load(state_dir / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+    stream = BatchStream(S.train, cfg.train.batch_tokens, cfg.train.seed, progress)
+    lambdas = torch.tensor(cfg.train.lambdas, dtype=torch.float32, device=acc.device)
+    writer = None
+    log_path = out.with_name(out.name + ".log.jsonl")
+    if acc.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out.with_name(out.name + ".tb")))
+        if progress.step == 0:
+            log_path.unlink(missing_ok=True)
+    info = model_summary(cfg.model, acc.unwrap_model(model))
+    log.info("model: %.2fM parameters (%.2fM non-embedding), vocab %d", info["params"] / 1e6,
+             info["params_non_embedding"] / 1e6, S.vocab.size)
+    warm = cfg.train.warmup_steps / max(1, cfg.train.steps)
+
+    def frac() -> float:
+        f = progress.step / cfg.train.steps
+        if cfg.train.max_minutes > 0:
+            f = max(f, progress.elapsed / 60 / cfg.train.max_minutes)
+        return f
+
+    def save() -> None:
+        if not acc.is_main_process:
+            return
+        meta = {"tasks": cfg.data.tasks, "config": asdict(cfg), "step": progress.step, "model_summary": info}
+        save_checkpoint(out, acc.unwrap_model(model), hf_tok, S.vocab, meta, {"speech": Path(cfg.data.codebook)})
+        tmp = state_dir.with_name(state_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                   tmp / "rng.pt")
+        (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
+        (tmp / "config.yaml").write_text(dump_config(cfg))
+        shutil.rmtree(state_dir, ignore_errors=True)
+        tmp.rename(state_dir)
+
+    bar = tqdm(total=cfg.train.steps, initial=progress.step, desc="train", unit="step", disable=not acc.is_main_process)
+    model.train()
+    t_last = time.time()
+    while frac() < 1.0 and (stop_at is None or progress.step < stop_at):
+        t0 = time.time()
+        micro = [collate(stream.next(), S.vocab.pad) for _ in range(cfg.train.grad_accum)]
+        micro = [{k: v.to(acc.device) for k, v in b.items()} for b in micro]
+        counts = sum(loss_counts(cfg.train.loss, loss_weights(cfg.train.loss, b["attention_mask"], b["target"]),
+                                 b["modality"][:, 1:]) for b in micro)
+        counts = acc.reduce(counts, reduction="sum")  # global denominators over ranks
+        f = lr_factor(frac(), warm, cfg.train.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = cfg.train.lr * f
+        step_loss = 0.0
+        for i, b in enumerate(micro):
+            ctx = acc.no_sync(model) if i < len(micro) - 1 else _null()
+            with ctx:
+                with acc.autocast():
+                    loss = _step_loss(model, b, cfg.train.loss, counts, lambdas)
+                acc.backward(loss * acc.num_processes)  # DDP averages grads; the loss is already global
+            step_loss += float(loss.detach())
+        step_loss = float(acc.reduce(torch.tensor(step_loss, device=acc.device), reduction="sum"))
+        gnorm = acc.clip_grad_norm_(model.parameters(), cfg.train.clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n_tok = int(sum(int(b["attention_mask"].sum()) for b in micro))
+        mod_tok = [int(sum(int(((b["modality"] == m) & (b["attention_mask"] > 0)).sum()) for b in micro)) for m in range(3)]
+        progress.step += 1
+        progress.tokens += n_tok
+        progress.elapsed += time.time() - t0
+        bar.update(1)
+        rec = {"step": progress.step, "loss": step_loss, "lr": cfg.train.lr * f, "grad_norm": float(gnorm),
+               "tokens": n_tok, "tokens_text": mod_tok[0], "tokens_speech": mod_tok[1], "tokens_image": mod_tok[2],
+               "elapsed": progress.elapsed}
+        if progress.step % cfg.train.eval_every == 0 and S.dev:
+            rec["dev_loss"] = dev_loss(model, S.dev, cfg, S.vocab.pad, acc.device)
+        if acc.is_main_process and (progress.step % cfg.train.log_every == 0 or "dev_loss" in rec):
+            tok_s = progress.tokens / max(progress.elapsed, 1e-9)
+            rec["tokens_per_s"] = tok_s
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tok_s:.0f}", **({"dev": f"{rec['dev_loss']:.3f}"} if "dev_loss" in rec else {}))
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            for k, v in rec.items():
+                if k != "step":
+                    writer.add_scalar(f"train/{k}" if k != "dev_loss" else "dev/loss", v, progress.step)
+        if progress.step % cfg.train.save_every == 0:
+            save()
+        t_last = time.time()
+    bar.close()
+    del t_last
+    if S.dev and acc.is_main_process:
+        with log_path.open("a") as fh:
+            fh.write(json.dumps({"step": progress.step, "dev_loss": dev_loss(model, S.dev, cfg, S.vocab.pad, acc.device),
+                                 "elapsed": progress.elapsed}) + "\n")
+    save()
+    if writer:
+        writer.close()
+    acc.wait_for_everyone()
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def plot_losses(log_path: str | Path, out_png: str | Path) -> Path:
+    """Training loss and dev loss against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    tr = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    dv = [(r["step"], r["dev_loss"]) for r in rows if "dev_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if tr:
+        ax.plot(*zip(*tr), label="train loss (objective)", lw=1)
+    if dv:
+        ax.plot(*zip(*dv), "o-", label="dev loss (transcript tokens)", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
