@@ -1,0 +1,40 @@
+# dmlm: the two commands. Both create/use .venv/ in the repo.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install sysdeps bench clean
+
+$(BIN)/python:
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# pinned CPU torch first (an unpinned torch pulls a multi-GB CUDA build), then the package
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian tools the demo and the tests need (espeak-ng: speech synthesis)
+sysdeps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  echo "installing espeak-ng (Debian)"; \
+	  (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null || \
+	  { echo "could not install espeak-ng; run: apt-get install espeak-ng"; exit 1; }; }
+
+demo: install sysdeps
+	$(BIN)/dmlm assets whisper-base
+	$(BIN)/dmlm demo configs/demo.yaml
+
+test: install sysdeps
+	$(BIN)/python -m pytest -q
+
+bench: install sysdeps
+	$(BIN)/python -m bench.tokenize_speed
+
+clean:
+	rm -rf runs/ .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each measures dmlm against a baseline in the same run."""

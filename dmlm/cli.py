@@ -1,0 +1,231 @@
+"""`dmlm <verb>`: thin entry points over the library; every verb is one stage of the pipeline.
+
+    dmlm assets [NAME ...]                         install/convert offline model presets
+    dmlm prepare NAME [--out DIR]                  synthesize a demo corpus (mini-world, bible)
+    dmlm codebook fit MANIFEST -o CB.safetensors   fit a speech codebook (k-means over features)
+    dmlm tokenize CB MANIFEST... --out DIR         manifests -> unit token stores (sharded, resumable)
+    dmlm train CONFIG.yaml [key=value ...]         train a DMLM (accelerate; --resume)
+    dmlm decode MODEL --task asr --manifest M --out hyps.jsonl
+    dmlm transcribe MODEL a.wav [b.wav ...]
+    dmlm evaluate MODEL --task asr --manifest M [--out report.json]
+    dmlm demo [CONFIG.yaml] [key=value ...]        the whole pipeline on mini-world, offline
+
+Errors a user can fix (bad manifest, audio, config, codebook mismatch) print one line and
+exit with status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+
+def _decoding_args(p: argparse.ArgumentParser) -> None:
+    from dmlm.decoding import DecodingOptions
+
+    for f in fields(DecodingOptions):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, dest=f"dec_{f.name}")
+
+
+def _decoding_options(args):
+    from dmlm.decoding import DecodingOptions
+
+    return DecodingOptions(**{f.name: getattr(args, f"dec_{f.name}") for f in fields(DecodingOptions)})
+
+
+def _check_task(task: str) -> None:
+    from dmlm.tasks import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; available: {', '.join(sorted(TASKS))}")
+    if task != "asr":
+        raise ValueError(f"task {task!r} cannot be decoded by this version yet")
+
+
+def cmd_assets(args) -> None:
+    from dmlm import assets
+
+    names = args.names or list(assets.PRESETS)
+    for n in names:
+        print(json.dumps(assets.prepare(n)))
+
+
+def cmd_prepare(args) -> None:
+    from dmlm.config import load_config
+    from dmlm.data.prepare import PrepareConfig, prepare
+
+    cfg = load_config(None, [f"corpus={args.name}"] + args.overrides, cls=PrepareConfig)
+    out = args.out or f"runs/{args.name}/data"
+    for split, path in prepare(cfg, out).items():
+        print(f"{split}: {path}")
+
+
+def cmd_codebook(args) -> None:
+    from dmlm.config import load_config
+    from dmlm.data.manifest import read_manifest
+    from dmlm.tokenize import load_record_audio
+    from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
+
+    settings = load_config(None, args.overrides, cls=CodebookSettings)
+    records = read_manifest(args.manifest)[: args.max_utts or None]
+    cb = fit_codebook((load_record_audio(args.manifest, r) for r in records), settings, total=len(records))
+    cb.save(args.output)
+    print(f"{args.output}: k={cb.k} fingerprint={cb.fingerprint}")
+
+
+def cmd_tokenize(args) -> None:
+    from dmlm.tokenize import tokenize_manifest
+    from dmlm.tokenizers.speech import Codebook
+
+    cb = Codebook.load(args.codebook)
+    for m in args.manifests:
+        store = tokenize_manifest(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)
+        if store is None:
+            print(f"{m}: shard {args.shard}/{args.num_shards} done; other shards pending")
+        else:
+            lens = store.lengths()
+            print(f"{m}: {len(store)} utterances, {int(lens.sum())} units (mean {lens.mean():.1f}) -> {store.prefix}")
+
+
+def cmd_train(args) -> None:
+    from dmlm.config import load_config
+    from dmlm.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    print(train(cfg, resume=args.resume))
+
+
+def cmd_decode(args) -> None:
+    from dmlm.asr import decode_manifest
+    from dmlm.data.manifest import atomic_write_text
+    from dmlm.data.shards import TokenStore
+    from dmlm.model import load_checkpoint
+
+    _check_task(args.task)
+    ck = load_checkpoint(args.model)
+    rows = decode_manifest(ck, args.manifest, _decoding_options(args), TokenStore(args.units) if args.units else None)
+    atomic_write_text(args.out, "".join(json.dumps({"id": r["id"], "hyp": r["hyp"]}, ensure_ascii=False) + "\n" for r in rows))
+    print(f"{len(rows)} hypotheses -> {args.out}")
+
+
+def cmd_transcribe(args) -> None:
+    from dmlm.asr import transcribe_files
+    from dmlm.model import load_checkpoint
+
+    ck = load_checkpoint(args.model)
+    for path, text in zip(args.audio, transcribe_files(ck, args.audio, _decoding_options(args))):
+        print(f"{path}\t{text}")
+
+
+def cmd_evaluate(args) -> None:
+    from dmlm.asr import evaluate_asr
+
+    _check_task(args.task)
+    out = args.out or str(Path(args.model) / f"eval_{Path(args.manifest).stem}.json")
+    rep = evaluate_asr(args.model, args.manifest, out, _decoding_options(args), units=args.units)
+    keys = ["wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "utterances"]
+    print(json.dumps({k: rep[k] for k in keys if k in rep}))
+    print(f"report -> {out}")
+
+
+def cmd_demo(args) -> None:
+    from dmlm.demo import load_demo_config, run_demo
+
+    cfg = load_demo_config(args.config, args.overrides)
+    rep = run_demo(cfg)
+    asr = rep["tasks"]["asr"]
+    print(f"\nmini-world test WER {asr['wer']:.2f}% (training voices), {asr['wer_heldout_voice']:.2f}% (held-out voice); "
+          f"CER {asr['cer']:.2f}% / {asr['cer_heldout_voice']:.2f}%; {rep['minutes']:.1f} min. Report: {cfg.out}/report.md")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dmlm", description="Discrete Multimodal Language Models")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("assets", help="install/convert offline presets (whisper-base, whisper-tiny.en, smollm2-135m)")
+    s.add_argument("names", nargs="*")
+    s.set_defaults(fn=cmd_assets)
+
+    s = sub.add_parser("prepare", help="synthesize a demo corpus into manifests + wavs")
+    s.add_argument("name", choices=["mini-world", "bible"])
+    s.add_argument("--out", help="output folder (default runs/NAME/data)")
+    s.add_argument("overrides", nargs="*", help="n_train=8000 n_dev=300 n_test=500 seed=0 workers=2")
+    s.set_defaults(fn=cmd_prepare)
+
+    s = sub.add_parser("codebook", help="speech codebooks")
+    cs = s.add_subparsers(dest="action", required=True)
+    f = cs.add_parser("fit", help="fit k-means units on a manifest's audio")
+    f.add_argument("manifest")
+    f.add_argument("-o", "--output", required=True)
+    f.add_argument("--max-utts", type=int, default=2000)
+    f.add_argument("overrides", nargs="*", help="backend=whisper model=whisper-base layer=-1 k=500 dedup=true pooling=1")
+    f.set_defaults(fn=cmd_codebook)
+
+    s = sub.add_parser("tokenize", help="manifests -> speech unit token stores")
+    s.add_argument("codebook")
+    s.add_argument("manifests", nargs="+")
+    s.add_argument("--out", required=True)
+    s.add_argument("--shard", type=int, default=0)
+    s.add_argument("--num-shards", type=int, default=1)
+    s.set_defaults(fn=cmd_tokenize)
+
+    s = sub.add_parser("train", help="train a DMLM from a YAML config")
+    s.add_argument("config", nargs="?")
+    s.add_argument("overrides", nargs="*", help="e.g. train.steps=100 model.layers=2")
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(fn=cmd_train)
+
+    for verb, fn, helptext in (("decode", cmd_decode, "decode a manifest to hyps.jsonl"),
+                               ("evaluate", cmd_evaluate, "WER/CER report of a model on a manifest")):
+        s = sub.add_parser(verb, help=helptext)
+        s.add_argument("model")
+        s.add_argument("--task", default="asr")
+        s.add_argument("--manifest", required=True)
+        s.add_argument("--units", help="precomputed token store prefix (skips feature extraction)")
+        s.add_argument("--out", required=verb == "decode")
+        _decoding_args(s)
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("transcribe", help="print transcripts of audio files")
+    s.add_argument("model")
+    s.add_argument("audio", nargs="+")
+    _decoding_args(s)
+    s.set_defaults(fn=cmd_transcribe)
+
+    s = sub.add_parser("demo", help="whole pipeline on mini-world, offline")
+    s.add_argument("config", nargs="?", help="YAML (default: built-in demo settings)")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # a first positional that looks like key=value is an override, not a config path
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) and "=" in args.config:
+        args.overrides = [args.config] + list(args.overrides)
+        args.config = None
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from dmlm.audio import AudioError
+    from dmlm.config import ConfigError
+    from dmlm.data.manifest import ManifestError
+    from dmlm.tokenizers.speech import CodebookMismatch
+    from dmlm.vocab import VocabError
+
+    try:
+        args.fn(args)
+    except (ManifestError, AudioError, ConfigError, CodebookMismatch, VocabError, FileNotFoundError, ValueError) as e:
+        print(f"dmlm {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

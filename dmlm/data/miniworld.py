@@ -1,0 +1,755 @@
+"""mini-world: a synchronous grammar of short English sentences with exact es/de/fr translations.
+
+Every sentence is sampled as a structured `scene` first and then *rendered* into four languages
+by `render(scene)`; the text is never parsed back. That keeps the scene (which a later stage
+draws as an image) and the four strings in lock-step by construction.
+
+Design decisions:
+- **Scene first, words second.** A scene names entities by key (`"ball"`, `"red"`, `"under"`),
+  never by surface string, so the image renderer needs no English. `render` is a pure
+  function of the scene; tests pin exact outputs for hand-built scenes.
+- **Constructions are kept where the grammar can be exact**: singular anchors only, plurals
+  always carry a numeral (no bare plurals, so French "des/de" never arises), present tense,
+  no separable German verbs, no persons as objects (so Spanish never needs the personal "a";
+  animals as objects go without it, the unmarked non-personified reading).
+- **Agreement is computed, idioms are stored.** Articles, adjective endings (German weak /
+  mixed / strong, Spanish and French gender and number), French elision and `de`/`à`
+  contractions, German `in dem -> im` and V2 word order are rules; place and time phrases
+  ("am Strand", "à la plage") are stored whole per language because their prepositions are
+  lexical, not grammatical.
+- **Adjective order**: English and German size before colour ("big red"); Spanish puts both
+  after the noun, colour nearest it ("pelota roja grande"); French sizes chosen to be the
+  prenominal kind ("grand ballon rouge"). German "orange" uses the declinable
+  "orangefarben" attributively; "rosa" stays undeclined.
+- **All output is lowercase without final punctuation**, German nouns included, so every
+  language has the same casing convention as the ASR target. Lexicon entries keep normal
+  casing for readability; `render` lowercases at the end.
+- **Splits are built from one seeded stream**: train, then dev, then test, with a global
+  set of seen English texts, so splits are disjoint and duplicate-free. A seeded set of
+  (colour, object) pairs never occurs in train/dev; 40 % of test sentences are forced to
+  contain one. Dev/test sentences using any word absent from train are rejected, so
+  generalisation is tested on combinations, never on unseen words.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from dmlm.data.corpus import Sentence
+
+LANGS = ("es", "de", "fr")
+HELDOUT_TEST_FRACTION = 0.4  # share of test sentences forced to contain a held-out pair
+N_HELDOUT_PAIRS = 24
+MIN_WORDS, MAX_WORDS = 5, 12
+
+
+# ---------------------------------------------------------------------------------- lexicon
+
+
+@dataclass(frozen=True)
+class Noun:
+    key: str
+    en: tuple[str, str]  # singular, plural
+    es: tuple[str, str, str]  # singular, plural, gender m/f
+    de: tuple[str, str, str, str]  # nominative sg, plural, gender m/f/n, acc/dat sg form
+    fr: tuple[str, str, str]  # singular, plural, gender m/f
+    cls: str  # semantic class, restricts which verbs and relations may use it
+
+
+def _noun(en: str, es: str, de: str, fr: str, cls: str) -> Noun:
+    en_sg, en_pl = en.split()
+    es_sg, es_pl, es_g = es.split()
+    de_parts = de.split()
+    # German weak nouns (der Elefant, den Elefanten) list their oblique singular fourth.
+    de_obl = de_parts[3] if len(de_parts) > 3 else de_parts[0]
+    fr_sg, fr_pl, fr_g = fr.split()
+    return Noun(en_sg, (en_sg, en_pl), (es_sg, es_pl, es_g), (*de_parts[:3], de_obl),
+                (fr_sg, fr_pl, fr_g), cls)
+
+
+OBJECTS = [_noun(*row) for row in [
+    ("ball balls", "pelota pelotas f", "Ball Bälle m", "ballon ballons m", "small"),
+    ("cup cups", "taza tazas f", "Tasse Tassen f", "tasse tasses f", "small"),
+    ("box boxes", "caja cajas f", "Kiste Kisten f", "boîte boîtes f", "container"),
+    ("bag bags", "bolsa bolsas f", "Tasche Taschen f", "sac sacs m", "container"),
+    ("basket baskets", "cesta cestas f", "Korb Körbe m", "panier paniers m", "container"),
+    ("bottle bottles", "botella botellas f", "Flasche Flaschen f", "bouteille bouteilles f", "small"),
+    ("book books", "libro libros m", "Buch Bücher n", "livre livres m", "small"),
+    ("hat hats", "sombrero sombreros m", "Hut Hüte m", "chapeau chapeaux m", "small"),
+    ("key keys", "llave llaves f", "Schlüssel Schlüssel m", "clé clés f", "small"),
+    ("lamp lamps", "lámpara lámparas f", "Lampe Lampen f", "lampe lampes f", "small"),
+    ("clock clocks", "reloj relojes m", "Uhr Uhren f", "horloge horloges f", "small"),
+    ("kite kites", "cometa cometas f", "Drachen Drachen m", "cerf-volant cerfs-volants m", "small"),
+    ("table tables", "mesa mesas f", "Tisch Tische m", "table tables f", "furniture"),
+    ("chair chairs", "silla sillas f", "Stuhl Stühle m", "chaise chaises f", "furniture"),
+    ("bed beds", "cama camas f", "Bett Betten n", "lit lits m", "furniture"),
+    ("sofa sofas", "sofá sofás m", "Sofa Sofas n", "canapé canapés m", "furniture"),
+    ("door doors", "puerta puertas f", "Tür Türen f", "porte portes f", "fixed"),
+    ("window windows", "ventana ventanas f", "Fenster Fenster n", "fenêtre fenêtres f", "fixed"),
+    ("house houses", "casa casas f", "Haus Häuser n", "maison maisons f", "building"),
+    ("car cars", "coche coches m", "Auto Autos n", "voiture voitures f", "vehicle"),
+    ("bus buses", "autobús autobuses m", "Bus Busse m", "bus bus m", "vehicle"),
+    ("train trains", "tren trenes m", "Zug Züge m", "train trains m", "vehicle"),
+    ("boat boats", "barco barcos m", "Boot Boote n", "bateau bateaux m", "vehicle"),
+    ("bicycle bicycles", "bicicleta bicicletas f", "Fahrrad Fahrräder n", "vélo vélos m", "vehicle"),
+    ("tree trees", "árbol árboles m", "Baum Bäume m", "arbre arbres m", "plant"),
+    ("flower flowers", "flor flores f", "Blume Blumen f", "fleur fleurs f", "plant"),
+    ("apple apples", "manzana manzanas f", "Apfel Äpfel m", "pomme pommes f", "food"),
+    ("banana bananas", "plátano plátanos m", "Banane Bananen f", "banane bananes f", "food"),
+    ("cake cakes", "pastel pasteles m", "Kuchen Kuchen m", "gâteau gâteaux m", "food"),
+    ("egg eggs", "huevo huevos m", "Ei Eier n", "œuf œufs m", "food"),
+    ("dog dogs", "perro perros m", "Hund Hunde m", "chien chiens m", "animal"),
+    ("cat cats", "gato gatos m", "Katze Katzen f", "chat chats m", "pet"),
+    ("bird birds", "pájaro pájaros m", "Vogel Vögel m", "oiseau oiseaux m", "pet"),
+    ("rabbit rabbits", "conejo conejos m", "Kaninchen Kaninchen n", "lapin lapins m", "pet"),
+    ("mouse mice", "ratón ratones m", "Maus Mäuse f", "souris souris f", "pet"),
+    ("duck ducks", "pato patos m", "Ente Enten f", "canard canards m", "pet"),
+    ("fish fish", "pez peces m", "Fisch Fische m", "poisson poissons m", "pet"),
+    ("horse horses", "caballo caballos m", "Pferd Pferde n", "cheval chevaux m", "animal"),
+    ("cow cows", "vaca vacas f", "Kuh Kühe f", "vache vaches f", "animal"),
+    ("sheep sheep", "oveja ovejas f", "Schaf Schafe n", "mouton moutons m", "animal"),
+    ("elephant elephants", "elefante elefantes m", "Elefant Elefanten m Elefanten", "éléphant éléphants m", "animal"),
+    ("bear bears", "oso osos m", "Bär Bären m Bären", "ours ours m", "animal"),
+]]
+
+# People are only ever subjects (nominative), so German weak-noun forms never arise for them.
+# English-neutral roles get one fixed grammatical gender per language, stated here.
+PEOPLE = [_noun(*row, "person") for row in [
+    ("man men", "hombre hombres m", "Mann Männer m", "homme hommes m"),
+    ("woman women", "mujer mujeres f", "Frau Frauen f", "femme femmes f"),
+    ("boy boys", "niño niños m", "Junge Jungen m", "garçon garçons m"),
+    ("girl girls", "niña niñas f", "Mädchen Mädchen n", "fille filles f"),
+    ("baby babies", "bebé bebés m", "Baby Babys n", "bébé bébés m"),
+    ("teacher teachers", "profesor profesores m", "Lehrer Lehrer m", "professeur professeurs m"),
+    ("doctor doctors", "médico médicos m", "Arzt Ärzte m", "médecin médecins m"),
+    ("farmer farmers", "granjero granjeros m", "Bauer Bauern m", "fermier fermiers m"),
+    ("cook cooks", "cocinero cocineros m", "Koch Köche m", "cuisinier cuisiniers m"),
+    ("baker bakers", "panadero panaderos m", "Bäcker Bäcker m", "boulanger boulangers m"),
+    ("nurse nurses", "enfermera enfermeras f", "Krankenschwester Krankenschwestern f", "infirmière infirmières f"),
+    ("student students", "estudiante estudiantes m", "Student Studenten m", "étudiant étudiants m"),
+    ("king kings", "rey reyes m", "König Könige m", "roi rois m"),
+    ("queen queens", "reina reinas f", "Königin Königinnen f", "reine reines f"),
+    ("mother mothers", "madre madres f", "Mutter Mütter f", "mère mères f"),
+    ("father fathers", "padre padres m", "Vater Väter m", "père pères m"),
+    ("brother brothers", "hermano hermanos m", "Bruder Brüder m", "frère frères m"),
+    ("sister sisters", "hermana hermanas f", "Schwester Schwestern f", "sœur sœurs f"),
+    ("grandmother grandmothers", "abuela abuelas f", "Großmutter Großmütter f", "grand-mère grands-mères f"),
+    ("grandfather grandfathers", "abuelo abuelos m", "Großvater Großväter m", "grand-père grands-pères m"),
+    ("pilot pilots", "piloto pilotos m", "Pilot Piloten m", "pilote pilotes m"),
+    ("painter painters", "pintor pintores m", "Maler Maler m", "peintre peintres m"),
+    ("singer singers", "cantante cantantes m", "Sänger Sänger m", "chanteur chanteurs m"),
+    ("fisherman fishermen", "pescador pescadores m", "Fischer Fischer m", "pêcheur pêcheurs m"),
+    ("gardener gardeners", "jardinero jardineros m", "Gärtner Gärtner m", "jardinier jardiniers m"),
+]]
+
+NOUNS = {n.key: n for n in OBJECTS + PEOPLE}
+
+
+@dataclass(frozen=True)
+class Adj:
+    key: str
+    es: tuple[str, str, str, str]  # m sg, f sg, m pl, f pl
+    de: str  # attributive stem; endings are added unless `de_indecl`
+    fr: tuple[str, str, str, str]  # m sg, f sg, m pl, f pl
+    de_pred: str | None = None  # predicative form when it differs from the stem
+    de_indecl: bool = False
+
+
+def _adj(key: str, es: str, de: str, fr: str, de_pred: str | None = None,
+         de_indecl: bool = False) -> Adj:
+    # French forms may contain a space ("tout petit"); such rows separate forms with "|".
+    fr4 = [f.strip() for f in fr.split("|")] if "|" in fr else fr.split()
+    es4 = es.split()
+    assert len(es4) == len(fr4) == 4, key
+    return Adj(key, tuple(es4), de, tuple(fr4), de_pred, de_indecl)  # type: ignore[arg-type]
+
+
+COLOURS = {a.key: a for a in [
+    _adj("red", "rojo roja rojos rojas", "rot", "rouge rouge rouges rouges"),
+    _adj("blue", "azul azul azules azules", "blau", "bleu bleue bleus bleues"),
+    _adj("green", "verde verde verdes verdes", "grün", "vert verte verts vertes"),
+    _adj("yellow", "amarillo amarilla amarillos amarillas", "gelb", "jaune jaune jaunes jaunes"),
+    _adj("black", "negro negra negros negras", "schwarz", "noir noire noirs noires"),
+    _adj("white", "blanco blanca blancos blancas", "weiß", "blanc blanche blancs blanches"),
+    _adj("brown", "marrón marrón marrones marrones", "braun", "marron marron marron marron"),
+    _adj("pink", "rosa rosa rosas rosas", "rosa", "rose rose roses roses", de_indecl=True),
+    _adj("purple", "morado morada morados moradas", "violett", "violet violette violets violettes"),
+    _adj("orange", "naranja naranja naranjas naranjas", "orangefarben",
+         "orange orange orange orange", de_pred="orange"),
+    _adj("grey", "gris gris grises grises", "grau", "gris grise gris grises"),
+    _adj("golden", "dorado dorada dorados doradas", "golden", "doré dorée dorés dorées"),
+]}
+
+# Every French size here is a prenominal adjective, so French order is always
+# size + noun + colour.
+SIZES = {a.key: a for a in [
+    _adj("big", "grande grande grandes grandes", "groß", "grand grande grands grandes"),
+    _adj("small", "pequeño pequeña pequeños pequeñas", "klein", "petit petite petits petites"),
+    _adj("huge", "enorme enorme enormes enormes", "riesig", "énorme énorme énormes énormes"),
+    _adj("tiny", "diminuto diminuta diminutos diminutas", "winzig",
+         "tout petit | toute petite | tout petits | toutes petites"),
+    _adj("long", "largo larga largos largas", "lang", "long longue longs longues"),
+    _adj("fat", "gordo gorda gordos gordas", "dick", "gros grosse gros grosses"),
+]}
+
+NUMBERS = {  # count -> (en, es, de, fr); 1 is gendered in es/fr/de and handled by articles
+    1: ("one", "", "", ""), 2: ("two", "dos", "zwei", "deux"), 3: ("three", "tres", "drei", "trois"),
+    4: ("four", "cuatro", "vier", "quatre"), 5: ("five", "cinco", "fünf", "cinq"),
+    6: ("six", "seis", "sechs", "six"), 7: ("seven", "siete", "sieben", "sept"),
+    8: ("eight", "ocho", "acht", "huit"), 9: ("nine", "nueve", "neun", "neuf"),
+    10: ("ten", "diez", "zehn", "dix"), 11: ("eleven", "once", "elf", "onze"),
+    12: ("twelve", "doce", "zwölf", "douze"),
+}
+
+
+@dataclass(frozen=True)
+class Verb:
+    key: str
+    en: tuple[str, str]  # 3rd person singular, plural
+    es: tuple[str, str]
+    de: tuple[str, str]
+    fr: tuple[str, str]
+    takes: frozenset[str] | None = None  # object classes / kinds (transitive) or places
+
+
+def _verb(key: str, en: str, es: str, de: str, fr: str, takes: str | None = None) -> Verb:
+    def pair(s: str) -> tuple[str, str]:
+        a, b = s.split("/")
+        return a, b
+    return Verb(key, pair(en), pair(es), pair(de), pair(fr),
+                frozenset(takes.split()) if takes else None)
+
+
+_MOVABLE = "small container food pet"
+TRANSITIVE = {v.key: v for v in [
+    _verb("see", "sees/see", "ve/ven", "sieht/sehen", "voit/voient"),
+    _verb("find", "finds/find", "encuentra/encuentran", "findet/finden", "trouve/trouvent"),
+    _verb("draw", "draws/draw", "dibuja/dibujan", "zeichnet/zeichnen", "dessine/dessinent"),
+    _verb("paint", "paints/paint", "pinta/pintan", "malt/malen", "peint/peignent"),
+    _verb("watch", "watches/watch", "mira/miran", "beobachtet/beobachten", "regarde/regardent"),
+    _verb("want", "wants/want", "quiere/quieren", "möchte/möchten", "veut/veulent"),
+    _verb("count", "counts/count", "cuenta/cuentan", "zählt/zählen", "compte/comptent"),
+    _verb("have", "has/have", "tiene/tienen", "hat/haben", "a/ont",
+          f"{_MOVABLE} furniture building vehicle animal plant"),
+    _verb("buy", "buys/buy", "compra/compran", "kauft/kaufen", "achète/achètent",
+          f"{_MOVABLE} furniture building vehicle animal"),
+    _verb("sell", "sells/sell", "vende/venden", "verkauft/verkaufen", "vend/vendent",
+          f"{_MOVABLE} furniture building vehicle animal"),
+    _verb("carry", "carries/carry", "lleva/llevan", "trägt/tragen", "porte/portent", _MOVABLE),
+    _verb("hold", "holds/hold", "sostiene/sostienen", "hält/halten", "tient/tiennent",
+          f"{_MOVABLE} flower"),
+    _verb("wash", "washes/wash", "lava/lavan", "wäscht/waschen", "lave/lavent",
+          "small container furniture vehicle pet dog horse"),
+    _verb("clean", "cleans/clean", "limpia/limpian", "putzt/putzen", "nettoie/nettoient",
+          "small container furniture vehicle fixed house"),
+    _verb("throw", "throws/throw", "lanza/lanzan", "wirft/werfen", "lance/lancent",
+          "ball key hat book apple banana egg"),
+    _verb("catch", "catches/catch", "atrapa/atrapan", "fängt/fangen", "attrape/attrapent",
+          "ball apple egg mouse fish bird rabbit duck"),
+    _verb("eat", "eats/eat", "come/comen", "isst/essen", "mange/mangent", "food"),
+    _verb("open", "opens/open", "abre/abren", "öffnet/öffnen", "ouvre/ouvrent",
+          "box bag bottle book door window"),
+    _verb("build", "builds/build", "construye/construyen", "baut/bauen", "construit/construisent",
+          "house boat table chair bed box kite"),
+    _verb("drive", "drives/drive", "conduce/conducen", "fährt/fahren", "conduit/conduisent",
+          "car bus train"),
+    _verb("fix", "fixes/fix", "arregla/arreglan", "repariert/reparieren", "répare/réparent",
+          "vehicle furniture fixed clock lamp"),
+]}
+
+_OUTDOORS = "park garden forest beach farm lake river zoo playground mountains island street"
+INTRANSITIVE = {v.key: v for v in [
+    _verb("sleep", "sleeps/sleep", "duerme/duermen", "schläft/schlafen", "dort/dorment"),
+    _verb("run", "runs/run", "corre/corren", "rennt/rennen", "court/courent", _OUTDOORS),
+    _verb("sing", "sings/sing", "canta/cantan", "singt/singen", "chante/chantent"),
+    _verb("dance", "dances/dance", "baila/bailan", "tanzt/tanzen", "danse/dansent"),
+    _verb("read", "reads/read", "lee/leen", "liest/lesen", "lit/lisent"),
+    _verb("swim", "swims/swim", "nada/nadan", "schwimmt/schwimmen", "nage/nagent",
+          "beach lake river island"),
+    _verb("play", "plays/play", "juega/juegan", "spielt/spielen", "joue/jouent"),
+    _verb("wait", "waits/wait", "espera/esperan", "wartet/warten", "attend/attendent"),
+    _verb("laugh", "laughs/laugh", "se ríe/se ríen", "lacht/lachen", "rit/rient"),
+    _verb("work", "works/work", "trabaja/trabajan", "arbeitet/arbeiten", "travaille/travaillent"),
+    _verb("cook", "cooks/cook", "cocina/cocinan", "kocht/kochen", "cuisine/cuisinent"),
+    _verb("jump", "jumps/jump", "salta/saltan", "springt/springen", "saute/sautent", _OUTDOORS),
+    _verb("eat", "eats/eat", "come/comen", "isst/essen", "mange/mangent"),
+    _verb("draw", "draws/draw", "dibuja/dibujan", "zeichnet/zeichnen", "dessine/dessinent"),
+    _verb("paint", "paints/paint", "pinta/pintan", "malt/malen", "peint/peignent"),
+    _verb("cry", "cries/cry", "llora/lloran", "weint/weinen", "pleure/pleurent"),
+    _verb("write", "writes/write", "escribe/escriben", "schreibt/schreiben", "écrit/écrivent"),
+]}
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A fixed adverbial (place or time) stored whole per language."""
+
+    key: str
+    en: str
+    es: str
+    de: str
+    fr: str
+
+
+def _phrases(rows: list[str]) -> dict[str, Phrase]:
+    out = {}
+    for row in rows:
+        key, en, es, de, fr = (s.strip() for s in row.split("|"))
+        out[key] = Phrase(key, en, es, de, fr)
+    return out
+
+
+PLACES = _phrases([
+    "garden     | in the garden      | en el jardín          | im Garten            | dans le jardin",
+    "park       | in the park        | en el parque          | im Park              | dans le parc",
+    "kitchen    | in the kitchen     | en la cocina          | in der Küche         | dans la cuisine",
+    "bedroom    | in the bedroom     | en el dormitorio      | im Schlafzimmer      | dans la chambre",
+    "bathroom   | in the bathroom    | en el baño            | im Badezimmer        | dans la salle de bain",
+    "living     | in the living room | en el salón           | im Wohnzimmer        | dans le salon",
+    "classroom  | in the classroom   | en el aula            | im Klassenzimmer     | dans la salle de classe",
+    "school     | at the school      | en la escuela         | in der Schule        | à l'école",
+    "library    | in the library     | en la biblioteca      | in der Bibliothek    | à la bibliothèque",
+    "office     | at the office      | en la oficina         | im Büro              | au bureau",
+    "shop       | in the shop        | en la tienda          | im Laden             | dans le magasin",
+    "market     | at the market      | en el mercado         | auf dem Markt        | au marché",
+    "restaurant | at the restaurant  | en el restaurante     | im Restaurant        | au restaurant",
+    "museum     | at the museum      | en el museo           | im Museum            | au musée",
+    "hospital   | at the hospital    | en el hospital        | im Krankenhaus       | à l'hôpital",
+    "station    | at the station     | en la estación        | am Bahnhof           | à la gare",
+    "airport    | at the airport     | en el aeropuerto      | am Flughafen         | à l'aéroport",
+    "street     | on the street      | en la calle           | auf der Straße       | dans la rue",
+    "city       | in the city        | en la ciudad          | in der Stadt         | dans la ville",
+    "village    | in the village     | en el pueblo          | im Dorf              | dans le village",
+    "forest     | in the forest      | en el bosque          | im Wald              | dans la forêt",
+    "beach      | at the beach       | en la playa           | am Strand            | à la plage",
+    "farm       | on the farm        | en la granja          | auf dem Bauernhof    | à la ferme",
+    "zoo        | at the zoo         | en el zoológico       | im Zoo               | au zoo",
+    "lake       | at the lake        | en el lago            | am See               | au lac",
+    "river      | by the river       | junto al río          | am Fluss             | au bord de la rivière",
+    "playground | at the playground  | en el parque infantil | auf dem Spielplatz   | à l'aire de jeux",
+    "mountains  | in the mountains   | en las montañas       | in den Bergen        | à la montagne",
+    "island     | on the island      | en la isla            | auf der Insel        | sur l'île",
+])
+
+# Present tense throughout, so only times compatible with a habitual/ongoing present.
+TIMES = _phrases([
+    "morning       | in the morning   | por la mañana      | am Morgen     | le matin",
+    "afternoon     | in the afternoon | por la tarde       | am Nachmittag | l'après-midi",
+    "night         | at night         | por la noche       | in der Nacht  | la nuit",
+    "noon          | at noon          | al mediodía        | am Mittag     | à midi",
+    "today         | today            | hoy                | heute         | aujourd'hui",
+    "now           | now              | ahora              | jetzt         | maintenant",
+    "every_day     | every day        | todos los días     | jeden Tag     | tous les jours",
+    "every_morning | every morning    | todas las mañanas  | jeden Morgen  | chaque matin",
+    "summer        | in summer        | en verano          | im Sommer     | en été",
+    "winter        | in winter        | en invierno        | im Winter     | en hiver",
+    "spring        | in spring        | en primavera       | im Frühling   | au printemps",
+    "autumn        | in autumn        | en otoño           | im Herbst     | en automne",
+    "sunday        | on sunday        | el domingo         | am Sonntag    | dimanche",
+    "saturday      | on saturday      | el sábado          | am Samstag    | samedi",
+])
+
+
+@dataclass(frozen=True)
+class Relation:
+    key: str
+    en: str
+    es: str  # preposition; a final "de" contracts with "el"
+    de: str  # governs the dative (location, never direction)
+    fr: str  # preposition; a final "de" contracts/elides
+    anchors: tuple[str, ...]  # object kinds that make sense as the landmark
+
+
+_SURFACES = ("table", "chair", "bed", "sofa", "box", "car", "bus", "boat")
+_LANDMARKS = ("table", "chair", "bed", "sofa", "box", "basket", "bag", "car", "bus", "boat",
+              "house", "tree", "door", "window", "lamp")
+RELATIONS = {r.key: r for r in [
+    Relation("under", "under", "debajo de", "unter", "sous",
+             ("table", "chair", "bed", "sofa", "tree", "car", "bus")),
+    Relation("on", "on", "sobre", "auf", "sur", _SURFACES),
+    Relation("on_top_of", "on top of", "encima de", "oben auf", "sur", _SURFACES),
+    Relation("above", "above", "por encima de", "über", "au-dessus de",
+             ("table", "bed", "sofa", "door", "window", "house", "tree", "car")),
+    Relation("inside", "inside", "dentro de", "in", "dans",
+             ("box", "basket", "bag", "car", "bus", "boat", "house")),
+    Relation("next_to", "next to", "al lado de", "neben", "à côté de", _LANDMARKS),
+    Relation("behind", "behind", "detrás de", "hinter", "derrière", _LANDMARKS),
+    Relation("in_front_of", "in front of", "delante de", "vor", "devant", _LANDMARKS),
+    Relation("near", "near", "cerca de", "nahe bei", "près de", _LANDMARKS),
+    Relation("far_from", "far from", "lejos de", "weit weg von", "loin de", _LANDMARKS),
+]}
+
+
+# -------------------------------------------------------------------------------- rendering
+
+_FR_VOWELS = set("aeiouyàâäéèêëîïôöûüœ")
+_FR_H_MUET = {"homme", "hommes", "horloge", "horloges", "hôpital", "hiver"}
+_FR_NO_ELISION = {"onze", "huit"}  # vowel-initial but behave like h aspiré
+_DE_CONTRACT = {"in": "im", "an": "am", "bei": "beim", "von": "vom", "zu": "zum"}
+
+_DE_ART = {
+    ("the", "nom"): {"m": "der", "f": "die", "n": "das", "pl": "die"},
+    ("the", "acc"): {"m": "den", "f": "die", "n": "das", "pl": "die"},
+    ("the", "dat"): {"m": "dem", "f": "der", "n": "dem", "pl": "den"},
+    ("a", "nom"): {"m": "ein", "f": "eine", "n": "ein"},
+    ("a", "acc"): {"m": "einen", "f": "eine", "n": "ein"},
+    ("a", "dat"): {"m": "einem", "f": "einer", "n": "einem"},
+}
+# Adjective endings: weak after der/die/das, mixed after ein, strong with no article
+# (our only article-less NPs are numeral plurals, but the full table costs nothing).
+_DE_ENDINGS = {
+    "weak": {"nom": {"m": "e", "f": "e", "n": "e", "pl": "en"},
+             "acc": {"m": "en", "f": "e", "n": "e", "pl": "en"},
+             "dat": {"m": "en", "f": "en", "n": "en", "pl": "en"}},
+    "mixed": {"nom": {"m": "er", "f": "e", "n": "es"},
+              "acc": {"m": "en", "f": "e", "n": "es"},
+              "dat": {"m": "en", "f": "en", "n": "en"}},
+    "strong": {"nom": {"m": "er", "f": "e", "n": "es", "pl": "e"},
+               "acc": {"m": "en", "f": "e", "n": "es", "pl": "e"},
+               "dat": {"m": "em", "f": "er", "n": "em", "pl": "en"}},
+}
+
+
+def _fr_elides(word: str) -> bool:
+    return word not in _FR_NO_ELISION and (word[0].lower() in _FR_VOWELS or word in _FR_H_MUET)
+
+
+def _adjs(np: dict[str, Any], with_colour: bool = True) -> list[Adj]:
+    """The NP's adjectives in English/German order (size before colour)."""
+    out = [SIZES[np["size"]]] if np.get("size") else []
+    if with_colour and np.get("colour"):
+        out.append(COLOURS[np["colour"]])
+    return out
+
+
+def _agr(forms: tuple[str, str, str, str], gender: str, plural: bool) -> str:
+    return forms[(2 if plural else 0) + (1 if gender == "f" else 0)]
+
+
+def _np_en(np: dict[str, Any], with_colour: bool = True) -> str:
+    noun = NOUNS[np["kind"]]
+    words = [a.key for a in _adjs(np, with_colour)] + [noun.en[np["count"] > 1]]
+    if np["det"] == "the":
+        det = "the"
+    elif np["det"] == "a":
+        det = "an" if words[0][0] in "aeiou" else "a"
+    else:
+        det = NUMBERS[np["count"]][0]
+    return " ".join([det, *words])
+
+
+def _np_es(np: dict[str, Any], with_colour: bool = True) -> str:
+    noun = NOUNS[np["kind"]]
+    sg, pl, g = noun.es
+    plural = np["count"] > 1
+    if np["det"] == "the":
+        det = {"m": "el", "f": "la"}[g] if not plural else {"m": "los", "f": "las"}[g]
+    elif np["count"] == 1:
+        det = {"m": "un", "f": "una"}[g]
+    else:
+        det = NUMBERS[np["count"]][1]
+    # Colour sits next to the noun, size after it: "una pelota roja grande".
+    adjs = [_agr(a.es, g, plural) for a in reversed(_adjs(np, with_colour))]
+    return " ".join([det, pl if plural else sg, *adjs])
+
+
+def _np_de(np: dict[str, Any], case: str, with_colour: bool = True) -> str:
+    noun = NOUNS[np["kind"]]
+    sg, pl, g, obl = noun.de
+    plural = np["count"] > 1
+    slot = "pl" if plural else g
+    if np["det"] == "the":
+        det, decl = _DE_ART[("the", case)][slot], "weak"
+    elif not plural:  # "a" and "one" are both ein/eine
+        det, decl = _DE_ART[("a", case)][g], "mixed"
+    else:
+        det, decl = NUMBERS[np["count"]][2], "strong"
+    adjs = [a.de if a.de_indecl else a.de + _DE_ENDINGS[decl][case][slot]
+            for a in _adjs(np, with_colour)]
+    if plural:
+        # Dative plural adds -n unless the plural already ends in -n or -s.
+        form = pl + "n" if case == "dat" and not pl.endswith(("n", "s")) else pl
+    else:
+        form = sg if case == "nom" else obl
+    return " ".join([det, *adjs, form])
+
+
+def _np_fr(np: dict[str, Any], with_colour: bool = True) -> str:
+    noun = NOUNS[np["kind"]]
+    sg, pl, g = noun.fr
+    plural = np["count"] > 1
+    size = SIZES[np["size"]] if np.get("size") else None
+    colour = COLOURS[np["colour"]] if with_colour and np.get("colour") else None
+    words = ([_agr(size.fr, g, plural)] if size else []) + [pl if plural else sg]
+    words += [_agr(colour.fr, g, plural)] if colour else []
+    if np["det"] == "the":
+        if plural:
+            det = "les "
+        else:
+            det = "l'" if _fr_elides(words[0]) else {"m": "le ", "f": "la "}[g]
+    elif np["count"] == 1:
+        det = {"m": "un ", "f": "une "}[g]
+    else:
+        det = NUMBERS[np["count"]][3] + " "
+    return det + " ".join(words)
+
+
+def _pp_es(prep: str, np: str) -> str:
+    if (prep == "de" or prep.endswith(" de")) and np.startswith("el "):
+        return f"{prep[:-2]}del {np[3:]}"
+    return f"{prep} {np}"
+
+
+def _pp_de(prep: str, np: str) -> str:
+    *head, last = prep.split()
+    if np.startswith("dem ") and last in _DE_CONTRACT:
+        return " ".join([*head, _DE_CONTRACT[last], np[4:]])
+    return f"{prep} {np}"
+
+
+def _pp_fr(prep: str, np: str) -> str:
+    if prep == "de" or prep.endswith(" de"):
+        stem = prep[:-2]
+        if np.startswith("le "):
+            return f"{stem}du {np[3:]}"
+        if np.startswith("les "):
+            return f"{stem}des {np[4:]}"
+        if _fr_elides(np.split()[0]) and not np.startswith("l'"):
+            return f"{stem}d'{np}"
+    return f"{prep} {np}"
+
+
+def _pl(np: dict[str, Any]) -> int:
+    """Index into the (singular, plural) pairs of the lexicon."""
+    return int(np["count"] > 1)
+
+
+def render(scene: dict[str, Any]) -> dict[str, str]:
+    """Render a scene as {"en", "es", "de", "fr"} sentences: lowercase, no final punctuation.
+
+    Pure and deterministic; the scene's `template` picks the construction and the scene's
+    entity keys pick the words.
+    """
+    t = scene["template"]
+    obj = scene["objects"][0] if scene.get("objects") else None
+    place = PLACES[scene["place"]] if scene.get("place") else None
+    time = TIMES[scene["time"]] if scene.get("time") else None
+
+    def tail(lang: str) -> str:
+        return f" {getattr(place, lang)}" if place else ""
+
+    if t in ("locative", "predicate"):
+        rel, anc = RELATIONS[scene["relation"]], scene["anchor"]
+        es_pp = _pp_es(rel.es, _np_es(anc))
+        de_pp = _pp_de(rel.de, _np_de(anc, "dat"))
+        fr_pp = _pp_fr(rel.fr, _np_fr(anc))
+    if t == "locative":
+        n = _pl(obj)
+        out = {
+            "en": f"{_np_en(obj)} {('is', 'are')[n]} {rel.en} {_np_en(anc)}{tail('en')}",
+            "es": f"{_np_es(obj)} {('está', 'están')[n]} {es_pp}{tail('es')}",
+            "de": f"{_np_de(obj, 'nom')} {('ist', 'sind')[n]} {de_pp}{tail('de')}",
+            "fr": f"{_np_fr(obj)} {('est', 'sont')[n]} {fr_pp}{tail('fr')}",
+        }
+    elif t == "predicate":
+        # The colour is predicated, not attributive: "the big ball under the table is red".
+        c, g_es, g_fr = COLOURS[obj["colour"]], NOUNS[obj["kind"]].es[2], NOUNS[obj["kind"]].fr[2]
+        out = {
+            "en": f"{_np_en(obj, False)} {rel.en} {_np_en(anc)} is {c.key}",
+            "es": f"{_np_es(obj, False)} que está {es_pp} es {_agr(c.es, g_es, False)}",
+            "de": f"{_np_de(obj, 'nom', False)} {de_pp} ist {c.de_pred or c.de}",
+            "fr": f"{_np_fr(obj, False)} {fr_pp} est {_agr(c.fr, g_fr, False)}",
+        }
+    elif t == "existential":
+        n = _pl(obj)
+        out = {
+            "en": f"there {('is', 'are')[n]} {_np_en(obj)} {place.en}",
+            "es": f"hay {_np_es(obj)} {place.es}",
+            "de": f"{place.de} gibt es {_np_de(obj, 'acc')}",  # place fronted, verb second
+            "fr": f"il y a {_np_fr(obj)} {place.fr}",
+        }
+    else:
+        agent = scene["agent"]
+        transitive = t.startswith("transitive")
+        verb = (TRANSITIVE if transitive else INTRANSITIVE)[scene["action"]]
+        n = _pl(agent)
+        subj = {"en": _np_en(agent), "es": _np_es(agent), "de": _np_de(agent, "nom"),
+                "fr": _np_fr(agent)}
+        comp = {"en": _np_en(obj), "es": _np_es(obj), "de": _np_de(obj, "acc"),
+                "fr": _np_fr(obj)} if transitive else {k: "" for k in ("en", "es", "de", "fr")}
+        out = {}
+        for lang in ("en", "es", "de", "fr"):
+            v = getattr(verb, lang)[n]
+            words = [subj[lang], v, comp[lang]]
+            if time:
+                words.insert(0, getattr(time, lang))
+                if lang == "de":  # German V2: the verb precedes the subject after a fronted time
+                    words[1], words[2] = words[2], words[1]
+            out[lang] = " ".join(w for w in words if w) + tail(lang)
+    return {k: v.lower() for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------- sampling
+
+_TEMPLATES = {  # template -> sampling weight
+    "locative": 0.20, "predicate": 0.10, "existential": 0.12, "transitive": 0.10,
+    "transitive_place": 0.15, "transitive_time": 0.13, "intransitive_place": 0.11,
+    "intransitive_time": 0.09,
+}
+_OBJECT_TEMPLATES = ("locative", "predicate", "existential", "transitive", "transitive_place",
+                     "transitive_time")
+_OBJECT_KINDS = [n.key for n in OBJECTS]
+
+
+def _verb_accepts(verb: Verb, kind: str) -> bool:
+    return verb.takes is None or kind in verb.takes or NOUNS[kind].cls in verb.takes
+
+
+def _sample_np(rng: random.Random, kind: str, dets: dict[str, float],
+               p_colour: float, p_size: float, colour: str | None = None) -> dict[str, Any]:
+    det = rng.choices(list(dets), weights=list(dets.values()))[0]
+    count = {"the": 1, "a": 1, "one": 1}.get(det) or rng.randint(2, 12)
+    if colour is None and rng.random() < p_colour:
+        colour = rng.choice(list(COLOURS))
+    return {"kind": kind, "colour": colour,
+            "size": rng.choice(list(SIZES)) if rng.random() < p_size else None,
+            "count": count, "definite": det == "the",
+            "det": "a" if det == "a" else ("the" if det == "the" else "number")}
+
+
+def _sample_agent(rng: random.Random) -> dict[str, Any]:
+    det = rng.choices(["the", "a", "number"], weights=[0.6, 0.2, 0.2])[0]
+    count = rng.randint(2, 5) if det == "number" else 1
+    return {"kind": rng.choice(PEOPLE).key, "count": count, "definite": det == "the", "det": det}
+
+
+def sample_scene(rng: random.Random, force: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Sample one scene. `force=(colour, kind)` makes the main object that coloured kind."""
+    templates = _OBJECT_TEMPLATES if force else tuple(_TEMPLATES)
+    t = rng.choices(templates, weights=[_TEMPLATES[k] for k in templates])[0]
+    colour, kind = force if force else (None, None)
+    scene: dict[str, Any] = {"template": t, "objects": [], "relation": None, "anchor": None,
+                             "place": None, "time": None, "agent": None, "action": None}
+    if t in ("locative", "predicate"):
+        kind = kind or rng.choice(_OBJECT_KINDS)
+        rel = rng.choice([r for r in RELATIONS.values() if set(r.anchors) - {kind}])
+        scene["relation"] = rel.key
+        anchor_kind = rng.choice([a for a in rel.anchors if a != kind])
+        scene["anchor"] = _sample_np(rng, anchor_kind, {"the": 0.8, "a": 0.2}, 0.3, 0.2)
+        if t == "locative":
+            obj = _sample_np(rng, kind, {"the": 0.5, "number": 0.4, "a": 0.05, "one": 0.05},
+                             0.6, 0.45, colour)
+            if rng.random() < 0.25:
+                scene["place"] = rng.choice(list(PLACES))
+        else:  # predicate: a definite singular subject whose colour is the predicate
+            obj = _sample_np(rng, kind, {"the": 1.0}, 1.0, 0.4, colour)
+        scene["objects"] = [obj]
+    elif t == "existential":
+        kind = kind or rng.choice(_OBJECT_KINDS)
+        scene["objects"] = [_sample_np(rng, kind, {"a": 0.45, "one": 0.1, "number": 0.45},
+                                       0.6, 0.45, colour)]
+        scene["place"] = rng.choice(list(PLACES))
+    else:
+        scene["agent"] = _sample_agent(rng)
+        if t.startswith("transitive"):
+            verbs = [v for v in TRANSITIVE.values() if kind is None or _verb_accepts(v, kind)]
+            verb = rng.choice(verbs)
+            kind = kind or rng.choice([k for k in _OBJECT_KINDS if _verb_accepts(verb, k)])
+            scene["objects"] = [_sample_np(rng, kind, {"the": 0.4, "a": 0.3, "number": 0.3},
+                                           0.6, 0.45, colour)]
+            if t == "transitive_place":
+                scene["place"] = rng.choice(list(PLACES))
+        else:
+            verb = rng.choice(list(INTRANSITIVE.values()))
+            scene["place"] = rng.choice(sorted(verb.takes) if verb.takes else list(PLACES))
+        scene["action"] = verb.key
+        if t.endswith("_time"):
+            scene["time"] = rng.choice(list(TIMES))
+    return scene
+
+
+def colour_pairs(scene: dict[str, Any]) -> set[tuple[str, str]]:
+    """All (colour, object kind) combinations a scene shows, in any slot."""
+    nps = list(scene.get("objects") or []) + ([scene["anchor"]] if scene.get("anchor") else [])
+    return {(np["colour"], np["kind"]) for np in nps if np.get("colour")}
+
+
+def heldout_pairs(seed: int = 0) -> list[tuple[str, str]]:
+    """The (colour, object) pairs that never occur in train or dev for this seed."""
+    rng = random.Random(f"miniworld-heldout-{seed}")
+    # Each object contributes at most one pair, so every object keeps 11 colours in train.
+    kinds = rng.sample(_OBJECT_KINDS, N_HELDOUT_PAIRS)
+    return sorted((rng.choice(list(COLOURS)), k) for k in kinds)
+
+
+def vocabulary() -> set[str]:
+    """Every English word the grammar can produce."""
+    words = {"the", "a", "an", "is", "are", "there"}
+    words |= {NUMBERS[n][0] for n in NUMBERS} | set(COLOURS) | set(SIZES)
+    for n in NOUNS.values():
+        words |= set(n.en)
+    for v in list(TRANSITIVE.values()) + list(INTRANSITIVE.values()):
+        words |= set(v.en)
+    for p in list(PLACES.values()) + list(TIMES.values()):
+        words |= set(p.en.split())
+    for r in RELATIONS.values():
+        words |= set(r.en.split())
+    return words
+
+
+def _make(split: str, i: int, scene: dict[str, Any], held: set[tuple[str, str]]) -> Sentence:
+    out = render(scene)
+    return Sentence(
+        id=f"mw-{split}-{i:06d}",
+        text=out.pop("en"),
+        translations=out,
+        custom={"scene": scene, "template": scene["template"],
+                "heldout_combo": bool(colour_pairs(scene) & held)},
+    )
+
+
+def generate_splits(n_train: int, n_dev: int, n_test: int,
+                    seed: int = 0) -> dict[str, list[Sentence]]:
+    """Sample disjoint train/dev/test splits; test probes held-out colour-object pairs.
+
+    Deterministic for a seed. Raises `RuntimeError` if the requested sizes cannot be met
+    (e.g. a train split too small to cover the words test needs).
+    """
+    rng = random.Random(seed)
+    held = set(heldout_pairs(seed))
+    held_list = sorted(held)
+    seen: set[str] = set()
+    train_words: set[str] = set()
+
+    def draw(n: int, force: bool, need_known_words: bool) -> list[dict[str, Any]]:
+        scenes: list[dict[str, Any]] = []
+        for _ in range(50 * n + 1000):
+            if len(scenes) == n:
+                break
+            scene = sample_scene(rng, rng.choice(held_list) if force else None)
+            if bool(colour_pairs(scene) & held) != force:
+                continue
+            text = render(scene)["en"]
+            words = text.split()
+            if not MIN_WORDS <= len(words) <= MAX_WORDS or text in seen:
+                continue
+            if need_known_words and not set(words) <= train_words:
+                continue
+            seen.add(text)
+            scenes.append(scene)
+        if len(scenes) < n:
+            raise RuntimeError(f"mini-world: could only sample {len(scenes)} of {n} sentences")
+        return scenes
+
+    train = draw(n_train, force=False, need_known_words=False)
+    for s in train:
+        train_words.update(render(s)["en"].split())
+    dev = draw(n_dev, force=False, need_known_words=True)
+    n_forced = round(HELDOUT_TEST_FRACTION * n_test)
+    test = draw(n_forced, force=True, need_known_words=True)
+    test += draw(n_test - n_forced, force=False, need_known_words=True)
+    rng.shuffle(test)
+    return {split: [_make(split, i, sc, held) for i, sc in enumerate(scenes)]
+            for split, scenes in (("train", train), ("dev", dev), ("test", test))}
