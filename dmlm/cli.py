@@ -9,6 +9,7 @@
     dmlm transcribe MODEL a.wav [b.wav ...]
     dmlm evaluate MODEL --task asr --manifest M [--out report.json]
     dmlm demo [CONFIG.yaml] [key=value ...]        the whole pipeline on mini-world, offline
+    dmlm ablate [CONFIG.yaml] [key=value ...]      codebook variants compared by WER
 
 Errors a user can fix (bad manifest, audio, config, codebook mismatch) print one line and
 exit with status 2 instead of a traceback.
@@ -142,6 +143,12 @@ def cmd_demo(args) -> None:
           f"CER {asr['cer']:.2f}% / {asr['cer_heldout_voice']:.2f}%; {rep['minutes']:.1f} min. Report: {cfg.out}/report.md")
 
 
+def cmd_ablate(args) -> None:
+    from dmlm.ablate import load_ablate_config, run_ablation, render
+
+    print(render(run_ablation(load_ablate_config(args.config, args.overrides))))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmlm", description="Discrete Multimodal Language Models")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -201,14 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", help="YAML (default: built-in demo settings)")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("ablate", help="compare speech codebooks by WER at a fixed training budget")
+    s.add_argument("config", nargs="?")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_ablate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives `key=value ...` after an option (`codebook fit M -o CB k=16`) to no positional
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # a first positional that looks like key=value is an override, not a config path
-    args = parser.parse_args(argv)
     if getattr(args, "config", None) and "=" in args.config:
         args.overrides = [args.config] + list(args.overrides)
         args.config = None

@@ -108,8 +108,10 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
     train_log = [json.loads(x) for x in (out / "model.log.jsonl").read_text().splitlines()]
     last = [r for r in train_log if "tokens_per_s" in r]
     report = {
-        "tasks": {"asr": {k: rep[k] for k in ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "sentence_accuracy",
-                                              "utterances", "ref_words")}},
+        "tasks": {"asr": {**{k: rep[k] for k in ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice",
+                                                 "sentence_accuracy", "utterances", "ref_words")},
+                          "utterances_heldout_voice": rep["heldout_voice"]["utterances"],
+                          "sentence_accuracy_heldout_voice": rep["heldout_voice"]["sentence_accuracy"]}},
         "machine": machine(),
         "minutes": round(minutes, 2),
         "stages_seconds": stages,
@@ -135,7 +137,8 @@ def render_markdown(report: dict, out: Path, n_examples: int) -> str:
         f"total {report['minutes']:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in report['stages_seconds'].items())}).", "",
         "| task | test split | utterances | WER % | CER % | sentence acc. % |", "|---|---|---|---|---|---|",
         f"| ASR | training voices | {asr['utterances']} | {asr['wer']:.2f} | {asr['cer']:.2f} | {asr['sentence_accuracy']:.1f} |",
-        f"| ASR | held-out voice | {asr['utterances']} | {asr['wer_heldout_voice']:.2f} | {asr['cer_heldout_voice']:.2f} | |", "",
+        f"| ASR | held-out voice | {asr['utterances_heldout_voice']} | {asr['wer_heldout_voice']:.2f} | "
+        f"{asr['cer_heldout_voice']:.2f} | {asr['sentence_accuracy_heldout_voice']:.1f} |", "",
         f"Codebook: {report['codebook']['backend']} {report['codebook']['model']} layer {report['codebook']['layer']}, "
         f"k={report['codebook']['k']}, dedup={report['codebook']['dedup']}, fingerprint `{report['codebook']['fingerprint']}`.",
         f"Training: {report['train']['steps']} steps at {report['train']['tokens_per_s'] or 0:.0f} tokens/s; "

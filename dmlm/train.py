@@ -275,7 +275,9 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         shutil.rmtree(state_dir, ignore_errors=True)
         tmp.rename(state_dir)
 
-    bar = tqdm(total=cfg.train.steps, initial=progress.step, desc="train", unit="step", disable=not acc.is_main_process)
+    budget = f" (budget {cfg.train.max_minutes:g} min)" if cfg.train.max_minutes > 0 else ""
+    bar = tqdm(total=None if budget else cfg.train.steps, initial=progress.step, desc=f"train{budget}", unit="step",
+               disable=not acc.is_main_process)
     model.train()
     t_last = time.time()
     while frac() < 1.0 and (stop_at is None or progress.step < stop_at):

@@ -98,7 +98,7 @@ def parse_record(obj: Any, where: str) -> Record:
                 f"{where}: field {key!r} must be {expected}, got {type(value).__name__} ({value!r:.60})"
             )
         kwargs[key] = value
-    if not kwargs["id"]:
+    if not kwargs.get("id"):  # absent from kwargs when the line says "id": null
         raise ManifestError(f"{where}: field 'id' is empty")
     if "duration" in kwargs and kwargs["duration"] < 0:
         raise ManifestError(f"{where}: field 'duration' is negative ({kwargs['duration']})")

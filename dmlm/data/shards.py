@@ -58,7 +58,9 @@ class TokenStore:
 
     def get(self, record_id: str) -> np.ndarray:
         if record_id not in self._index:
-            raise KeyError(f"{self.prefix}: no tokens for record {record_id!r}")
+            # a ValueError, not KeyError: a stale store is a user error (the CLI reports it in one line)
+            raise ValueError(f"{self.prefix}: no tokens for record {record_id!r}; "
+                             "was the manifest changed after `dmlm tokenize`? Tokenize it again")
         return self[self._index[record_id]]
 
     def lengths(self) -> np.ndarray:

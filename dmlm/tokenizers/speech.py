@@ -55,6 +55,8 @@ class CodebookSettings:
     """k-means seed."""
     max_frames: int = 300_000
     """Frames sampled for fitting."""
+    n_init: int = 1
+    """k-means restarts (the best inertia wins)."""
     frame_rate: float = field(default=50.0)
     """Frames per second after pooling (set by fit)."""
 
@@ -62,6 +64,7 @@ class CodebookSettings:
         """The settings that determine units (not fit-time knobs like max_frames)."""
         d = asdict(self)
         d.pop("max_frames")
+        d.pop("n_init")
         return d
 
 
@@ -216,7 +219,7 @@ def fit_codebook(
     if len(X) < settings.k:
         raise ValueError(f"only {len(X)} frames to fit k={settings.k} units; give more audio or a smaller k")
     log.info("k-means: %d frames x %d dims -> k=%d", *X.shape, settings.k)
-    km = MiniBatchKMeans(n_clusters=settings.k, batch_size=4096, n_init=3, max_iter=100,
+    km = MiniBatchKMeans(n_clusters=settings.k, batch_size=4096, n_init=settings.n_init, max_iter=100,
                          random_state=settings.seed, compute_labels=False)
     km.fit(X)
     settings.frame_rate = feats.frame_rate / max(1, settings.pooling)

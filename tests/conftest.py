@@ -1,0 +1,122 @@
+"""Shared toy fixtures, built once per session (CPU, seconds):
+
+- `corpus`: 24 short sentences over a 9-word vocabulary, spoken by espeak-ng into 16 kHz
+  wavs; manifests `train.jsonl` (20), `dev.jsonl` (4) and `tiny.jsonl` (4 training
+  utterances, for overfitting); a 16-unit `mel` codebook; token stores for every manifest.
+- `run_config(tmp, **overrides)`: a `RunConfig` for a 2-layer d=64 Llama on that corpus.
+- `trained`: a checkpoint overfit on `tiny.jsonl` (shared by the model and CLI tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+# one thread: the tests are tiny, and spin-waiting threads on a shared 2-core machine are slow
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmlm.audio import load_audio
+from dmlm.data.manifest import Record, read_manifest, write_manifest
+from dmlm.data.synth import Voice, synthesize_many
+from dmlm.tokenize import tokenize_manifest
+from dmlm.tokenizers.speech import Codebook, CodebookSettings, fit_codebook
+
+torch.set_num_threads(1)
+
+SENTENCES = [" ".join(w) for w in itertools.product(("the", "a"), ("red", "big"), ("cat", "dog"),
+                                                    ("runs", "sees", "likes"))]
+VOICE = Voice("en-us+m3", rate=170, pitch=50)
+TINY = (0, 7, 13, 18)  # training records the overfit test memorizes: four different sentences
+
+
+def _mel_settings(**kw) -> CodebookSettings:
+    return CodebookSettings(**{"backend": "mel", "model": None, "layer": None, "k": 16, "seed": 0, **kw})
+
+
+@pytest.fixture(scope="session")
+def mel_settings():
+    """`mel_settings(**changes)`: settings of a 16-unit log-mel codebook (no model needed)."""
+    return _mel_settings
+
+
+@dataclass
+class Corpus:
+    root: Path
+    train: Path
+    dev: Path
+    tiny: Path
+    codebook: Path
+    units: Path
+
+    def wavs(self, manifest: Path | None = None) -> list:
+        m = manifest or self.train
+        return [load_audio(r.audio_path(m)) for r in read_manifest(m)]
+
+    def texts(self, manifest: Path) -> list[str]:
+        return [r.text for r in read_manifest(manifest)]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Corpus:
+    root = tmp_path_factory.mktemp("corpus")
+    jobs = [(text, VOICE, root / "wav" / f"utt{i:02d}.wav") for i, text in enumerate(SENTENCES)]
+    durations = synthesize_many(jobs, workers=2, desc="test corpus")
+    records = [Record(id=f"utt{i:02d}", lang="en", audio=f"wav/utt{i:02d}.wav", duration=round(d, 3), text=text,
+                      speaker=VOICE.name) for i, ((text, _, _), d) in enumerate(zip(jobs, durations))]
+    dev_idx = {3, 10, 16, 21}
+    train = [r for i, r in enumerate(records) if i not in dev_idx]
+    dev = [r for i, r in enumerate(records) if i in dev_idx]
+    paths = {name: root / f"{name}.jsonl" for name in ("train", "dev", "tiny")}
+    write_manifest(paths["train"], [Record(**{**r.__dict__, "split": "train"}) for r in train])
+    write_manifest(paths["dev"], [Record(**{**r.__dict__, "split": "dev"}) for r in dev])
+    write_manifest(paths["tiny"], [Record(**{**train[i].__dict__, "split": "train"}) for i in TINY])
+
+    cb = fit_codebook((load_audio(r.audio_path(paths["train"])) for r in read_manifest(paths["train"])),
+                      _mel_settings())
+    cb_path = cb.save(root / "cb.safetensors")
+    units = root / "units"
+    for p in paths.values():
+        assert tokenize_manifest(cb, p, units) is not None
+    return Corpus(root, paths["train"], paths["dev"], paths["tiny"], cb_path, units)
+
+
+@pytest.fixture(scope="session")
+def codebook(corpus) -> Codebook:
+    return Codebook.load(corpus.codebook)
+
+
+def make_config(corpus: Corpus, out: Path, *overrides: str, train: Path | None = None, dev: Path | None = None):
+    """A tiny RunConfig on the test corpus: 2-layer d=64 Llama, 300-token BPE, fp32."""
+    from dmlm.config import load_config
+
+    base = [
+        f"data.train={train or corpus.train}", f"data.dev={dev or corpus.dev}", f"data.units={corpus.units}",
+        f"data.codebook={corpus.codebook}", f"train.out={out}", "train.steps=30", "train.eval_every=10",
+        "train.save_every=15", "train.batch_tokens=4000", "train.warmup_steps=5", "train.log_every=1",
+        "model.hidden_size=64", "model.layers=2", "model.heads=2", "model.intermediate_size=128",
+        "data.bpe_vocab_size=300",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+@pytest.fixture(scope="session")
+def run_config(corpus):
+    """`run_config(out_dir, "train.steps=5", ...)`: see `make_config`."""
+    return lambda out, *overrides, **kw: make_config(corpus, Path(out), *overrides, **kw)
+
+
+@pytest.fixture(scope="session")
+def trained(corpus, tmp_path_factory) -> Path:
+    """A checkpoint that has memorized the four utterances of `tiny.jsonl`."""
+    from dmlm.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    cfg = make_config(corpus, out, "train.steps=150", "train.lr=3e-3", "train.eval_every=1000",
+                      "train.save_every=1000", "train.log_every=10", train=corpus.tiny, dev=corpus.tiny)
+    return train(cfg)
