@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except (ManifestError, AudioError, ConfigError, CodebookMismatch, VocabError, FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise  # -v: the full traceback, for bug reports
         print(f"dmlm {args.verb}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -38,12 +38,20 @@ class DemoConfig:
     run: RunConfig = field(default_factory=RunConfig)
     examples: int = 8
     """Example transcripts shown in report.md."""
+    processes: int = 2
+    """Training processes (torchrun, gloo on CPU). On a 2-core CPU two single-thread ranks train
+    ~30 % faster than one process with two threads; 1 trains in this process."""
 
 
 def machine() -> dict:
     import os
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__}
 
@@ -100,7 +108,10 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
     run.data.units, run.data.codebook = str(out / "units"), str(out / "codebook.safetensors")
     run.train.out = str(out / "model")
     with stage("train"):
-        train(run, resume=resume)
+        if cfg.processes > 1:
+            train_distributed(run, out / "train.yaml", cfg.processes, resume)
+        else:
+            train(run, resume=resume)
     with stage("evaluate"):
         rep = evaluate_asr(out / "model", manifests["test"], out / "eval_test.json", units=out / "units" / "test")
     plot_losses(out / "model.log.jsonl", out / "loss.png")
@@ -125,6 +136,26 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
     atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=str))
     atomic_write_text(out / "report.md", render_markdown(report, out, cfg.examples))
     return report
+
+
+def train_distributed(run: RunConfig, config_path: Path, processes: int, resume: bool) -> None:
+    """`dmlm train` under torchrun with `processes` ranks (one thread each on CPU)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    atomic_write_text(config_path, dump_config(run))
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.update(OMP_NUM_THREADS=str(max(1, (os.cpu_count() or processes) // processes)), GLOO_SOCKET_IFNAME="lo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "dmlm.cli", "train", str(config_path)] + (["--resume"] if resume else [])
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, env=env, check=True)
 
 
 def render_markdown(report: dict, out: Path, n_examples: int) -> str:

@@ -282,7 +282,9 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     t_last = time.time()
     while frac() < 1.0 and (stop_at is None or progress.step < stop_at):
         t0 = time.time()
-        micro = [collate(stream.next(), S.vocab.pad) for _ in range(cfg.train.grad_accum)]
+        # every rank walks the same global order; rank r takes micro-batches r, r+world, …
+        step_batches = [stream.next() for _ in range(cfg.train.grad_accum * acc.num_processes)]
+        micro = [collate(b, S.vocab.pad) for b in step_batches[acc.process_index :: acc.num_processes]]
         micro = [{k: v.to(acc.device) for k, v in b.items()} for b in micro]
         counts = sum(loss_counts(cfg.train.loss, loss_weights(cfg.train.loss, b["attention_mask"], b["target"]),
                                  b["modality"][:, 1:]) for b in micro)
@@ -302,17 +304,26 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         gnorm = acc.clip_grad_norm_(model.parameters(), cfg.train.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        n_tok = int(sum(int(b["attention_mask"].sum()) for b in micro))
-        mod_tok = [int(sum(int(((b["modality"] == m) & (b["attention_mask"] > 0)).sum()) for b in micro)) for m in range(3)]
+        local = torch.tensor([float(b["attention_mask"].sum()) for b in micro]).sum().reshape(1)
+        local_mod = torch.tensor([sum(float(((b["modality"] == m) & (b["attention_mask"] > 0)).sum()) for b in micro)
+                                  for m in range(3)])
+        tok = acc.reduce(torch.cat([local, local_mod]).to(acc.device), reduction="sum").tolist()
+        n_tok, mod_tok = int(tok[0]), [int(x) for x in tok[1:]]
         progress.step += 1
         progress.tokens += n_tok
         progress.elapsed += time.time() - t0
+        if acc.num_processes > 1:  # ranks must agree on when the time budget ends
+            import torch.distributed as dist
+
+            t = torch.tensor([progress.elapsed], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            progress.elapsed = float(t)
         bar.update(1)
         rec = {"step": progress.step, "loss": step_loss, "lr": cfg.train.lr * f, "grad_norm": float(gnorm),
                "tokens": n_tok, "tokens_text": mod_tok[0], "tokens_speech": mod_tok[1], "tokens_image": mod_tok[2],
                "elapsed": progress.elapsed}
         if progress.step % cfg.train.eval_every == 0 and S.dev:
-            rec["dev_loss"] = dev_loss(model, S.dev, cfg, S.vocab.pad, acc.device)
+            rec["dev_loss"] = dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device)
         if acc.is_main_process and (progress.step % cfg.train.log_every == 0 or "dev_loss" in rec):
             tok_s = progress.tokens / max(progress.elapsed, 1e-9)
             rec["tokens_per_s"] = tok_s
@@ -329,7 +340,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     del t_last
     if S.dev and acc.is_main_process:
         with log_path.open("a") as fh:
-            fh.write(json.dumps({"step": progress.step, "dev_loss": dev_loss(model, S.dev, cfg, S.vocab.pad, acc.device),
+            fh.write(json.dumps({"step": progress.step, "dev_loss": dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device),
                                  "elapsed": progress.elapsed}) + "\n")
     save()
     if writer:
