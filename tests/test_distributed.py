@@ -35,7 +35,7 @@ def test_two_processes_match_one_process(run_config, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29611",
          "-m", "dmlm.cli", "train", str(tmp_path / "two.yaml")],
-        env=env, capture_output=True, text=True, timeout=240,
+        env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = Path(cfg.train.out)
