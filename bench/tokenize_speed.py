@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     from dmlm.data import miniworld
 
     rng = random.Random(0)
-    sents = miniworld.generate_splits(0, 0, n, seed=1)["test"]
+    sents = miniworld.generate_splits(n, 0, 0, seed=1)["train"]
     wavs = [synthesize(s.text, draw_voice(rng)) for s in sents]
     audio_s = sum(len(w) for w in wavs) / 16000
 
