@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     feats = WhisperCT2Features(args.model)
     padded = WhisperCT2Features(args.model, pad_quantum=30.0)  # every clip padded to 30 s
     dim = feats([wavs[0]])[0].shape[1]
-    cb = Codebook(np.random.default_rng(0).standard_normal((500, dim)).astype(np.float32),
-                  CodebookSettings(model=args.model, k=500))
+    settings = CodebookSettings(model=args.model)  # the default k and pooling; centroids don't change the cost
+    cb = Codebook(np.random.default_rng(0).standard_normal((settings.k, dim)).astype(np.float32), settings)
 
     def run(fx) -> float:
         t = time.perf_counter()

@@ -36,7 +36,8 @@ TINY = (0, 7, 13, 18)  # training records the overfit test memorizes: four diffe
 
 
 def _mel_settings(**kw) -> CodebookSettings:
-    return CodebookSettings(**{"backend": "mel", "model": None, "layer": None, "k": 16, "seed": 0, **kw})
+    return CodebookSettings(**{"backend": "mel", "model": None, "layer": None, "k": 16, "seed": 0, "dedup": True,
+                               "pooling": 1, **kw})
 
 
 @pytest.fixture(scope="session")

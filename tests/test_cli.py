@@ -51,7 +51,7 @@ def _row(corpus, i: int = 0, **kw) -> dict:
 
 def test_codebook_fit(corpus, codebook, tmp_path, capsys):
     out = _ok(["codebook", "fit", corpus.train, "-o", tmp_path / "cb.safetensors",
-               "backend=mel", "model=null", "layer=null", "k=16"], capsys)
+               "backend=mel", "model=null", "layer=null", "k=16", "dedup=true", "pooling=1"], capsys)
     cb = Codebook.load(tmp_path / "cb.safetensors")
     assert f"fingerprint={cb.fingerprint}" in out
     assert cb.fingerprint == codebook.fingerprint  # same audio, settings and seed as the session fixture
