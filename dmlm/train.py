@@ -108,6 +108,8 @@ class Progress:
     batch: int = 0  # index of the next micro-batch within the epoch
     elapsed: float = 0.0  # training seconds so far
     tokens: int = 0
+    world_size: int = 1  # ranks that took the batches so far: resuming with another count changes them
+    grad_accum: int = 1
 
 
 class BatchStream:
@@ -128,6 +130,30 @@ class BatchStream:
         idx = self._epoch_batches[self.p.batch]
         self.p.batch += 1
         return [self.rendered[i] for i in idx]
+
+
+def padding_share(lengths: np.ndarray, batch_tokens: int, seed: int) -> dict[str, float]:
+    """Share of padded positions in one epoch's micro-batches: length-bucketed vs. random order.
+
+    Both fill micro-batches under the same padded-token budget; the random baseline is what
+    plain shuffled batching would waste.
+    """
+    def share(batches: list[list[int]]) -> float:
+        real = sum(int(lengths[i]) for b in batches for i in b)
+        padded = sum(len(b) * max(int(lengths[i]) for i in b) for b in batches)
+        return 1 - real / max(padded, 1)
+
+    rng = np.random.default_rng([seed, 0])
+    random_batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in rng.permutation(len(lengths)).tolist():
+        if cur and max(int(lengths[j]) for j in cur + [i]) * (len(cur) + 1) > batch_tokens:
+            random_batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        random_batches.append(cur)
+    return {"bucketed": share(bucket_batches(lengths, batch_tokens, seed, 0)), "random": share(random_batches)}
 
 
 def lr_factor(progress: float, warmup_frac: float, min_ratio: float) -> float:
@@ -219,6 +245,13 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
             raise ValueError(f"{out}: checkpoint vocabulary differs from this config's; cannot resume")
         model = ck.model.train()
         progress = Progress(**json.loads((state_dir / "progress.json").read_text()))
+        if (progress.world_size, progress.grad_accum) != (acc.num_processes, cfg.train.grad_accum):
+            raise ValueError(
+                f"{state_dir}: this run was trained with {progress.world_size} process(es) x grad_accum "
+                f"{progress.grad_accum}; resuming with {acc.num_processes} x {cfg.train.grad_accum} would change the "
+                f"global batch and break exact resume. Relaunch with --nproc_per_node {progress.world_size} "
+                f"(or set train.grad_accum so that processes x grad_accum matches and start a new run)"
+            )
         log.info("resuming from step %d", progress.step)
     else:
         if resume:
@@ -238,7 +271,9 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
 
+    progress.world_size, progress.grad_accum = acc.num_processes, cfg.train.grad_accum
     stream = BatchStream(S.train, cfg.train.batch_tokens, cfg.train.seed, progress)
+    pad_share = padding_share(stream.lengths, cfg.train.batch_tokens, cfg.train.seed)
     lambdas = torch.tensor(cfg.train.lambdas, dtype=torch.float32, device=acc.device)
     writer = None
     log_path = out.with_name(out.name + ".log.jsonl")
@@ -249,6 +284,9 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         if progress.step == 0:
             log_path.unlink(missing_ok=True)
     info = model_summary(cfg.model, acc.unwrap_model(model))
+    info["padding_share"] = pad_share
+    log.info("padding share of micro-batches: %.1f %% length-bucketed vs %.1f %% in random order",
+             100 * pad_share["bucketed"], 100 * pad_share["random"])
     log.info("model: %.2fM parameters (%.2fM non-embedding), vocab %d", info["params"] / 1e6,
              info["params_non_embedding"] / 1e6, S.vocab.size)
     warm = cfg.train.warmup_steps / max(1, cfg.train.steps)
