@@ -170,3 +170,19 @@ def test_whisper_features_use_each_clip_own_length_and_ignore_batch_mates(corpus
     # reversed order, one batch each: same again
     for w, f in zip(wavs[::-1], feats(wavs[::-1])):
         np.testing.assert_array_equal(f, feats([w])[0])
+
+
+@pytest.mark.slow
+def test_whisper_engines_agree_and_layers_are_selectable(corpus):
+    """transformers (any layer) and CTranslate2 (last layer) give the same last-layer features."""
+    wavs = corpus.wavs(corpus.train)[:3]
+    ct2 = build_features("whisper", "whisper-base", -1, compute_type="float32")(wavs)
+    hf = build_features("whisper-hf", "whisper-base", -1)
+    last = hf(wavs)
+    for a, b in zip(ct2, last):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() < 1e-2 * np.abs(a).max()
+    mid = build_features("whisper-hf", "whisper-base", 3)(wavs)
+    assert mid[0].shape == last[0].shape and not np.allclose(mid[0], last[0])
+    with pytest.raises(ValueError, match="layer"):
+        build_features("whisper", "whisper-base", 3)
