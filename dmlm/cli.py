@@ -86,7 +86,8 @@ def cmd_tokenize(args) -> None:
     for m in args.manifests:
         store = tokenize_manifest(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)
         if store is None:
-            print(f"{m}: shard {args.shard}/{args.num_shards} done; other shards pending")
+            print(f"{m}: shard {args.shard}/{args.num_shards} done; the store is merged once every shard is done "
+                  "(by whichever job finishes last)")
         else:
             lens = store.lengths()
             print(f"{m}: {len(store)} utterances, {int(lens.sum())} units (mean {lens.mean():.1f}) -> {store.prefix}")

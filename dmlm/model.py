@@ -142,13 +142,18 @@ class Checkpoint:
     meta: dict
 
     def codebook(self, modality: str = "speech"):
+        """The checkpoint's codebook, loaded once (its feature extractor is expensive to build)."""
         from dmlm.tokenizers.speech import Codebook
 
+        cache = self.__dict__.setdefault("_codebooks", {})
+        if modality in cache:
+            return cache[modality]
         path = self.path / "codebooks" / f"{modality}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{self.path}: checkpoint has no {modality} codebook ({path})")
         cb = Codebook.load(path)
         cb.check(self.vocab.fingerprints.get(modality), f"checkpoint {self.path}")
+        cache[modality] = cb
         return cb
 
 

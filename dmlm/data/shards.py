@@ -12,14 +12,30 @@ Design decisions:
   takes chunks i, i+n, …, so shards can run under any launcher; whoever finds every part
   present merges them. Merging streams part by part: memory stays flat with corpus size.
 - A store records its codebook fingerprint; opening it with another codebook is an error.
+- Concurrent jobs are detected, never silently interleaved:
+    P.plan.json               the build's plan (records, chunk size, num_shards, fingerprint),
+                              published atomically by the first job; a job with another chunk
+                              size (its parts would not line up) or shard count (its shards
+                              would overlap others') for the same records is refused
+    P.shard<i>-of-<n>.lock    held (flock, non-blocking) while shard i works: a second job on
+                              the same shard fails at once, naming the lock and its holder
+    P.merge.lock              held while merging, so exactly one job merges
+  The merge also checks that the parts hold exactly the records of the manifest, in order.
+  A finished store leaves none of them behind (a killed job may leave its lock file: harmless).
 """
 
 from __future__ import annotations
 
+import fcntl
+import glob
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +83,140 @@ class TokenStore:
         return np.diff(self.offsets)
 
 
+
+class StoreBusy(ValueError):
+    """Another process holds the lock of this shard (a ValueError: the CLI reports it in one line)."""
+
+
 def _part_path(prefix: Path, chunk: int) -> Path:
     return prefix.with_name(f"{prefix.name}.part{chunk:05d}.npz")
+
+
+def _plan_path(prefix: Path) -> Path:
+    return prefix.with_name(f"{prefix.name}.plan.json")
+
+
+def shard_lock_path(prefix: str | Path, shard: int, num_shards: int) -> Path:
+    prefix = Path(prefix)
+    return prefix.with_name(f"{prefix.name}.shard{shard}-of-{num_shards}.lock")
+
+
+def merge_lock_path(prefix: str | Path) -> Path:
+    prefix = Path(prefix)
+    return prefix.with_name(f"{prefix.name}.merge.lock")
+
+
+def _any_parts(prefix: Path) -> bool:
+    return any(prefix.parent.glob(f"{glob.escape(prefix.name)}.part*.npz"))
+
+
+# -- locks ----------------------------------------------------------------------------------
+# flock locks belong to the open file, not to the file's existence: the kernel drops them when
+# the holder's descriptor closes, which includes the process dying however it dies (kill -9,
+# the OOM killer, a crash). So a lock file left behind by a killed job never blocks a rerun;
+# only a live holder does. (On NFS, Linux maps flock onto POSIX locks held by the server, so it
+# works across machines; a file system without locks gets a warning and no protection.) The holder deletes its lock file on release while still holding it;
+# a process that opened the old file meanwhile sees that the path now names another file (or
+# none) and starts over, so two processes never both believe they hold the lock.
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path`, or raise `StoreBusy` at once (never waits)."""
+    fd = _acquire(path, what)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            path.unlink(missing_ok=True)  # still ours: only a holder unlinks it
+            os.close(fd)  # releases the flock
+
+
+def _acquire(path: Path, what: str) -> int | None:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "holder unknown"
+            os.close(fd)
+            raise StoreBusy(f"{what}: another process is at it ({holder}; lock file {path}). Wait for it or "
+                            "stop it; a killed job's lock is released by the OS, so it never blocks a rerun") from None
+        except OSError as e:  # a file system without flock (some network mounts)
+            os.close(fd)
+            log.warning("%s: cannot lock (%s); concurrent jobs on %s will not be detected", path, e, what)
+            return None
+        try:
+            ours = os.path.samestat(os.stat(path), os.fstat(fd))
+        except FileNotFoundError:
+            ours = False
+        if ours:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                      .encode(), 0)
+            return fd
+        os.close(fd)  # the previous holder unlinked this file after we opened it: lock the new one
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+def _check_plan(prefix: Path, plan: dict) -> None:
+    """Publish this build's plan, or check it against the one already there.
+
+    The first job publishes atomically (complete file, created only if absent), so concurrent
+    starters all compare against the same plan. A plan of another build (other records or
+    codebook) with no parts left is stale and replaced; with parts, it is an error.
+    """
+    path = _plan_path(prefix)
+    text = json.dumps(plan, indent=1)
+    for _ in range(3):  # a merge may delete the plan between our two looks
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        try:
+            os.link(tmp, path)  # atomic create-if-absent, unlike os.replace
+            return
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links here (some network or FUSE mounts): publish, less strictly
+            if not path.exists():
+                os.replace(tmp, path)
+                return
+        finally:
+            tmp.unlink(missing_ok=True)
+        try:
+            old = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        if old == plan:
+            return
+        if (old.get("records_sha256"), old.get("fingerprint")) != (plan["records_sha256"], plan["fingerprint"]):
+            if not _any_parts(prefix):
+                atomic_write_text(path, text)  # left by a finished or abandoned build
+                return
+            if old.get("fingerprint") != plan["fingerprint"]:
+                raise ValueError(f"{prefix}: part files were made with another codebook ({old.get('fingerprint')}), "
+                                 f"not {plan['fingerprint']}; delete {prefix.name}.part*.npz and {path.name}")
+            raise ValueError(f"{prefix}: part files were made for another manifest ({old.get('records')} records, "
+                             f"now {plan['records']}); delete {prefix.name}.part*.npz and {path.name}")
+        diff = ", ".join(f"{k}={old.get(k)} (this run: {plan[k]})" for k in ("num_shards", "chunk_size")
+                         if old.get(k) != plan[k])
+        raise ValueError(f"{prefix}: this store is being built with {diff}, as recorded in {path}; "
+                         f"run every shard with the same --num-shards, or delete {prefix.name}.part*.npz and "
+                         f"{path.name} to start over")
+    raise ValueError(f"{path}: could not publish the build plan (deleted repeatedly under us)")
+
+
+# -- build ----------------------------------------------------------------------------------
+
+def _complete_store(prefix: Path, ids: list[str], meta: dict) -> TokenStore | None:
+    """The finished store if one for exactly these records is there (another codebook: error)."""
+    meta_path = prefix.with_suffix(".json")
+    if not meta_path.is_file():
+        return None
+    old = json.loads(meta_path.read_text())
+    if old.get("fingerprint") != meta.get("fingerprint"):
+        raise ValueError(f"{meta_path}: existing store was made with codebook {old.get('fingerprint')}, "
+                         f"not {meta.get('fingerprint')}; delete it or write elsewhere")
+    return TokenStore(prefix) if old["ids"] == ids else None
 
 
 def build_store(
@@ -83,44 +231,58 @@ def build_store(
 ) -> TokenStore | None:
     """Encode records chunk by chunk into a store; returns it once every chunk is done.
 
-    Returns None when this shard finished but other shards still have chunks to do.
+    Returns None when this shard finished but other shards still have chunks to do, or
+    another process is merging. Raises `StoreBusy` when another process works on this shard.
     """
     if not (0 <= shard < num_shards):
         raise ValueError(f"shard index {shard} out of range for --num-shards {num_shards}")
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    meta_path = prefix.with_suffix(".json")
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old.get("fingerprint") != meta.get("fingerprint"):
-            raise ValueError(f"{meta_path}: existing store was made with codebook {old.get('fingerprint')}, "
-                             f"not {meta.get('fingerprint')}; delete it or write elsewhere")
-        if old["ids"] == [r.id for r in records]:
-            return TokenStore(prefix)
+    ids = [r.id for r in records]
+    if (done := _complete_store(prefix, ids, meta)) is not None:
+        return done
     n_chunks = max(1, -(-len(records) // chunk_size))
+    _check_plan(prefix, {"records": len(ids), "records_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+                         "fingerprint": meta.get("fingerprint") or "", "chunk_size": chunk_size,
+                         "num_shards": num_shards})
     mine = [c for c in range(n_chunks) if c % num_shards == shard]
-    todo = [c for c in mine if not _part_path(prefix, c).is_file()]
-    if len(todo) < len(mine):
-        log.info("%s: resuming, %d of %d chunks already done", prefix, len(mine) - len(todo), len(mine))
-    bar = tqdm(total=sum(len(records[c * chunk_size : (c + 1) * chunk_size]) for c in todo), desc=desc, unit="utt")
-    for c in todo:
-        chunk = list(records[c * chunk_size : (c + 1) * chunk_size])
-        seqs = encode(chunk)
-        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]) if seqs else np.zeros(0, np.int32)
-        part = _part_path(prefix, c)
-        tmp = part.with_name(f".{part.name}.tmp.npz")
-        np.savez(tmp, tokens=flat, lengths=lengths, ids=np.array([r.id for r in chunk]),
-                 fingerprint=np.array(meta.get("fingerprint") or ""))
-        os.replace(tmp, part)
-        bar.update(len(chunk))
-    bar.close()
-    if not all(_part_path(prefix, c).is_file() for c in range(n_chunks)):
-        return None
-    return _merge(prefix, n_chunks, meta)
+    with exclusive_lock(shard_lock_path(prefix, shard, num_shards), f"{prefix}: shard {shard} of {num_shards}"):
+        todo = [c for c in mine if not _part_path(prefix, c).is_file()]
+        # checked after listing the parts: a merge writes the store before deleting them, so
+        # parts missing because of a merge mean the store is there now
+        if (done := _complete_store(prefix, ids, meta)) is not None:
+            return done
+        if len(todo) < len(mine):
+            log.info("%s: resuming, %d of %d chunks already done", prefix, len(mine) - len(todo), len(mine))
+        bar = tqdm(total=sum(len(records[c * chunk_size : (c + 1) * chunk_size]) for c in todo), desc=desc, unit="utt")
+        for c in todo:
+            chunk = list(records[c * chunk_size : (c + 1) * chunk_size])
+            seqs = encode(chunk)
+            lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+            flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]) if seqs else np.zeros(0, np.int32)
+            part = _part_path(prefix, c)
+            tmp = part.with_name(f".{part.name}.{os.getpid()}.tmp.npz")
+            try:
+                np.savez(tmp, tokens=flat, lengths=lengths, ids=np.array([r.id for r in chunk]),
+                         fingerprint=np.array(meta.get("fingerprint") or ""))
+                os.replace(tmp, part)
+            finally:
+                tmp.unlink(missing_ok=True)
+            bar.update(len(chunk))
+        bar.close()
+        if not all(_part_path(prefix, c).is_file() for c in range(n_chunks)):
+            return None
+        try:
+            with exclusive_lock(merge_lock_path(prefix), f"{prefix}: merging"):
+                if (done := _complete_store(prefix, ids, meta)) is not None:
+                    return done  # merged by another process while we waited for the lock
+                return _merge(prefix, n_chunks, meta, ids)
+        except StoreBusy:
+            log.info("%s: another process is merging the parts", prefix)
+            return None
 
 
-def _merge(prefix: Path, n_chunks: int, meta: dict) -> TokenStore:
+def _merge(prefix: Path, n_chunks: int, meta: dict, expected_ids: list[str]) -> TokenStore:
     ids: list[str] = []
     offsets = [0]
     tmp_bin = prefix.with_name(f".{prefix.name}.bin.tmp")
@@ -129,15 +291,24 @@ def _merge(prefix: Path, n_chunks: int, meta: dict) -> TokenStore:
             with np.load(_part_path(prefix, c)) as part:
                 if str(part["fingerprint"]) != (meta.get("fingerprint") or ""):
                     raise ValueError(f"{_part_path(prefix, c)}: part made with another codebook; delete the parts")
+                part_ids = [str(x) for x in part["ids"]]
+                if part_ids != expected_ids[len(ids) : len(ids) + len(part_ids)]:
+                    raise ValueError(f"{_part_path(prefix, c)}: part holds other records than the manifest's "
+                                     f"(left from another build?); delete {prefix.name}.part*.npz and tokenize again")
                 f.write(part["tokens"].astype(np.int32).tobytes())
                 for n in part["lengths"]:
                     offsets.append(offsets[-1] + int(n))
-                ids.extend(str(x) for x in part["ids"])
+                ids.extend(part_ids)
+    if ids != expected_ids:
+        raise ValueError(f"{prefix}: parts hold {len(ids)} records, the manifest {len(expected_ids)}; "
+                         f"delete {prefix.name}.part*.npz and tokenize again")
     os.replace(tmp_bin, prefix.with_suffix(".bin"))
     tmp_idx = prefix.with_name(f".{prefix.name}.idx.tmp.npy")
     np.save(tmp_idx, np.array(offsets, dtype=np.int64))
     os.replace(tmp_idx, prefix.with_suffix(".idx.npy"))
+    # the store's .json is written last and atomically: it is what marks a store complete
     atomic_write_text(prefix.with_suffix(".json"), json.dumps({**meta, "ids": ids}))
     for c in range(n_chunks):
         _part_path(prefix, c).unlink(missing_ok=True)
+    _plan_path(prefix).unlink(missing_ok=True)
     return TokenStore(prefix)
