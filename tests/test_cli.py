@@ -76,7 +76,7 @@ def test_tokenize(corpus, tmp_path, capsys):
 def test_tokenize_in_two_shards(corpus, tmp_path, capsys):
     argv = ["tokenize", corpus.codebook, corpus.train, "--out", tmp_path / "u", "--num-shards", "2"]
     # 20 records are one chunk (of 256), which shard 0 holds: shard 1 has nothing to do
-    assert "other shards pending" in _ok(argv + ["--shard", "1"], capsys)
+    assert "merged once every shard is done" in _ok(argv + ["--shard", "1"], capsys)
     assert "20 utterances" in _ok(argv + ["--shard", "0"], capsys)
     assert TokenStore(tmp_path / "u" / "train").ids == TokenStore(corpus.units / "train").ids
     assert "out of range" in _fails(argv + ["--shard", "2"], capsys)
