@@ -7,7 +7,8 @@ import os
 import platform
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+# where results go: bench/results/, or DMLM_BENCH_RESULTS (the tests point it at a temp folder)
+RESULTS = Path(os.environ.get("DMLM_BENCH_RESULTS", Path(__file__).parent / "results"))
 
 
 def machine() -> str:
