@@ -1,0 +1,40 @@
+"""Every benchmark runs in --quick mode and writes its JSON result (no timing assertions:
+timings belong to the benchmarks, not the tests)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+
+KEYS = {"metric", "unit", "dmlm", "baseline", "ratio", "higher_is_better", "machine"}
+
+# (module, result files it must write)
+BENCHES = [
+    ("bench.tokenize_speed", ["tokenize_speed.json"]),
+    ("bench.decode_speed", ["decode_speed.json"]),
+    ("bench.asr_rtf", ["asr_rtf.json"]),
+    ("bench.train_speed", ["train_speed_demo.json"]),
+    ("bench.memory", ["memory_train.json", "memory_tokenize.json", "scaling.json"]),
+]
+
+
+@pytest.mark.parametrize("module,files", BENCHES, ids=[m for m, _ in BENCHES])
+def test_bench_quick_writes_its_result(module, files, tmp_path, monkeypatch):
+    import bench.common
+
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
+    monkeypatch.setenv("DMLM_BENCH_RESULTS", str(tmp_path))  # for benchmarks that measure in subprocesses
+    argv = ["--quick"]
+    if module == "bench.asr_rtf":
+        argv += ["--model", str(tmp_path / "no-such-model")]  # the untrained demo-shaped path, not a local demo
+    importlib.import_module(module).main(argv)
+    for name in files:
+        res = json.loads((tmp_path / name).read_text())
+        if name == "scaling.json":
+            assert res  # rows of (size, seconds)
+            continue
+        assert KEYS <= res.keys(), name
+        assert res["dmlm"] > 0 and res["baseline"] > 0
+        assert res["ratio"] == pytest.approx(res["dmlm"] / res["baseline"])
