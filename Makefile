@@ -33,8 +33,13 @@ demo: install sysdeps
 test: install sysdeps
 	$(BIN)/python -m pytest -q
 
+# each benchmark measures dmlm against a baseline in the same run; results in bench/results/
 bench: install sysdeps
 	$(BIN)/python -m bench.tokenize_speed
+	$(BIN)/python -m bench.train_speed
+	$(BIN)/python -m bench.decode_speed
+	$(BIN)/python -m bench.asr_rtf
+	$(BIN)/python -m bench.memory
 
 clean:
 	rm -rf runs/ .pytest_cache
