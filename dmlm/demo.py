@@ -156,7 +156,9 @@ def train_distributed(run: RunConfig, config_path: Path, processes: int, resume:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "dmlm.cli", "train", str(config_path)] + (["--resume"] if resume else [])
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, env=env, check=True)
+    rc = subprocess.run(cmd, env=env).returncode
+    if rc != 0:
+        raise ValueError(f"training under torchrun failed (exit status {rc}); the ranks' errors are printed above")
 
 
 def render_markdown(report: dict, out: Path, n_examples: int) -> str:

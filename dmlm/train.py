@@ -108,8 +108,8 @@ class Progress:
     batch: int = 0  # index of the next micro-batch within the epoch
     elapsed: float = 0.0  # training seconds so far
     tokens: int = 0
-    world_size: int = 1  # ranks that took the batches so far: resuming with another count changes them
-    grad_accum: int = 1
+    world_size: int | None = None  # ranks that took the batches so far: resuming with another count changes them
+    grad_accum: int | None = None  # (None: a state written before dmlm recorded them; not checked)
 
 
 class BatchStream:
@@ -245,7 +245,9 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
             raise ValueError(f"{out}: checkpoint vocabulary differs from this config's; cannot resume")
         model = ck.model.train()
         progress = Progress(**json.loads((state_dir / "progress.json").read_text()))
-        if (progress.world_size, progress.grad_accum) != (acc.num_processes, cfg.train.grad_accum):
+        if progress.world_size is not None and (progress.world_size, progress.grad_accum) != (
+            acc.num_processes, cfg.train.grad_accum
+        ):
             raise ValueError(
                 f"{state_dir}: this run was trained with {progress.world_size} process(es) x grad_accum "
                 f"{progress.grad_accum}; resuming with {acc.num_processes} x {cfg.train.grad_accum} would change the "
