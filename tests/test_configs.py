@@ -1,0 +1,40 @@
+"""Every shipped YAML config loads into its dataclass (unknown keys or bad types would fail)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dmlm.config import ConfigError, RunConfig, load_config
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_demo_config():
+    from dmlm.demo import load_demo_config
+
+    cfg = load_demo_config(str(CONFIGS / "demo.yaml"), [])
+    assert cfg.codebook.k == 1000 and cfg.codebook.pooling == 2 and not cfg.codebook.dedup
+    assert cfg.run.train.max_minutes > 0 and cfg.processes == 2
+
+
+def test_ablate_config():
+    from dmlm.ablate import load_ablate_config
+
+    cfg = load_ablate_config(str(CONFIGS / "ablate.yaml"), [])
+    assert len(cfg.variants) >= 5
+
+
+def test_base_config():
+    cfg = load_config(CONFIGS / "base.yaml")
+    assert isinstance(cfg, RunConfig) and cfg.model.init == "pretrained"
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.lr=1e-3", "train.lambdas=[2,1,1]", "model.tie_embeddings=false"])
+    assert cfg.train.lr == 1e-3 and cfg.train.lambdas == [2.0, 1.0, 1.0] and cfg.model.tie_embeddings is False
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, ["train.stepz=3"])
