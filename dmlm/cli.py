@@ -28,8 +28,12 @@ from pathlib import Path
 def _decoding_args(p: argparse.ArgumentParser) -> None:
     from dmlm.decoding import DecodingOptions
 
+    from dmlm.config import field_docs
+
+    docs = field_docs(DecodingOptions)
     for f in fields(DecodingOptions):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, dest=f"dec_{f.name}")
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, dest=f"dec_{f.name}",
+                       metavar=f.name.upper(), help=f"{docs.get(f.name, '')} (default: {f.default})")
 
 
 def _decoding_options(args):

@@ -147,5 +147,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: 
     return cfg
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (the help text of its CLI flag)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
 def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(asdict(cfg), sort_keys=False)

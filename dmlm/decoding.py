@@ -46,13 +46,21 @@ class DecodingOptions:
     engine: str = "dmlm"
     """Greedy loop: dmlm (lean, same ids) or transformers (`generate`); beam and sample always use `generate`."""
     beam_size: int = 4
+    """Beams for strategy=beam."""
     max_new_tokens: int = 256
+    """Longest target to generate."""
     temperature: float = 1.0
+    """Softmax temperature for strategy=sample."""
     top_k: int = 0
+    """Sample from the k most likely tokens (0: all)."""
     top_p: float = 1.0
+    """Nucleus sampling mass."""
     length_penalty: float = 1.0
+    """Beam score exponent on length."""
     batch_size: int = 32
+    """Prompts decoded together (sorted by length)."""
     seed: int = 0
+    """Seed for strategy=sample."""
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam", "sample"):
