@@ -144,7 +144,7 @@ def cmd_demo(args) -> None:
     cfg = load_demo_config(args.config, args.overrides)
     rep = run_demo(cfg)
     asr = rep["tasks"]["asr"]
-    print(f"\nmini-world test WER {asr['wer']:.2f}% (training voices), {asr['wer_heldout_voice']:.2f}% (held-out voice); "
+    print(f"\n{cfg.prepare.corpus} test WER {asr['wer']:.2f}% (training voices), {asr['wer_heldout_voice']:.2f}% (held-out voice); "
           f"CER {asr['cer']:.2f}% / {asr['cer_heldout_voice']:.2f}%; {rep['minutes']:.1f} min. Report: {cfg.out}/report.md")
 
 

@@ -166,7 +166,7 @@ def render_markdown(report: dict, out: Path, n_examples: int) -> str:
     rows = [json.loads(x) for x in (out / "eval_test.hyps.jsonl").read_text().splitlines()]
     ex = [r for r in rows if not r["heldout_voice"]][:n_examples] + [r for r in rows if r["heldout_voice"]][: n_examples // 2]
     lines = [
-        "# dmlm demo report (mini-world)", "",
+        f"# dmlm demo report ({report['config']['prepare']['corpus']})", "",
         f"Machine: {report['machine']['cores']} cores, {report['machine']['cpu']}, GPU: {report['machine']['gpu']}; "
         f"total {report['minutes']:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in report['stages_seconds'].items())}).", "",
         "| task | test split | utterances | WER % | CER % | sentence acc. % |", "|---|---|---|---|---|---|",
