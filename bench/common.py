@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 
 # where results go: bench/results/, or DMLM_BENCH_RESULTS (the tests point it at a temp folder)
@@ -12,18 +11,11 @@ RESULTS = Path(os.environ.get("DMLM_BENCH_RESULTS", Path(__file__).parent / "res
 
 
 def machine() -> str:
-    import torch
+    """One line naming the machine (facts from `dmlm.demo.machine`, shared with the demo report)."""
+    from dmlm.demo import machine as facts
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} cores, {cpu}, {gpu}, torch {torch.__version__}"
+    m = facts()
+    return f"{m['cores']} cores, {m['cpu']}, {m['gpu'] or 'no GPU'}, torch {m['torch']}"
 
 
 def write_result(name: str, metric: str, unit: str, dmlm: float, baseline: float, higher_is_better: bool, **extra) -> dict:

@@ -17,6 +17,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -319,7 +320,6 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     bar = tqdm(total=None if budget else cfg.train.steps, initial=progress.step, desc=f"train{budget}", unit="step",
                disable=not acc.is_main_process)
     model.train()
-    t_last = time.time()
     while frac() < 1.0 and (stop_at is None or progress.step < stop_at):
         t0 = time.time()
         # every rank walks the same global order; rank r takes micro-batches r, r+world, …
@@ -334,7 +334,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
             g["lr"] = cfg.train.lr * f
         step_loss = 0.0
         for i, b in enumerate(micro):
-            ctx = acc.no_sync(model) if i < len(micro) - 1 else _null()
+            ctx = acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
             with ctx:
                 with acc.autocast():
                     loss = _step_loss(model, b, cfg.train.loss, counts, lambdas)
@@ -375,9 +375,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
                     writer.add_scalar(f"train/{k}" if k != "dev_loss" else "dev/loss", v, progress.step)
         if progress.step % cfg.train.save_every == 0:
             save()
-        t_last = time.time()
     bar.close()
-    del t_last
     if S.dev and acc.is_main_process:
         with log_path.open("a") as fh:
             fh.write(json.dumps({"step": progress.step, "dev_loss": dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device),
@@ -387,14 +385,6 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         writer.close()
     acc.wait_for_everyone()
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def plot_losses(log_path: str | Path, out_png: str | Path) -> Path:
