@@ -175,6 +175,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
 
 def model_summary(cfg: ModelConfig | None, model: PreTrainedModel) -> dict:
     n = sum(p.numel() for p in model.parameters())
-    emb = model.get_input_embeddings().weight.numel()
+    w_in = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    emb = w_in.numel() + (out.weight.numel() if out is not None and out.weight is not w_in else 0)  # untied head too
     return {"params": n, "params_non_embedding": n - emb, "family": model.config.model_type,
             **({"config": asdict(cfg)} if cfg else {})}
