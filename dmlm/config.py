@@ -33,13 +33,19 @@ class DataConfig:
     units: str = "runs/demo/units"
     """Folder of token stores written by `dmlm tokenize` (one per manifest, named after it)."""
     codebook: str = "runs/demo/codebook.safetensors"
-    """Speech codebook used to make the units."""
+    """Speech codebook used to make the units (empty: a model without speech)."""
     text_tokenizer: str = ""
     """Text tokenizer folder; empty: a BPE trained on the training text (scratch) or the LLM's own (pretrained)."""
     bpe_vocab_size: int = 1000
     """Size of the BPE trained for from-scratch models."""
+    image_codebook: str = ""
+    """Image codebook (`dmlm codebook fit --modality image`); needed when a task reads or writes images."""
+    unpaired: list[str] = field(default_factory=list)
+    """More training manifests (e.g. text-only or image-only): their records join every task that can use them."""
     tasks: list[str] = field(default_factory=lambda: ["asr"])
-    """Tasks to train on."""
+    """Task specs of the mixture: asr, t2s, s2tt:LANG, i2t, text_lm[:LANG], speech_lm, image_lm."""
+    weights: list[float] = field(default_factory=list)
+    """Sampling weight of each task (a share of examples); empty: equal weights."""
 
 
 @dataclass

@@ -122,6 +122,8 @@ def save_checkpoint(
     cb_dir.mkdir()
     for modality, path in (codebooks or {}).items():
         shutil.copy2(path, cb_dir / f"{modality}.safetensors")
+    if (out / "vocoder").is_dir():  # trained separately (`dmlm vocoder train`): survives re-saves
+        shutil.copytree(out / "vocoder", tmp / "vocoder")
     info = {"format_version": FORMAT_VERSION, "vocab": vocab.to_dict(), **meta}
     (tmp / DMLM_JSON).write_text(json.dumps(info, indent=1, default=str))
     old = out.with_name(f".{out.name}.old")
@@ -143,15 +145,20 @@ class Checkpoint:
 
     def codebook(self, modality: str = "speech"):
         """The checkpoint's codebook, loaded once (its feature extractor is expensive to build)."""
-        from dmlm.tokenizers.speech import Codebook
-
         cache = self.__dict__.setdefault("_codebooks", {})
         if modality in cache:
             return cache[modality]
         path = self.path / "codebooks" / f"{modality}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{self.path}: checkpoint has no {modality} codebook ({path})")
-        cb = Codebook.load(path)
+        if modality == "image":
+            from dmlm.tokenizers.image import ImageCodebook
+
+            cb = ImageCodebook.load(path)
+        else:
+            from dmlm.tokenizers.speech import Codebook
+
+            cb = Codebook.load(path)
         cb.check(self.vocab.fingerprints.get(modality), f"checkpoint {self.path}")
         cache[modality] = cb
         return cb

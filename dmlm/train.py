@@ -36,7 +36,8 @@ from dmlm.data.manifest import read_manifest
 from dmlm.data.shards import TokenStore
 from dmlm.loss import loss_counts, loss_weights, multimodal_loss
 from dmlm.model import build_model, load_checkpoint, model_summary, save_checkpoint
-from dmlm.tasks import Rendered, Sample, get_task, render
+from dmlm.data.mixture import Mixture
+from dmlm.tasks import Rendered, Sample, Sources, get_task, parse_spec, render
 from dmlm.tokenizers.speech import Codebook
 from dmlm.tokenizers.text import TextTokenizer, unified_hf_tokenizer
 from dmlm.vocab import Vocab
@@ -46,21 +47,39 @@ log = logging.getLogger(__name__)
 
 # -- data ---------------------------------------------------------------------------------
 
-def store_for(units_dir: str | Path, manifest: str | Path) -> TokenStore:
-    return TokenStore(Path(units_dir) / Path(manifest).stem)
+def store_for(units_dir: str | Path, manifest: str | Path, modality: str = "speech") -> TokenStore:
+    """The token store `dmlm tokenize` wrote for `manifest`: UNITS/<stem> (speech) or UNITS/<stem>.image."""
+    stem = Path(manifest).stem
+    return TokenStore(Path(units_dir) / (stem if modality == "speech" else f"{stem}.{modality}"))
+
+
+def _maybe_store(units_dir: str | Path, manifest: str | Path, modality: str, codebook) -> TokenStore | None:
+    try:
+        store = store_for(units_dir, manifest, modality)
+    except FileNotFoundError:
+        return None
+    if codebook is not None:
+        codebook.check(store.fingerprint, f"token store {store.prefix}")
+    return store
 
 
 def asr_samples(manifest: str | Path, store: TokenStore, text: TextTokenizer, codebook: Codebook | None) -> list[Sample]:
-    """Samples of a manifest whose units are in `store`; the store must match the codebook."""
+    """ASR samples of a manifest whose units are in `store`; the store must match the codebook."""
     if codebook is not None:
         codebook.check(store.fingerprint, f"token store {store.prefix}")
-    samples = []
-    for r in read_manifest(manifest):
-        if r.text is None or not r.text.strip():
-            raise ValueError(f"{manifest}: record {r.id!r} has empty 'text'; ASR training needs transcripts")
-        samples.append(Sample(id=r.id, units=store.get(r.id), text_ids=text.encode(r.text), src_lang=r.lang or "en",
-                              tgt_lang=r.lang or "en", extra={"text": r.text, "custom": r.custom}))
-    return samples
+    return task_samples("asr", Sources(manifest, text, speech=store))
+
+
+def task_samples(spec: str, sources: Sources) -> list[Sample]:
+    """Every sample task `spec` can take from the manifest of `sources` (records lacking its modality are skipped)."""
+    name, lang = parse_spec(spec)
+    task = get_task(name)
+    out = []
+    for r in read_manifest(sources.manifest):
+        s = task.sample(r, sources, lang)
+        if s is not None:
+            out.append(s)
+    return out
 
 
 def bucket_batches(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
@@ -116,21 +135,31 @@ class Progress:
 class BatchStream:
     """Endless micro-batches in the deterministic order; its position is `Progress`."""
 
-    def __init__(self, rendered: list[Rendered], batch_tokens: int, seed: int, progress: Progress):
+    def __init__(self, rendered: list[Rendered], batch_tokens: int, seed: int, progress: Progress,
+                 mixture: Mixture | None = None, pools: dict[str, tuple[int, int]] | None = None):
         self.rendered, self.batch_tokens, self.seed, self.p = rendered, batch_tokens, seed, progress
-        self.lengths = np.array([len(r.ids) for r in rendered])
-        if self.lengths.max() > batch_tokens:
-            raise ValueError(f"a sequence of {self.lengths.max()} tokens exceeds train.batch_tokens={batch_tokens}")
-        self._epoch_batches = bucket_batches(self.lengths, batch_tokens, seed, progress.epoch)
+        self.mixture = mixture or Mixture([len(rendered)], [1.0], seed)
+        self.starts = [a for a, _ in (pools or {"": (0, len(rendered))}).values()]
+        all_lengths = np.array([len(r.ids) for r in rendered])
+        if all_lengths.max() > batch_tokens:
+            worst = rendered[int(all_lengths.argmax())]
+            raise ValueError(f"a {worst.task} sequence of {all_lengths.max()} tokens exceeds train.batch_tokens={batch_tokens}")
+        self._load(progress.epoch)
+        self.lengths = self._lengths  # of the first epoch loaded: what the padding share is measured on
+
+    def _load(self, epoch: int) -> None:
+        self._items = [self.starts[t] + i for t, i in self.mixture.epoch(epoch)]
+        self._lengths = np.array([len(self.rendered[i].ids) for i in self._items])
+        self._epoch_batches = bucket_batches(self._lengths, self.batch_tokens, self.seed, epoch)
 
     def next(self) -> list[Rendered]:
         if self.p.batch >= len(self._epoch_batches):
             self.p.epoch += 1
             self.p.batch = 0
-            self._epoch_batches = bucket_batches(self.lengths, self.batch_tokens, self.seed, self.p.epoch)
+            self._load(self.p.epoch)
         idx = self._epoch_batches[self.p.batch]
         self.p.batch += 1
-        return [self.rendered[i] for i in idx]
+        return [self.rendered[self._items[i]] for i in idx]
 
 
 def padding_share(lengths: np.ndarray, batch_tokens: int, seed: int) -> dict[str, float]:
@@ -166,6 +195,15 @@ def lr_factor(progress: float, warmup_frac: float, min_ratio: float) -> float:
 
 # -- setup ----------------------------------------------------------------------------------
 
+def training_texts(manifests: list[str]) -> list[str]:
+    """Every string a text tokenizer must cover: transcripts, translations, captions."""
+    texts = []
+    for m in manifests:
+        for r in read_manifest(m):
+            texts += [t for t in [r.text, r.caption, *(r.translations or {}).values()] if t and t.strip()]
+    return texts
+
+
 def build_text_tokenizer(cfg: RunConfig) -> TextTokenizer:
     if cfg.data.text_tokenizer:
         return TextTokenizer.load(cfg.data.text_tokenizer)
@@ -173,9 +211,9 @@ def build_text_tokenizer(cfg: RunConfig) -> TextTokenizer:
         from dmlm.assets import llm_dir
 
         return TextTokenizer.load(llm_dir(cfg.model.llm))
-    texts = [r.text for r in read_manifest(cfg.data.train) if r.text]
+    texts = training_texts([cfg.data.train, *cfg.data.unpaired])
     if not texts:
-        raise ValueError(f"{cfg.data.train}: no 'text' in any record to train the BPE on")
+        raise ValueError(f"{cfg.data.train}: no 'text', 'translations' or 'caption' in any record to train the BPE on")
     return TextTokenizer.train_bpe(texts, cfg.data.bpe_vocab_size)
 
 
@@ -183,24 +221,67 @@ def build_text_tokenizer(cfg: RunConfig) -> TextTokenizer:
 class Setup:
     vocab: Vocab
     text: TextTokenizer
-    codebook: Codebook
-    train: list[Rendered]
+    codebook: Codebook | None
+    image_codebook: object | None
+    train: list[Rendered]  # every task's examples, task by task (offsets in `pools`)
+    pools: dict[str, tuple[int, int]]  # spec -> [start, end) in `train`
+    mixture: Mixture
     dev: list[Rendered]
     dev_samples: list[Sample]
 
 
+def mixture_weights(cfg: RunConfig) -> list[float]:
+    w = cfg.data.weights or [1.0] * len(cfg.data.tasks)
+    if len(w) != len(cfg.data.tasks):
+        raise ValueError(f"data.weights has {len(w)} entries but data.tasks has {len(cfg.data.tasks)} ({cfg.data.tasks})")
+    return list(w)
+
+
 def setup(cfg: RunConfig) -> Setup:
-    codebook = Codebook.load(cfg.data.codebook)
+    specs = cfg.data.tasks
+    if not specs:
+        raise ValueError("data.tasks is empty: name at least one task, e.g. data.tasks=[asr]")
+    modalities = set()
+    for spec in specs:
+        t = get_task(parse_spec(spec)[0])
+        modalities |= {t.source, t.target} - {None}
+    codebook = Codebook.load(cfg.data.codebook) if cfg.data.codebook else None
+    if "speech" in modalities and codebook is None:
+        raise ValueError(f"tasks {specs} read or write speech: set data.codebook to the speech codebook")
+    image_cb = None
+    if cfg.data.image_codebook:
+        from dmlm.tokenizers.image import ImageCodebook
+
+        image_cb = ImageCodebook.load(cfg.data.image_codebook)
+    if "image" in modalities and image_cb is None:
+        raise ValueError(f"tasks {specs} read or write images: set data.image_codebook to the image codebook")
     text = build_text_tokenizer(cfg)
-    vocab = Vocab(text_size=text.vocab_size, speech_size=codebook.k, bos_id=text.bos_id, eos_id=text.eos_id,
-                  fingerprints={"speech": codebook.fingerprint})
-    if cfg.data.tasks != ["asr"]:
-        raise ValueError(f"data.tasks={cfg.data.tasks}: this version trains the asr task only")
-    task = get_task("asr")
-    train_s = asr_samples(cfg.data.train, store_for(cfg.data.units, cfg.data.train), text, codebook)
-    dev_s = asr_samples(cfg.data.dev, store_for(cfg.data.units, cfg.data.dev), text, codebook) if cfg.data.dev else []
-    return Setup(vocab, text, codebook, [render(task, s, vocab) for s in train_s],
-                 [render(task, s, vocab) for s in dev_s], dev_s)
+    fps = {m: cb.fingerprint for m, cb in (("speech", codebook), ("image", image_cb)) if cb is not None}
+    vocab = Vocab(text_size=text.vocab_size, speech_size=codebook.k if codebook else 0,
+                  image_size=image_cb.k if image_cb else 0, bos_id=text.bos_id, eos_id=text.eos_id, fingerprints=fps)
+
+    def sources(manifest: str) -> Sources:
+        return Sources(manifest, text, _maybe_store(cfg.data.units, manifest, "speech", codebook),
+                       _maybe_store(cfg.data.units, manifest, "image", image_cb))
+
+    train_sources = [sources(m) for m in [cfg.data.train, *cfg.data.unpaired]]
+    dev_sources = sources(cfg.data.dev) if cfg.data.dev else None
+    rendered: list[Rendered] = []
+    pools: dict[str, tuple[int, int]] = {}
+    dev: list[Rendered] = []
+    dev_samples: list[Sample] = []
+    for spec in specs:
+        task = get_task(parse_spec(spec)[0])
+        start = len(rendered)
+        for src in train_sources:
+            rendered += [render(task, s, vocab, spec) for s in task_samples(spec, src)]
+        pools[spec] = (start, len(rendered))
+        if dev_sources is not None:
+            ds = task_samples(spec, dev_sources)
+            dev += [render(task, s, vocab, spec) for s in ds]
+            dev_samples += ds
+    mixture = Mixture([b - a for a, b in pools.values()], mixture_weights(cfg), cfg.train.seed, names=specs)
+    return Setup(vocab, text, codebook, image_cb, rendered, pools, mixture, dev, dev_samples)
 
 
 # -- loop -----------------------------------------------------------------------------------
@@ -212,18 +293,33 @@ def _step_loss(model, batch: dict, loss: str, counts: torch.Tensor, lambdas: tor
 
 
 @torch.no_grad()
-def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) -> float:
-    """Mean per-token target loss (the transcript's cross-entropy) on the dev set."""
+def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) -> dict[str, float]:
+    """Mean per-token target loss on the dev set: over all tasks ("all") and per task spec."""
     model.eval()
-    total, n = 0.0, 0
+    sums: dict[str, list[float]] = {}
     for idx in bucket_batches(np.array([len(r.ids) for r in rendered]), cfg.train.batch_tokens, 0, 0):
-        b = {k: v.to(device) for k, v in collate([rendered[i] for i in idx], pad).items()}
+        items = [rendered[i] for i in idx]
+        b = {k: v.to(device) for k, v in collate(items, pad).items()}
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["input_ids"][:, 1:],
+                                               reduction="none")  # (B, T-1)
         w = loss_weights("target", b["attention_mask"], b["target"])
-        c = loss_counts("target", w, b["modality"])
-        total += float(_step_loss(model, b, "target", c, None)) * float(c[0])
-        n += float(c[0])
+        nll, n = (ce * w).sum(1).tolist(), w.sum(1).tolist()
+        for r, x, c in zip(items, nll, n):
+            acc = sums.setdefault(r.task, [0.0, 0.0])
+            acc[0] += x
+            acc[1] += c
     model.train()
-    return total / max(n, 1)
+    out = {"all": sum(v[0] for v in sums.values()) / max(1.0, sum(v[1] for v in sums.values()))}
+    out.update({t: v[0] / max(v[1], 1.0) for t, v in sorted(sums.items())})
+    return out
+
+
+def _dev_record(losses: dict[str, float]) -> dict[str, float]:
+    rec = {"dev_loss": losses["all"]}
+    if len(losses) > 2:  # several tasks: one curve each
+        rec.update({f"dev_loss_{t}": v for t, v in losses.items() if t != "all"})
+    return rec
 
 
 def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> Path:
@@ -275,7 +371,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         random.setstate(rng["python"])
 
     progress.world_size, progress.grad_accum = acc.num_processes, cfg.train.grad_accum
-    stream = BatchStream(S.train, cfg.train.batch_tokens, cfg.train.seed, progress)
+    stream = BatchStream(S.train, cfg.train.batch_tokens, cfg.train.seed, progress, S.mixture, S.pools)
     pad_share = padding_share(stream.lengths, cfg.train.batch_tokens, cfg.train.seed)
     lambdas = torch.tensor(cfg.train.lambdas, dtype=torch.float32, device=acc.device)
     writer = None
@@ -304,7 +400,8 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         if not acc.is_main_process:
             return
         meta = {"tasks": cfg.data.tasks, "config": asdict(cfg), "step": progress.step, "model_summary": info}
-        save_checkpoint(out, acc.unwrap_model(model), hf_tok, S.vocab, meta, {"speech": Path(cfg.data.codebook)})
+        codebooks = {m: Path(p) for m, p in (("speech", cfg.data.codebook), ("image", cfg.data.image_codebook)) if p}
+        save_checkpoint(out, acc.unwrap_model(model), hf_tok, S.vocab, meta, codebooks)
         tmp = state_dir.with_name(state_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -347,8 +444,10 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         local = torch.tensor([float(b["attention_mask"].sum()) for b in micro]).sum().reshape(1)
         local_mod = torch.tensor([sum(float(((b["modality"] == m) & (b["attention_mask"] > 0)).sum()) for b in micro)
                                   for m in range(3)])
-        tok = acc.reduce(torch.cat([local, local_mod]).to(acc.device), reduction="sum").tolist()
-        n_tok, mod_tok = int(tok[0]), [int(x) for x in tok[1:]]
+        my_batches = step_batches[acc.process_index :: acc.num_processes]
+        local_tasks = torch.tensor([float(sum(r.task == t for b in my_batches for r in b)) for t in S.pools])
+        tok = acc.reduce(torch.cat([local, local_mod, local_tasks]).to(acc.device), reduction="sum").tolist()
+        n_tok, mod_tok, task_counts = int(tok[0]), [int(x) for x in tok[1:4]], [int(x) for x in tok[4:]]
         progress.step += 1
         progress.tokens += n_tok
         progress.elapsed += time.time() - t0
@@ -362,8 +461,10 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         rec = {"step": progress.step, "loss": step_loss, "lr": cfg.train.lr * f, "grad_norm": float(gnorm),
                "tokens": n_tok, "tokens_text": mod_tok[0], "tokens_speech": mod_tok[1], "tokens_image": mod_tok[2],
                "elapsed": progress.elapsed}
+        if len(S.pools) > 1:
+            rec.update({f"examples_{t}": n for t, n in zip(S.pools, task_counts)})
         if progress.step % cfg.train.eval_every == 0 and S.dev:
-            rec["dev_loss"] = dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device)
+            rec.update(_dev_record(dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device)))
         if acc.is_main_process and (progress.step % cfg.train.log_every == 0 or "dev_loss" in rec):
             tok_s = progress.tokens / max(progress.elapsed, 1e-9)
             rec["tokens_per_s"] = tok_s
@@ -372,13 +473,13 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
                 fh.write(json.dumps(rec) + "\n")
             for k, v in rec.items():
                 if k != "step":
-                    writer.add_scalar(f"train/{k}" if k != "dev_loss" else "dev/loss", v, progress.step)
+                    writer.add_scalar(f"dev/{k[4:]}" if k.startswith("dev_") else f"train/{k}", v, progress.step)
         if progress.step % cfg.train.save_every == 0:
             save()
     bar.close()
     if S.dev and acc.is_main_process:
         with log_path.open("a") as fh:
-            fh.write(json.dumps({"step": progress.step, "dev_loss": dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device),
+            fh.write(json.dumps({"step": progress.step, **_dev_record(dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device)),
                                  "elapsed": progress.elapsed}) + "\n")
     save()
     if writer:

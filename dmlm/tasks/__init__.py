@@ -3,6 +3,7 @@
 ```
 <bos> <|task|> <|src_lang|> <|open_src|> source <|close_src|> <|tgt_lang|> <|open_tgt|> target <|close_tgt|> <eos>
 ```
+Unpaired (LM) tasks have no source: `<bos> <|text_lm|> <|en|> <|text|> target <|/text|> <eos>`.
 
 Design decisions:
 - A task is a small class; formatting is a pure, deterministic function `render(sample, vocab)`
@@ -11,13 +12,19 @@ Design decisions:
   cannot drift apart.
 - `target` marks the tokens the task is judged on (target span, its close tag and eos);
   loss variants choose which marks to use (see `dmlm.loss`).
-- Adding a task is one file and one entry in `TASKS`.
+- A task also knows which manifest fields it reads (`sample(record, sources, lang)`: None when
+  the record lacks the modality the task is about, an error naming the record when it has
+  half of a pair) and how it is scored (`evaluate(rows)`), so adding a task is one file and
+  one entry in `TASKS`.
+- A task spec is `name` or `name:lang` (`s2tt:es`, `text_lm:es`): the language of the text
+  side the task reads or writes. Mixtures are lists of specs with weights (`dmlm.data.mixture`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,11 +37,11 @@ class Sample:
 
     id: str
     units: np.ndarray | None = None  # speech units, [0, K_speech)
-    text_ids: list[int] | None = None  # source/transcript text, text-tokenizer ids
+    text_ids: list[int] | None = None  # transcript / caption / LM text, text-tokenizer ids
     src_lang: str = "en"
     tgt_lang: str = "en"
-    target_text_ids: list[int] | None = None  # translation / caption
-    image_codes: np.ndarray | None = None
+    target_text_ids: list[int] | None = None  # translation
+    image_codes: np.ndarray | None = None  # image codes, [0, K_image)
     extra: dict = field(default_factory=dict)
 
 
@@ -44,19 +51,26 @@ class Rendered:
     target: list[int]  # 1 on the tokens the task is judged on
     modality: list[int]  # MOD_TEXT / MOD_SPEECH / MOD_IMAGE per token
     prompt_len: int  # tokens up to and including <|open_tgt|>
+    task: str = ""  # the task spec that rendered it (mixture logging)
 
 
 class Task(Protocol):
     name: str
-    source: str  # source modality
+    source: str | None  # source modality (None: an unpaired LM task)
     target: str  # target modality
 
     def prompt(self, sample: Sample, vocab: Vocab) -> list[int]: ...
 
     def target_ids(self, sample: Sample, vocab: Vocab) -> list[int]: ...
 
+    def sample(self, record: Any, sources: Sources, lang: str | None) -> Sample | None: ...
 
-def render(task: Task, sample: Sample, vocab: Vocab) -> Rendered:
+    def reference(self, record: Any, sources: Sources, lang: str | None) -> Any: ...
+
+    def evaluate(self, rows: list[dict]) -> dict: ...
+
+
+def render(task: Task, sample: Sample, vocab: Vocab, spec: str = "") -> Rendered:
     """The full training sequence of `sample` for `task`."""
     prompt = task.prompt(sample, vocab)
     tgt = task.target_ids(sample, vocab) + [vocab.close(task.target), vocab.eos]
@@ -66,7 +80,62 @@ def render(task: Task, sample: Sample, vocab: Vocab) -> Rendered:
         target=[0] * len(prompt) + [1] * len(tgt),
         modality=[vocab.modality_of(i) for i in ids],
         prompt_len=len(prompt),
+        task=spec or task.name,
     )
+
+
+def span(vocab: Vocab, modality: str, ids: list[int], lang: str) -> list[int]:
+    """`<|lang|> <|open|> ids <|close|>`: one side of a pair (the target side leaves out its close)."""
+    return [vocab.lang(lang), vocab.open(modality)] + ids + [vocab.close(modality)]
+
+
+def modality_ids(vocab: Vocab, sample: Sample, modality: str, text: list[int] | None, what: str) -> list[int]:
+    """The unified ids of one side of `sample`; an error naming the record if it is missing."""
+    if modality == "speech":
+        if sample.units is None or len(sample.units) == 0:
+            raise ValueError(f"record {sample.id!r}: {what} needs speech units, got none")
+        return vocab.speech_ids(sample.units)
+    if modality == "image":
+        if sample.image_codes is None or len(sample.image_codes) == 0:
+            raise ValueError(f"record {sample.id!r}: {what} needs image codes, got none")
+        return vocab.image_ids(sample.image_codes)
+    if not text:
+        raise ValueError(f"record {sample.id!r}: {what} needs text, got none")
+    return list(text)
+
+
+@dataclass
+class Sources:
+    """Where tasks read tokens from: the text tokenizer and the token stores of one manifest."""
+
+    manifest: str | Path
+    text: Any  # TextTokenizer (encode/decode)
+    speech: Any = None  # TokenStore of units, or None
+    image: Any = None  # TokenStore of image codes, or None
+
+    def encode(self, record: Any, text: str | None, field_name: str) -> list[int]:
+        if text is None or not text.strip():
+            raise ValueError(f"{self.manifest}: record {record.id!r} has no {field_name}")
+        return self.text.encode(text)
+
+    def units(self, record: Any) -> np.ndarray:
+        if self.speech is None:
+            raise ValueError(f"{self.manifest}: record {record.id!r} has audio but no speech token store was given "
+                             "(run `dmlm tokenize` on this manifest)")
+        return self.speech.get(record.id)
+
+    def codes(self, record: Any) -> np.ndarray:
+        if self.image is None:
+            raise ValueError(f"{self.manifest}: record {record.id!r} has an image but no image token store was given "
+                             "(run `dmlm tokenize --modality image` on this manifest)")
+        return self.image.get(record.id)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """`"s2tt:es"` -> ("s2tt", "es"); `"asr"` -> ("asr", None). The task must be registered."""
+    name, _, lang = spec.partition(":")
+    get_task(name)
+    return name, (lang or None)
 
 
 def get_task(name: str) -> Task:
@@ -76,5 +145,10 @@ def get_task(name: str) -> Task:
 
 
 from dmlm.tasks.asr import ASR  # noqa: E402
+from dmlm.tasks.i2t import I2T  # noqa: E402
+from dmlm.tasks.lm import ImageLM, SpeechLM, TextLM  # noqa: E402
+from dmlm.tasks.s2tt import S2TT  # noqa: E402
+from dmlm.tasks.t2s import T2S  # noqa: E402
 
-TASKS: dict[str, type] = {"asr": ASR}
+TASKS: dict[str, type] = {"asr": ASR, "t2s": T2S, "s2tt": S2TT, "i2t": I2T,
+                          "text_lm": TextLM, "speech_lm": SpeechLM, "image_lm": ImageLM}
