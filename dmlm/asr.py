@@ -7,18 +7,15 @@ match the checkpoint's.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from dmlm.data.manifest import atomic_write_text, read_manifest
+from dmlm.data.manifest import read_manifest
 from dmlm.data.shards import TokenStore
 from dmlm.decoding import DecodingOptions, generate
-from dmlm.evaluation.metrics import error_rates
-from dmlm.model import Checkpoint, load_checkpoint
+from dmlm.model import Checkpoint
 from dmlm.tasks import Sample, get_task
 from dmlm.tokenize import load_record_audio
 
@@ -58,27 +55,11 @@ def decode_manifest(ck: Checkpoint, manifest: str | Path, opts: DecodingOptions 
 
 def evaluate_asr(model: str | Path, manifest: str | Path, out: str | Path | None = None,
                  opts: DecodingOptions = DecodingOptions(), units: str | Path | None = None) -> dict:
-    """WER/CER of `model` on `manifest`; groups held-out-voice records separately."""
-    t0 = time.time()
-    ck = load_checkpoint(model)
-    rows = decode_manifest(ck, manifest, opts, TokenStore(units) if units else None)
-    if any(not r["ref"] for r in rows):
-        bad = next(r["id"] for r in rows if not r["ref"])
+    """WER/CER of `model` on `manifest`; groups held-out-voice records separately (`dmlm.evaluate`)."""
+    from dmlm.evaluate import evaluate_task
+
+    records = read_manifest(manifest)
+    bad = next((r.id for r in records if r.audio is not None and not (r.text or "").strip()), None)
+    if bad is not None:
         raise ValueError(f"{manifest}: record {bad!r} has no reference 'text' to score against")
-    seen = [r for r in rows if not r["heldout_voice"]]
-    unseen = [r for r in rows if r["heldout_voice"]]
-    report = {
-        "task": "asr", "model": str(Path(model).resolve()), "manifest": str(Path(manifest).resolve()),
-        "codebook_fingerprint": ck.vocab.fingerprints.get("speech"), "decoding": opts.__dict__,
-        "normalizer": "dmlm.evaluation.normalize.normalize", "seconds": round(time.time() - t0, 1),
-    }
-    if seen:
-        report.update(error_rates([r["ref"] for r in seen], [r["hyp"] for r in seen]))
-    if unseen:
-        hv = error_rates([r["ref"] for r in unseen], [r["hyp"] for r in unseen])
-        report.update({"wer_heldout_voice": hv["wer"], "cer_heldout_voice": hv["cer"], "heldout_voice": hv})
-    if out:
-        out = Path(out)
-        atomic_write_text(out, json.dumps(report, indent=1))
-        atomic_write_text(out.with_suffix(".hyps.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-    return report
+    return evaluate_task(model, "asr", manifest, out, opts, units=units, progress=True)

@@ -2,12 +2,15 @@
 
     dmlm assets [NAME ...]                         install/convert offline model presets
     dmlm prepare NAME [--out DIR]                  synthesize a demo corpus (mini-world, bible)
-    dmlm codebook fit MANIFEST -o CB.safetensors   fit a speech codebook (k-means over features)
-    dmlm tokenize CB MANIFEST... --out DIR         manifests -> unit token stores (sharded, resumable)
-    dmlm train CONFIG.yaml [key=value ...]         train a DMLM (accelerate; --resume)
-    dmlm decode MODEL --task asr --manifest M --out hyps.jsonl
+    dmlm codebook fit MANIFEST -o CB.safetensors   fit a speech (or --modality image) codebook
+    dmlm tokenize CB MANIFEST... --out DIR         manifests -> unit/code token stores (sharded, resumable)
+    dmlm train CONFIG.yaml [key=value ...]         train a DMLM on a task mixture (accelerate; --resume)
+    dmlm decode MODEL --task {asr,s2tt:es,t2s,i2t} --manifest M --out hyps.jsonl
     dmlm transcribe MODEL a.wav [b.wav ...]
-    dmlm evaluate MODEL --task asr --manifest M [--out report.json]
+    dmlm translate MODEL a.wav --to es
+    dmlm caption MODEL img.png
+    dmlm synthesize-units MODEL "text"
+    dmlm evaluate MODEL --task TASK --manifest M [--out report.json]
     dmlm demo [CONFIG.yaml] [key=value ...]        the whole pipeline on mini-world, offline
     dmlm ablate [CONFIG.yaml] [key=value ...]      codebook variants compared by WER
 
@@ -42,15 +45,6 @@ def _decoding_options(args):
     return DecodingOptions(**{f.name: getattr(args, f"dec_{f.name}") for f in fields(DecodingOptions)})
 
 
-def _check_task(task: str) -> None:
-    from dmlm.tasks import TASKS
-
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; available: {', '.join(sorted(TASKS))}")
-    if task != "asr":
-        raise ValueError(f"task {task!r} cannot be decoded by this version yet")
-
-
 def cmd_assets(args) -> None:
     from dmlm import assets
 
@@ -69,32 +63,64 @@ def cmd_prepare(args) -> None:
         print(f"{split}: {path}")
 
 
+def codebook_modality(path: str | Path) -> str:
+    """The modality a codebook file declares (files from before images say nothing: speech)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: codebook file not found")
+    with safe_open(str(path), "np") as fh:
+        return (fh.metadata() or {}).get("modality", "speech")
+
+
 def cmd_codebook(args) -> None:
     from dmlm.config import load_config
     from dmlm.data.manifest import read_manifest
-    from dmlm.tokenize import load_record_audio
-    from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
 
-    settings = load_config(None, args.overrides, cls=CodebookSettings)
-    records = read_manifest(args.manifest)[: args.max_utts or None]
-    cb = fit_codebook((load_record_audio(args.manifest, r) for r in records), settings, total=len(records))
+    records = read_manifest(args.manifest)
+    if args.modality == "image":
+        from dmlm.images import load_image
+        from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
+
+        settings = load_config(None, args.overrides, cls=ImageCodebookSettings)
+        records = [r for r in records if r.image is not None][: args.max_utts or None]
+        if not records:
+            raise ValueError(f"{args.manifest}: no record has an 'image'")
+        cb = fit_image_codebook((load_image(r.image_path(args.manifest), size=settings.image_size) for r in records), settings)
+    else:
+        from dmlm.tokenize import load_record_audio
+        from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
+
+        settings = load_config(None, args.overrides, cls=CodebookSettings)
+        records = [r for r in records if r.audio is not None][: args.max_utts or None]
+        cb = fit_codebook((load_record_audio(args.manifest, r) for r in records), settings, total=len(records))
     cb.save(args.output)
-    print(f"{args.output}: k={cb.k} fingerprint={cb.fingerprint}")
+    print(f"{args.output}: {args.modality} k={cb.k} fingerprint={cb.fingerprint}")
 
 
 def cmd_tokenize(args) -> None:
-    from dmlm.tokenize import tokenize_manifest
-    from dmlm.tokenizers.speech import Codebook
+    from dmlm.tokenize import tokenize_images, tokenize_manifest
 
-    cb = Codebook.load(args.codebook)
+    modality = codebook_modality(args.codebook)
+    if modality == "image":
+        from dmlm.tokenizers.image import ImageCodebook
+
+        cb = ImageCodebook.load(args.codebook)
+        run = lambda m: tokenize_images(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)  # noqa: E731
+    else:
+        from dmlm.tokenizers.speech import Codebook
+
+        cb = Codebook.load(args.codebook)
+        run = lambda m: tokenize_manifest(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)  # noqa: E731
     for m in args.manifests:
-        store = tokenize_manifest(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)
+        store = run(m)
         if store is None:
             print(f"{m}: shard {args.shard}/{args.num_shards} done; the store is merged once every shard is done "
                   "(by whichever job finishes last)")
         else:
             lens = store.lengths()
-            print(f"{m}: {len(store)} utterances, {int(lens.sum())} units (mean {lens.mean():.1f}) -> {store.prefix}")
+            print(f"{m}: {len(store)} {'images' if modality == 'image' else 'utterances'}, {int(lens.sum())} tokens "
+                  f"(mean {lens.mean():.1f}) -> {store.prefix}")
 
 
 def cmd_train(args) -> None:
@@ -106,15 +132,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_decode(args) -> None:
-    from dmlm.asr import decode_manifest
     from dmlm.data.manifest import atomic_write_text
-    from dmlm.data.shards import TokenStore
-    from dmlm.model import load_checkpoint
+    from dmlm.evaluate import decode_task
 
-    _check_task(args.task)
-    ck = load_checkpoint(args.model)
-    rows = decode_manifest(ck, args.manifest, _decoding_options(args), TokenStore(args.units) if args.units else None)
-    atomic_write_text(args.out, "".join(json.dumps({"id": r["id"], "hyp": r["hyp"]}, ensure_ascii=False) + "\n" for r in rows))
+    rows = decode_task(args.model, args.task, args.manifest, _decoding_options(args), args.units)
+    atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"{len(rows)} hypotheses -> {args.out}")
 
 
@@ -127,13 +149,42 @@ def cmd_transcribe(args) -> None:
         print(f"{path}\t{text}")
 
 
-def cmd_evaluate(args) -> None:
-    from dmlm.asr import evaluate_asr
+def cmd_translate(args) -> None:
+    from dmlm.infer import translate_files
+    from dmlm.model import load_checkpoint
 
-    _check_task(args.task)
-    out = args.out or str(Path(args.model) / f"eval_{Path(args.manifest).stem}.json")
-    rep = evaluate_asr(args.model, args.manifest, out, _decoding_options(args), units=args.units)
-    keys = ["wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "utterances"]
+    ck = load_checkpoint(args.model)
+    for path, text in zip(args.audio, translate_files(ck, args.audio, args.to, args.src, _decoding_options(args))):
+        print(f"{path}\t{text}")
+
+
+def cmd_caption(args) -> None:
+    from dmlm.infer import caption_files
+    from dmlm.model import load_checkpoint
+
+    ck = load_checkpoint(args.model)
+    for path, text in zip(args.images, caption_files(ck, args.images, args.lang, _decoding_options(args))):
+        print(f"{path}\t{text}")
+
+
+def cmd_synthesize_units(args) -> None:
+    from dmlm.infer import synthesize_units
+    from dmlm.model import load_checkpoint
+
+    ck = load_checkpoint(args.model)
+    for text, units in zip(args.text, synthesize_units(ck, args.text, _decoding_options(args), args.lang)):
+        print(json.dumps({"text": text, "units": units.tolist()}))
+
+
+def cmd_evaluate(args) -> None:
+    from dmlm.evaluate import evaluate_task
+
+    name = args.task.replace(":", "_")
+    out = args.out or str(Path(args.model) / f"eval_{name}_{Path(args.manifest).stem}.json")
+    rep = evaluate_task(args.model, args.task, args.manifest, out, _decoding_options(args), units=args.units,
+                        limit=args.limit or None)
+    keys = ["wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "bleu", "chrf", "baseline_bleu", "cider", "baseline_cider",
+            "unit_accuracy", "unit_error_rate", "perplexity", "utterances", "records"]
     print(json.dumps({k: rep[k] for k in keys if k in rep}))
     print(f"report -> {out}")
 
@@ -169,16 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="n_train=8000 n_dev=300 n_test=500 seed=0 workers=2")
     s.set_defaults(fn=cmd_prepare)
 
-    s = sub.add_parser("codebook", help="speech codebooks")
+    s = sub.add_parser("codebook", help="speech and image codebooks")
     cs = s.add_subparsers(dest="action", required=True)
-    f = cs.add_parser("fit", help="fit k-means units on a manifest's audio")
+    f = cs.add_parser("fit", help="fit k-means units on a manifest's audio (or images)")
     f.add_argument("manifest")
     f.add_argument("-o", "--output", required=True)
-    f.add_argument("--max-utts", type=int, default=2000)
-    f.add_argument("overrides", nargs="*", help="backend=whisper model=whisper-base layer=-1 k=500 dedup=true pooling=1")
+    f.add_argument("--modality", choices=["speech", "image"], default="speech")
+    f.add_argument("--max-utts", type=int, default=2000, help="records to fit on")
+    f.add_argument("overrides", nargs="*", help="speech: backend=whisper model=whisper-base layer=-1 k=1000 dedup=false "
+                   "pooling=2; image: k=512 patch_size=8 image_size=64")
     f.set_defaults(fn=cmd_codebook)
 
-    s = sub.add_parser("tokenize", help="manifests -> speech unit token stores")
+    s = sub.add_parser("tokenize", help="manifests -> token stores (speech units or image codes, by the codebook's modality)")
     s.add_argument("codebook")
     s.add_argument("manifests", nargs="+")
     s.add_argument("--out", required=True)
@@ -193,13 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_train)
 
     for verb, fn, helptext in (("decode", cmd_decode, "decode a manifest to hyps.jsonl"),
-                               ("evaluate", cmd_evaluate, "WER/CER report of a model on a manifest")):
+                               ("evaluate", cmd_evaluate, "score a model on one task of a manifest (JSON report)")):
         s = sub.add_parser(verb, help=helptext)
         s.add_argument("model")
-        s.add_argument("--task", default="asr")
+        s.add_argument("--task", default="asr", help="asr, s2tt:LANG, t2s, i2t" + (", text_lm[:LANG], speech_lm, image_lm"
+                                                                                  if verb == "evaluate" else ""))
         s.add_argument("--manifest", required=True)
-        s.add_argument("--units", help="precomputed token store prefix (skips feature extraction)")
+        s.add_argument("--units", help="folder of token stores for the manifest (dmlm tokenize --out), or one "
+                                       "store's prefix; default: tokens computed with the checkpoint's codebooks")
         s.add_argument("--out", required=verb == "decode")
+        if verb == "evaluate":
+            s.add_argument("--limit", type=int, default=0, help="score only the first N records (0: all)")
         _decoding_args(s)
         s.set_defaults(fn=fn)
 
@@ -208,6 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("audio", nargs="+")
     _decoding_args(s)
     s.set_defaults(fn=cmd_transcribe)
+
+    s = sub.add_parser("translate", help="print translations of speech files")
+    s.add_argument("model")
+    s.add_argument("audio", nargs="+")
+    s.add_argument("--to", required=True, help="target language code, e.g. es")
+    s.add_argument("--from", dest="src", default="en", help="source language code (default: en)")
+    _decoding_args(s)
+    s.set_defaults(fn=cmd_translate)
+
+    s = sub.add_parser("caption", help="print captions of image files")
+    s.add_argument("model")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--lang", default="en")
+    _decoding_args(s)
+    s.set_defaults(fn=cmd_caption)
+
+    s = sub.add_parser("synthesize-units", help="text -> speech units (JSON lines); `dmlm speak` adds the vocoder")
+    s.add_argument("model")
+    s.add_argument("text", nargs="+")
+    s.add_argument("--lang", default="en")
+    _decoding_args(s)
+    s.set_defaults(fn=cmd_synthesize_units)
 
     s = sub.add_parser("demo", help="whole pipeline on mini-world, offline")
     s.add_argument("config", nargs="?", help="YAML (default: built-in demo settings)")

@@ -121,7 +121,7 @@ def test_evaluate(trained, corpus, codebook, tmp_path, capsys):
     rep = json.loads(report_path.read_text())
     assert rep["wer"] == 0.0 and rep["cer"] == 0.0 and printed["wer"] == 0.0
     assert rep["utterances"] == 4
-    assert rep["codebook_fingerprint"] == codebook.fingerprint
+    assert rep["codebook_fingerprints"]["speech"] == codebook.fingerprint
     assert rep["task"] == "asr" and rep["model"] == str(trained.resolve())
     hyps = [json.loads(line) for line in report_path.with_suffix(".hyps.jsonl").read_text().splitlines()]
     assert [h["hyp"] for h in hyps] == [h["ref"] for h in hyps]
@@ -202,7 +202,7 @@ def test_empty_text_in_a_training_manifest(corpus, codebook, run_config, tmp_pat
     msg = _fails(["train", f"data.train={m}", "data.dev=", f"data.units={tmp_path / 'units'}",
                   f"data.codebook={corpus.codebook}", f"train.out={tmp_path / 'model'}", "train.steps=1",
                   "data.bpe_vocab_size=300", "model.layers=1", "model.hidden_size=64", "model.heads=2"], capsys)
-    assert "record 'utt01' has empty 'text'" in msg
+    assert "blank.jsonl: record 'utt01' has no 'text' (transcript)" in msg
     assert not (tmp_path / "model").exists()
 
 

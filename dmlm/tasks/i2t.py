@@ -43,6 +43,6 @@ class I2T:
                       src_lang=lang, tgt_lang=lang)
 
     def evaluate(self, rows: list[dict]) -> dict:
-        from dmlm.evaluation.metrics import caption_scores
+        from dmlm.evaluation.captioning import caption_scores
 
         return caption_scores([r["ref"] for r in rows], [r["hyp"] for r in rows])

@@ -1,0 +1,263 @@
+"""`dmlm evaluate --task T`: score a checkpoint on one task of a manifest.
+
+- Generation tasks (asr, s2tt, i2t, t2s) decode every record the task can read and score
+  hypotheses with the task's `evaluate` (WER/CER, BLEU/chrF, CIDEr/BLEU, unit accuracy);
+  LM tasks are scored teacher-forced (perplexity over the target tokens).
+- Records spoken by the held-out voice (`custom.heldout_voice`) are scored apart; image
+  tasks skip those duplicates (an image has no voice). Records with a held-out combination
+  (`custom.heldout_combo`, mini-world) get their own scores too: that is where
+  generalization shows.
+- S2TT and I2T come with a trivial baseline scored the same way: the most frequent target of
+  the training manifest (ties: the most typical sentence; `trivial_baseline`), predicted for
+  every record. A model must beat it clearly to have learned anything from its input.
+- Units and codes come from token stores when given (their fingerprints must match the
+  checkpoint's codebooks), else are computed here with the checkpoint's codebooks.
+- The JSON report names the model, manifest, codebook fingerprints, decoding options and
+  normalizer; `*.hyps.jsonl` beside it holds every hypothesis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmlm.data.manifest import atomic_write_text, read_manifest
+from dmlm.decoding import DecodingOptions
+from dmlm.model import Checkpoint, load_checkpoint
+from dmlm.tasks import Sample, Sources, get_task, parse_spec, render
+
+log = logging.getLogger(__name__)
+
+GENERATION_TASKS = ("asr", "s2tt", "i2t", "t2s")
+
+
+class _Computed:
+    """A token-store stand-in: tokens computed on demand with the checkpoint's codebook."""
+
+    def __init__(self, encode):
+        self.encode, self.cache = encode, {}
+
+    def get(self, rid: str) -> np.ndarray:
+        return self.cache[rid]
+
+
+def _store_prefix(units: str | Path | None, manifest: str | Path, modality: str) -> Path | None:
+    """`units` is a folder of stores (`dmlm tokenize --out`) or one speech store's prefix."""
+    if units is None:
+        return None
+    p = Path(units)
+    suffix = "" if modality == "speech" else f".{modality}"
+    if p.with_suffix(".json").is_file():  # a store prefix: the speech store itself, images beside it
+        return p.with_name(p.name + suffix)
+    return p / (Path(manifest).stem + suffix)
+
+
+def _sources(ck: Checkpoint, manifest: str | Path, records: list, units: str | Path | None, need: set[str]) -> Sources:
+    from dmlm.data.shards import TokenStore
+
+    class _Text:  # the checkpoint's tokenizer, text ids only
+        def encode(self, t: str) -> list[int]:
+            return ck.tokenizer.encode(t, add_special_tokens=False)
+
+    stores = {}
+    for m in need:
+        prefix = _store_prefix(units, manifest, m)
+        if prefix is not None:
+            if not prefix.with_suffix(".json").is_file():
+                raise FileNotFoundError(f"{prefix}: no {m} token store for {manifest} (run `dmlm tokenize` with --out "
+                                        f"{prefix.parent}, or leave out --units to compute tokens here)")
+            store = TokenStore(prefix)
+            ck.codebook(m).check(store.fingerprint, f"token store {prefix}")
+            stores[m] = store
+            continue
+        comp = _Computed(None)
+        if m == "speech":
+            from dmlm.tokenize import load_record_audio
+
+            rs = [r for r in records if r.audio is not None]
+            cb = ck.codebook("speech")
+            if rs:
+                log.info("encoding %d clips with the checkpoint's codebook", len(rs))
+            for s in range(0, len(rs), 64):
+                chunk = rs[s : s + 64]
+                for r, u in zip(chunk, cb.encode_batch([load_record_audio(manifest, r) for r in chunk])):
+                    comp.cache[r.id] = np.asarray(u)
+        else:
+            from dmlm.images import load_image
+
+            cb = ck.codebook("image")
+            rs = [r for r in records if r.image is not None]
+            for r in rs:
+                comp.cache[r.id] = np.asarray(cb.encode(load_image(r.image_path(manifest), size=cb.settings.image_size)))
+        stores[m] = comp
+    return Sources(manifest, _Text(), speech=stores.get("speech"), image=stores.get("image"))
+
+
+def _group_scores(task, rows: list[dict]) -> dict:
+    seen = [r for r in rows if not r.get("heldout_voice")]
+    unseen = [r for r in rows if r.get("heldout_voice")]
+    out = task.evaluate(seen) if seen else {}
+    if unseen:
+        hv = task.evaluate(unseen)
+        out["heldout_voice"] = hv
+        out.update({f"{k}_heldout_voice": v for k, v in hv.items() if isinstance(v, float)})
+    combo = [r for r in seen if r.get("heldout_combo")]
+    if combo and len(combo) < len(seen):
+        out["heldout_combo"] = task.evaluate(combo)
+    return out
+
+
+def baseline_hypothesis(ck: Checkpoint, spec: str, train_manifest: str | Path | None) -> str | None:
+    """The trivial baseline's constant output for a text-target task, from the training manifest."""
+    from dmlm.evaluation.metrics import trivial_baseline
+
+    name, lang = parse_spec(spec)
+    if name not in ("s2tt", "i2t") or not train_manifest or not Path(train_manifest).is_file():
+        return None
+    task = get_task(name)
+    targets = []
+    for r in read_manifest(train_manifest):
+        if name == "s2tt" and r.audio is not None and (r.translations or {}).get(lang):
+            targets.append(r.translations[lang])
+        elif name == "i2t" and r.image is not None and r.caption:
+            targets.append(task.reference(r, Sources(train_manifest, None), lang)[0])
+    return trivial_baseline(targets) if targets else None
+
+
+def prompt_sample(task, record, sources: Sources, lang: str | None) -> Sample | None:
+    """The source side of a record, all a prompt needs (decoding has no target); None if absent."""
+    rec_lang = record.lang or "en"
+    if task.name == "s2tt" and not lang:
+        raise ValueError("task s2tt needs a target language: write it as s2tt:LANG, e.g. s2tt:es")
+    tgt = lang or rec_lang
+    if task.source == "speech":
+        if record.audio is None:
+            return None
+        return Sample(id=record.id, units=sources.units(record), src_lang=rec_lang, tgt_lang=tgt)
+    if task.source == "image":
+        if record.image is None:
+            return None
+        return Sample(id=record.id, image_codes=sources.codes(record), src_lang=tgt, tgt_lang=tgt)
+    if task.source == "text":
+        if not (record.text or "").strip():
+            return None
+        return Sample(id=record.id, text_ids=sources.encode(record, record.text, "'text'"), src_lang=tgt, tgt_lang=tgt)
+    raise ValueError(f"task {task.name} has no source to prompt with; it is scored teacher-forced (dmlm evaluate)")
+
+
+def decode_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path, opts: DecodingOptions = DecodingOptions(),
+                units: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """[{"id", "hyp"}] for every record of `manifest` the task can read; needs no references."""
+    from dmlm.infer import decode_text, run_task
+
+    ck = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    name, lang = parse_spec(spec)
+    task = get_task(name)
+    if name not in GENERATION_TASKS:
+        raise ValueError(f"task {name} is not decoded; choose one of {', '.join(GENERATION_TASKS)}")
+    records = read_manifest(manifest)
+    src = _sources(ck, manifest, records, units, {m for m in (task.source, task.target) if m in ("speech", "image")})
+    pairs = [(r, prompt_sample(task, r, src, lang)) for r in records]
+    pairs = [(r, s) for r, s in pairs if s is not None]
+    outs = run_task(ck, name, [s for _, s in pairs], opts, progress=progress)
+    return [{"id": r.id, "hyp": ck.vocab.ids_to_units(o) if task.target == "speech" else decode_text(ck, o)}
+            for (r, _), o in zip(pairs, outs)]
+
+
+@torch.inference_mode()
+def _lm_rows(ck: Checkpoint, spec: str, samples: list, batch_size: int) -> list[dict]:
+    from dmlm.train import collate
+
+    task = get_task(parse_spec(spec)[0])
+    rendered = [render(task, s, ck.vocab, spec) for s in samples]
+    rows = []
+    for i in range(0, len(rendered), batch_size):
+        items = rendered[i : i + batch_size]
+        b = collate(items, ck.vocab.pad)
+        logits = ck.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["input_ids"][:, 1:], reduction="none")
+        w = b["target"][:, 1:].float()
+        for s, nll, n in zip(samples[i : i + batch_size], (ce * w).sum(1).tolist(), w.sum(1).tolist()):
+            rows.append({"id": s.id, "nll": nll, "tokens": int(n)})
+    return rows
+
+
+def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path, out: str | Path | None = None,
+                  opts: DecodingOptions = DecodingOptions(), units: str | Path | None = None,
+                  train_manifest: str | Path | None = None, limit: int | None = None, progress: bool = True) -> dict:
+    """Score `model` on task `spec` (e.g. "s2tt:es") over `manifest`; see the module docstring.
+
+    `units`: folder of token stores for this manifest (`dmlm tokenize`'s output folder).
+    `train_manifest`: for the trivial baseline; default, the manifest the model was trained on.
+    `limit`: score only the first N records the task can read (per voice group).
+    """
+    t0 = time.time()
+    ck = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    name, lang = parse_spec(spec)
+    task = get_task(name)
+    records = read_manifest(manifest)
+    if task.source == "image" or task.target == "image":
+        records = [r for r in records if not r.custom.get("heldout_voice")]
+    need = {m for m in (task.source, task.target) if m in ("speech", "image")}
+    # keep only the records this task reads (so on-the-fly tokenization does no extra work)
+    key = "audio" if "speech" in need else "image" if "image" in need else None
+    if key:
+        records = [r for r in records if getattr(r, key) is not None]
+    if limit:
+        hv = [r for r in records if r.custom.get("heldout_voice")]
+        records = [r for r in records if not r.custom.get("heldout_voice")][:limit] + hv[: limit // 2]
+    if not records:
+        raise ValueError(f"{manifest}: no record has what task {spec} needs")
+    src = _sources(ck, manifest, records, units, need)
+    if name in GENERATION_TASKS:
+        pairs = [(r, prompt_sample(task, r, src, lang)) for r in records]
+        for r, _ in pairs:
+            task.reference(r, src, lang)  # a record without its reference is an error naming it, before decoding
+    else:
+        pairs = [(r, task.sample(r, src, lang)) for r in records]
+    pairs = [(r, s) for r, s in pairs if s is not None]
+    if not pairs:
+        raise ValueError(f"{manifest}: no record has what task {spec} needs")
+    report = {
+        "task": spec, "model": str(Path(ck.path).resolve()), "manifest": str(Path(manifest).resolve()),
+        "codebook_fingerprints": dict(ck.vocab.fingerprints), "records": len(pairs),
+    }
+    if name not in GENERATION_TASKS:
+        rows = _lm_rows(ck, spec, [s for _, s in pairs], opts.batch_size)
+        report.update(task.evaluate(rows))
+    else:
+        from dmlm.infer import decode_text, run_task
+
+        outs = run_task(ck, name, [s for _, s in pairs], opts, progress=progress)
+        rows = []
+        for (r, s), o in zip(pairs, outs):
+            hyp = ck.vocab.ids_to_units(o) if task.target == "speech" else decode_text(ck, o)
+            rows.append({"id": r.id, "ref": task.reference(r, src, lang), "hyp": hyp,
+                         "heldout_voice": bool(r.custom.get("heldout_voice")),
+                         "heldout_combo": bool(r.custom.get("heldout_combo"))})
+        report.update(_group_scores(task, rows))
+        report["decoding"] = asdict(opts)
+        report["normalizer"] = "dmlm.evaluation.normalize.normalize" if name in ("asr", "i2t") else "sacrebleu defaults"
+        if train_manifest is None:
+            train_manifest = ck.meta.get("config", {}).get("data", {}).get("train")
+        base = baseline_hypothesis(ck, spec, train_manifest)
+        if base is not None:
+            seen = [r for r in rows if not r["heldout_voice"]]
+            scored = task.evaluate([{**r, "hyp": base} for r in seen])
+            report["baseline"] = {"hypothesis": base, "train_manifest": str(train_manifest), **scored}
+            for k in ("bleu", "chrf", "cider"):
+                if k in scored:
+                    report[f"baseline_{k}"] = scored[k]
+    report["seconds"] = round(time.time() - t0, 1)
+    if out:
+        out = Path(out)
+        atomic_write_text(out, json.dumps(report, indent=1, default=str))
+        if name in GENERATION_TASKS:
+            atomic_write_text(out.with_suffix(".hyps.jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return report
