@@ -194,9 +194,10 @@ def cmd_demo(args) -> None:
 
     cfg = load_demo_config(args.config, args.overrides)
     rep = run_demo(cfg)
-    asr = rep["tasks"]["asr"]
-    print(f"\n{cfg.prepare.corpus} test WER {asr['wer']:.2f}% (training voices), {asr['wer_heldout_voice']:.2f}% (held-out voice); "
-          f"CER {asr['cer']:.2f}% / {asr['cer_heldout_voice']:.2f}%; {rep['minutes']:.1f} min. Report: {cfg.out}/report.md")
+    print(f"\n{cfg.prepare.corpus} test split, {rep['minutes']:.1f} min:")
+    for task, row in rep["tasks"].items():
+        print(f"  {task:12s} " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float)))
+    print(f"Report: {cfg.out}/report.md")
 
 
 def cmd_ablate(args) -> None:

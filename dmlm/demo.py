@@ -1,11 +1,18 @@
 """`dmlm demo`: the whole pipeline on the embedded mini-world corpus, offline, on a CPU.
 
-prepare (espeak-ng speech) -> codebook fit (Whisper-base k-means) -> tokenize -> train
-(from-scratch Llama, length-normalized loss) -> evaluate on held-out sentences (training
-voices and one unseen voice) -> runs/demo/{report.md, report.json, loss.png}.
+prepare (espeak-ng speech + drawn scenes) -> speech codebook (Whisper-base k-means) and image
+codebook (patch k-means) -> tokenize -> train one model on the task mixture (ASR, S2TT
+en->es, T2S, I2T, unpaired text/speech/images) and, for comparison, an ASR-only model for the
+same number of steps -> train the unit vocoder -> evaluate every task on held-out sentences
+-> runs/demo/{report.md, report.json, loss.png, examples/}.
 
-Every stage skips work already done, so an interrupted demo re-run continues where it
-stopped (training resumes from its last saved step).
+Design decisions:
+- The ASR-only model takes the same steps and the same number of ASR examples per step as
+  the mixture model (its batch is the mixture's ASR share of it, `asr_only_batch_tokens`);
+  the mixture adds the other tasks on top. So the comparison asks "does adding tasks hurt
+  ASR?", at the price of the mixture's larger steps, which the report states.
+- Every stage skips work already done, so an interrupted demo re-run continues where it
+  stopped (training resumes from its last saved step).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +29,9 @@ import torch
 from dmlm.config import RunConfig, dump_config, load_config
 from dmlm.data.manifest import atomic_write_text, read_manifest
 from dmlm.data.prepare import PrepareConfig, prepare
+from dmlm.tokenizers.image import ImageCodebookSettings
 from dmlm.tokenizers.speech import CodebookSettings
+from dmlm.vocoder.model import VocoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +39,29 @@ log = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"
-    """Output folder: data/, units/, codebook.safetensors, model/, report.*"""
+    """Output folder: data/, units/, codebooks, model/, model_asr/, report.*"""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     codebook: CodebookSettings = field(default_factory=CodebookSettings)
     codebook_fit_utts: int = 1500
-    """Training utterances whose frames the k-means is fitted on."""
+    """Training utterances whose frames the speech k-means is fitted on."""
+    image_codebook: ImageCodebookSettings = field(default_factory=ImageCodebookSettings)
+    image_codebook_fit_images: int = 3000
+    """Training images whose patches the image k-means is fitted on."""
     run: RunConfig = field(default_factory=RunConfig)
-    examples: int = 8
-    """Example transcripts shown in report.md."""
+    """The mixture model (its data.tasks and data.weights are the mixture)."""
+    asr_only_batch_tokens: int = 0
+    """Per-rank batch of the ASR-only comparison model (same steps as `run`); 0: no comparison model."""
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    vocoder_minutes: float = 4.0
+    """Training budget of the unit vocoder (0: no vocoder, no audio-level T2S scores)."""
+    judge: str = "whisper-base"
+    """Whisper preset that listens to synthesized speech (T2S and resynthesis WER)."""
+    t2s_eval: int = 100
+    """Test sentences (per voice group) synthesized and judged by Whisper."""
+    eval_limit: int = 0
+    """Score only the first N test records per task (0: all)."""
+    examples: int = 6
+    """Examples per task shown in report.md."""
     processes: int = 2
     """Training processes (torchrun, gloo on CPU). On a 2-core CPU two single-thread ranks train
     ~30 % faster than one process with two threads; 1 trains in this process."""
@@ -60,83 +84,202 @@ def fit_demo_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
     from dmlm.tokenize import load_record_audio
     from dmlm.tokenizers.speech import Codebook, fit_codebook
 
+    want = CodebookSettings(**asdict(cfg.codebook))
     if path.is_file():
         cb = Codebook.load(path)
-        if cb.settings.reproducing() | {"frame_rate": 0} == CodebookSettings(**asdict(cfg.codebook)).reproducing() | {"frame_rate": 0}:
+        # frame_rate is an output of fitting (the encoder's rate / pooling), not a setting to compare
+        if cb.settings.reproducing() | {"frame_rate": 0} == want.reproducing() | {"frame_rate": 0}:
             return cb
         raise ValueError(f"{path} exists with other settings; delete it or use another demo folder")
     records = read_manifest(train_manifest)[: cfg.codebook_fit_utts]
-    cb = fit_codebook((load_record_audio(train_manifest, r) for r in records), CodebookSettings(**asdict(cfg.codebook)),
-                      total=len(records))
+    cb = fit_codebook((load_record_audio(train_manifest, r) for r in records), want, total=len(records))
     cb.save(path)
     return cb
 
 
-def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
-    from dmlm.asr import evaluate_asr
-    from dmlm.tokenize import tokenize_manifest
-    from dmlm.train import plot_losses, train
+def fit_demo_image_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
+    from dmlm.images import load_image
+    from dmlm.tokenizers.image import ImageCodebook, fit_image_codebook
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "demo.yaml", dump_config(cfg))
-    stages: dict[str, float] = {}
-    t_all = time.time()
+    want = ImageCodebookSettings(**asdict(cfg.image_codebook))
+    if path.is_file():
+        cb = ImageCodebook.load(path)
+        if cb.settings.reproducing() == want.reproducing():
+            return cb
+        raise ValueError(f"{path} exists with other settings; delete it or use another demo folder")
+    records = [r for r in read_manifest(train_manifest) if r.image][: cfg.image_codebook_fit_images]
+    cb = fit_image_codebook([load_image(r.image_path(train_manifest), size=want.image_size) for r in records], want)
+    cb.save(path)
+    return cb
 
-    def stage(name: str):
+
+class _Stages:
+    """Times each stage; prints a banner so the demo log reads as the pipeline."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        stages = self
+
         class _S:
             def __enter__(self):
                 self.t = time.time()
                 print(f"\n== {name} ==", flush=True)
 
             def __exit__(self, *exc):
-                stages[name] = round(time.time() - self.t, 1)
+                stages.seconds[name] = round(time.time() - self.t, 1)
                 if exc[0] is None:
-                    print(f"== {name}: {stages[name]:.0f} s", flush=True)
+                    print(f"== {name}: {stages.seconds[name]:.0f} s", flush=True)
 
         return _S()
 
+
+def _train(run: RunConfig, out: Path, name: str, processes: int, resume: bool) -> None:
+    from dmlm.train import train
+
+    if processes > 1:
+        train_distributed(run, out / f"{name}.yaml", processes, resume)
+    else:
+        train(run, resume=resume)
+
+
+def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
+    from dmlm.evaluate import evaluate_task
+    from dmlm.tokenize import tokenize_images, tokenize_manifest
+    from dmlm.train import plot_losses
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "demo.yaml", dump_config(cfg))
+    stage = _Stages()
+    t_all = time.time()
+    run = cfg.run
+    tasks = run.data.tasks
+    uses_images = any(t.split(":")[0] in ("i2t", "image_lm") for t in tasks)
+
     with stage("prepare"):
         manifests = prepare(cfg.prepare, out / "data")
-    with stage("codebook"):
+    with stage("codebooks"):
         cb = fit_demo_codebook(cfg, manifests["train"], out / "codebook.safetensors")
+        icb = fit_demo_image_codebook(cfg, manifests["train"], out / "image_codebook.safetensors") if uses_images else None
     with stage("tokenize"):
         for split in ("train", "dev", "test"):
             tokenize_manifest(cb, manifests[split], out / "units")
-    run = cfg.run
+            if icb is not None:
+                tokenize_images(icb, manifests[split], out / "units")
     run.data.train, run.data.dev = str(manifests["train"]), str(manifests["dev"])
     run.data.units, run.data.codebook = str(out / "units"), str(out / "codebook.safetensors")
+    run.data.image_codebook = str(out / "image_codebook.safetensors") if icb is not None else ""
     run.train.out = str(out / "model")
     with stage("train"):
-        if cfg.processes > 1:
-            train_distributed(run, out / "train.yaml", cfg.processes, resume)
-        else:
-            train(run, resume=resume)
+        _train(run, out, "train", cfg.processes, resume)
+    models = {"mixture": out / "model"}
+    if cfg.asr_only_batch_tokens and tasks != ["asr"]:
+        asr_run = replace(run, data=replace(run.data, tasks=["asr"], weights=[], image_codebook=""),
+                          train=replace(run.train, out=str(out / "model_asr"), batch_tokens=cfg.asr_only_batch_tokens))
+        with stage("train_asr_only"):
+            _train(asr_run, out, "train_asr", cfg.processes, resume)
+        models["asr_only"] = out / "model_asr"
+    if cfg.vocoder_minutes > 0 and any(t.split(":")[0] == "t2s" for t in tasks):
+        with stage("vocoder"):
+            train_demo_vocoder(cfg, manifests["train"], out)
+
+    reports: dict[str, dict] = {}
+    evals = out / "eval"
     with stage("evaluate"):
-        rep = evaluate_asr(out / "model", manifests["test"], out / "eval_test.json", units=out / "units" / "test")
-    plot_losses(out / "model.log.jsonl", out / "loss.png")
-    minutes = (time.time() - t_all) / 60
-    train_log = [json.loads(x) for x in (out / "model.log.jsonl").read_text().splitlines()]
-    last = [r for r in train_log if "tokens_per_s" in r]
+        limit = cfg.eval_limit or None
+        for spec in tasks:
+            name = spec.split(":")[0]
+            if name in ("asr", "s2tt", "i2t", "t2s") or name.endswith("_lm"):
+                key = spec.replace(":", "_")
+                reports[key] = evaluate_task(models["mixture"], spec, manifests["test"], evals / f"{key}.json",
+                                             units=out / "units", limit=limit if name != "asr" else None)
+        if "asr_only" in models:
+            reports["asr_only"] = evaluate_task(models["asr_only"], "asr", manifests["test"], evals / "asr_only.json",
+                                                units=out / "units")
+        if (out / "model" / "vocoder").is_dir():
+            reports.update(evaluate_speech_out(cfg, out, manifests["test"]))
+    for name, path in models.items():
+        log_path = path.with_name(path.name + ".log.jsonl")
+        if log_path.is_file():
+            plot_losses(log_path, out / ("loss.png" if name == "mixture" else f"loss_{name}.png"))
     report = {
-        "tasks": {"asr": {**{k: rep[k] for k in ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice",
-                                                 "sentence_accuracy", "utterances", "ref_words")},
-                          "utterances_heldout_voice": rep["heldout_voice"]["utterances"],
-                          "sentence_accuracy_heldout_voice": rep["heldout_voice"]["sentence_accuracy"]}},
+        "tasks": summarize(reports),
         "machine": machine(),
-        "minutes": round(minutes, 2),
-        "stages_seconds": stages,
-        "train": {"padding_share": json.loads((out / "model" / "dmlm.json").read_text())["model_summary"].get("padding_share"),
-                  "steps": train_log[-1]["step"], "tokens_per_s": last[-1]["tokens_per_s"] if last else None,
-                  "final_dev_loss": next((r["dev_loss"] for r in reversed(train_log) if "dev_loss" in r), None)},
+        "minutes": round((time.time() - t_all) / 60, 2),
+        "stages_seconds": stage.seconds,
+        "train": {name: train_summary(path) for name, path in models.items()},
         "codebook": {"fingerprint": cb.fingerprint, **cb.settings.reproducing()},
+        "image_codebook": {"fingerprint": icb.fingerprint, **asdict(icb.settings)} if icb is not None else None,
         "data": {s: len(read_manifest(p)) for s, p in manifests.items()},
-        "model": str((out / "model").resolve()),
+        "models": {k: str(v.resolve()) for k, v in models.items()},
         "config": asdict(cfg),
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=str))
+    from dmlm.report import render_markdown
+
     atomic_write_text(out / "report.md", render_markdown(report, out, cfg.examples))
     return report
+
+
+def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None:
+    """The unit vocoder, trained on the training split's units, stored in the model's `vocoder/`."""
+    from dmlm.vocoder.train import train_vocoder
+
+    target = out / "model" / "vocoder"
+    if (target / "config.json").is_file():
+        return
+    train_vocoder(train_manifest, out / "units" / "train", out / "codebook.safetensors", cfg.vocoder, target,
+                  max_minutes=cfg.vocoder_minutes)
+
+
+def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict[str, dict]:
+    """T2S and resynthesis judged by Whisper: units -> vocoder -> ASR -> WER against the text."""
+    from dmlm.evaluation.judge import WhisperJudge
+    from dmlm.model import load_checkpoint
+    from dmlm.speech_out import evaluate_resynthesis, evaluate_t2s_audio
+
+    judge = WhisperJudge(cfg.judge)
+    ck = load_checkpoint(out / "model")
+    res = evaluate_resynthesis(ck, test_manifest, out / "units" / "test", judge, n=cfg.t2s_eval,
+                               out_dir=out / "examples" / "resynthesis")
+    t2s = evaluate_t2s_audio(ck, test_manifest, judge, n=cfg.t2s_eval, out_dir=out / "examples" / "t2s", original=False)
+    return {"resynthesis": res, "t2s_audio": t2s}
+
+
+def summarize(reports: dict[str, dict]) -> dict:
+    """report.json's `tasks`: the headline numbers of every task (full reports are in eval/)."""
+    keep = ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "sentence_accuracy", "bleu", "chrf",
+            "bleu_heldout_voice", "baseline_bleu", "baseline_chrf", "cider", "baseline_cider", "unit_accuracy",
+            "unit_error_rate", "length_ratio", "perplexity", "utterances", "records", "original_wer")
+    tasks: dict[str, dict] = {}
+    for key, rep in reports.items():
+        row = {k: rep[k] for k in keep if k in rep}
+        if "heldout_combo" in rep:
+            row["heldout_combo"] = {k: v for k, v in rep["heldout_combo"].items() if isinstance(v, (int, float))}
+        tasks[key] = row
+    if "t2s_audio" in tasks:  # T2S: units scored on units (t2s) and on audio (t2s_audio) are one task
+        audio = tasks.pop("t2s_audio")
+        tasks.setdefault("t2s", {}).update({"wer": audio.get("wer"), "cer": audio.get("cer"),
+                                            "wer_heldout_voice": audio.get("wer_heldout_voice")})
+    if "s2tt_es" in tasks:
+        tasks["s2tt"] = tasks.pop("s2tt_es")
+    return tasks
+
+
+def train_summary(model_dir: Path) -> dict:
+    log_path = model_dir.with_name(model_dir.name + ".log.jsonl")
+    rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.is_file() else []
+    speed = [r for r in rows if "tokens_per_s" in r]
+    meta = json.loads((model_dir / "dmlm.json").read_text())
+    totals = {k: sum(r.get(k, 0) for r in rows if "loss" in r) for k in ("tokens", "tokens_text", "tokens_speech", "tokens_image")}
+    return {"steps": rows[-1]["step"] if rows else None, "tokens_per_s": speed[-1]["tokens_per_s"] if speed else None,
+            "final_dev_loss": next((r["dev_loss"] for r in reversed(rows) if "dev_loss" in r), None),
+            "padding_share": meta.get("model_summary", {}).get("padding_share"), "tasks": meta.get("tasks"),
+            "weights": meta.get("config", {}).get("data", {}).get("weights"),
+            "batch_tokens": meta.get("config", {}).get("train", {}).get("batch_tokens"),
+            "params": meta.get("model_summary", {}).get("params"), **totals}
 
 
 def train_distributed(run: RunConfig, config_path: Path, processes: int, resume: bool) -> None:
@@ -159,28 +302,6 @@ def train_distributed(run: RunConfig, config_path: Path, processes: int, resume:
     rc = subprocess.run(cmd, env=env).returncode
     if rc != 0:
         raise ValueError(f"training under torchrun failed (exit status {rc}); the ranks' errors are printed above")
-
-
-def render_markdown(report: dict, out: Path, n_examples: int) -> str:
-    asr = report["tasks"]["asr"]
-    rows = [json.loads(x) for x in (out / "eval_test.hyps.jsonl").read_text().splitlines()]
-    ex = [r for r in rows if not r["heldout_voice"]][:n_examples] + [r for r in rows if r["heldout_voice"]][: n_examples // 2]
-    lines = [
-        f"# dmlm demo report ({report['config']['prepare']['corpus']})", "",
-        f"Machine: {report['machine']['cores']} cores, {report['machine']['cpu']}, GPU: {report['machine']['gpu']}; "
-        f"total {report['minutes']:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in report['stages_seconds'].items())}).", "",
-        "| task | test split | utterances | WER % | CER % | sentence acc. % |", "|---|---|---|---|---|---|",
-        f"| ASR | training voices | {asr['utterances']} | {asr['wer']:.2f} | {asr['cer']:.2f} | {asr['sentence_accuracy']:.1f} |",
-        f"| ASR | held-out voice | {asr['utterances_heldout_voice']} | {asr['wer_heldout_voice']:.2f} | "
-        f"{asr['cer_heldout_voice']:.2f} | {asr['sentence_accuracy_heldout_voice']:.1f} |", "",
-        f"Codebook: {report['codebook']['backend']} {report['codebook']['model']} layer {report['codebook']['layer']}, "
-        f"k={report['codebook']['k']}, dedup={report['codebook']['dedup']}, fingerprint `{report['codebook']['fingerprint']}`.",
-        f"Training: {report['train']['steps']} steps at {report['train']['tokens_per_s'] or 0:.0f} tokens/s; "
-        f"final dev loss {report['train']['final_dev_loss']:.4f}.", "",
-        "![loss](loss.png)", "", "## Examples (test split)", "", "| id | reference | hypothesis |", "|---|---|---|",
-    ]
-    lines += [f"| {r['id']} | {r['ref']} | {r['hyp']} |" for r in ex]
-    return "\n".join(lines) + "\n"
 
 
 def load_demo_config(path: str | None, overrides: list[str]) -> DemoConfig:

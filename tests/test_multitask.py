@@ -1,0 +1,112 @@
+"""One tiny model on a mixture of every task: it overfits a mixed batch and decodes each target back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dmlm.data.manifest import Record, read_manifest, write_manifest
+from dmlm.images import save_image
+from dmlm.tokenize import tokenize_images, tokenize_manifest
+from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
+
+ES = {"the": "el", "a": "un", "red": "rojo", "big": "grande", "cat": "gato", "dog": "perro", "runs": "corre",
+      "sees": "ve", "likes": "quiere"}
+TASKS = ["asr", "s2tt:es", "t2s", "i2t", "text_lm:es", "speech_lm", "image_lm"]
+
+
+def _image(i: int) -> np.ndarray:
+    """16x16 RGB: a distinct colour block per record, so the caption is recoverable from the image."""
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[(i % 2) * 8 : (i % 2) * 8 + 8, (i // 2) * 8 : (i // 2) * 8 + 8] = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)][i]
+    return img
+
+
+@pytest.fixture(scope="module")
+def mixed(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    recs = []
+    for i, r in enumerate(read_manifest(corpus.tiny)):
+        save_image(root / "img" / f"{r.id}.png", _image(i))
+        recs.append(Record(**{**r.__dict__, "audio": str(r.audio_path(corpus.tiny)), "image": f"img/{r.id}.png",
+                              "caption": r.text, "translations": {"es": " ".join(ES[w] for w in r.text.split())}}))
+    manifest = root / "mixed.jsonl"
+    write_manifest(manifest, recs)
+    from dmlm.tokenizers.speech import Codebook
+
+    tokenize_manifest(Codebook.load(corpus.codebook), manifest, root / "units")
+    icb = fit_image_codebook([_image(i) for i in range(4)], ImageCodebookSettings(image_size=16, patch=4, k=8))
+    icb.save(root / "icb.safetensors")
+    tokenize_images(icb, manifest, root / "units")
+    return root, manifest
+
+
+@pytest.fixture(scope="module")
+def multitask_model(mixed, run_config):
+    from dmlm.train import train
+
+    root, manifest = mixed
+    cfg = run_config(root / "model", "train.steps=200", "train.lr=3e-3", "train.eval_every=100", "train.save_every=1000",
+                     "train.log_every=10", f"data.units={root / 'units'}", f"data.image_codebook={root / 'icb.safetensors'}",
+                     f"data.tasks={json.dumps(TASKS)}", "data.weights=[1,1,1,1,0.5,0.5,0.5]", "model.hidden_size=96",
+                     train=manifest, dev=manifest)
+    return train(cfg)
+
+
+def test_mixture_is_logged_per_task_and_modality(multitask_model):
+    rows = [json.loads(x) for x in multitask_model.with_name("model.log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert all(r["tokens_text"] > 0 and r["tokens_speech"] > 0 and r["tokens_image"] > 0 for r in steps)
+    seen = {t: sum(r.get(f"examples_{t}", 0) for r in steps) for t in TASKS}
+    assert all(n > 0 for n in seen.values()), seen
+    dev = [r for r in rows if "dev_loss" in r]
+    assert dev and all(f"dev_loss_{t}" in dev[-1] for t in TASKS)
+
+
+def test_overfit_mixed_batch_decodes_every_task(multitask_model, mixed):
+    from dmlm.evaluate import evaluate_task
+
+    root, manifest = mixed
+    units = root / "units"
+    asr = evaluate_task(multitask_model, "asr", manifest, units=units, progress=False)
+    assert asr["wer"] == 0.0
+    s2tt = evaluate_task(multitask_model, "s2tt:es", manifest, units=units, progress=False)
+    assert s2tt["bleu"] > 99.0 and s2tt["chrf"] > 99.0
+    i2t = evaluate_task(multitask_model, "i2t", manifest, units=units, progress=False)
+    assert i2t["bleu"] > 99.0
+    t2s = evaluate_task(multitask_model, "t2s", manifest, units=units, progress=False)
+    assert t2s["unit_accuracy"] > 90.0, t2s
+    lm = evaluate_task(multitask_model, "text_lm:es", manifest, units=units, progress=False)
+    assert 1.0 <= lm["perplexity"] < 1.5
+
+
+def test_cli_verbs_for_every_task(multitask_model, mixed, capsys):
+    from dmlm.cli import main
+
+    root, manifest = mixed
+    recs = read_manifest(manifest)
+    assert main(["translate", str(multitask_model), recs[0].audio, "--to", "es"]) == 0
+    assert capsys.readouterr().out.strip().split("\t")[1] == recs[0].translations["es"]
+    assert main(["caption", str(multitask_model), str(root / recs[1].image)]) == 0
+    assert capsys.readouterr().out.strip().split("\t")[1] == recs[1].caption
+    assert main(["synthesize-units", str(multitask_model), recs[2].text]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"] == recs[2].text and len(out["units"]) > 0
+    hyps = root / "hyps.jsonl"
+    assert main(["decode", str(multitask_model), "--task", "s2tt:es", "--manifest", str(manifest), "--out", str(hyps)]) == 0
+    got = {r["id"]: r["hyp"] for r in map(json.loads, hyps.read_text().splitlines())}
+    assert got == {r.id: r.translations["es"] for r in recs}
+
+
+def test_task_errors(multitask_model, mixed, capsys):
+    from dmlm.cli import main
+
+    root, manifest = mixed
+    assert main(["evaluate", str(multitask_model), "--task", "tts", "--manifest", str(manifest)]) == 2
+    assert "unknown task 'tts'; registered tasks:" in capsys.readouterr().err
+    assert main(["evaluate", str(multitask_model), "--task", "s2tt:fr", "--manifest", str(manifest)]) == 2
+    assert "has no 'fr' translation (translations it has: es)" in capsys.readouterr().err
+    assert main(["evaluate", str(multitask_model), "--task", "s2tt", "--manifest", str(manifest)]) == 2
+    assert "s2tt:LANG" in capsys.readouterr().err
