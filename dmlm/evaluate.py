@@ -243,7 +243,8 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
                          "heldout_combo": bool(r.custom.get("heldout_combo"))})
         report.update(_group_scores(task, rows))
         report["decoding"] = asdict(opts)
-        report["normalizer"] = "dmlm.evaluation.normalize.normalize" if name in ("asr", "i2t") else "sacrebleu defaults"
+        report["normalizer"] = {"asr": "dmlm.evaluation.normalize.normalize", "i2t": "dmlm.evaluation.normalize.normalize",
+                                "s2tt": "sacrebleu defaults (13a tokenizer)", "t2s": "none (unit ids)"}[name]
         if train_manifest is None:
             train_manifest = ck.meta.get("config", {}).get("data", {}).get("train")
         base = baseline_hypothesis(ck, spec, train_manifest)
