@@ -193,3 +193,17 @@ def test_impossible_request_raises():
     # Three train sentences cannot cover the words of fifty dev sentences.
     with pytest.raises(RuntimeError):
         generate_splits(3, 50, 10)
+
+
+def test_unpaired_split_is_disjoint_and_leaves_the_other_splits_alone():
+    from dmlm.data import miniworld
+
+    a = miniworld.generate_splits(300, 30, 50, seed=2)
+    b = miniworld.generate_splits(300, 30, 50, seed=2, n_unpaired=500)
+    for split in ("train", "dev", "test"):
+        assert [s.text for s in a[split]] == [s.text for s in b[split]]
+    paired = {s.text for split in ("train", "dev", "test") for s in b[split]}
+    unpaired = [s.text for s in b["unpaired"]]
+    assert len(unpaired) == len(set(unpaired)) == 500 and not set(unpaired) & paired
+    assert not any(s.custom["heldout_combo"] for s in b["unpaired"])
+    assert all(set(s.translations) == {"es", "de", "fr"} for s in b["unpaired"])

@@ -389,8 +389,12 @@ def _make(split: str, i: int, scene: dict[str, Any], held: set[tuple[str, str]])
 
 
 def generate_splits(n_train: int, n_dev: int, n_test: int,
-                    seed: int = 0) -> dict[str, list[Sentence]]:
+                    seed: int = 0, n_unpaired: int = 0) -> dict[str, list[Sentence]]:
     """Sample disjoint train/dev/test splits; test probes held-out colour-object pairs.
+
+    `n_unpaired` > 0 adds an `unpaired` split: more training sentences (with translations)
+    drawn after test, disjoint from every split and free of held-out pairs, for text-only
+    (unpaired) training. The other splits do not depend on it.
 
     Deterministic for a seed. Raises `RuntimeError` if the requested sizes cannot be met
     (e.g. a train split too small to cover the words test needs).
@@ -429,5 +433,7 @@ def generate_splits(n_train: int, n_dev: int, n_test: int,
     test = draw(n_forced, force=True, need_known_words=True)
     test += draw(n_test - n_forced, force=False, need_known_words=True)
     rng.shuffle(test)
-    return {split: [_make(split, i, sc, held) for i, sc in enumerate(scenes)]
-            for split, scenes in (("train", train), ("dev", dev), ("test", test))}
+    splits = [("train", train), ("dev", dev), ("test", test)]
+    if n_unpaired:
+        splits.append(("unpaired", draw(n_unpaired, force=False, need_known_words=False)))
+    return {split: [_make(split, i, sc, held) for i, sc in enumerate(scenes)] for split, scenes in splits}
