@@ -1,17 +1,24 @@
-"""`dmlm tokenize`: manifests -> speech-unit token stores (sharded, resumable).
+"""`dmlm tokenize`: manifests -> speech-unit and image-code token stores (sharded, resumable).
 
 Audio is read and validated per record (errors name the manifest and record), encoded by
 the codebook's feature backend in length-sorted batches, and assigned to units; see
 `dmlm.data.shards` for the on-disk store and resume/merge rules.
+
+Images go to their own store, OUT_DIR/<manifest stem>.image, beside the speech store
+OUT_DIR/<manifest stem>: one manifest can feed ASR and I2T. It holds only the records that
+have an `image`; codes come from the image codebook, or from an external tokenizer's JSONL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from dmlm.audio import AudioError, load_audio
 from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.shards import TokenStore, build_store
+from dmlm.images import ImageError, load_image
+from dmlm.tokenizers.image import ImageCodebook, read_external_codes
 from dmlm.tokenizers.speech import Codebook
 
 
@@ -36,3 +43,46 @@ def tokenize_manifest(
             "codebook": codebook.settings.reproducing()}
     return build_store(records, encode, Path(out_dir) / Path(manifest).stem, meta, chunk_size=chunk_size,
                        shard=shard, num_shards=num_shards, desc=f"tokenize {Path(manifest).name}")
+
+
+def load_record_image(manifest: str | Path, r: Record, size: int):
+    try:
+        return load_image(r.image_path(manifest), size=size)
+    except ImageError as e:
+        raise ImageError(f"{manifest}: record {r.id!r}: {e}") from None
+
+
+def tokenize_images(
+    codebook: ImageCodebook, manifest: str | Path, out_dir: str | Path, shard: int = 0, num_shards: int = 1,
+    external_codes: str | Path | Mapping[str, list[int]] | None = None, chunk_size: int = 256,
+) -> TokenStore | None:
+    """Image codes for every record of `manifest` with an `image`, into OUT_DIR/<manifest stem>.image.
+
+    `external_codes` (a JSONL path or {id: codes}) supplies codes made by another tokenizer;
+    it is required for an external codebook, and every imaged record must have an entry.
+    """
+    records = [r for r in read_manifest(manifest) if r.image is not None]
+    if isinstance(external_codes, (str, Path)):
+        external_codes = read_external_codes(external_codes, codebook.k)
+    if external_codes is None and codebook.is_external:
+        raise ValueError(f"image codebook {codebook.settings.name!r} is external: give its codes (external_codes)")
+    if external_codes is not None:
+        missing = [r.id for r in records if r.id not in external_codes]
+        if missing:
+            raise ValueError(f"{manifest}: {len(missing)} imaged records have no external codes, "
+                             f"e.g. {missing[0]!r}")
+        bad = next((rid for rid, c in external_codes.items() if any(not 0 <= x < codebook.k for x in c)), None)
+        if bad is not None:
+            raise ValueError(f"external codes of {bad!r} are out of range [0, {codebook.k})")
+
+    def encode(chunk: list[Record]) -> list[list[int]]:
+        if external_codes is not None:
+            return [list(external_codes[r.id]) for r in chunk]
+        size = codebook.settings.image_size
+        return codebook.encode_batch([load_record_image(manifest, r, size) for r in chunk])
+
+    meta = {"fingerprint": codebook.fingerprint, "manifest": str(Path(manifest).resolve()), "modality": "image",
+            "codebook": codebook.settings.reproducing()}
+    return build_store(records, encode, Path(out_dir) / f"{Path(manifest).stem}.image", meta,
+                       chunk_size=chunk_size, shard=shard, num_shards=num_shards,
+                       desc=f"tokenize images {Path(manifest).name}")

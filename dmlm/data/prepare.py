@@ -2,12 +2,21 @@
 
 Layout written under `out_dir`:
     wav/<id>.wav
+    img/<id>.png                          (mini-world scenes that can be drawn; digits)
     train.jsonl  dev.jsonl  test.jsonl   (paths relative to the manifest)
     prepare.json                          (the settings, so a re-run with others is refused)
 
 The test split holds every test sentence twice: once in a training voice, once in the
 held-out voice (`custom.heldout_voice = true`, id suffix `-hv`); metrics are reported for
 each group separately. Re-running continues where synthesis stopped.
+
+Images: a mini-world record whose scene is visual (`dmlm.data.scenes.is_visual`) gets
+`image` (its drawn scene) and `caption` (its English text, so text, speech and images share
+one vocabulary). The held-out-voice copy of a test sentence points at the same image file:
+one sentence, one picture. Images are drawn after synthesis and before the manifests are
+written; a folder prepared without them gets them on the next run (`images` is not part of
+the settings a re-run must match), and an image already on disk is never drawn again.
+The `digits` corpus is images only (no audio): `dmlm.data.digits`.
 """
 
 from __future__ import annotations
@@ -15,18 +24,18 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dmlm.data.corpus import Sentence
-from dmlm.data.manifest import Record, atomic_write_text, write_manifest
+from dmlm.data.manifest import Record, atomic_write_text, read_manifest, write_manifest
 from dmlm.data.synth import Voice, draw_voice, synthesize_many
 
 
 @dataclass
 class PrepareConfig:
     corpus: str = "mini-world"
-    """Corpus name: mini-world (closed vocabulary, with es/de/fr translations) or bible (open vocabulary, es)."""
+    """Corpus name: mini-world (closed vocabulary, es/de/fr translations, scene images), bible (open vocabulary, es) or digits (captioned images, no audio)."""
     n_train: int = 8000
     """Number of training sentences."""
     n_dev: int = 300
@@ -37,6 +46,8 @@ class PrepareConfig:
     """Seed for sentences, splits and voices."""
     workers: int = 2
     """Parallel espeak-ng processes."""
+    images: bool = True
+    """Draw mini-world scenes as 64x64 images (img/<id>.png) and set the records' image and caption."""
 
 
 def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
@@ -48,10 +59,12 @@ def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
         from dmlm.data import bible
 
         return bible.generate_splits
-    raise ValueError(f"unknown corpus {name!r}; expected one of: mini-world, bible")
+    raise ValueError(f"unknown corpus {name!r}; expected one of: {', '.join(CORPORA)}")
 
 
-CORPORA = ("mini-world", "bible")
+CORPORA = ("mini-world", "bible", "digits")
+IMAGE_CORPORA = ("digits",)  # images with captions, no audio
+_RERUN_FREE = ("workers", "images")  # settings a re-run may change: they add outputs, never alter them
 
 
 def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
@@ -60,9 +73,12 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / "prepare.json"
     settings = asdict(cfg)
+    if cfg.corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {cfg.corpus!r}; expected one of: {', '.join(CORPORA)}")
     if settings_path.is_file():
         old = json.loads(settings_path.read_text())
-        if {k: v for k, v in old.items() if k != "workers"} != {k: v for k, v in settings.items() if k != "workers"}:
+        if {k: v for k, v in old.items() if k not in _RERUN_FREE} != {k: v for k, v in settings.items()
+                                                                      if k not in _RERUN_FREE}:
             raise ValueError(
                 f"{settings_path}: this folder was prepared with other settings ({old}); "
                 f"use another output folder or delete it"
@@ -70,7 +86,15 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     atomic_write_text(settings_path, json.dumps(settings, indent=2))
 
     manifests = {s: out / f"{s}.jsonl" for s in ("train", "dev", "test")}
+    if cfg.corpus in IMAGE_CORPORA:
+        return _prepare_digits(cfg, out, manifests)
     if all(p.is_file() for p in manifests.values()):
+        if cfg.images and cfg.corpus == "mini-world":
+            for path in manifests.values():
+                records = read_manifest(path)
+                with_images = add_scene_images(records, out)
+                if with_images != records:
+                    write_manifest(path, with_images)
         return manifests
 
     splits = _corpus_fn(cfg.corpus)(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed)
@@ -95,5 +119,48 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
                     text=s.text, translations=dict(s.translations) or None, speaker=v.speaker, custom=custom,
                 )
             )
+        if cfg.images and cfg.corpus == "mini-world":
+            records = add_scene_images(records, out)
+        write_manifest(manifests[split], records)
+    return manifests
+
+
+def add_scene_images(records: list[Record], out: Path, size: int = 64) -> list[Record]:
+    """Records with `image` + `caption` set where the scene is visual; draws missing images.
+
+    A test record in the held-out voice (`custom.heldout_voice`, id `<sentence id>-hv`)
+    shares its sentence's image.
+    """
+    from dmlm.data.scenes import draw_scene, is_visual
+    from dmlm.images import save_image
+
+    result = []
+    for r in records:
+        scene = r.custom.get("scene")
+        if not scene or not is_visual(scene):
+            result.append(r)
+            continue
+        name = r.id.removesuffix("-hv") if r.custom.get("heldout_voice") else r.id
+        rel = f"img/{name}.png"
+        if not (out / rel).is_file():
+            save_image(out / rel, draw_scene(scene, size))
+        result.append(replace(r, image=rel, caption=r.text))
+    return result
+
+
+def _prepare_digits(cfg: PrepareConfig, out: Path, manifests: dict[str, Path]) -> dict[str, Path]:
+    """Images + captions of `dmlm.data.digits`; no audio, so `text` stays empty: the caption is the text."""
+    from dmlm.data import digits
+    from dmlm.images import save_image
+
+    if all(p.is_file() for p in manifests.values()):
+        return manifests
+    for split, examples in digits.generate_splits(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed).items():
+        records = []
+        for ex in examples:
+            rel = f"img/{ex.id}.png"
+            if not (out / rel).is_file():
+                save_image(out / rel, ex.image)
+            records.append(Record(id=ex.id, split=split, lang="en", image=rel, caption=ex.caption, custom=ex.custom))
         write_manifest(manifests[split], records)
     return manifests

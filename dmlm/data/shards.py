@@ -46,19 +46,26 @@ from dmlm.data.manifest import Record, atomic_write_text
 log = logging.getLogger(__name__)
 
 
+def store_file(prefix: str | Path, ext: str) -> Path:
+    """`P.bin`, `P.json`, ... of store prefix P; appended, not swapped for a suffix of P, so
+    the prefixes `train` and `train.image` (or a manifest stem with dots) name distinct stores."""
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + ext)
+
+
 class TokenStore:
     """Read-only view of a merged store."""
 
     def __init__(self, prefix: str | Path):
         self.prefix = Path(prefix)
-        meta_path = self.prefix.with_suffix(".json")
+        meta_path = store_file(self.prefix, ".json")
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path}: token store not found (run `dmlm tokenize` first)")
         self.meta = json.loads(meta_path.read_text())
         self.ids: list[str] = self.meta["ids"]
-        self.offsets = np.load(self.prefix.with_suffix(".idx.npy"))
+        self.offsets = np.load(store_file(self.prefix, ".idx.npy"))
         n_tokens = int(self.offsets[-1])
-        self.tokens = (np.memmap(self.prefix.with_suffix(".bin"), dtype=np.int32, mode="r", shape=(n_tokens,))
+        self.tokens = (np.memmap(store_file(self.prefix, ".bin"), dtype=np.int32, mode="r", shape=(n_tokens,))
                        if n_tokens else np.zeros(0, dtype=np.int32))
         self._index = {rid: i for i, rid in enumerate(self.ids)}
 
@@ -209,7 +216,7 @@ def _check_plan(prefix: Path, plan: dict) -> None:
 
 def _complete_store(prefix: Path, ids: list[str], meta: dict) -> TokenStore | None:
     """The finished store if one for exactly these records is there (another codebook: error)."""
-    meta_path = prefix.with_suffix(".json")
+    meta_path = store_file(prefix, ".json")
     if not meta_path.is_file():
         return None
     old = json.loads(meta_path.read_text())
@@ -302,12 +309,12 @@ def _merge(prefix: Path, n_chunks: int, meta: dict, expected_ids: list[str]) -> 
     if ids != expected_ids:
         raise ValueError(f"{prefix}: parts hold {len(ids)} records, the manifest {len(expected_ids)}; "
                          f"delete {prefix.name}.part*.npz and tokenize again")
-    os.replace(tmp_bin, prefix.with_suffix(".bin"))
+    os.replace(tmp_bin, store_file(prefix, ".bin"))
     tmp_idx = prefix.with_name(f".{prefix.name}.idx.tmp.npy")
     np.save(tmp_idx, np.array(offsets, dtype=np.int64))
-    os.replace(tmp_idx, prefix.with_suffix(".idx.npy"))
+    os.replace(tmp_idx, store_file(prefix, ".idx.npy"))
     # the store's .json is written last and atomically: it is what marks a store complete
-    atomic_write_text(prefix.with_suffix(".json"), json.dumps({**meta, "ids": ids}))
+    atomic_write_text(store_file(prefix, ".json"), json.dumps({**meta, "ids": ids}))
     for c in range(n_chunks):
         _part_path(prefix, c).unlink(missing_ok=True)
     _plan_path(prefix).unlink(missing_ok=True)

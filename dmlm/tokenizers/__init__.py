@@ -32,7 +32,11 @@ def load_tokenizer(kind: str, path: str) -> Tokenizer:
         from dmlm.tokenizers.speech import Codebook
 
         return Codebook.load(path)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of: text, speech")
+    if kind == "image":
+        from dmlm.tokenizers.image import ImageCodebook
+
+        return ImageCodebook.load(path)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of: {', '.join(REGISTRY)}")
 
 
-REGISTRY = ("text", "speech")
+REGISTRY = ("text", "speech", "image")

@@ -110,8 +110,10 @@ class Codebook:
             raise FileNotFoundError(f"{path}: codebook not found")
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
-        if meta.get("modality") != "speech":
-            raise ValueError(f"{path}: not a speech codebook (modality={meta.get('modality')!r})")
+        modality = meta.get("modality", "speech")  # files from before the key was written are speech
+        if modality != "speech":
+            raise CodebookMismatch(f"{path}: this is a codebook for {modality}, not for speech "
+                                   f"(metadata modality {modality!r}, expected 'speech')")
         cb = cls(load_file(str(path))["centroids"], CodebookSettings(**json.loads(meta["settings"])))
         if meta.get("fingerprint") and meta["fingerprint"] != cb.fingerprint:
             raise CodebookMismatch(f"{path}: stored fingerprint {meta['fingerprint']} != computed {cb.fingerprint}")

@@ -1,0 +1,99 @@
+"""Image I/O: everything dmlm reads becomes a square RGB uint8 array (H, W, 3).
+
+Design decisions:
+- Pillow reads and writes; arrays are numpy `uint8` (H, W, 3), the one layout every image
+  consumer (scene renderer, image codebook) speaks.
+- Like `dmlm.audio`, input that is usable but not what was expected is converted with a
+  warning that names the file and says what was done (grayscale/palette -> RGB, alpha
+  composited on white, other sizes centre-cropped to a square and resized); input that is
+  unusable (missing, not an image, truncated) raises `ImageError` naming the file.
+- Non-square images are centre-cropped, not squashed: the aspect ratio of what is drawn
+  survives (the CLIP preprocessing convention); the cropped margins are lost.
+- Writes are atomic (temp file in the same folder + rename): an image appears complete or
+  not at all, so a killed `prepare` never leaves a truncated PNG that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with the file named."""
+
+
+def to_rgb(img: Image.Image, where: str = "image") -> Image.Image:
+    """`img` as mode RGB; alpha is composited on white. Warns (naming `where`) when converting."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # palette transparency survives only through RGBA
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        log.warning("%s: mode %s has an alpha channel, compositing on white", where, img.mode)
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    log.warning("%s: mode %s, converting to RGB", where, img.mode)
+    return img.convert("RGB")
+
+
+def fit_square(img: Image.Image, size: int, where: str = "image") -> Image.Image:
+    """Centre-crop `img` to a square and resize it to (size, size); warns when it changes anything."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    crop = "" if w == h else f", centre-cropped to {side}x{side}"
+    log.warning("%s: size %dx%d, expected %dx%d%s and resized", where, w, h, size, size, crop)
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
+
+
+def load_image(path: str | Path, size: int | None = 64) -> np.ndarray:
+    """Read `path` as RGB uint8, (size, size, 3); `size=None` keeps the file's own size."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as f:
+            f.load()  # decode now: a truncated file fails here, inside the try
+            img = f.copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow raises all four
+        raise ImageError(f"{path}: not a readable image ({e})") from None
+    if img.width == 0 or img.height == 0:
+        raise ImageError(f"{path}: image is empty ({img.width}x{img.height})")
+    img = to_rgb(img, str(path))
+    if size is not None:
+        img = fit_square(img, size, str(path))
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def save_image(path: str | Path, image: np.ndarray | Image.Image) -> Path:
+    """Atomically write an image; the format follows the suffix (`.png` recommended: lossless)."""
+    path = Path(path)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ValueError(f"{path}: expected a uint8 (H, W), (H, W, 3) or (H, W, 4) array, "
+                             f"got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
