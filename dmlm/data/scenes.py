@@ -21,7 +21,7 @@ Design decisions:
   is 8 px, the default image codebook's patch (`dmlm.tokenizers.image`), so a patch holds one
   part of one card (or background), never a card at an arbitrary offset, and a card's colour
   fills its patches, hiding the background. Measured with patch codes fitted on training
-  scenes (k=1024), the code at a held-out card's centre names its colour 80 % of the time
+  scenes (k=1024), the code at a held-out card's centre names its colour 78 % of the time
   (chance 8 %) and its kind 20 % (chance 2 %). Coloured shapes placed freely on the
   background kept colours far worse (under 40 % of named-colour pixels at any k up to 2048):
   the codebook spent its codes on background/shape/offset combinations instead.
