@@ -209,3 +209,18 @@ def test_prepare_without_images_then_with_them(tmp_path):
     with_image = [r for p in manifests.values() for r in read_manifest(p) if r.image]
     assert with_image and all((tmp_path / r.image).is_file() for r in with_image)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "wav").iterdir()} == wavs
+
+
+def test_prepare_writes_unpaired_text_on_a_later_run(prepared):
+    from dmlm.data.manifest import read_manifest
+    from dmlm.data.prepare import PrepareConfig, prepare
+
+    cfg, out, manifests = prepared
+    more = prepare(PrepareConfig(**{**cfg.__dict__, "n_unpaired": 30}), out)
+    assert {k: v for k, v in more.items() if k != "unpaired"} == manifests
+    unpaired = read_manifest(more["unpaired"])
+    assert len(unpaired) == 30 and all(r.audio is None and r.text and r.translations["es"] for r in unpaired)
+    paired = {r.text for p in manifests.values() for r in read_manifest(p)}
+    assert not {r.text for r in unpaired} & paired
+    with pytest.raises(ValueError, match="only mini-world"):
+        prepare(PrepareConfig(corpus="bible", n_unpaired=5), out / "bible")

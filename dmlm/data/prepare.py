@@ -48,6 +48,9 @@ class PrepareConfig:
     """Parallel espeak-ng processes."""
     images: bool = True
     """Draw mini-world scenes as 64x64 images (img/<id>.png) and set the records' image and caption."""
+    n_unpaired: int = 0
+    """mini-world: also write unpaired.jsonl, this many more sentences as text only (with translations, no
+    audio), disjoint from every split and free of held-out pairs: unpaired text for mixed supervision."""
 
 
 def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
@@ -64,7 +67,7 @@ def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
 
 CORPORA = ("mini-world", "bible", "digits")
 IMAGE_CORPORA = ("digits",)  # images with captions, no audio
-_RERUN_FREE = ("workers", "images")  # settings a re-run may change: they add outputs, never alter them
+_RERUN_FREE = ("workers", "images", "n_unpaired")  # settings a re-run may change: they add outputs, never alter them
 
 
 def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
@@ -88,7 +91,11 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     manifests = {s: out / f"{s}.jsonl" for s in ("train", "dev", "test")}
     if cfg.corpus in IMAGE_CORPORA:
         return _prepare_digits(cfg, out, manifests)
+    if cfg.n_unpaired and cfg.corpus != "mini-world":
+        raise ValueError(f"n_unpaired: only mini-world generates unpaired text, not {cfg.corpus}")
     if all(p.is_file() for p in manifests.values()):
+        if cfg.n_unpaired:
+            manifests["unpaired"] = _write_unpaired(cfg, out)
         if cfg.images and cfg.corpus == "mini-world":
             for path in manifests.values():
                 records = read_manifest(path)
@@ -122,7 +129,23 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
         if cfg.images and cfg.corpus == "mini-world":
             records = add_scene_images(records, out)
         write_manifest(manifests[split], records)
+    if cfg.n_unpaired:
+        manifests["unpaired"] = _write_unpaired(cfg, out)
     return manifests
+
+
+def _write_unpaired(cfg: PrepareConfig, out: Path) -> Path:
+    """unpaired.jsonl: text-only records (English + translations) for text_lm tasks."""
+    from dmlm.data import miniworld
+
+    path = out / "unpaired.jsonl"
+    if path.is_file() and sum(1 for _ in path.open()) == cfg.n_unpaired:
+        return path
+    sentences = miniworld.generate_splits(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed,
+                                          n_unpaired=cfg.n_unpaired)["unpaired"]
+    write_manifest(path, [Record(id=s.id, split="train", lang="en", text=s.text, translations=dict(s.translations),
+                                 custom={"unpaired": True}) for s in sentences])
+    return path
 
 
 def add_scene_images(records: list[Record], out: Path, size: int = 64) -> list[Record]:
