@@ -1,7 +1,7 @@
 """`dmlm <verb>`: thin entry points over the library; every verb is one stage of the pipeline.
 
     dmlm assets [NAME ...]                         install/convert offline model presets
-    dmlm prepare NAME [--out DIR]                  synthesize a demo corpus (mini-world, bible)
+    dmlm prepare NAME [--out DIR]                  make a demo corpus (mini-world, bible, digits)
     dmlm codebook fit MANIFEST -o CB.safetensors   fit a speech (or --modality image) codebook
     dmlm tokenize CB MANIFEST... --out DIR         manifests -> unit/code token stores (sharded, resumable)
     dmlm train CONFIG.yaml [key=value ...]         train a DMLM on a task mixture (accelerate; --resume)
@@ -82,11 +82,19 @@ def cmd_codebook(args) -> None:
         from dmlm.images import load_image
         from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
 
+        from dmlm.tokenizers.image import ImageCodebook
+
         settings = load_config(None, args.overrides, cls=ImageCodebookSettings)
-        records = [r for r in records if r.image is not None][: args.max_utts or None]
-        if not records:
-            raise ValueError(f"{args.manifest}: no record has an 'image'")
-        cb = fit_image_codebook((load_image(r.image_path(args.manifest), size=settings.image_size) for r in records), settings)
+        if settings.backend == "external":  # codes come from another tokenizer: nothing to fit
+            if not settings.name:
+                raise ValueError("an external image codebook needs name=… (the tokenizer that made the codes) and k=…")
+            cb = ImageCodebook.external(settings.k, settings.name, settings.image_size)
+        else:
+            records = [r for r in records if r.image is not None][: args.max_utts or None]
+            if not records:
+                raise ValueError(f"{args.manifest}: no record has an 'image'")
+            cb = fit_image_codebook([load_image(r.image_path(args.manifest), size=settings.image_size) for r in records],
+                                    settings)
     else:
         from dmlm.tokenize import load_record_audio
         from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
@@ -106,10 +114,13 @@ def cmd_tokenize(args) -> None:
         from dmlm.tokenizers.image import ImageCodebook
 
         cb = ImageCodebook.load(args.codebook)
-        run = lambda m: tokenize_images(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)  # noqa: E731
+        run = lambda m: tokenize_images(cb, m, args.out, shard=args.shard, num_shards=args.num_shards,  # noqa: E731
+                                        external_codes=args.external_codes)
     else:
         from dmlm.tokenizers.speech import Codebook
 
+        if args.external_codes:
+            raise ValueError(f"--external-codes is for external image codebooks; {args.codebook} is a speech codebook")
         cb = Codebook.load(args.codebook)
         run = lambda m: tokenize_manifest(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)  # noqa: E731
     for m in args.manifests:
@@ -215,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="*")
     s.set_defaults(fn=cmd_assets)
 
-    s = sub.add_parser("prepare", help="synthesize a demo corpus into manifests + wavs")
-    s.add_argument("name", choices=["mini-world", "bible"])
+    s = sub.add_parser("prepare", help="make a demo corpus: manifests + wavs (+ scene images), or captioned digits")
+    s.add_argument("name", choices=["mini-world", "bible", "digits"])
     s.add_argument("--out", help="output folder (default runs/NAME/data)")
     s.add_argument("overrides", nargs="*", help="n_train=8000 n_dev=300 n_test=500 seed=0 workers=2")
     s.set_defaults(fn=cmd_prepare)
@@ -238,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--shard", type=int, default=0)
     s.add_argument("--num-shards", type=int, default=1)
+    s.add_argument("--external-codes", help="JSONL of {\"id\", \"codes\"} made by an external image tokenizer "
+                                            "(with a codebook from `dmlm codebook fit --modality image backend=external`)")
     s.set_defaults(fn=cmd_tokenize)
 
     s = sub.add_parser("train", help="train a DMLM from a YAML config")

@@ -110,3 +110,42 @@ def test_task_errors(multitask_model, mixed, capsys):
     assert "has no 'fr' translation (translations it has: es)" in capsys.readouterr().err
     assert main(["evaluate", str(multitask_model), "--task", "s2tt", "--manifest", str(manifest)]) == 2
     assert "s2tt:LANG" in capsys.readouterr().err
+
+
+def test_cli_image_codebooks_and_external_codes(mixed, tmp_path, capsys):
+    from dmlm.cli import main
+    from dmlm.data.shards import TokenStore
+
+    root, manifest = mixed
+    cb = tmp_path / "icb.safetensors"
+    assert main(["codebook", "fit", str(manifest), "-o", str(cb), "--modality", "image", "k=4", "image_size=16", "patch=4"]) == 0
+    assert main(["tokenize", str(cb), str(manifest), "--out", str(tmp_path / "u")]) == 0
+    assert "4 images, 64 tokens" in capsys.readouterr().out
+    assert len(TokenStore(tmp_path / "u" / "mixed.image")) == 4
+    # codes from an external tokenizer (e.g. a DALL-E dVAE), with a codebook that only names it
+    ext = tmp_path / "ext.safetensors"
+    assert main(["codebook", "fit", str(manifest), "-o", str(ext), "--modality", "image", "backend=external",
+                 "name=dalle-dvae", "k=8192"]) == 0
+    codes = tmp_path / "codes.jsonl"
+    ids = [r.id for r in read_manifest(manifest)]
+    codes.write_text("".join(json.dumps({"id": i, "codes": [n, 8191, 0]}) + "\n" for n, i in enumerate(ids)))
+    assert main(["tokenize", str(ext), str(manifest), "--out", str(tmp_path / "x"), "--external-codes", str(codes)]) == 0
+    assert TokenStore(tmp_path / "x" / "mixed.image").get(ids[2]).tolist() == [2, 8191, 0]
+    capsys.readouterr()
+    codes.write_text(json.dumps({"id": ids[0], "codes": [8192]}) + "\n")
+    assert main(["tokenize", str(ext), str(manifest), "--out", str(tmp_path / "y"), "--external-codes", str(codes)]) == 2
+    assert "codes.jsonl:1" in capsys.readouterr().err
+
+
+def test_codebook_of_the_wrong_modality_is_an_error(mixed, corpus, run_config, tmp_path, capsys):
+    from dmlm.cli import main
+
+    root, manifest = mixed
+    # an image codebook where the speech codebook belongs, and the other way round
+    assert main(["train", f"data.train={manifest}", "data.dev=", f"data.units={root / 'units'}",
+                 f"data.codebook={root / 'icb.safetensors'}", f"train.out={tmp_path / 'm'}", "train.steps=1"]) == 2
+    assert "codebook for image, not for speech" in capsys.readouterr().err
+    assert main(["train", f"data.train={manifest}", "data.dev=", f"data.units={root / 'units'}", "data.tasks=[i2t]",
+                 f"data.codebook={corpus.codebook}", f"data.image_codebook={corpus.codebook}",
+                 f"train.out={tmp_path / 'm'}", "train.steps=1"]) == 2
+    assert "speech" in capsys.readouterr().err
