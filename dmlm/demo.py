@@ -169,6 +169,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
             if icb is not None:
                 tokenize_images(icb, manifests[split], out / "units")
     run.data.train, run.data.dev = str(manifests["train"]), str(manifests["dev"])
+    run.data.unpaired = [str(manifests["unpaired"])] if "unpaired" in manifests else []
     run.data.units, run.data.codebook = str(out / "units"), str(out / "codebook.safetensors")
     run.data.image_codebook = str(out / "image_codebook.safetensors") if icb is not None else ""
     run.train.out = str(out / "model")
@@ -176,7 +177,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         _train(run, out, "train", cfg.processes, resume)
     models = {"mixture": out / "model"}
     if cfg.asr_only_batch_tokens and tasks != ["asr"]:
-        asr_run = replace(run, data=replace(run.data, tasks=["asr"], weights=[], image_codebook=""),
+        asr_run = replace(run, data=replace(run.data, tasks=["asr"], weights=[], image_codebook="", unpaired=[]),
                           train=replace(run.train, out=str(out / "model_asr"), batch_tokens=cfg.asr_only_batch_tokens))
         with stage("train_asr_only"):
             _train(asr_run, out, "train_asr", cfg.processes, resume)

@@ -413,6 +413,9 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         shutil.rmtree(state_dir, ignore_errors=True)
         tmp.rename(state_dir)
 
+    if progress.step > 0 and frac() >= 1.0:  # a finished run, resumed: nothing to do, nothing rewritten
+        log.info("%s: already trained (%d steps)", out, progress.step)
+        return out
     budget = f" (budget {cfg.train.max_minutes:g} min)" if cfg.train.max_minutes > 0 else ""
     bar = tqdm(total=None if budget else cfg.train.steps, initial=progress.step, desc=f"train{budget}", unit="step",
                disable=not acc.is_main_process)

@@ -16,7 +16,13 @@ def test_demo_config():
 
     cfg = load_demo_config(str(CONFIGS / "demo.yaml"), [])
     assert cfg.codebook.k == 1000 and cfg.codebook.pooling == 2 and not cfg.codebook.dedup
-    assert cfg.run.train.max_minutes > 0 and cfg.processes == 2
+    assert cfg.processes == 2
+    # the mixture covers every registered task; the ASR-only comparison takes the same fixed steps
+    from dmlm.tasks import TASKS
+
+    assert {t.split(":")[0] for t in cfg.run.data.tasks} == set(TASKS)
+    assert len(cfg.run.data.weights) == len(cfg.run.data.tasks)
+    assert cfg.run.train.max_minutes == 0 and cfg.asr_only_batch_tokens > 0 and cfg.vocoder_minutes > 0
 
 
 def test_ablate_config():

@@ -1,0 +1,46 @@
+"""`dmlm demo` end to end on a tiny corpus: every stage runs and the report has a row per task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _tiny_demo(tmp_path, *extra):
+    from dmlm.demo import load_demo_config
+
+    return load_demo_config(None, [
+        f"out={tmp_path / 'demo'}", "prepare.n_train=40", "prepare.n_dev=4", "prepare.n_test=6", "prepare.n_unpaired=30",
+        "codebook.backend=mel", "codebook.k=16", "codebook.pooling=1", "codebook_fit_utts=40",
+        "image_codebook.k=16", "image_codebook_fit_images=40", "processes=1", "asr_only_batch_tokens=400",
+        "run.data.tasks=[asr, 's2tt:es', t2s, i2t, text_lm, 'text_lm:es', speech_lm, image_lm]",
+        "run.data.weights=[2, 1, 1, 1, 1, 1, 1, 1]", "run.data.bpe_vocab_size=400",
+        "run.model.hidden_size=64", "run.model.layers=2", "run.model.heads=2", "run.model.intermediate_size=128",
+        "run.train.steps=6", "run.train.batch_tokens=1200", "run.train.eval_every=3", "run.train.save_every=3",
+        "run.train.warmup_steps=1", "run.train.log_every=1", *extra,
+    ])
+
+
+def test_tiny_demo_without_vocoder(tmp_path):
+    from dmlm.demo import run_demo
+
+    rep = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0"))
+    out = tmp_path / "demo"
+    tasks = rep["tasks"]
+    assert {"asr", "asr_only", "s2tt", "i2t", "t2s", "text_lm", "text_lm_es", "speech_lm", "image_lm"} <= set(tasks)
+    assert 0 <= tasks["asr"]["wer"] and "baseline_bleu" in tasks["s2tt"] and "baseline_cider" in tasks["i2t"]
+    assert 0 <= tasks["t2s"]["unit_accuracy"] <= 100 and tasks["text_lm"]["perplexity"] > 1
+    assert rep["train"]["mixture"]["steps"] == rep["train"]["asr_only"]["steps"] == 6
+    assert rep["train"]["mixture"]["tokens_image"] > 0 and rep["train"]["asr_only"]["tokens_image"] == 0
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["tasks"]["s2tt"]["bleu"] == tasks["s2tt"]["bleu"]
+    md = (out / "report.md").read_text()
+    for row in ("ASR (mixture model)", "ASR (ASR-only model)", "S2TT en→es", "I2T captioning", "T2S", "## I2T examples"):
+        assert row in md
+    assert "](data/img/" in md  # captions shown next to their images
+    assert (out / "loss.png").is_file() and (out / "loss_asr_only.png").is_file()
+    # a re-run resumes: nothing is trained again, the report is rebuilt
+    mtime = (out / "model" / "model.safetensors").stat().st_mtime_ns
+    run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0"))
+    assert (out / "model" / "model.safetensors").stat().st_mtime_ns == mtime
