@@ -17,6 +17,7 @@ BENCHES = [
     ("bench.asr_rtf", ["asr_rtf.json"]),
     ("bench.train_speed", ["train_speed_demo.json"]),
     ("bench.memory", ["memory_train.json", "memory_tokenize.json", "scaling.json"]),
+    ("bench.vocoder_speed", ["vocoder_speed.json"]),
 ]
 
 
@@ -29,6 +30,8 @@ def test_bench_quick_writes_its_result(module, files, tmp_path, monkeypatch):
     argv = ["--quick"]
     if module == "bench.asr_rtf":
         argv += ["--model", str(tmp_path / "no-such-model")]  # the untrained demo-shaped path, not a local demo
+    if module == "bench.vocoder_speed":  # an untrained vocoder on random units, not a local run's files
+        argv += ["--vocoder", str(tmp_path / "no-such-vocoder"), "--units", str(tmp_path / "no-such-units")]
     importlib.import_module(module).main(argv)
     for name in files:
         res = json.loads((tmp_path / name).read_text())

@@ -1,0 +1,281 @@
+"""Speech out: units -> audio with a checkpoint's vocoder; resynthesis, `speak`, and judging by ASR.
+
+Design decisions:
+- A checkpoint carries its codebook (`codebooks/speech.safetensors`) and, once trained, its
+  vocoder (`vocoder/`); `speech_parts` loads only those two (not the LM) and checks that the
+  vocoder was trained for that codebook, so resynthesis never pays for the LM.
+- Two measurements separate the two halves of text-to-speech:
+  * `evaluate_resynthesis`: reference units (from the token store) -> vocoder -> judge. This is
+    the vocoder's ceiling: what T2S can reach if the DMLM predicted the units perfectly.
+  * `evaluate_t2s_audio`: text -> DMLM units (`dmlm.infer.synthesize_units`) -> vocoder ->
+    judge. Its gap to resynthesis is the DMLM's share of the errors.
+  Both also judge the *original* recordings of the same records (the judge's own ceiling), and
+  report training voices and the held-out voice separately, like `dmlm.asr.evaluate_asr`.
+- Reports and examples go to one folder: `report.json`, `hyps.jsonl`, a few wavs (synthesized
+  and original) and `spectrograms.png` (reference vs synthesized). Every file is written to a
+  temp name and renamed, so nothing half-written ever looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dmlm.audio import load_audio, write_wav
+from dmlm.data.manifest import Record, atomic_write_text, read_manifest
+from dmlm.evaluation.judge import Judge, judge
+from dmlm.tokenizers.speech import Codebook
+from dmlm.vocoder.model import Vocoder
+
+N_EXAMPLES = 4  # wavs and plot rows written per evaluation
+
+
+def speech_parts(model) -> tuple[Codebook, Vocoder]:
+    """(codebook, vocoder) of a checkpoint folder, a loaded `Checkpoint`, or a (codebook, vocoder) pair."""
+    if isinstance(model, tuple):
+        cb, voc = model
+        cb = cb if isinstance(cb, Codebook) else Codebook.load(cb)
+        voc = voc if isinstance(voc, Vocoder) else Vocoder.load(voc)
+        voc.check(cb)
+        return cb, voc
+    cache = getattr(model, "__dict__", {})
+    if "_speech_parts" in cache:
+        return cache["_speech_parts"]
+    if hasattr(model, "codebook") and hasattr(model, "path"):  # a loaded Checkpoint
+        cb, path = model.codebook("speech"), Path(model.path)
+    else:
+        path = Path(model)
+        if not (path / "dmlm.json").is_file():
+            raise FileNotFoundError(f"{path}: not a dmlm checkpoint (no dmlm.json)")
+        cb = Codebook.load(path / "codebooks" / "speech.safetensors")
+        vocab = json.loads((path / "dmlm.json").read_text()).get("vocab", {})
+        cb.check(vocab.get("fingerprints", {}).get("speech"), f"checkpoint {path}")
+    parts = cb, Vocoder.load(path, codebook=cb)  # <path>/vocoder, or a clear NoVocoder
+    if hasattr(model, "path"):
+        cache["_speech_parts"] = parts
+    return parts
+
+
+def resynthesize(model, wav: np.ndarray) -> np.ndarray:
+    """Audio -> units (the checkpoint's codebook) -> vocoder: 16 kHz float32."""
+    cb, voc = speech_parts(model)
+    return voc.synthesize(cb.encode(np.asarray(wav, dtype=np.float32)))
+
+
+def resynthesize_file(model, src: str | Path, out: str | Path) -> Path:
+    write_wav(out, resynthesize(model, load_audio(src)))
+    return Path(out)
+
+
+def speak_batch(ck, texts: Sequence[str], opts=None, vocoder: Vocoder | None = None) -> list[np.ndarray]:
+    """Texts -> DMLM units (t2s task, `dmlm.infer.synthesize_units`) -> vocoder; 16 kHz float32 each."""
+    from dmlm.decoding import DecodingOptions
+    from dmlm.infer import synthesize_units
+    from dmlm.model import Checkpoint, load_checkpoint
+
+    if not isinstance(ck, Checkpoint):
+        ck = load_checkpoint(ck)
+    voc = vocoder or speech_parts(ck)[1]
+    units = synthesize_units(ck, list(texts), opts or DecodingOptions())
+    for t, u in zip(texts, units):
+        if len(u) == 0:
+            raise ValueError(f"the model generated no speech units for {t!r}; try sampling "
+                             "(strategy=sample) or a model trained longer on the t2s task")
+    return voc.synthesize_batch([np.asarray(u) for u in units])
+
+
+def speak(ck, text: str, opts=None, vocoder: Vocoder | None = None) -> np.ndarray:
+    """One text -> 16 kHz float32 speech."""
+    if not text or not text.strip():
+        raise ValueError("nothing to speak: the text is empty")
+    return speak_batch(ck, [text], opts, vocoder)[0]
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def pick_records(manifest: str | Path, n: int | None) -> list[Record]:
+    """The first `n` records with text of each voice group (training voices, held-out voice)."""
+    recs = [r for r in read_manifest(manifest) if r.text]
+    if not recs:
+        raise ValueError(f"{manifest}: no records with a reference 'text'")
+    seen = [r for r in recs if not r.custom.get("heldout_voice")]
+    unseen = [r for r in recs if r.custom.get("heldout_voice")]
+    return (seen[:n] + unseen[:n]) if n else recs
+
+
+def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge) -> tuple[dict, list[str]]:
+    """WER/CER by voice group; a missing clip (None) is an empty transcript."""
+    ok = [i for i, w in enumerate(wavs) if w is not None]
+    hyps = [""] * len(recs)
+    if ok:
+        for i, h in zip(ok, judge([wavs[i] for i in ok], [recs[i].text for i in ok],
+                                  judge_)["hyps"]):
+            hyps[i] = h
+    from dmlm.evaluation.metrics import error_rates
+
+    out: dict = {}
+    for name, keep in (("seen", lambda r: not r.custom.get("heldout_voice")), ("heldout_voice", lambda r: r.custom.get("heldout_voice"))):
+        idx = [i for i, r in enumerate(recs) if keep(r)]
+        if idx:
+            e = error_rates([recs[i].text for i in idx], [hyps[i] for i in idx])
+            out[name] = e
+    return out, hyps
+
+
+def _atomic_savefig(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_spectrograms(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path,
+                      right: str = "synthesized") -> Path:
+    """Rows of (title, reference wav, synthesized wav) as log-magnitude images side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from dmlm.vocoder.spectrogram import log_magnitude
+
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 2.4 * len(pairs)), squeeze=False)
+    for row, (title, ref, syn) in enumerate(pairs):
+        for col, (name, w) in enumerate((("reference", ref), (right, syn))):
+            s = log_magnitude(torch.as_tensor(w, dtype=torch.float32), 512, 160, 512).T.numpy()
+            ax = axes[row][col]
+            ax.imshow(s, origin="lower", aspect="auto", vmin=s.max() - 10, vmax=s.max(),
+                      extent=(0, len(w) / 16_000, 0, 8))
+            ax.set_title(f"{name}: {title}"[:90], fontsize=8)
+            ax.set_ylabel("kHz")
+        axes[row][0].set_xlabel("s")
+    fig.tight_layout()
+    _atomic_savefig(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: list[np.ndarray],
+                   wavs: list[np.ndarray | None], hyps: list[str], ref_hyps: list[str] | None, right: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": r.id, "ref": r.text, "hyp": h, "heldout_voice": bool(r.custom.get("heldout_voice")),
+             **({"hyp_original": ref_hyps[i]} if ref_hyps else {})} for i, (r, h) in enumerate(zip(recs, hyps))]
+    atomic_write_text(out_dir / "hyps.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+    ex = [i for i, w in enumerate(wavs) if w is not None]
+    # examples from both voice groups
+    ex = ([i for i in ex if not recs[i].custom.get("heldout_voice")][: N_EXAMPLES // 2]
+          + [i for i in ex if recs[i].custom.get("heldout_voice")][: N_EXAMPLES // 2]) or ex[:N_EXAMPLES]
+    for i in ex:
+        write_wav(out_dir / "examples" / f"{recs[i].id}.{right}.wav", wavs[i])
+        write_wav(out_dir / "examples" / f"{recs[i].id}.original.wav", refs_audio[i])
+    if ex:
+        plot_spectrograms([(f"{recs[i].text} -> {hyps[i]!r}", refs_audio[i], wavs[i]) for i in ex],
+                          out_dir / "spectrograms.png", right)
+    report["examples"] = [{"id": recs[i].id, "ref": recs[i].text, "hyp": hyps[i]} for i in ex]
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=str))
+
+
+def _flatten(report: dict, scores: dict, prefix: str = "") -> None:
+    """evaluate_asr's layout: seen-voice wer/cer at top, held-out voice as wer_heldout_voice."""
+    if "seen" in scores:
+        report[f"{prefix}wer"], report[f"{prefix}cer"] = scores["seen"]["wer"], scores["seen"]["cer"]
+    if "heldout_voice" in scores:
+        hv = scores["heldout_voice"]
+        report[f"{prefix}wer_heldout_voice"], report[f"{prefix}cer_heldout_voice"] = hv["wer"], hv["cer"]
+
+
+def _judge_name(j: Judge) -> str:
+    name = type(j).__name__
+    model = getattr(j, "model_name", None) or getattr(getattr(j, "ck", None), "path", None)
+    return f"{name}({model}, {getattr(j, 'engine', '')})".replace(", )", ")") if model else name
+
+
+def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge, n: int | None = 100,
+                         out_dir: str | Path | None = None, original: bool = True) -> dict:
+    """Reference units -> vocoder -> `judge_`: WER/CER against each record's text.
+
+    `model`: a checkpoint folder / `Checkpoint` / (codebook, vocoder). `units_store`: a
+    `TokenStore` or its prefix, made with the same codebook. `n` records per voice group.
+    `original`: also judge the original recordings (the judge's ceiling).
+    """
+    from dmlm.data.shards import TokenStore
+
+    t0 = time.time()
+    cb, voc = speech_parts(model)
+    store = units_store if isinstance(units_store, TokenStore) else TokenStore(units_store)
+    cb.check(store.fingerprint, f"token store {store.prefix}")
+    recs = pick_records(manifest, n)
+    wavs = voc.synthesize_batch([store.get(r.id) for r in recs])
+    t_syn = time.time() - t0
+    scores, hyps = _score(recs, wavs, judge_)
+    report: dict = {"task": "resynthesis", "model": str(getattr(model, "path", model)),
+                    "manifest": str(Path(manifest).resolve()), "units": str(store.prefix),
+                    "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
+                    "normalizer": "dmlm.evaluation.normalize.normalize", "vocoder": voc.cfg.__dict__,
+                    "vocoder_x_real_time": sum(len(w) for w in wavs) / 16_000 / t_syn, "scores": scores}
+    _flatten(report, scores)
+    refs_audio = [load_audio(r.audio_path(manifest)) for r in recs]
+    ref_hyps = None
+    if original:
+        ref_scores, ref_hyps = _score(recs, refs_audio, judge_)
+        report["original_scores"] = ref_scores
+        _flatten(report, ref_scores, "original_")
+    report["seconds"] = round(time.time() - t0, 1)
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), report, recs, refs_audio, wavs, hyps, ref_hyps, "resynthesized")
+    return report
+
+
+def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: int | None = 100,
+                       out_dir: str | Path | None = None, original: bool = True) -> dict:
+    """Text -> DMLM units -> vocoder -> `judge_`: WER/CER against the text (T2S intelligibility).
+
+    A text for which the model generates no units counts as an empty transcript (all
+    deletions) and is counted in `empty_outputs`.
+    """
+    from dmlm.decoding import DecodingOptions
+    from dmlm.infer import synthesize_units
+    from dmlm.model import Checkpoint, load_checkpoint
+
+    t0 = time.time()
+    opts = opts or DecodingOptions()
+    if not isinstance(ck, Checkpoint):
+        ck = load_checkpoint(ck)
+    cb, voc = speech_parts(ck)
+    recs = pick_records(manifest, n)
+    units = synthesize_units(ck, [r.text for r in recs], opts)
+    keep = [i for i, u in enumerate(units) if len(u)]
+    wavs: list[np.ndarray | None] = [None] * len(recs)
+    for i, w in zip(keep, voc.synthesize_batch([np.asarray(units[i]) for i in keep]) if keep else []):
+        wavs[i] = w
+    scores, hyps = _score(recs, wavs, judge_)
+    report: dict = {"task": "t2s", "model": str(ck.path), "manifest": str(Path(manifest).resolve()),
+                    "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
+                    "normalizer": "dmlm.evaluation.normalize.normalize", "decoding": opts.__dict__,
+                    "empty_outputs": len(recs) - len(keep),
+                    "mean_seconds": sum(len(u) for u in units) / max(1, len(recs)) / cb.settings.frame_rate,
+                    "scores": scores}
+    _flatten(report, scores)
+    refs_audio = [load_audio(r.audio_path(manifest)) if r.audio else np.zeros(1600, np.float32) for r in recs]
+    ref_hyps = None
+    if original and all(r.audio for r in recs):
+        ref_scores, ref_hyps = _score(recs, refs_audio, judge_)
+        report["original_scores"] = ref_scores
+        _flatten(report, ref_scores, "original_")
+    report["seconds"] = round(time.time() - t0, 1)
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), report, recs, refs_audio, wavs, hyps, ref_hyps, "t2s")
+    return report

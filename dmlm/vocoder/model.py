@@ -1,0 +1,413 @@
+"""The unit vocoder: speech units -> log-magnitude spectrogram -> 16 kHz waveform.
+
+Design decisions:
+- Units are *content* (k-means of Whisper's last layer); the spectrogram's detail (pitch,
+  timbre) has to be invented. A non-causal 1D conv stack regresses the log-magnitude STFT with
+  an L1 loss and Griffin-Lim inverts it (`dmlm.vocoder.spectrogram`). This trains in minutes
+  on 2 CPU cores and is embarrassingly parallel on a GPU; a GAN vocoder (HiFi-GAN) sounds
+  better but needs GPU-days.
+- Most layers run at the unit rate (25 Hz for the default codebook) where they are cheap;
+  units are then repeated to the spectrogram rate (hop 160 = 100 Hz, x4 for 25 Hz units;
+  the factor comes from the codebook's frame rate) with a learned embedding of each frame's
+  position inside its unit, and a few layers at 100 Hz shape the within-unit trajectory.
+- Padded positions are zeroed before every convolution, so a clip's output does not depend on
+  its batch mates (batched synthesis = one-by-one synthesis).
+- Codebooks that deduplicate units lose their timing; a duration predictor (a small conv net
+  regressing log run-lengths per unit) restores it before upsampling. Training uses the true
+  run-lengths (teacher forcing); synthesis rounds the prediction to >= 1 frame.
+- A vocoder is tied to the codebook it was trained for: `config.json` records the codebook's
+  fingerprint, k and frame rate, and loading it for another codebook raises `CodebookMismatch`.
+  In a checkpoint it lives in `<model>/vocoder/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmlm.tokenizers.speech import CodebookMismatch
+from dmlm.vocoder.spectrogram import SAMPLE_RATE, from_mel, griffin_lim, to_mel
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class NoVocoder(FileNotFoundError):
+    """A checkpoint or folder without a trained vocoder."""
+
+
+@dataclass
+class VocoderConfig:
+    # -- architecture
+    dim: int = 256
+    """Channels of the unit-rate layers (and the unit embedding)."""
+    unit_layers: int = 4
+    """Residual conv blocks at the unit rate (dilations 1, 2, 4, 1, 2, 4, ...)."""
+    frame_dim: int = 256
+    """Channels of the spectrogram-rate layers."""
+    frame_layers: int = 2
+    """Residual conv blocks at the spectrogram rate (dilations 1, 2, 1, 2, ...)."""
+    kernel: int = 5
+    """Convolution width (odd)."""
+    dropout: float = 0.1
+    """Dropout inside the residual blocks during training."""
+    duration_dim: int = 128
+    """Channels of the duration predictor (used only for codebooks that deduplicate units)."""
+    # -- signal
+    target: str = "linear"
+    """What the network regresses: linear (log-magnitude STFT bins) or mel (log band magnitudes, n_mels)."""
+    n_mels: int = 80
+    """Mel bands for target=mel (inverted to a smooth linear envelope before Griffin-Lim)."""
+    n_fft: int = 512
+    """STFT size of the target spectrogram (n_fft // 2 + 1 bins)."""
+    hop: int = 160
+    """STFT hop in samples at 16 kHz (160 = 100 frames/s); 16000 / hop must be a multiple of the codebook's frame rate."""
+    win_length: int = 512
+    """STFT window (Hann) in samples."""
+    gl_iters: int = 32
+    """Griffin-Lim iterations at synthesis."""
+    gl_momentum: float = 0.99
+    """Fast Griffin-Lim momentum (0: classic Griffin-Lim)."""
+    gl_power: float = 1.2
+    """Magnitudes are raised to this power before inversion (> 1 sharpens harmonics)."""
+    # -- training
+    centroid_init: bool = True
+    """Start the unit embeddings from the codebook's centroids (PCA to `dim`): similar units start similar."""
+    table_clips: int = 4000
+    """Clips averaged into the per-unit mean spectrogram the network starts from (0: no table, the net alone)."""
+    batch_size: int = 16
+    """Clips per step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear warmup, cosine decay to 10 %)."""
+    warmup: float = 0.05
+    """Fraction of training (by steps or by time, whichever bound is nearer) spent in linear warmup."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_seconds: float = 8.0
+    """Training clips are cut to a random window of at most this many seconds."""
+    speakers: list[str] | None = None
+    """Train only on records of these speakers (None: all). A single voice gives a sharper, consistent output voice."""
+    seed: int = 0
+    """Seed for init, data order and crops."""
+    speaker_conditioning: bool = False
+    """Learn one embedding per training speaker and synthesize in one fixed voice (`voice`) instead of the average of all."""
+    # -- set by training (what the vocoder was made for)
+    codebook_fingerprint: str | None = None
+    """Fingerprint of the speech codebook the vocoder was trained for."""
+    k: int = 0
+    """Units in that codebook."""
+    frame_rate: float = 25.0
+    """That codebook's units per second (before deduplication)."""
+    dedup: bool = False
+    """Whether that codebook deduplicates units (then the duration predictor is used)."""
+    voices: list[str] | None = None
+    """Training speakers, in embedding order (speaker_conditioning only)."""
+    voice: str | None = None
+    """Default voice for synthesis: the training speaker with most clips (speaker_conditioning only)."""
+
+    @property
+    def n_bins(self) -> int:
+        """Channels the network predicts per frame."""
+        if self.target not in ("linear", "mel"):
+            raise ValueError(f"vocoder target must be linear or mel, got {self.target!r}")
+        return self.n_mels if self.target == "mel" else self.n_fft // 2 + 1
+
+    def to_target(self, log_mag: torch.Tensor) -> torch.Tensor:
+        """(..., n_fft // 2 + 1) log magnitudes -> (..., n_bins) training target."""
+        return to_mel(log_mag, self.n_fft, self.n_mels) if self.target == "mel" else log_mag
+
+    def to_log_magnitude(self, pred: torch.Tensor) -> torch.Tensor:
+        """(..., n_bins) network output -> (..., n_fft // 2 + 1) log magnitudes for Griffin-Lim."""
+        return from_mel(pred, self.n_fft) if self.target == "mel" else pred
+
+    @property
+    def upsample(self) -> int:
+        """Spectrogram frames per codebook frame."""
+        r = SAMPLE_RATE / self.hop / self.frame_rate
+        if r < 1 or abs(r - round(r)) > 1e-6:
+            raise ValueError(f"16000 / hop ({self.hop}) = {SAMPLE_RATE / self.hop:g} frames/s is not a whole multiple "
+                             f"of the codebook's {self.frame_rate:g} units/s; pick another hop")
+        return int(round(r))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VocoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"format_version"}
+        if unknown:
+            raise ValueError(f"unknown vocoder config fields {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class ResBlock(nn.Module):
+    """x + conv(gelu(conv(norm(x)))) over (B, C, T), with padded steps kept at zero."""
+
+    def __init__(self, dim: int, kernel: int, dilation: int, dropout: float):
+        super().__init__()
+        pad = dilation * (kernel - 1) // 2
+        self.norm = nn.LayerNorm(dim)
+        self.conv1 = nn.Conv1d(dim, dim, kernel, padding=pad, dilation=dilation)
+        self.conv2 = nn.Conv1d(dim, dim, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, C, T), mask (B, 1, T)
+        h = self.norm(x.transpose(1, 2)).transpose(1, 2) * mask
+        h = self.conv2(self.drop(nn.functional.gelu(self.conv1(h))))
+        return (x + h) * mask
+
+
+def _stack(dim: int, n: int, kernel: int, dilations: Sequence[int], dropout: float) -> nn.ModuleList:
+    return nn.ModuleList(ResBlock(dim, kernel, dilations[i % len(dilations)], dropout) for i in range(n))
+
+
+class DurationPredictor(nn.Module):
+    """(B, U) deduplicated units -> (B, U) log run-lengths in codebook frames."""
+
+    def __init__(self, k: int, dim: int, kernel: int, dropout: float):
+        super().__init__()
+        self.emb = nn.Embedding(k, dim)
+        self.blocks = _stack(dim, 2, kernel, (1,), dropout)
+        self.out = nn.Conv1d(dim, 1, 1)
+
+    def forward(self, units: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask[:, None].float()
+        x = self.emb(units).transpose(1, 2) * m
+        for b in self.blocks:
+            x = b(x, m)
+        return self.out(x)[:, 0]
+
+
+class UnitToSpec(nn.Module):
+    """(B, T) units at the codebook frame rate -> (B, T * upsample, n_bins) log magnitudes."""
+
+    def __init__(self, cfg: VocoderConfig):
+        super().__init__()
+        self.r = cfg.upsample
+        self.emb = nn.Embedding(cfg.k, cfg.dim)
+        self.speaker = nn.Embedding(len(cfg.voices), cfg.dim) if cfg.speaker_conditioning and cfg.voices else None
+        if self.speaker is not None:
+            nn.init.zeros_(self.speaker.weight)
+        self.unit_blocks = _stack(cfg.dim, cfg.unit_layers, cfg.kernel, (1, 2, 4), cfg.dropout)
+        self.proj = nn.Conv1d(cfg.dim, cfg.frame_dim, 1)
+        self.phase = nn.Parameter(torch.zeros(self.r, cfg.frame_dim))  # position of a frame inside its unit
+        self.frame_blocks = _stack(cfg.frame_dim, cfg.frame_layers, cfg.kernel, (1, 2), cfg.dropout)
+        self.out_norm = nn.LayerNorm(cfg.frame_dim)
+        self.out = nn.Linear(cfg.frame_dim, cfg.n_bins)
+        # the mean target frame of each (unit, position in unit), filled from data before training;
+        # the conv net learns the context-dependent residual (its output layer starts at zero)
+        self.table = nn.Embedding(cfg.k, self.r * cfg.n_bins) if cfg.table_clips else None
+        if self.table is not None:
+            nn.init.zeros_(self.table.weight)
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+        self.duration = DurationPredictor(cfg.k, cfg.duration_dim, cfg.kernel, cfg.dropout) if cfg.dedup else None
+
+    def forward(self, units: torch.Tensor, mask: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+        m = mask[:, None].float()  # (B, 1, T)
+        x = self.emb(units)  # (B, T, D)
+        if self.speaker is not None:
+            if speaker is None:
+                raise ValueError("this vocoder is speaker-conditioned: pass speaker ids")
+            x = x + self.speaker(speaker)[:, None]
+        x = x.transpose(1, 2) * m  # (B, D, T)
+        for b in self.unit_blocks:
+            x = b(x, m)
+        x = self.proj(x).repeat_interleave(self.r, dim=2)  # (B, C, T*r)
+        B, C, Tr = x.shape
+        x = x + self.phase.T.repeat(1, Tr // self.r)[None]
+        m = m.repeat_interleave(self.r, dim=2)
+        x = x * m
+        for b in self.frame_blocks:
+            x = b(x, m)
+        y = self.out(self.out_norm(x.transpose(1, 2)))  # (B, T*r, F)
+        if self.table is not None:
+            y = y + self.table(units).view(B, Tr, -1)
+        return y
+
+
+def run_lengths(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicate `units`: (distinct consecutive units, how many frames each ran)."""
+    units = np.asarray(units)
+    if len(units) == 0:
+        return units, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+    return units[starts], np.diff(np.r_[starts, len(units)])
+
+
+def pad_batch(seqs: Sequence[np.ndarray], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T_max) int64 ids and (B, T_max) bool mask."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[i, : len(s)] = True
+    return ids, mask
+
+
+class Vocoder:
+    """A trained unit vocoder: `synthesize(units) -> float32 16 kHz waveform`."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, cfg: VocoderConfig, net: UnitToSpec | None = None):
+        if cfg.k <= 0:
+            raise ValueError("VocoderConfig.k (the codebook size) must be set")
+        self.cfg = cfg
+        self.net = (net or UnitToSpec(cfg)).eval()
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:
+        """Write `config.json` + `model.safetensors` through a temp folder renamed into place."""
+        import shutil
+
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, **asdict(self.cfg),
+                                              **({"training": extra} if extra else {})}, indent=1))
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, codebook=None, device: str = "cpu") -> Vocoder:
+        """Load a vocoder folder (or a checkpoint holding `vocoder/`); check it against `codebook`."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / CONFIG).is_file() and (path / "vocoder" / CONFIG).is_file():
+            path = path / "vocoder"
+        if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+            where = "checkpoint" if (path / "dmlm.json").is_file() else "folder"
+            raise NoVocoder(
+                f"{path}: this {where} has no vocoder ({path / 'vocoder' if where == 'checkpoint' else path}/{CONFIG} "
+                f"and {WEIGHTS} missing); train one with `dmlm vocoder train --model MODEL` "
+                "(or dmlm.vocoder.train_vocoder) and save it to <model>/vocoder")
+        d = json.loads((path / CONFIG).read_text())
+        d.pop("training", None)
+        cfg = VocoderConfig.from_dict(d)
+        voc = cls(cfg)
+        voc.net.load_state_dict(load_file(str(path / WEIGHTS)))
+        voc.net.to(device)
+        if codebook is not None:
+            voc.check(codebook)
+        return voc
+
+    def check(self, codebook) -> None:
+        """Raise `CodebookMismatch` unless this vocoder was trained for `codebook`."""
+        if codebook.fingerprint != self.cfg.codebook_fingerprint:
+            raise CodebookMismatch(
+                f"the vocoder was trained for speech codebook {self.cfg.codebook_fingerprint}, "
+                f"but the codebook given is {codebook.fingerprint}; train a vocoder for this codebook "
+                "(`dmlm vocoder train`)")
+
+    # -- synthesis -------------------------------------------------------------------------
+    def _validate(self, units: Sequence[int] | np.ndarray, i: int | None = None) -> np.ndarray:
+        what = "unit sequence" if i is None else f"unit sequence {i}"
+        u = np.asarray(units)
+        if u.ndim != 1:
+            raise ValueError(f"{what}: expected a 1-D sequence of unit ids, got shape {u.shape}")
+        if len(u) == 0:
+            raise ValueError(f"{what} is empty: nothing to synthesize")
+        if not np.issubdtype(u.dtype, np.integer):
+            raise ValueError(f"{what}: unit ids must be integers, got dtype {u.dtype}")
+        bad = u[(u < 0) | (u >= self.cfg.k)]
+        if len(bad):
+            raise ValueError(f"{what}: unit id {int(bad[0])} is outside [0, {self.cfg.k}) (the codebook has k={self.cfg.k})")
+        return u.astype(np.int64)
+
+    @torch.inference_mode()
+    def expand(self, seqs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Deduplicated units -> units at the codebook frame rate, by predicted durations."""
+        if self.net.duration is None:
+            return list(seqs)
+        dev = self.net.emb.weight.device
+        ids, mask = pad_batch(seqs)
+        logd = self.net.duration(ids.to(dev), mask.to(dev)).cpu()
+        out = []
+        for s, ld in zip(seqs, logd):
+            d = np.clip(np.rint(np.exp(ld[: len(s)].numpy())), 1, None).astype(np.int64)
+            out.append(np.repeat(s, d))
+        return out
+
+    @torch.inference_mode()
+    def speaker_id(self, voice: str | None) -> int | None:
+        """Embedding row of `voice` (default: the config's voice); None for an unconditioned vocoder."""
+        if self.net.speaker is None:
+            if voice is not None:
+                raise ValueError("this vocoder has no voices to choose from (trained without speaker_conditioning)")
+            return None
+        voice = voice or self.cfg.voice
+        if voice not in self.cfg.voices:
+            raise ValueError(f"unknown voice {voice!r}; this vocoder knows {', '.join(self.cfg.voices)}")
+        return self.cfg.voices.index(voice)
+
+    @torch.inference_mode()
+    def spectrogram_batch(self, seqs: Sequence[np.ndarray], voice: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Units (frame-rate, already expanded) -> (B, T*r, bins) network output and (B,) frame counts."""
+        dev = self.net.emb.weight.device
+        ids, mask = pad_batch(seqs)
+        sid = self.speaker_id(voice)
+        spk = None if sid is None else torch.full((len(seqs),), sid, dtype=torch.long, device=dev)
+        spec = self.net(ids.to(dev), mask.to(dev), spk)
+        return spec, mask.sum(1) * self.net.r
+
+    @torch.inference_mode()
+    def synthesize_batch(self, batch: Sequence[Sequence[int]], batch_size: int = 16,
+                         voice: str | None = None) -> list[np.ndarray]:
+        """Each unit sequence -> float32 16 kHz waveform of len(units_expanded) / frame_rate seconds.
+        `voice`: a training speaker of a speaker-conditioned vocoder (default: `cfg.voice`)."""
+        if isinstance(batch, np.ndarray) and batch.ndim == 1:
+            raise ValueError("synthesize_batch takes a list of unit sequences; use synthesize for one")
+        seqs = [self._validate(u, i) for i, u in enumerate(batch)]
+        seqs = self.expand(seqs)
+        c = self.cfg
+        out: list[np.ndarray | None] = [None] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths waste little padding
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            spec, frames = self.spectrogram_batch([seqs[i] for i in idx], voice)
+            wav = griffin_lim(c.to_log_magnitude(spec), c.n_fft, c.hop, c.win_length, c.gl_iters, c.gl_momentum, c.gl_power, frames)
+            peak = wav.abs().amax(1, keepdim=True).clamp_min(1e-4)
+            wav = wav * torch.clamp(0.9 / peak, max=1.0)  # never clip, never amplify noise
+            for row, i in enumerate(idx):
+                out[i] = wav[row, : int(frames[row]) * c.hop].float().cpu().numpy()
+        return out  # type: ignore[return-value]
+
+    def synthesize(self, units: Sequence[int], voice: str | None = None) -> np.ndarray:
+        """One unit sequence -> float32 16 kHz waveform."""
+        return self.synthesize_batch([self._validate(units)], voice=voice)[0]
+
+    def seconds(self, n_units: int) -> float:
+        """Duration of the audio synthesized from `n_units` frame-rate units."""
+        return n_units / self.cfg.frame_rate
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+
+def lr_scale(progress: float, warmup: float) -> float:
+    """Learning-rate multiplier at `progress` in [0, 1] of training: linear warmup over the
+    first `warmup` fraction, then cosine decay to 10 %. Progress, not steps, so a run bounded
+    by wall-clock minutes decays on time."""
+    if progress < warmup:
+        return max(progress / warmup, 0.01)
+    t = min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))

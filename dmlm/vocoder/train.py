@@ -1,0 +1,234 @@
+"""Train a unit vocoder on a manifest and its token store.
+
+Design decisions:
+- Targets are computed on the fly (load the wav, one STFT): nothing but the ints of the token
+  store is precomputed, so memory is flat in corpus size and there is no cache to go stale.
+- Unit i of a clip covers spectrogram frames [i*r, (i+1)*r) (r = 100 Hz / the codebook's
+  frame rate): Whisper frames and the STFT frames are both centered on multiples of the
+  10 ms hop, so the units line up with the target without any alignment step.
+- Codebooks that deduplicate units: the token store has lost the run-lengths, so training
+  re-encodes the audio with the codebook without deduplication (`Codebook.features`, once per
+  record, cached as ints) and trains the duration predictor on the runs it finds.
+- A run is bounded by `steps`, `max_minutes` or both; the learning rate follows the progress
+  of whichever bound is nearer, so a time-boxed demo run still anneals. The vocoder is saved
+  atomically (temp folder + rename) every `save_every_minutes` and at the end: a killed run
+  leaves the last complete vocoder, never half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dmlm.audio import load_audio
+from dmlm.data.manifest import Record, read_manifest
+from dmlm.data.shards import TokenStore
+from dmlm.tokenizers.speech import Codebook, pool_frames
+from dmlm.vocoder.model import UnitToSpec, Vocoder, VocoderConfig, lr_scale, pad_batch, run_lengths
+from dmlm.vocoder.spectrogram import log_magnitude
+
+log = logging.getLogger(__name__)
+UNKNOWN_VOICE = "unknown"  # records without a speaker share one embedding
+
+
+class _Data:
+    """Records with audio and units; `batch(rng)` gives padded units, target spectrograms and masks."""
+
+    def __init__(self, manifest: Path, store: TokenStore | None, codebook: Codebook, cfg: VocoderConfig):
+        recs = [r for r in read_manifest(manifest) if r.audio]
+        if cfg.speakers:
+            wanted = set(cfg.speakers)
+            recs = [r for r in recs if r.speaker in wanted]
+        if not recs:
+            raise ValueError(f"{manifest}: no records with audio" + (f" from speakers {cfg.speakers}" if cfg.speakers else ""))
+        self.manifest, self.records, self.store, self.cb, self.cfg = manifest, recs, store, codebook, cfg
+        self.r = cfg.upsample
+        self._units: dict[str, np.ndarray] = {}
+
+    def units(self, recs: list[Record], wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """Frame-rate (not deduplicated) units of each record."""
+        if not self.cfg.dedup:
+            return [np.asarray(self.store.get(r.id), dtype=np.int64) for r in recs]
+        todo = [i for i, r in enumerate(recs) if r.id not in self._units]
+        if todo:
+            feats = self.cb.features([wavs[i] for i in todo])
+            for i, f in zip(todo, feats):
+                self._units[recs[i].id] = self.cb.assign(pool_frames(f, self.cb.settings.pooling))
+        return [self._units[r.id] for r in recs]
+
+    def clips(self, recs: list[Record]) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """(units, target frames) per record, units cut to those whose frames exist."""
+        c = self.cfg
+        wavs = [load_audio(r.audio_path(self.manifest)) for r in recs]
+        out = []
+        for wav, u in zip(wavs, self.units(recs, wavs)):
+            spec = c.to_target(log_magnitude(torch.from_numpy(wav), c.n_fft, c.hop, c.win_length))  # (N // hop + 1, bins)
+            n = min(len(u), len(spec) // self.r)
+            out.append((u[:n], spec[: n * self.r]))
+        return out
+
+    def table(self, n_clips: int, rng: random.Random, progress: bool) -> torch.Tensor:
+        """(k, r * bins) mean target of each (unit, position in unit) over `n_clips` clips;
+        units never seen get the overall mean frame."""
+        c = self.cfg
+        recs = rng.sample(self.records, min(n_clips, len(self.records)))
+        total = torch.zeros(c.k, self.r * c.n_bins, dtype=torch.float64)
+        count = torch.zeros(c.k, dtype=torch.float64)
+        for s in tqdm(range(0, len(recs), 64), desc="vocoder unit table", unit="batch", disable=not progress):
+            for u, spec in self.clips(recs[s : s + 64]):
+                ids = torch.as_tensor(u, dtype=torch.long)
+                total.index_add_(0, ids, spec.reshape(len(u), -1).double())
+                count.index_add_(0, ids, torch.ones(len(u), dtype=torch.float64))
+        mean = total.sum(0) / count.sum().clamp_min(1)
+        return torch.where(count[:, None] > 0, total / count.clamp_min(1)[:, None], mean).float()
+
+    def batch(self, rng: random.Random) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        recs = rng.sample(self.records, min(c.batch_size, len(self.records)))
+        max_units = max(1, int(c.max_seconds * c.frame_rate))
+        units, specs = [], []
+        for u, spec in self.clips(recs):
+            n = len(u)
+            start = rng.randrange(0, n - max_units + 1) if n > max_units else 0
+            n = min(n, max_units)
+            units.append(u[start : start + n])
+            specs.append(spec[start * self.r : (start + n) * self.r])
+        ids, mask = pad_batch(units)
+        target = torch.zeros(len(specs), ids.shape[1] * self.r, c.n_bins)
+        for i, s in enumerate(specs):
+            target[i, : len(s)] = s
+        out = {"units": ids, "mask": mask, "target": target, "frame_mask": mask.repeat_interleave(self.r, dim=1)}
+        if c.speaker_conditioning:
+            out["speaker"] = torch.tensor([c.voices.index(r.speaker or UNKNOWN_VOICE) for r in recs])
+        if c.dedup:
+            runs = [run_lengths(u) for u in units]
+            out["dedup"], out["dedup_mask"] = pad_batch([d for d, _ in runs])
+            out["log_dur"] = torch.zeros(out["dedup"].shape, dtype=torch.float32)
+            for i, (_, n_run) in enumerate(runs):
+                out["log_dur"][i, : len(n_run)] = torch.log(torch.as_tensor(n_run, dtype=torch.float32))
+        return out
+
+
+def centroid_embedding(centroids: np.ndarray, dim: int) -> torch.Tensor:
+    """(k, D) codebook centroids -> (k, dim) principal components, unit variance per column
+    (zero-padded when D < dim)."""
+    c = torch.as_tensor(centroids, dtype=torch.float64)
+    c = c - c.mean(0)
+    u, s, _ = torch.linalg.svd(c, full_matrices=False)
+    pcs = u[:, :dim] * s[:dim]
+    pcs = pcs / pcs.std(0).clamp_min(1e-8)
+    out = torch.zeros(len(c), dim, dtype=torch.float64)
+    out[:, : pcs.shape[1]] = pcs
+    return out.float()
+
+
+def losses(net: UnitToSpec, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Masked L1 on log magnitudes (+ MSE on log durations for deduplicating codebooks)."""
+    pred = net(b["units"], b["mask"], b.get("speaker"))  # (B, T*r, bins)
+    fm = b["frame_mask"][..., None].float()
+    out = {"spec": ((pred - b["target"]).abs() * fm).sum() / (fm.sum() * pred.shape[-1])}
+    if net.duration is not None:
+        m = b["dedup_mask"].float()
+        d = net.duration(b["dedup"], b["dedup_mask"])
+        out["dur"] = (((d - b["log_dur"]) ** 2) * m).sum() / m.sum()
+    out["loss"] = out["spec"] + out.get("dur", 0.0)
+    return out
+
+
+def train_vocoder(
+    manifest: str | Path, units_store_prefix: str | Path | None, codebook: Codebook | str | Path,
+    cfg: VocoderConfig | None = None, out_dir: str | Path = "vocoder", max_minutes: float | None = None,
+    steps: int | None = None, save_every_minutes: float = 2.0, device: str = "cpu", progress: bool = True,
+) -> Path:
+    """Train a vocoder for `codebook` on `manifest` (units from `units_store_prefix`); returns `out_dir`.
+
+    At least one of `steps` and `max_minutes` bounds the run. For a codebook that deduplicates
+    units the store may be None (units are re-encoded from the audio to learn durations).
+    """
+    if steps is None and max_minutes is None:
+        raise ValueError("give steps, max_minutes or both to bound vocoder training")
+    cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
+    s = cb.settings
+    cfg = replace(cfg or VocoderConfig(), codebook_fingerprint=cb.fingerprint, k=cb.k, frame_rate=s.frame_rate,
+                  dedup=s.dedup)
+    cfg.upsample  # validates hop against the codebook's frame rate
+    store = None
+    if units_store_prefix is not None:
+        store = TokenStore(units_store_prefix)
+        cb.check(store.fingerprint, f"token store {store.prefix}")
+    elif not cfg.dedup:
+        raise ValueError("a units token store is needed (this codebook does not deduplicate, so its units come "
+                         "from the store): pass units_store_prefix")
+    data = _Data(Path(manifest), store, cb, cfg)
+    if cfg.speaker_conditioning:
+        counts = Counter(r.speaker or UNKNOWN_VOICE for r in data.records)
+        cfg.voices = sorted(counts)
+        cfg.voice = cfg.voice if cfg.voice in counts else counts.most_common(1)[0][0]
+
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    t0 = time.monotonic()  # the table counts against max_minutes
+    net = UnitToSpec(cfg)
+    if net.table is not None:
+        with torch.no_grad():
+            net.table.weight.copy_(data.table(cfg.table_clips, rng, progress))
+    if cfg.centroid_init:
+        with torch.no_grad():
+            for emb in (net.emb, net.duration.emb if net.duration is not None else None):
+                if emb is not None:
+                    emb.weight.copy_(centroid_embedding(cb.centroids, emb.weight.shape[1]))
+    net = net.to(device).train()
+    no_decay = {id(p) for m in net.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.LayerNorm))
+                for p in m.parameters()}  # tables and norms are not shrunk toward zero
+    opt = torch.optim.AdamW([{"params": [p for p in net.parameters() if id(p) not in no_decay]},
+                             {"params": [p for p in net.parameters() if id(p) in no_decay], "weight_decay": 0.0}],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay)
+    budget = max_minutes * 60 if max_minutes is not None else None
+    last_save, history, step, ema = t0, [], 0, None
+    bar = tqdm(total=steps, desc="vocoder", unit="step", disable=not progress)
+
+    def save(final: bool) -> None:
+        info = {"steps": step, "seconds": round(time.monotonic() - t0, 1), "loss": ema, "history": history,
+                "manifest": str(Path(manifest).resolve()), "records": len(data.records), "final": final}
+        net.eval()
+        Vocoder(cfg, net).save(out_dir, info)
+        net.train()
+
+    while True:
+        elapsed = time.monotonic() - t0
+        prog = max(step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
+        if prog >= 1.0:
+            break
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_scale(prog, cfg.warmup)
+        b = {k: v.to(device) for k, v in data.batch(rng).items()}
+        out = losses(net, b)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+        v = float(out["loss"].detach())
+        ema = v if ema is None else 0.95 * ema + 0.05 * v
+        if step % 10 == 0:
+            history.append({"step": step, "seconds": round(elapsed, 1), "loss": round(ema, 4),
+                            **{k: round(float(x.detach()), 4) for k, x in out.items() if k != "loss"}})
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        if time.monotonic() - last_save > save_every_minutes * 60:
+            save(False)
+            last_save = time.monotonic()
+    bar.close()
+    if step == 0:
+        raise RuntimeError("vocoder training ran no step within its budget")
+    save(True)
+    log.info("vocoder: %d steps in %.0f s, loss %.3f -> %s", step, time.monotonic() - t0, ema, out_dir)
+    return Path(out_dir)

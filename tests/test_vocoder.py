@@ -1,0 +1,322 @@
+"""Unit vocoder, speech out and ASR judging: tiny models on the toy corpus (CPU, seconds).
+
+The toy corpus' codebook is a 16-unit log-mel codebook that deduplicates units (50 Hz), so
+the vocoder trained here exercises the duration predictor; a non-deduplicating 25 Hz config
+is checked for shapes and exact lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dmlm.audio import load_audio, write_wav
+from dmlm.data.manifest import read_manifest
+from dmlm.evaluation.judge import judge
+from dmlm.tokenizers.speech import Codebook, CodebookMismatch
+from dmlm.vocoder import NoVocoder, Vocoder, VocoderConfig, run_lengths, train_vocoder
+from dmlm.vocoder.model import UnitToSpec, pad_batch
+from dmlm.vocoder.spectrogram import griffin_lim, log_magnitude
+
+TINY = dict(dim=32, unit_layers=2, frame_dim=32, frame_layers=1, duration_dim=16, n_fft=256, win_length=256,
+            gl_iters=4, dropout=0.0)
+
+
+def tiny_cfg(**kw) -> VocoderConfig:
+    return VocoderConfig(**{**TINY, "k": 16, "frame_rate": 25.0, "codebook_fingerprint": "x", **kw})
+
+
+class EchoJudge:
+    """A fake judge: says the same sentence for every clip (checks only the plumbing)."""
+
+    def __init__(self, text: str = "the red cat runs"):
+        self.text, self.calls = text, 0
+
+    def transcribe(self, wavs):
+        self.calls += 1
+        assert all(w.dtype == np.float32 and w.ndim == 1 for w in wavs)
+        return [self.text] * len(wavs)
+
+
+@pytest.fixture(scope="module")
+def vocoder_dir(corpus, tmp_path_factory) -> Path:
+    """A tiny vocoder overfit on the 4 clips of tiny.jsonl (deduplicating mel codebook)."""
+    out = tmp_path_factory.mktemp("voc") / "vocoder"
+    cfg = VocoderConfig(**{**TINY, "batch_size": 4, "lr": 5e-3, "warmup": 0.05, "table_clips": 0})
+    return train_vocoder(corpus.tiny, None, corpus.codebook, cfg, out, steps=80, progress=False)
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def test_forward_shapes_and_padding_invariance():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    assert cfg.upsample == 4 and cfg.n_bins == 129
+    net = UnitToSpec(cfg).eval()
+    seqs = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([3, 3, 9])]
+    ids, mask = pad_batch(seqs)
+    with torch.no_grad():
+        out = net(ids, mask)
+        alone = net(*pad_batch(seqs[1:]))
+    assert out.shape == (2, 28, 129)
+    assert torch.allclose(out[1, :12], alone[0], atol=1e-5)  # batch mates do not leak into a clip
+    assert net.duration is None
+
+    dcfg = tiny_cfg(dedup=True, frame_rate=50.0)
+    dnet = UnitToSpec(dcfg).eval()
+    assert dcfg.upsample == 2
+    with torch.no_grad():
+        assert dnet.duration(ids, mask).shape == (2, 7)
+
+
+def test_hop_must_divide_the_frame_rate():
+    with pytest.raises(ValueError, match="hop"):
+        tiny_cfg(frame_rate=30.0).upsample
+
+
+def test_run_lengths():
+    u, d = run_lengths(np.array([5, 5, 3, 3, 3, 7]))
+    assert u.tolist() == [5, 3, 7] and d.tolist() == [2, 3, 1]
+    assert np.repeat(u, d).tolist() == [5, 5, 3, 3, 3, 7]
+    assert len(run_lengths(np.array([], dtype=np.int64))[0]) == 0
+
+
+def test_griffin_lim_inverts_a_true_magnitude():
+    t = torch.arange(16_000) / 16_000
+    wav = 0.5 * torch.sin(2 * np.pi * 220 * t) * torch.hann_window(16_000)
+    spec = log_magnitude(wav, 512, 160, 512)[None, :100]  # (1, 100, 257)
+    out = griffin_lim(spec, 512, 160, 512, n_iter=32)
+    assert out.shape == (1, 16_000)
+    rebuilt = log_magnitude(out[0], 512, 160, 512)[:100]
+    assert (rebuilt.exp() - spec[0].exp()).abs().mean() < 0.15 * spec[0].exp().mean()
+
+
+def test_synthesize_float32_16k_length_from_units():
+    voc = Vocoder(tiny_cfg())
+    units = np.random.default_rng(0).integers(0, 16, 50)  # 2 s at 25 Hz
+    wav = voc.synthesize(units)
+    assert wav.dtype == np.float32 and wav.shape == (50 * 640,)  # exactly len / frame_rate seconds
+    assert np.isfinite(wav).all() and np.abs(wav).max() <= 1.0
+    batch = voc.synthesize_batch([units, units[:10], units[:30].tolist()])
+    assert [len(w) for w in batch] == [32_000, 6_400, 19_200]
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_overfit_drops_the_loss(vocoder_dir, codebook):
+    info = json.loads((vocoder_dir / "config.json").read_text())
+    hist = info["training"]["history"]
+    assert info["training"]["steps"] == 80 and info["training"]["final"]
+    assert hist[-1]["spec"] < 0.5 * hist[0]["spec"], hist
+    assert "dur" in hist[-1]  # the deduplicating codebook trains the duration predictor
+    assert info["codebook_fingerprint"] == codebook.fingerprint and info["dedup"] is True
+    assert not list(vocoder_dir.parent.glob(".*tmp"))  # saved atomically, no temp left
+
+
+def test_unit_table_gives_a_head_start(vocoder_dir, corpus, tmp_path):
+    cfg = VocoderConfig(**{**TINY, "batch_size": 4, "table_clips": 4})
+    out = train_vocoder(corpus.tiny, None, corpus.codebook, cfg, tmp_path / "v", steps=10, progress=False)
+    with_table = json.loads((out / "config.json").read_text())["training"]["history"][0]["spec"]
+    without = json.loads((vocoder_dir / "config.json").read_text())["training"]["history"][0]["spec"]
+    assert with_table < 0.5 * without
+
+
+def test_durations_restore_timing(vocoder_dir, corpus, codebook):
+    voc = Vocoder.load(vocoder_dir, codebook=codebook)
+    wav = load_audio(read_manifest(corpus.tiny)[0].audio_path(corpus.tiny))
+    units = codebook.encode(wav)  # deduplicated
+    full = voc.expand([np.asarray(units)])[0]
+    assert len(full) >= len(units)
+    out = voc.synthesize(units)
+    assert out.dtype == np.float32 and 0.5 * len(wav) < len(out) < 2 * len(wav)
+
+
+def test_train_needs_a_bound_and_a_store(corpus, tmp_path):
+    with pytest.raises(ValueError, match="steps"):
+        train_vocoder(corpus.tiny, None, corpus.codebook, tiny_cfg(), tmp_path / "v")
+    cb = Codebook.load(corpus.codebook)
+    cb.settings.dedup = False  # another fingerprint, and no longer deduplicating
+    with pytest.raises(ValueError, match="store"):
+        train_vocoder(corpus.tiny, None, cb, VocoderConfig(**TINY), tmp_path / "v", steps=1)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_bad_units_are_clear_errors():
+    voc = Vocoder(tiny_cfg())
+    with pytest.raises(ValueError, match=r"unit id 16 is outside \[0, 16\).*k=16"):
+        voc.synthesize([1, 2, 16])
+    with pytest.raises(ValueError, match="unit id -1"):
+        voc.synthesize_batch([[1, 2], [-1]])
+    with pytest.raises(ValueError, match="empty"):
+        voc.synthesize([])
+    with pytest.raises(ValueError, match="empty"):
+        voc.synthesize_batch([[1, 2], []])
+
+
+def test_vocoder_for_another_codebook_is_refused(vocoder_dir, codebook, tmp_path):
+    other = Codebook(codebook.centroids + 1.0, codebook.settings)
+    with pytest.raises(CodebookMismatch, match="trained for speech codebook"):
+        Vocoder.load(vocoder_dir, codebook=other)
+
+
+def fake_checkpoint(root: Path, corpus, vocoder_dir: Path | None) -> Path:
+    """The parts of a checkpoint that speech out reads: dmlm.json, codebooks/, vocoder/."""
+    cb = Codebook.load(corpus.codebook)
+    ck = root / "model"
+    (ck / "codebooks").mkdir(parents=True)
+    shutil.copy(corpus.codebook, ck / "codebooks" / "speech.safetensors")
+    (ck / "dmlm.json").write_text(json.dumps({"vocab": {"fingerprints": {"speech": cb.fingerprint}}}))
+    if vocoder_dir is not None:
+        shutil.copytree(vocoder_dir, ck / "vocoder")
+    return ck
+
+
+def test_checkpoint_without_vocoder_says_how_to_train_one(corpus, tmp_path):
+    from dmlm.speech_out import resynthesize
+
+    ck = fake_checkpoint(tmp_path, corpus, None)
+    with pytest.raises(NoVocoder, match="dmlm vocoder train"):
+        resynthesize(ck, np.zeros(16_000, np.float32))
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import soundfile
+
+    target = tmp_path / "out.wav"
+
+    def broken(path, data, sr, subtype=None):
+        Path(path).write_bytes(b"RIFF....partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(soundfile, "write", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_wav(target, np.zeros(100, np.float32))
+    assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError):
+        write_wav(blocker / "out.wav", np.zeros(100, np.float32))  # parent is a file: unwritable
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+# ------------------------------------------------------------------------------ speech out
+
+
+def test_resynthesize_a_checkpoint_folder(vocoder_dir, corpus, tmp_path):
+    from dmlm.speech_out import resynthesize_file
+
+    ck = fake_checkpoint(tmp_path, corpus, vocoder_dir)
+    src = read_manifest(corpus.dev)[0].audio_path(corpus.dev)
+    out = resynthesize_file(ck, src, tmp_path / "out" / "resynth.wav")
+    wav, ref = load_audio(out), load_audio(src)
+    import soundfile
+
+    assert soundfile.info(str(out)).samplerate == 16_000
+    assert 0.5 * len(ref) < len(wav) < 2 * len(ref) and np.abs(wav).max() > 0.01
+
+
+def _patch_synthesize_units(monkeypatch, fn):
+    """Install `fn` as dmlm.infer.synthesize_units, whether or not dmlm.infer exists yet."""
+    try:
+        import dmlm.infer as infer
+    except ImportError:
+        infer = types.ModuleType("dmlm.infer")
+        monkeypatch.setitem(sys.modules, "dmlm.infer", infer)
+    monkeypatch.setattr(infer, "synthesize_units", fn, raising=False)
+
+
+def _loaded_fake_checkpoint(root, corpus, vocoder_dir, codebook):
+    from dmlm.model import Checkpoint
+
+    path = fake_checkpoint(root, corpus, vocoder_dir)
+    ck = Checkpoint(path, model=None, tokenizer=None, vocab=None, meta={})
+    ck.__dict__["_speech_parts"] = (codebook, Vocoder.load(vocoder_dir, codebook=codebook))
+    return ck
+
+
+def test_speak_through_synthesize_units(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):
+    from dmlm.decoding import DecodingOptions
+    from dmlm.speech_out import speak
+
+    store_units = {r.text: codebook.encode(load_audio(r.audio_path(corpus.tiny))) for r in read_manifest(corpus.tiny)}
+    seen = {}
+
+    def fake(ck, texts, opts):
+        seen["opts"] = opts
+        return [np.asarray(store_units.get(t, [1, 2, 3])) for t in texts]
+
+    _patch_synthesize_units(monkeypatch, fake)
+    ck = _loaded_fake_checkpoint(tmp_path, corpus, vocoder_dir, codebook)
+    text = read_manifest(corpus.tiny)[0].text
+    opts = DecodingOptions(strategy="sample", temperature=0.8, seed=3)
+    wav = speak(ck, text, opts)
+    assert seen["opts"] is opts
+    assert wav.dtype == np.float32 and 0.2 < len(wav) / 16_000 < 5
+    write_wav(tmp_path / "speak.wav", wav)
+    assert len(load_audio(tmp_path / "speak.wav")) == len(wav)
+
+    _patch_synthesize_units(monkeypatch, lambda ck, texts, opts: [np.zeros(0, np.int64) for _ in texts])
+    with pytest.raises(ValueError, match="no speech units"):
+        speak(ck, text)
+    with pytest.raises(ValueError, match="empty"):
+        speak(ck, "  ")
+
+
+def test_judge_with_a_fake_judge():
+    res = judge([np.zeros(1600, np.float32)] * 2, ["the red cat runs", "a big dog"], EchoJudge())
+    assert res["hyps"] == ["the red cat runs"] * 2
+    assert res["wer"] == pytest.approx(100 * 4 / 7)  # second clip: 3 substitutions + 1 insertion; 7 words
+    with pytest.raises(ValueError, match="2 clips but 1"):
+        judge([np.zeros(10, np.float32)] * 2, ["x"], EchoJudge())
+
+
+def test_evaluate_resynthesis_writes_report_examples_and_plot(vocoder_dir, corpus, codebook, tmp_path):
+    from dmlm.speech_out import evaluate_resynthesis
+
+    j = EchoJudge(read_manifest(corpus.dev)[0].text)
+    out = tmp_path / "eval"
+    rep = evaluate_resynthesis((corpus.codebook, vocoder_dir), corpus.dev, corpus.units / "dev", j, n=3, out_dir=out)
+    assert rep["task"] == "resynthesis" and rep["scores"]["seen"]["utterances"] == 3
+    assert 0 <= rep["wer"] and "original_wer" in rep and j.calls == 2
+    assert json.loads((out / "report.json").read_text())["wer"] == rep["wer"]
+    assert len((out / "hyps.jsonl").read_text().splitlines()) == 3
+    assert (out / "spectrograms.png").stat().st_size > 1000
+    wavs = sorted((out / "examples").glob("*.wav"))
+    assert wavs and all(load_audio(w).dtype == np.float32 for w in wavs)
+    assert not [p for p in out.rglob(".*")]  # no temp files left
+
+
+def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):
+    from dmlm.speech_out import evaluate_t2s_audio
+
+    _patch_synthesize_units(monkeypatch, lambda ck, texts, opts: [np.array([1, 2, 3, 4] * 5) if i % 2 else
+                                                                  np.zeros(0, np.int64) for i, _ in enumerate(texts)])
+    ck = _loaded_fake_checkpoint(tmp_path, corpus, vocoder_dir, codebook)
+    rep = evaluate_t2s_audio(ck, corpus.dev, EchoJudge(), n=4, out_dir=tmp_path / "t2s", original=False)
+    assert rep["empty_outputs"] == 2 and rep["scores"]["seen"]["utterances"] == 4
+    assert (tmp_path / "t2s" / "report.json").is_file() and (tmp_path / "t2s" / "spectrograms.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ctranslate2", "transformers"])
+def test_whisper_judge_on_real_speech(engine, corpus):
+    from dmlm.evaluation.judge import WhisperJudge
+
+    recs = read_manifest(corpus.train)[:3]
+    wavs = [load_audio(r.audio_path(corpus.train)) for r in recs]
+    j = WhisperJudge("whisper-base", engine=engine)
+    res = judge(wavs, [r.text for r in recs], j)
+    assert all(h.strip() for h in res["hyps"]), res["hyps"]
+    assert res["wer"] < 60, res  # clean en-us espeak-ng: Whisper-base gets most words
