@@ -44,3 +44,10 @@ def test_overrides_are_typed():
         load_config(None, ["train.steps=many"])
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(None, ["train.stepz=3"])
+
+
+def test_asr_only_demo_config():
+    from dmlm.demo import load_demo_config
+
+    cfg = load_demo_config(str(CONFIGS / "demo-asr.yaml"), [])
+    assert cfg.run.data.tasks == ["asr"] and cfg.run.train.max_minutes > 0 and cfg.out == "runs/demo-asr"
