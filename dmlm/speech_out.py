@@ -121,8 +121,8 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge) -> 
     from dmlm.evaluation.metrics import error_rates
 
     out: dict = {}
-    for name, keep in (("seen", lambda r: not r.custom.get("heldout_voice")), ("heldout_voice", lambda r: r.custom.get("heldout_voice"))):
-        idx = [i for i, r in enumerate(recs) if keep(r)]
+    for name, held in (("seen", False), ("heldout_voice", True)):
+        idx = [i for i, r in enumerate(recs) if bool(r.custom.get("heldout_voice")) == held]
         if idx:
             e = error_rates([recs[i].text for i in idx], [hyps[i] for i in idx])
             out[name] = e
@@ -141,9 +141,10 @@ def _atomic_savefig(fig, path: Path) -> None:
         raise
 
 
-def plot_spectrograms(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path,
+def plot_spectrograms(rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]], path: str | Path,
                       right: str = "synthesized") -> Path:
-    """Rows of (title, reference wav, synthesized wav) as log-magnitude images side by side."""
+    """Rows of (reference text, what the judge heard, reference wav, synthesized wav) as
+    log-magnitude images side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,14 +153,14 @@ def plot_spectrograms(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path:
 
     from dmlm.vocoder.spectrogram import log_magnitude
 
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 2.4 * len(pairs)), squeeze=False)
-    for row, (title, ref, syn) in enumerate(pairs):
-        for col, (name, w) in enumerate((("reference", ref), (right, syn))):
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 2.4 * len(rows)), squeeze=False)
+    for row, (text, heard, ref, syn) in enumerate(rows):
+        for col, (title, w) in enumerate(((f"reference: {text}", ref), (f"{right}, judge heard: {heard}", syn))):
             s = log_magnitude(torch.as_tensor(w, dtype=torch.float32), 512, 160, 512).T.numpy()
             ax = axes[row][col]
             ax.imshow(s, origin="lower", aspect="auto", vmin=s.max() - 10, vmax=s.max(),
                       extent=(0, len(w) / 16_000, 0, 8))
-            ax.set_title(f"{name}: {title}"[:90], fontsize=8)
+            ax.set_title(title[:80], fontsize=8)
             ax.set_ylabel("kHz")
         axes[row][0].set_xlabel("s")
     fig.tight_layout()
@@ -182,7 +183,7 @@ def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: 
         write_wav(out_dir / "examples" / f"{recs[i].id}.{right}.wav", wavs[i])
         write_wav(out_dir / "examples" / f"{recs[i].id}.original.wav", refs_audio[i])
     if ex:
-        plot_spectrograms([(f"{recs[i].text} -> {hyps[i]!r}", refs_audio[i], wavs[i]) for i in ex],
+        plot_spectrograms([(recs[i].text, hyps[i], refs_audio[i], wavs[i]) for i in ex],
                           out_dir / "spectrograms.png", right)
     report["examples"] = [{"id": recs[i].id, "ref": recs[i].text, "hyp": hyps[i]} for i in ex]
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=str))
@@ -240,11 +241,13 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
 
 
 def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: int | None = 100,
-                       out_dir: str | Path | None = None, original: bool = True) -> dict:
+                       out_dir: str | Path | None = None, original: bool = True,
+                       vocoder: Vocoder | str | Path | None = None) -> dict:
     """Text -> DMLM units -> vocoder -> `judge_`: WER/CER against the text (T2S intelligibility).
 
     A text for which the model generates no units counts as an empty transcript (all
-    deletions) and is counted in `empty_outputs`.
+    deletions) and is counted in `empty_outputs`. `vocoder`: another vocoder than the
+    checkpoint's own `vocoder/` (it must be trained for the checkpoint's codebook).
     """
     from dmlm.decoding import DecodingOptions
     from dmlm.infer import synthesize_units
@@ -254,7 +257,10 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
     opts = opts or DecodingOptions()
     if not isinstance(ck, Checkpoint):
         ck = load_checkpoint(ck)
-    cb, voc = speech_parts(ck)
+    if vocoder is None:
+        cb, voc = speech_parts(ck)
+    else:
+        cb, voc = speech_parts((ck.codebook("speech"), vocoder))
     recs = pick_records(manifest, n)
     units = synthesize_units(ck, [r.text for r in recs], opts)
     keep = [i for i, u in enumerate(units) if len(u)]

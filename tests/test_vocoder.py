@@ -27,7 +27,8 @@ from dmlm.vocoder.model import UnitToSpec, pad_batch
 from dmlm.vocoder.spectrogram import griffin_lim, log_magnitude
 
 TINY = dict(dim=32, unit_layers=2, frame_dim=32, frame_layers=1, duration_dim=16, n_fft=256, win_length=256,
-            gl_iters=4, dropout=0.0)
+            gl_iters=4, dropout=0.0, target="linear", speaker_conditioning=False)
+TINY_MEL = {**TINY, "target": "mel", "n_mels": 20}
 
 
 def tiny_cfg(**kw) -> VocoderConfig:
@@ -48,9 +49,9 @@ class EchoJudge:
 
 @pytest.fixture(scope="module")
 def vocoder_dir(corpus, tmp_path_factory) -> Path:
-    """A tiny vocoder overfit on the 4 clips of tiny.jsonl (deduplicating mel codebook)."""
+    """A tiny mel-target vocoder overfit on the 4 clips of tiny.jsonl (deduplicating mel codebook)."""
     out = tmp_path_factory.mktemp("voc") / "vocoder"
-    cfg = VocoderConfig(**{**TINY, "batch_size": 4, "lr": 5e-3, "warmup": 0.05, "table_clips": 0})
+    cfg = VocoderConfig(**{**TINY_MEL, "batch_size": 4, "lr": 5e-3, "warmup": 0.05, "table_clips": 0})
     return train_vocoder(corpus.tiny, None, corpus.codebook, cfg, out, steps=80, progress=False)
 
 
@@ -124,11 +125,24 @@ def test_overfit_drops_the_loss(vocoder_dir, codebook):
 
 
 def test_unit_table_gives_a_head_start(vocoder_dir, corpus, tmp_path):
-    cfg = VocoderConfig(**{**TINY, "batch_size": 4, "table_clips": 4})
+    cfg = VocoderConfig(**{**TINY_MEL, "batch_size": 4, "table_clips": 4})
     out = train_vocoder(corpus.tiny, None, corpus.codebook, cfg, tmp_path / "v", steps=10, progress=False)
     with_table = json.loads((out / "config.json").read_text())["training"]["history"][0]["spec"]
     without = json.loads((vocoder_dir / "config.json").read_text())["training"]["history"][0]["spec"]
     assert with_table < 0.5 * without
+
+
+def test_speaker_conditioned_vocoder_speaks_in_one_voice(corpus, tmp_path):
+    cfg = VocoderConfig(**{**TINY, "batch_size": 4, "speaker_conditioning": True})
+    out = train_vocoder(corpus.tiny, None, corpus.codebook, cfg, tmp_path / "v", steps=3, progress=False)
+    voc = Vocoder.load(out)
+    assert voc.cfg.voices == ["en-us+m3"] and voc.cfg.voice == "en-us+m3"
+    units = [1, 2, 3, 4, 5]
+    assert np.allclose(voc.synthesize(units), voc.synthesize(units, voice="en-us+m3"))
+    with pytest.raises(ValueError, match="unknown voice 'nobody'.*en-us\\+m3"):
+        voc.synthesize(units, voice="nobody")
+    with pytest.raises(ValueError, match="no voices"):
+        Vocoder(tiny_cfg()).synthesize(units, voice="en-us+m3")
 
 
 def test_durations_restore_timing(vocoder_dir, corpus, codebook):

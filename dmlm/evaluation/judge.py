@@ -16,6 +16,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -115,8 +116,10 @@ class WhisperJudge:
         ids = torch.tensor([self._prompt] * B)
         done = torch.zeros(B, dtype=torch.bool)
         past, step_in, out = None, ids, [[] for _ in range(B)]
+        # transformers renamed past_key_values to cache (both in and out) during 5.x
+        key = "cache" if "cache" in inspect.signature(m.forward).parameters else "past_key_values"
         for step in range(self.max_new_tokens):
-            o = m(encoder_outputs=enc, decoder_input_ids=step_in, past_key_values=past, use_cache=True)
+            o = m(encoder_outputs=enc, decoder_input_ids=step_in, use_cache=True, **{key: past})
             logits = o.logits[:, -1]
             logits[:, self._eot + 1 :] = -float("inf")  # no timestamps or other specials (<|notimestamps|>)
             logits[:, self._suppress] = -float("inf")
@@ -131,7 +134,7 @@ class WhisperJudge:
                         out[b].append(int(nxt[b]))
             if done.all():
                 break
-            past, step_in = o.past_key_values, nxt[:, None]
+            past, step_in = getattr(o, key), nxt[:, None]
         return [self._tok.decode(x, skip_special_tokens=True).strip() for x in out]
 
 
