@@ -55,8 +55,11 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: fl
 def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Atomically write a 16-bit PCM wav."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".wav")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".wav")
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         sf.write(tmp, np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16")

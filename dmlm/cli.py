@@ -10,6 +10,9 @@
     dmlm translate MODEL a.wav --to es
     dmlm caption MODEL img.png
     dmlm synthesize-units MODEL "text"
+    dmlm vocoder train MODEL [--minutes 4]        units -> speech vocoder into MODEL/vocoder/
+    dmlm speak MODEL "text" -o out.wav
+    dmlm resynthesize MODEL in.wav -o out.wav
     dmlm evaluate MODEL --task TASK --manifest M [--out report.json]
     dmlm demo [CONFIG.yaml] [key=value ...]        the whole pipeline on mini-world, offline
     dmlm ablate [CONFIG.yaml] [key=value ...]      codebook variants compared by WER
@@ -187,15 +190,75 @@ def cmd_synthesize_units(args) -> None:
         print(json.dumps({"text": text, "units": units.tolist()}))
 
 
+def cmd_vocoder_train(args) -> None:
+    from dmlm.config import load_config
+    from dmlm.model import load_checkpoint
+    from dmlm.vocoder.model import VocoderConfig
+    from dmlm.vocoder.train import train_vocoder
+
+    ck = load_checkpoint(args.model)
+    data = ck.meta.get("config", {}).get("data", {})
+    manifest = args.manifest or data.get("train")
+    if not manifest:
+        raise ValueError(f"{args.model}: the checkpoint does not name its training manifest; give --manifest")
+    units = args.units or str(Path(data.get("units", "")) / Path(manifest).stem)
+    cfg = load_config(None, args.overrides, cls=VocoderConfig)
+    out = train_vocoder(manifest, units, Path(args.model) / "codebooks" / "speech.safetensors", cfg,
+                        Path(args.model) / "vocoder", max_minutes=args.minutes or None, steps=args.steps or None)
+    print(f"vocoder -> {out}")
+
+
+def cmd_speak(args) -> None:
+    from dmlm.audio import write_wav
+    from dmlm.model import load_checkpoint
+    from dmlm.speech_out import speak
+
+    ck = load_checkpoint(args.model)
+    wav = speak(ck, args.text, _decoding_options(args))
+    write_wav(args.output, wav)
+    print(f"{args.output}: {len(wav) / 16000:.2f} s")
+
+
+def cmd_resynthesize(args) -> None:
+    from dmlm.speech_out import resynthesize_file
+
+    out = resynthesize_file(args.model, args.audio, args.output)
+    print(f"{out}")
+
+
+def _speech_out_eval(args, out: str) -> dict:
+    from dmlm.evaluation.judge import WhisperJudge
+    from dmlm.speech_out import evaluate_resynthesis, evaluate_t2s_audio
+
+    judge = WhisperJudge(args.judge, engine=args.judge_engine)
+    folder = Path(out).with_suffix("")
+    n = args.limit or None
+    if args.task == "resynthesis":
+        if not args.units:
+            raise ValueError("--task resynthesis needs --units (the manifest's speech token store or its folder)")
+        units = Path(args.units)
+        units = units if units.with_suffix(".json").is_file() else units / Path(args.manifest).stem
+        return evaluate_resynthesis(args.model, args.manifest, units, judge, n=n, out_dir=folder)
+    return evaluate_t2s_audio(args.model, args.manifest, judge, _decoding_options(args), n=n, out_dir=folder)
+
+
 def cmd_evaluate(args) -> None:
     from dmlm.evaluate import evaluate_task
 
     name = args.task.replace(":", "_")
     out = args.out or str(Path(args.model) / f"eval_{name}_{Path(args.manifest).stem}.json")
-    rep = evaluate_task(args.model, args.task, args.manifest, out, _decoding_options(args), units=args.units,
-                        limit=args.limit or None)
+    if args.task == "resynthesis" or (args.task == "t2s" and args.judge):
+        if not args.judge:
+            args.judge = "whisper-base"
+        rep = _speech_out_eval(args, out)
+        from dmlm.data.manifest import atomic_write_text
+
+        atomic_write_text(out, json.dumps(rep, indent=1, default=str))
+    else:
+        rep = evaluate_task(args.model, args.task, args.manifest, out, _decoding_options(args), units=args.units,
+                            limit=args.limit or None)
     keys = ["wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "bleu", "chrf", "baseline_bleu", "cider", "baseline_cider",
-            "unit_accuracy", "unit_error_rate", "perplexity", "utterances", "records"]
+            "unit_accuracy", "unit_error_rate", "perplexity", "original_wer", "utterances", "records"]
     print(json.dumps({k: rep[k] for k in keys if k in rep}))
     print(f"report -> {out}")
 
@@ -263,14 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
                                ("evaluate", cmd_evaluate, "score a model on one task of a manifest (JSON report)")):
         s = sub.add_parser(verb, help=helptext)
         s.add_argument("model")
-        s.add_argument("--task", default="asr", help="asr, s2tt:LANG, t2s, i2t" + (", text_lm[:LANG], speech_lm, image_lm"
-                                                                                  if verb == "evaluate" else ""))
+        s.add_argument("--task", default="asr", help="asr, s2tt:LANG, t2s, i2t" + (
+            ", text_lm[:LANG], speech_lm, image_lm, resynthesis" if verb == "evaluate" else ""))
         s.add_argument("--manifest", required=True)
         s.add_argument("--units", help="folder of token stores for the manifest (dmlm tokenize --out), or one "
                                        "store's prefix; default: tokens computed with the checkpoint's codebooks")
         s.add_argument("--out", required=verb == "decode")
         if verb == "evaluate":
             s.add_argument("--limit", type=int, default=0, help="score only the first N records (0: all)")
+            s.add_argument("--judge", default="", help="t2s/resynthesis: Whisper preset that transcribes the vocoded "
+                                                       "speech (e.g. whisper-base); t2s without it scores units only")
+            s.add_argument("--judge-engine", default="ctranslate2", choices=["ctranslate2", "transformers"])
         _decoding_args(s)
         s.set_defaults(fn=fn)
 
@@ -301,6 +367,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lang", default="en")
     _decoding_args(s)
     s.set_defaults(fn=cmd_synthesize_units)
+
+    s = sub.add_parser("vocoder", help="unit vocoders")
+    vs = s.add_subparsers(dest="action", required=True)
+    f = vs.add_parser("train", help="train a units -> speech vocoder into MODEL/vocoder/")
+    f.add_argument("model")
+    f.add_argument("--manifest", help="audio manifest (default: the model's training manifest)")
+    f.add_argument("--units", help="its speech token store prefix (default: from the model's config)")
+    f.add_argument("--minutes", type=float, default=4.0, help="time budget (0: none)")
+    f.add_argument("--steps", type=int, default=0, help="step budget (0: none)")
+    f.add_argument("overrides", nargs="*", help="VocoderConfig fields, e.g. dim=256 batch_size=16 gl_iters=32")
+    f.set_defaults(fn=cmd_vocoder_train)
+
+    s = sub.add_parser("speak", help="text -> speech units -> vocoder -> wav")
+    s.add_argument("model")
+    s.add_argument("text")
+    s.add_argument("-o", "--output", required=True)
+    _decoding_args(s)
+    s.set_defaults(fn=cmd_speak)
+
+    s = sub.add_parser("resynthesize", help="audio -> units -> audio (the codebook and vocoder alone)")
+    s.add_argument("model")
+    s.add_argument("audio")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(fn=cmd_resynthesize)
 
     s = sub.add_parser("demo", help="whole pipeline on mini-world, offline")
     s.add_argument("config", nargs="?", help="YAML (default: built-in demo settings)")
@@ -337,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.fn(args)
-    except (ManifestError, AudioError, ConfigError, CodebookMismatch, VocabError, FileNotFoundError, ValueError) as e:
+    except (ManifestError, AudioError, ConfigError, CodebookMismatch, VocabError, OSError, ValueError) as e:
         if args.verbose:
             raise  # -v: the full traceback, for bug reports
         print(f"dmlm {args.verb}: error: {e}", file=sys.stderr)

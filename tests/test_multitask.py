@@ -149,3 +149,32 @@ def test_codebook_of_the_wrong_modality_is_an_error(mixed, corpus, run_config, t
                  f"data.codebook={corpus.codebook}", f"data.image_codebook={corpus.codebook}",
                  f"train.out={tmp_path / 'm'}", "train.steps=1"]) == 2
     assert "speech" in capsys.readouterr().err
+
+
+def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
+    import soundfile as sf
+
+    from dmlm.cli import main
+
+    root, manifest = mixed
+    rec = read_manifest(manifest)[0]
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(multitask_model, model)
+    assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "x.wav")]) == 2
+    assert "dmlm vocoder train" in capsys.readouterr().err  # no vocoder yet: the error says how to make one
+    assert main(["vocoder", "train", str(model), "--manifest", str(manifest), "--units", str(root / "units" / "mixed"),
+                 "--minutes", "0", "--steps", "3", "dim=32", "frame_dim=32", "batch_size=2"]) == 0
+    assert (model / "vocoder" / "config.json").is_file()
+    assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav")]) == 0
+    wav, sr = sf.read(tmp_path / "s.wav")
+    assert sr == 16000 and len(wav) > 1600
+    assert main(["resynthesize", str(model), rec.audio, "-o", str(tmp_path / "r.wav")]) == 0
+    wav, sr = sf.read(tmp_path / "r.wav")
+    assert sr == 16000 and abs(len(wav) / sr - sf.info(rec.audio).duration) < 0.2
+    capsys.readouterr()
+    # an output that cannot be written (its "folder" is a file): one clear line, no partial wav
+    assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav" / "out.wav")]) == 2
+    assert "s.wav/out.wav" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".wav" or p.name.startswith(".")) == ["r.wav", "s.wav"]
