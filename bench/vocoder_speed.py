@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
         clips=len(seqs), audio_seconds=round(audio_s, 1), threads=args.threads, batch_size=args.batch_size,
         repeats=repeats, units=source, trained=trained,
         dmlm_vocoder=(str(Path(args.vocoder).resolve()) if trained else "untrained, default VocoderConfig"),
-        dmlm_system=f"conv net ({voc.num_params() / 1e6:.1f} M params) -> log-magnitude STFT (n_fft {cfg.n_fft}, "
-                    f"hop {cfg.hop}) -> fast Griffin-Lim, {cfg.gl_iters} iterations, momentum {cfg.gl_momentum}",
+        dmlm_system=f"conv net ({voc.num_params() / 1e6:.1f} M params) -> "
+                    + (f"{cfg.n_mels}-band log-mel envelope -> " if cfg.target == "mel" else "")
+                    + f"log-magnitude STFT (n_fft {cfg.n_fft}, hop {cfg.hop}) -> fast Griffin-Lim, "
+                    f"{cfg.gl_iters} iterations, momentum {cfg.gl_momentum}",
         baseline_system=f"unit HiFi-GAN V1 generator (Polyak et al. 2021 shapes, "
                         f"{sum(q.numel() for q in gen.parameters()) / 1e6:.1f} M params, random weights), fp32",
         quick=args.quick,

@@ -9,8 +9,10 @@ Design decisions:
     the vocoder's ceiling: what T2S can reach if the DMLM predicted the units perfectly.
   * `evaluate_t2s_audio`: text -> DMLM units (`dmlm.infer.synthesize_units`) -> vocoder ->
     judge. Its gap to resynthesis is the DMLM's share of the errors.
-  Both also judge the *original* recordings of the same records (the judge's own ceiling), and
-  report training voices and the held-out voice separately, like `dmlm.asr.evaluate_asr`.
+  Both also judge the *original* recordings of the same records (the judge's own ceiling).
+  Resynthesis reports training voices and the held-out voice separately, like
+  `dmlm.asr.evaluate_asr` (the input audio's voice matters there); T2S takes `n` distinct
+  texts and reports one score (its input is text: no voice to hold out).
 - Reports and examples go to one folder: `report.json`, `hyps.jsonl`, a few wavs (synthesized
   and original) and `spectrograms.png` (reference vs synthesized). Every file is written to a
   temp name and renamed, so nothing half-written ever looks complete.
@@ -110,8 +112,24 @@ def pick_records(manifest: str | Path, n: int | None) -> list[Record]:
     return (seen[:n] + unseen[:n]) if n else recs
 
 
-def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge) -> tuple[dict, list[str]]:
-    """WER/CER by voice group; a missing clip (None) is an empty transcript."""
+def pick_texts(manifest: str | Path, n: int | None) -> list[Record]:
+    """The first `n` records with distinct texts (for text input the voice is irrelevant),
+    training-voice records first, so each text's original audio is a training voice's."""
+    recs = [r for r in read_manifest(manifest) if r.text]
+    if not recs:
+        raise ValueError(f"{manifest}: no records with a reference 'text'")
+    recs.sort(key=lambda r: bool(r.custom.get("heldout_voice")))  # stable: manifest order within groups
+    seen, out = set(), []
+    for r in recs:
+        if r.text not in seen:
+            seen.add(r.text)
+            out.append(r)
+    return out[:n] if n else out
+
+
+def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
+           by_voice: bool = True) -> tuple[dict, list[str]]:
+    """WER/CER by voice group (or of all, "all"); a missing clip (None) is an empty transcript."""
     ok = [i for i, w in enumerate(wavs) if w is not None]
     hyps = [""] * len(recs)
     if ok:
@@ -121,6 +139,8 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge) -> 
     from dmlm.evaluation.metrics import error_rates
 
     out: dict = {}
+    if not by_voice:
+        return {"all": error_rates([r.text for r in recs], hyps)}, hyps
     for name, held in (("seen", False), ("heldout_voice", True)):
         idx = [i for i, r in enumerate(recs) if bool(r.custom.get("heldout_voice")) == held]
         if idx:
@@ -190,7 +210,9 @@ def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: 
 
 
 def _flatten(report: dict, scores: dict, prefix: str = "") -> None:
-    """evaluate_asr's layout: seen-voice wer/cer at top, held-out voice as wer_heldout_voice."""
+    """evaluate_asr's layout: seen-voice (or all) wer/cer at top, held-out voice as wer_heldout_voice."""
+    if "all" in scores:
+        report[f"{prefix}wer"], report[f"{prefix}cer"] = scores["all"]["wer"], scores["all"]["cer"]
     if "seen" in scores:
         report[f"{prefix}wer"], report[f"{prefix}cer"] = scores["seen"]["wer"], scores["seen"]["cer"]
     if "heldout_voice" in scores:
@@ -246,7 +268,7 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
     """Text -> DMLM units -> vocoder -> `judge_`: WER/CER against the text (T2S intelligibility).
 
     A text for which the model generates no units counts as an empty transcript (all
-    deletions) and is counted in `empty_outputs`. `vocoder`: another vocoder than the
+    deletions) and is counted in `empty_outputs`. `n` distinct texts. `vocoder`: another vocoder than the
     checkpoint's own `vocoder/` (it must be trained for the checkpoint's codebook).
     """
     from dmlm.decoding import DecodingOptions
@@ -261,13 +283,13 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
         cb, voc = speech_parts(ck)
     else:
         cb, voc = speech_parts((ck.codebook("speech"), vocoder))
-    recs = pick_records(manifest, n)
+    recs = pick_texts(manifest, n)
     units = synthesize_units(ck, [r.text for r in recs], opts)
     keep = [i for i, u in enumerate(units) if len(u)]
     wavs: list[np.ndarray | None] = [None] * len(recs)
     for i, w in zip(keep, voc.synthesize_batch([np.asarray(units[i]) for i in keep]) if keep else []):
         wavs[i] = w
-    scores, hyps = _score(recs, wavs, judge_)
+    scores, hyps = _score(recs, wavs, judge_, by_voice=False)
     report: dict = {"task": "t2s", "model": str(ck.path), "manifest": str(Path(manifest).resolve()),
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
                     "normalizer": "dmlm.evaluation.normalize.normalize", "decoding": opts.__dict__,
@@ -278,7 +300,7 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
     refs_audio = [load_audio(r.audio_path(manifest)) if r.audio else np.zeros(1600, np.float32) for r in recs]
     ref_hyps = None
     if original and all(r.audio for r in recs):
-        ref_scores, ref_hyps = _score(recs, refs_audio, judge_)
+        ref_scores, ref_hyps = _score(recs, refs_audio, judge_, by_voice=False)
         report["original_scores"] = ref_scores
         _flatten(report, ref_scores, "original_")
     report["seconds"] = round(time.time() - t0, 1)

@@ -296,6 +296,18 @@ def test_judge_with_a_fake_judge():
         judge([np.zeros(10, np.float32)] * 2, ["x"], EchoJudge())
 
 
+def test_build_judge_picks_a_checkpoint_or_whisper(tmp_path, monkeypatch):
+    import dmlm.evaluation.judge as J
+
+    made = []
+    monkeypatch.setattr(J, "CheckpointJudge", lambda path: made.append(("ck", path)) or "ck")
+    monkeypatch.setattr(J, "WhisperJudge", lambda name, engine: made.append(("whisper", name, engine)) or "w")
+    (tmp_path / "dmlm.json").write_text("{}")
+    assert J.build_judge(str(tmp_path)) == "ck"
+    assert J.build_judge("whisper-base", "transformers") == "w"
+    assert made == [("ck", str(tmp_path)), ("whisper", "whisper-base", "transformers")]
+
+
 def test_evaluate_resynthesis_writes_report_examples_and_plot(vocoder_dir, corpus, codebook, tmp_path):
     from dmlm.speech_out import evaluate_resynthesis
 
@@ -319,7 +331,7 @@ def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, 
                                                                   np.zeros(0, np.int64) for i, _ in enumerate(texts)])
     ck = _loaded_fake_checkpoint(tmp_path, corpus, vocoder_dir, codebook)
     rep = evaluate_t2s_audio(ck, corpus.dev, EchoJudge(), n=4, out_dir=tmp_path / "t2s", original=False)
-    assert rep["empty_outputs"] == 2 and rep["scores"]["seen"]["utterances"] == 4
+    assert rep["empty_outputs"] == 2 and rep["scores"]["all"]["utterances"] == 4
     assert (tmp_path / "t2s" / "report.json").is_file() and (tmp_path / "t2s" / "spectrograms.png").is_file()
 
 

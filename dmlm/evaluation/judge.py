@@ -173,3 +173,11 @@ class CheckpointJudge:
         for s in range(0, len(wavs), 64):
             units += [np.asarray(u) for u in cb.encode_batch(wavs[s : s + 64])]
         return transcribe_units(self.ck, units, opts=DecodingOptions(batch_size=self.batch_size))
+
+
+def build_judge(name: str = "whisper-base", engine: str = "ctranslate2") -> Judge:
+    """A judge by name: a dmlm checkpoint folder (its own ASR, `CheckpointJudge`) or a Whisper
+    preset / model folder (`WhisperJudge` with `engine`)."""
+    if (Path(name) / "dmlm.json").is_file():
+        return CheckpointJudge(name)
+    return WhisperJudge(name, engine=engine)

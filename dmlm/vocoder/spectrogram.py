@@ -6,8 +6,8 @@ Design decisions:
 - Inversion is Griffin-Lim with momentum ("fast Griffin-Lim", Perraudin et al. 2013; the
   update torchaudio uses), batched: every clip of a batch runs the same STFT/ISTFT calls,
   padded frames carry zero magnitude and the waveforms are cut to each clip's length.
-  It needs no training, is deterministic (zero initial phase), and on the CPU 32 iterations
-  of a 512-point STFT cost well under 1/20 of the audio's duration.
+  It needs no training and is deterministic (zero initial phase). 16 iterations (the default)
+  judged as well as 32 by both ASR judges on the demo (README, "Speech out") at half the cost.
 - Magnitudes can be raised to a power > 1 before inversion (Tacotron's trick): it sharpens
   the harmonics a regression model smears and reduces Griffin-Lim's "phasiness".
 """
