@@ -192,13 +192,13 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         limit = cfg.eval_limit or None
         for spec in tasks:
             name = spec.split(":")[0]
-            if name in ("asr", "s2tt", "i2t", "t2s") or name.endswith("_lm"):
-                key = spec.replace(":", "_")
-                reports[key] = evaluate_task(models["mixture"], spec, manifests["test"], evals / f"{key}.json",
-                                             units=out / "units", limit=limit if name != "asr" else None)
+            key = spec.replace(":", "_")
+            reports[key] = _cached(evals / f"{key}.json", models["mixture"], lambda: evaluate_task(
+                models["mixture"], spec, manifests["test"], evals / f"{key}.json", units=out / "units",
+                limit=limit if name != "asr" else None))
         if "asr_only" in models:
-            reports["asr_only"] = evaluate_task(models["asr_only"], "asr", manifests["test"], evals / "asr_only.json",
-                                                units=out / "units")
+            reports["asr_only"] = _cached(evals / "asr_only.json", models["asr_only"], lambda: evaluate_task(
+                models["asr_only"], "asr", manifests["test"], evals / "asr_only.json", units=out / "units"))
         if (out / "model" / "vocoder").is_dir():
             reports.update(evaluate_speech_out(cfg, out, manifests["test"]))
     for name, path in models.items():
@@ -224,6 +224,25 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
     return report
 
 
+def _stamp(model_dir: Path) -> str:
+    """Identifies a checkpoint's weights (and vocoder): an evaluation of them can be reused."""
+    parts = [model_dir / "model.safetensors", model_dir / "vocoder" / "model.safetensors"]
+    return ";".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in parts if p.is_file())
+
+
+def _cached(path: Path, model_dir: Path, evaluate) -> dict:
+    """The report at `path` if it was made for these weights, else `evaluate()` (stamped)."""
+    stamp = _stamp(model_dir)
+    if path.is_file():
+        rep = json.loads(path.read_text())
+        if rep.get("model_stamp") == stamp:
+            return rep
+    rep = evaluate()
+    rep["model_stamp"] = stamp
+    atomic_write_text(path, json.dumps(rep, indent=1, default=str))
+    return rep
+
+
 def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None:
     """The unit vocoder, trained on the training split's units, stored in the model's `vocoder/`."""
     from dmlm.vocoder.train import train_vocoder
@@ -241,11 +260,18 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
     from dmlm.model import load_checkpoint
     from dmlm.speech_out import evaluate_resynthesis, evaluate_t2s_audio
 
-    judge = WhisperJudge(cfg.judge)
-    ck = load_checkpoint(out / "model")
-    res = evaluate_resynthesis(ck, test_manifest, out / "units" / "test", judge, n=cfg.t2s_eval,
-                               out_dir=out / "examples" / "resynthesis")
-    t2s = evaluate_t2s_audio(ck, test_manifest, judge, n=cfg.t2s_eval, out_dir=out / "examples" / "t2s", original=False)
+    parts: dict = {}
+
+    def judge():  # loaded once, only if something is not cached
+        if "judge" not in parts:
+            parts["judge"], parts["ck"] = WhisperJudge(cfg.judge), load_checkpoint(out / "model")
+        return parts["judge"], parts["ck"]
+
+    ex = out / "examples"
+    res = _cached(out / "eval" / "resynthesis.json", out / "model", lambda: evaluate_resynthesis(
+        judge()[1], test_manifest, out / "units" / "test", judge()[0], n=cfg.t2s_eval, out_dir=ex / "resynthesis"))
+    t2s = _cached(out / "eval" / "t2s_audio.json", out / "model", lambda: evaluate_t2s_audio(
+        judge()[1], test_manifest, judge()[0], n=cfg.t2s_eval, out_dir=ex / "t2s", original=False))
     return {"resynthesis": res, "t2s_audio": t2s}
 
 
@@ -270,17 +296,31 @@ def summarize(reports: dict[str, dict]) -> dict:
 
 
 def train_summary(model_dir: Path) -> dict:
+    """Steps, speed, dev loss and the mixture as trained: mean tokens per step by modality, examples by task.
+
+    The log has every `log_every`-th step, so per-step means come from those rows; the total
+    token count is the exact one of the training state.
+    """
     log_path = model_dir.with_name(model_dir.name + ".log.jsonl")
     rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.is_file() else []
+    steps_logged = [r for r in rows if "loss" in r]
     speed = [r for r in rows if "tokens_per_s" in r]
     meta = json.loads((model_dir / "dmlm.json").read_text())
-    totals = {k: sum(r.get(k, 0) for r in rows if "loss" in r) for k in ("tokens", "tokens_text", "tokens_speech", "tokens_image")}
+    state = model_dir.with_name(model_dir.name + ".state") / "progress.json"
+    n = max(1, len(steps_logged))
+    per_step = {k.removeprefix("tokens_"): round(sum(r.get(k, 0) for r in steps_logged) / n)
+                for k in ("tokens", "tokens_text", "tokens_speech", "tokens_image")}
+    examples = {k.removeprefix("examples_"): sum(r[k] for r in steps_logged) for k in (steps_logged[0] if steps_logged else {})
+                if k.startswith("examples_")}
+    total_ex = sum(examples.values()) or 1
     return {"steps": rows[-1]["step"] if rows else None, "tokens_per_s": speed[-1]["tokens_per_s"] if speed else None,
+            "tokens": json.loads(state.read_text())["tokens"] if state.is_file() else None,
+            "tokens_per_step": per_step, "example_share": {k: round(v / total_ex, 3) for k, v in examples.items()},
             "final_dev_loss": next((r["dev_loss"] for r in reversed(rows) if "dev_loss" in r), None),
             "padding_share": meta.get("model_summary", {}).get("padding_share"), "tasks": meta.get("tasks"),
             "weights": meta.get("config", {}).get("data", {}).get("weights"),
             "batch_tokens": meta.get("config", {}).get("train", {}).get("batch_tokens"),
-            "params": meta.get("model_summary", {}).get("params"), **totals}
+            "params": meta.get("model_summary", {}).get("params")}
 
 
 def train_distributed(run: RunConfig, config_path: Path, processes: int, resume: bool) -> None:

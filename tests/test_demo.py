@@ -32,7 +32,7 @@ def test_tiny_demo_without_vocoder(tmp_path):
     assert 0 <= tasks["asr"]["wer"] and "baseline_bleu" in tasks["s2tt"] and "baseline_cider" in tasks["i2t"]
     assert 0 <= tasks["t2s"]["unit_accuracy"] <= 100 and tasks["text_lm"]["perplexity"] > 1
     assert rep["train"]["mixture"]["steps"] == rep["train"]["asr_only"]["steps"] == 6
-    assert rep["train"]["mixture"]["tokens_image"] > 0 and rep["train"]["asr_only"]["tokens_image"] == 0
+    assert rep["train"]["mixture"]["tokens_per_step"]["image"] > 0 and rep["train"]["asr_only"]["tokens_per_step"]["image"] == 0
     saved = json.loads((out / "report.json").read_text())
     assert saved["tasks"]["s2tt"]["bleu"] == tasks["s2tt"]["bleu"]
     md = (out / "report.md").read_text()
@@ -42,5 +42,9 @@ def test_tiny_demo_without_vocoder(tmp_path):
     assert (out / "loss.png").is_file() and (out / "loss_asr_only.png").is_file()
     # a re-run resumes: nothing is trained again, the report is rebuilt
     mtime = (out / "model" / "model.safetensors").stat().st_mtime_ns
-    run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0"))
+    evals = {p.name: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
+    again = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0"))
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == evals  # evaluations reused
+    assert again["tasks"] == tasks
+    assert rep["train"]["mixture"]["example_share"]["asr"] > 0 and rep["train"]["mixture"]["tokens"] > 0
