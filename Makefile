@@ -40,6 +40,7 @@ bench: install sysdeps
 	$(BIN)/python -m bench.decode_speed
 	$(BIN)/python -m bench.asr_rtf
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.vocoder_speed
 
 clean:
 	rm -rf runs/ .pytest_cache

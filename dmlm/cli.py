@@ -227,10 +227,10 @@ def cmd_resynthesize(args) -> None:
 
 
 def _speech_out_eval(args, out: str) -> dict:
-    from dmlm.evaluation.judge import WhisperJudge
+    from dmlm.evaluation.judge import build_judge
     from dmlm.speech_out import evaluate_resynthesis, evaluate_t2s_audio
 
-    judge = WhisperJudge(args.judge, engine=args.judge_engine)
+    judge = build_judge(args.judge, engine=args.judge_engine)
     folder = Path(out).with_suffix("")
     n = args.limit or None
     if args.task == "resynthesis":
@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=verb == "decode")
         if verb == "evaluate":
             s.add_argument("--limit", type=int, default=0, help="score only the first N records (0: all)")
-            s.add_argument("--judge", default="", help="t2s/resynthesis: Whisper preset that transcribes the vocoded "
-                                                       "speech (e.g. whisper-base); t2s without it scores units only")
+            s.add_argument("--judge", default="", help="t2s/resynthesis: what transcribes the vocoded speech: a Whisper "
+                                                       "preset (e.g. whisper-base) or a dmlm ASR checkpoint folder; "
+                                                       "t2s without it scores units only")
             s.add_argument("--judge-engine", default="ctranslate2", choices=["ctranslate2", "transformers"])
         _decoding_args(s)
         s.set_defaults(fn=fn)

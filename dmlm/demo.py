@@ -57,7 +57,7 @@ class DemoConfig:
     judge: str = "whisper-base"
     """Whisper preset that listens to synthesized speech (T2S and resynthesis WER)."""
     t2s_eval: int = 100
-    """Test sentences (per voice group) synthesized and judged by Whisper."""
+    """Test sentences synthesized by T2S, and test clips per voice group resynthesized, for judging by ear."""
     eval_limit: int = 0
     """Score only the first N test records per task (0: all)."""
     examples: int = 6
@@ -255,24 +255,40 @@ def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None
 
 
 def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict[str, dict]:
-    """T2S and resynthesis judged by Whisper: units -> vocoder -> ASR -> WER against the text."""
-    from dmlm.evaluation.judge import WhisperJudge
+    """T2S and resynthesis judged by ear: units -> vocoder -> an ASR -> WER against the text.
+
+    Two judges: Whisper (`cfg.judge`, independent, but weak on espeak-ng voices: its WER on the
+    original recordings is reported beside) and the ASR-only model (in-domain, strong, but it
+    hears through the same codebook, so it rewards audio that maps back to the right units).
+    """
+    from dmlm.evaluation.judge import CheckpointJudge, WhisperJudge
     from dmlm.model import load_checkpoint
     from dmlm.speech_out import evaluate_resynthesis, evaluate_t2s_audio
 
     parts: dict = {}
 
-    def judge():  # loaded once, only if something is not cached
-        if "judge" not in parts:
-            parts["judge"], parts["ck"] = WhisperJudge(cfg.judge), load_checkpoint(out / "model")
-        return parts["judge"], parts["ck"]
+    def ck():
+        if "ck" not in parts:
+            parts["ck"] = load_checkpoint(out / "model")
+        return parts["ck"]
 
+    judges = {"whisper": lambda: WhisperJudge(cfg.judge)}
+    if (out / "model_asr" / "dmlm.json").is_file():
+        judges["asr_only"] = lambda: CheckpointJudge(out / "model_asr")
+    reports: dict[str, dict] = {}
     ex = out / "examples"
-    res = _cached(out / "eval" / "resynthesis.json", out / "model", lambda: evaluate_resynthesis(
-        judge()[1], test_manifest, out / "units" / "test", judge()[0], n=cfg.t2s_eval, out_dir=ex / "resynthesis"))
-    t2s = _cached(out / "eval" / "t2s_audio.json", out / "model", lambda: evaluate_t2s_audio(
-        judge()[1], test_manifest, judge()[0], n=cfg.t2s_eval, out_dir=ex / "t2s", original=False))
-    return {"resynthesis": res, "t2s_audio": t2s}
+    for jname, make in judges.items():
+        def judge(make=make, jname=jname):
+            if jname not in parts:
+                parts[jname] = make()
+            return parts[jname]
+
+        sfx = "" if jname == "whisper" else f"_{jname}"
+        reports[f"resynthesis{sfx}"] = _cached(out / "eval" / f"resynthesis{sfx}.json", out / "model", lambda: evaluate_resynthesis(
+            ck(), test_manifest, out / "units" / "test", judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}"))
+        reports[f"t2s_audio{sfx}"] = _cached(out / "eval" / f"t2s_audio{sfx}.json", out / "model", lambda: evaluate_t2s_audio(
+            ck(), test_manifest, judge(), n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}"))
+    return reports
 
 
 def summarize(reports: dict[str, dict]) -> dict:
@@ -286,10 +302,13 @@ def summarize(reports: dict[str, dict]) -> dict:
         if "heldout_combo" in rep:
             row["heldout_combo"] = {k: v for k, v in rep["heldout_combo"].items() if isinstance(v, (int, float))}
         tasks[key] = row
-    if "t2s_audio" in tasks:  # T2S: units scored on units (t2s) and on audio (t2s_audio) are one task
-        audio = tasks.pop("t2s_audio")
-        tasks.setdefault("t2s", {}).update({"wer": audio.get("wer"), "cer": audio.get("cer"),
-                                            "wer_heldout_voice": audio.get("wer_heldout_voice")})
+    # T2S is one task scored on units (t2s) and by ear (t2s_audio*); resynthesis by two judges
+    for src, dst, prefix in (("t2s_audio", "t2s", ""), ("t2s_audio_asr_only", "t2s", "asr_only_judge_"),
+                             ("resynthesis_asr_only", "resynthesis", "asr_only_judge_")):
+        if src in tasks:
+            audio = tasks.pop(src)
+            tasks.setdefault(dst, {}).update({f"{prefix}{k}": audio.get(k) for k in
+                                              ("wer", "cer", "wer_heldout_voice", "original_wer") if k in audio})
     if "s2tt_es" in tasks:
         tasks["s2tt"] = tasks.pop("s2tt_es")
     return tasks
