@@ -210,6 +210,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "machine": machine(),
         "minutes": round((time.time() - t_all) / 60, 2),
         "stages_seconds": stage.seconds,
+        **_accumulate_stages(out / "stages.json", stage.seconds),
         "train": {name: train_summary(path) for name, path in models.items()},
         "codebook": {"fingerprint": cb.fingerprint, **cb.settings.reproducing()},
         "image_codebook": {"fingerprint": icb.fingerprint, **asdict(icb.settings)} if icb is not None else None,
@@ -222,6 +223,16 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
 
     atomic_write_text(out / "report.md", render_markdown(report, out, cfg.examples))
     return report
+
+
+def _accumulate_stages(path: Path, seconds: dict[str, float]) -> dict:
+    """Stage times summed over every invocation on this folder (a resumed demo did its work in parts)."""
+    total = json.loads(path.read_text()) if path.is_file() else {"invocations": 0, "stages_seconds": {}}
+    total["invocations"] += 1
+    for k, v in seconds.items():
+        total["stages_seconds"][k] = round(total["stages_seconds"].get(k, 0.0) + v, 1)
+    atomic_write_text(path, json.dumps(total, indent=1))
+    return {"all_invocations": {**total, "minutes": round(sum(total["stages_seconds"].values()) / 60, 2)}}
 
 
 def _stamp(model_dir: Path) -> str:

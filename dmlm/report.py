@@ -30,6 +30,14 @@ TASK_ROWS = [
 ]
 
 
+def _all_runs(report: dict) -> str:
+    a = report.get("all_invocations")
+    if not a or a["invocations"] < 2:
+        return ""
+    return (f" Summed over the {a['invocations']} invocations on this folder (a re-run resumes): {a['minutes']:.1f} min "
+            f"({', '.join(f'{k} {v:.0f} s' for k, v in a['stages_seconds'].items())}).")
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
@@ -40,8 +48,8 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
     tasks = report["tasks"]
     lines = [
         f"# dmlm demo report ({report['config']['prepare']['corpus']})", "",
-        f"Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu']}; total {report['minutes']:.1f} min "
-        f"({', '.join(f'{k} {v:.0f} s' for k, v in report['stages_seconds'].items())}).", "",
+        f"Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu']}; this invocation {report['minutes']:.1f} min "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in report['stages_seconds'].items())})." + _all_runs(report), "",
         "All scores on the held-out test split (sentences never seen in training; 40 % of them hold a colour–object "
         "pair never seen in training). Baselines predict the most frequent training target for every input.", "",
         "| task | metric | value |", "|---|---|---|",

@@ -48,3 +48,13 @@ def test_tiny_demo_without_vocoder(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == evals  # evaluations reused
     assert again["tasks"] == tasks
     assert rep["train"]["mixture"]["example_share"]["asr"] > 0 and rep["train"]["mixture"]["tokens"] > 0
+
+
+def test_stage_times_add_up_over_invocations(tmp_path):
+    from dmlm.demo import _accumulate_stages
+
+    p = tmp_path / "stages.json"
+    _accumulate_stages(p, {"train": 10.0, "evaluate": 2.0})
+    a = _accumulate_stages(p, {"train": 0.5, "vocoder": 4.0})["all_invocations"]
+    assert a["invocations"] == 2 and a["stages_seconds"] == {"train": 10.5, "evaluate": 2.0, "vocoder": 4.0}
+    assert a["minutes"] == round(16.5 / 60, 2)
