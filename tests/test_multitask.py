@@ -174,6 +174,14 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
     wav, sr = sf.read(tmp_path / "r.wav")
     assert sr == 16000 and abs(len(wav) / sr - sf.info(rec.audio).duration) < 0.2
     capsys.readouterr()
+    # judged by ear, with the model's own ASR as the judge (a dmlm checkpoint folder as --judge)
+    for task, extra in (("t2s", []), ("resynthesis", ["--units", str(root / "units")])):
+        report = tmp_path / f"{task}.json"
+        assert main(["evaluate", str(model), "--task", task, "--manifest", str(manifest), "--judge", str(model),
+                     "--limit", "2", "--out", str(report), *extra]) == 0
+        rep = json.loads(report.read_text())
+        assert 0 <= rep["wer"] and "original_wer" in rep and (tmp_path / task / "spectrograms.png").is_file()
+    capsys.readouterr()
     # an output that cannot be written (its "folder" is a file): one clear line, no partial wav
     assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav" / "out.wav")]) == 2
     assert "s.wav/out.wav" in capsys.readouterr().err
