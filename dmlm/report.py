@@ -102,8 +102,8 @@ def _examples(out: Path, n: int) -> list[str]:
     for name, title in (("t2s", "T2S"), ("resynthesis", "Resynthesis")):
         d = out / "examples" / name
         if d.is_dir():
-            wavs = sorted(p.name for p in d.glob("*.wav"))
-            lines += [f"## {title} examples", "", *[f"- [{w}](examples/{name}/{w})" for w in wavs]]
+            wavs = sorted(p.relative_to(out).as_posix() for p in d.rglob("*.wav"))
+            lines += [f"## {title} examples", "", *[f"- [{Path(w).name}]({w})" for w in wavs]]
             if (d / "spectrograms.png").is_file():
                 lines += ["", f"![{title} spectrograms](examples/{name}/spectrograms.png)"]
             lines.append("")
