@@ -3,8 +3,8 @@
 - Generation tasks (asr, s2tt, i2t, t2s) decode every record the task can read and score
   hypotheses with the task's `evaluate` (WER/CER, BLEU/chrF, CIDEr/BLEU, unit accuracy);
   LM tasks are scored teacher-forced (perplexity over the target tokens).
-- Records spoken by the held-out voice (`custom.heldout_voice`) are scored apart; image
-  tasks skip those duplicates (an image has no voice). Records with a held-out combination
+- Records spoken by the held-out voice (`custom.heldout_voice`) are scored apart; tasks
+  whose input is not speech skip those duplicates (same text, same image). Records with a held-out combination
   (`custom.heldout_combo`, mini-world) get their own scores too: that is where
   generalization shows.
 - S2TT and I2T come with a trivial baseline scored the same way: the most frequent target of
@@ -202,7 +202,8 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
     name, lang = parse_spec(spec)
     task = get_task(name)
     records = read_manifest(manifest)
-    if task.source == "image" or task.target == "image":
+    if task.source != "speech" and task.name != "speech_lm":
+        # a held-out-voice record repeats a sentence in another voice: only speech input tells them apart
         records = [r for r in records if not r.custom.get("heldout_voice")]
     need = {m for m in (task.source, task.target) if m in ("speech", "image")}
     # keep only the records this task reads (so on-the-fly tokenization does no extra work)
