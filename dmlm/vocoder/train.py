@@ -193,7 +193,7 @@ def train_vocoder(
                             lr=cfg.lr, weight_decay=cfg.weight_decay)
     budget = max_minutes * 60 if max_minutes is not None else None
     last_save, history, step, ema = t0, [], 0, None
-    bar = tqdm(total=steps, desc="vocoder", unit="step", disable=not progress)
+    bar = tqdm(total=steps, desc="vocoder", unit="step", disable=not progress, mininterval=2.0)
 
     def save(final: bool) -> None:
         info = {"steps": step, "seconds": round(time.monotonic() - t0, 1), "loss": ema, "history": history,
