@@ -1,8 +1,8 @@
 """ASR inference and evaluation: audio -> units (the checkpoint's codebook) -> text.
 
 A checkpoint carries its codebook and tokenizer, so `transcribe` needs only the checkpoint
-and audio. Precomputed units can be passed as a token store; its codebook fingerprint must
-match the checkpoint's.
+and audio. Scoring goes through `dmlm.evaluate.evaluate_task`, which also takes precomputed units
+from token stores (their codebook fingerprint must match the checkpoint's).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from dmlm.data.manifest import read_manifest
-from dmlm.data.shards import TokenStore
 from dmlm.decoding import DecodingOptions, generate
 from dmlm.model import Checkpoint
 from dmlm.tasks import Sample, get_task
-from dmlm.tokenize import load_record_audio
 
 
 def transcribe_units(ck: Checkpoint, units: Sequence[np.ndarray], lang: str = "en",
@@ -34,23 +32,6 @@ def transcribe_files(ck: Checkpoint, paths: Sequence[str | Path], opts: Decoding
     cb = ck.codebook("speech")
     units = [np.asarray(u) for u in cb.encode_batch([load_audio(p) for p in paths])]
     return transcribe_units(ck, units, opts=opts)
-
-
-def decode_manifest(ck: Checkpoint, manifest: str | Path, opts: DecodingOptions = DecodingOptions(),
-                    units: TokenStore | None = None) -> list[dict]:
-    """[{"id", "hyp", "ref"}] for every record of `manifest`."""
-    records = read_manifest(manifest)
-    if units is not None:
-        ck.codebook("speech").check(units.fingerprint, f"token store {units.prefix}")
-        seqs = [units.get(r.id) for r in records]
-    else:
-        cb = ck.codebook("speech")
-        seqs = []
-        for s in range(0, len(records), 64):
-            seqs += [np.asarray(u) for u in cb.encode_batch([load_record_audio(manifest, r) for r in records[s : s + 64]])]
-    hyps = transcribe_units(ck, seqs, opts=opts, progress=True)
-    return [{"id": r.id, "hyp": h, "ref": r.text, "heldout_voice": bool(r.custom.get("heldout_voice"))}
-            for r, h in zip(records, hyps)]
 
 
 def evaluate_asr(model: str | Path, manifest: str | Path, out: str | Path | None = None,

@@ -37,14 +37,11 @@ log = logging.getLogger(__name__)
 GENERATION_TASKS = ("asr", "s2tt", "i2t", "t2s")
 
 
-class _Computed:
-    """A token-store stand-in: tokens computed on demand with the checkpoint's codebook."""
+class _Computed(dict):
+    """A token-store stand-in: tokens computed here with the checkpoint's codebook, by record id."""
 
-    def __init__(self, encode):
-        self.encode, self.cache = encode, {}
-
-    def get(self, rid: str) -> np.ndarray:
-        return self.cache[rid]
+    def get(self, rid: str) -> np.ndarray:  # noqa: D102  (TokenStore.get's signature, no default)
+        return self[rid]
 
 
 def _store_prefix(units: str | Path | None, manifest: str | Path, modality: str) -> Path | None:
@@ -76,7 +73,7 @@ def _sources(ck: Checkpoint, manifest: str | Path, records: list, units: str | P
             ck.codebook(m).check(store.fingerprint, f"token store {prefix}")
             stores[m] = store
             continue
-        comp = _Computed(None)
+        comp = _Computed()
         if m == "speech":
             from dmlm.tokenize import load_record_audio
 
@@ -87,14 +84,14 @@ def _sources(ck: Checkpoint, manifest: str | Path, records: list, units: str | P
             for s in range(0, len(rs), 64):
                 chunk = rs[s : s + 64]
                 for r, u in zip(chunk, cb.encode_batch([load_record_audio(manifest, r) for r in chunk])):
-                    comp.cache[r.id] = np.asarray(u)
+                    comp[r.id] = np.asarray(u)
         else:
             from dmlm.images import load_image
 
             cb = ck.codebook("image")
             rs = [r for r in records if r.image is not None]
             for r in rs:
-                comp.cache[r.id] = np.asarray(cb.encode(load_image(r.image_path(manifest), size=cb.settings.image_size)))
+                comp[r.id] = np.asarray(cb.encode(load_image(r.image_path(manifest), size=cb.settings.image_size)))
         stores[m] = comp
     return Sources(manifest, _Text(), speech=stores.get("speech"), image=stores.get("image"))
 

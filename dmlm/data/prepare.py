@@ -104,7 +104,9 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
                     write_manifest(path, with_images)
         return manifests
 
-    splits = _corpus_fn(cfg.corpus)(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed)
+    extra = {"n_unpaired": cfg.n_unpaired} if cfg.n_unpaired else {}
+    splits = _corpus_fn(cfg.corpus)(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed, **extra)
+    unpaired = splits.pop("unpaired", None)
     rng = random.Random(cfg.seed + 1)
     plan: dict[str, list[tuple[Sentence, Voice, str, bool]]] = {}
     for split, sentences in splits.items():
@@ -130,19 +132,20 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
             records = add_scene_images(records, out)
         write_manifest(manifests[split], records)
     if cfg.n_unpaired:
-        manifests["unpaired"] = _write_unpaired(cfg, out)
+        manifests["unpaired"] = _write_unpaired(cfg, out, unpaired)
     return manifests
 
 
-def _write_unpaired(cfg: PrepareConfig, out: Path) -> Path:
+def _write_unpaired(cfg: PrepareConfig, out: Path, sentences: list[Sentence] | None = None) -> Path:
     """unpaired.jsonl: text-only records (English + translations) for text_lm tasks."""
     from dmlm.data import miniworld
 
     path = out / "unpaired.jsonl"
     if path.is_file() and sum(1 for _ in path.open()) == cfg.n_unpaired:
         return path
-    sentences = miniworld.generate_splits(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed,
-                                          n_unpaired=cfg.n_unpaired)["unpaired"]
+    if sentences is None:  # a folder prepared before: draw the splits again (deterministic) for their unpaired part
+        sentences = miniworld.generate_splits(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed,
+                                              n_unpaired=cfg.n_unpaired)["unpaired"]
     write_manifest(path, [Record(id=s.id, split="train", lang="en", text=s.text, translations=dict(s.translations),
                                  custom={"unpaired": True}) for s in sentences])
     return path
