@@ -31,7 +31,7 @@ import numpy as np
 
 from dmlm.audio import load_audio, write_wav
 from dmlm.data.manifest import Record, atomic_write_text, read_manifest
-from dmlm.evaluation.judge import Judge, judge
+from dmlm.evaluation.judge import Judge, judge, judge_normalizer
 from dmlm.tokenizers.speech import Codebook
 from dmlm.vocoder.model import Vocoder
 
@@ -138,14 +138,22 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
             hyps[i] = h
     from dmlm.evaluation.metrics import error_rates
 
-    out: dict = {}
+    norm = judge_normalizer(judge_)
+
+    def rates(idx: list[int]) -> dict:
+        refs, hs = [recs[i].text for i in idx], [hyps[i] for i in idx]
+        e = error_rates(refs, hs, normalizer=norm)
+        if norm != "basic":  # the simple rule's number beside it, for comparison with ASR tables
+            e["wer_basic"] = error_rates(refs, hs)["wer"]
+        return e
+
     if not by_voice:
-        return {"all": error_rates([r.text for r in recs], hyps)}, hyps
+        return {"all": rates(list(range(len(recs))))}, hyps
+    out: dict = {}
     for name, held in (("seen", False), ("heldout_voice", True)):
         idx = [i for i, r in enumerate(recs) if bool(r.custom.get("heldout_voice")) == held]
         if idx:
-            e = error_rates([recs[i].text for i in idx], [hyps[i] for i in idx])
-            out[name] = e
+            out[name] = rates(idx)
     return out, hyps
 
 
@@ -247,7 +255,7 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     report: dict = {"task": "resynthesis", "model": str(getattr(model, "path", model)),
                     "manifest": str(Path(manifest).resolve()), "units": str(store.prefix),
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
-                    "normalizer": "dmlm.evaluation.normalize.normalize", "vocoder": voc.cfg.__dict__,
+                    "normalizer": judge_normalizer(judge_), "vocoder": voc.cfg.__dict__,
                     "vocoder_x_real_time": sum(len(w) for w in wavs) / 16_000 / t_syn, "scores": scores}
     _flatten(report, scores)
     refs_audio = [load_audio(r.audio_path(manifest)) for r in recs]
@@ -292,7 +300,7 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
     scores, hyps = _score(recs, wavs, judge_, by_voice=False)
     report: dict = {"task": "t2s", "model": str(ck.path), "manifest": str(Path(manifest).resolve()),
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
-                    "normalizer": "dmlm.evaluation.normalize.normalize", "decoding": opts.__dict__,
+                    "normalizer": judge_normalizer(judge_), "decoding": opts.__dict__,
                     "empty_outputs": len(recs) - len(keep),
                     "mean_seconds": sum(len(u) for u in units) / max(1, len(recs)) / cb.settings.frame_rate,
                     "scores": scores}

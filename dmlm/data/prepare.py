@@ -48,6 +48,10 @@ class PrepareConfig:
     """Parallel espeak-ng processes."""
     images: bool = True
     """Draw mini-world scenes as 64x64 images (img/<id>.png) and set the records' image and caption."""
+    neural_share: float = 0.0
+    """Share of training-voice utterances (train, dev, and the test split's training-voice copy) spoken by the
+    offline neural voice (`piper:en_US-joe-medium`) instead of a drawn espeak-ng voice; the held-out voice
+    stays espeak-ng's. 0 keeps every draw as in corpora made before the neural voice existed."""
     n_unpaired: int = 0
     """mini-world: also write unpaired.jsonl, this many more sentences as text only (with translations, no
     audio), disjoint from every split and free of held-out pairs: unpaired text for mixed supervision."""
@@ -78,8 +82,10 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     settings = asdict(cfg)
     if cfg.corpus not in CORPORA:
         raise ValueError(f"unknown corpus {cfg.corpus!r}; expected one of: {', '.join(CORPORA)}")
+    if not 0.0 <= cfg.neural_share <= 1.0:
+        raise ValueError(f"prepare.neural_share must be within [0, 1], got {cfg.neural_share}")
     if settings_path.is_file():
-        old = json.loads(settings_path.read_text())
+        old = {**asdict(PrepareConfig()), **json.loads(settings_path.read_text())}  # keys added since: defaults
         if {k: v for k, v in old.items() if k not in _RERUN_FREE} != {k: v for k, v in settings.items()
                                                                       if k not in _RERUN_FREE}:
             raise ValueError(
@@ -110,7 +116,7 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     rng = random.Random(cfg.seed + 1)
     plan: dict[str, list[tuple[Sentence, Voice, str, bool]]] = {}
     for split, sentences in splits.items():
-        rows = [(s, draw_voice(rng), s.id, False) for s in sentences]
+        rows = [(s, draw_voice(rng, neural_share=cfg.neural_share), s.id, False) for s in sentences]
         if split == "test":
             rows += [(s, draw_voice(rng, heldout=True), f"{s.id}-hv", True) for s in sentences]
         plan[split] = rows

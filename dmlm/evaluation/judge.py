@@ -51,7 +51,12 @@ def _check_wavs(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 class WhisperJudge:
-    """Whisper (a preset such as `whisper-base`, or a local model folder), greedy, English."""
+    """Whisper (a preset such as `whisper-base`, or a local model folder), greedy, English.
+
+    Scored with Whisper's English normalizer (`whisper_english`): it writes digits and American
+    spelling, which the references do not."""
+
+    normalizer = "whisper_english"
 
     def __init__(self, model: str = "whisper-base", engine: str = "ctranslate2", batch_size: int = 16,
                  threads: int = 0, max_new_tokens: int = 128):
@@ -138,14 +143,20 @@ class WhisperJudge:
         return [self._tok.decode(x, skip_special_tokens=True).strip() for x in out]
 
 
+def judge_normalizer(j: Judge) -> str:
+    """The text normalizer a judge's transcripts are scored with (`normalizer` attribute; default "basic")."""
+    return getattr(j, "normalizer", "basic")
+
+
 def judge(wavs: Sequence[np.ndarray], refs: Sequence[str], judge: Judge) -> dict:
-    """Transcribe `wavs` with `judge` and score against `refs`: error_rates(...) plus "hyps"."""
+    """Transcribe `wavs` with `judge` and score against `refs` with the judge's normalizer:
+    error_rates(...) plus "hyps"."""
     if len(wavs) != len(refs):
         raise ValueError(f"{len(wavs)} clips but {len(refs)} references")
     hyps = judge.transcribe(list(wavs))
     if len(hyps) != len(wavs):
         raise ValueError(f"the judge returned {len(hyps)} transcripts for {len(wavs)} clips")
-    return {**error_rates(list(refs), hyps), "hyps": hyps}
+    return {**error_rates(list(refs), hyps, normalizer=judge_normalizer(judge)), "hyps": hyps}
 
 
 class CheckpointJudge:
@@ -156,6 +167,8 @@ class CheckpointJudge:
     audio that maps back to the right units rather than audio a person would find natural.
     Report it beside Whisper, not instead of it.
     """
+
+    normalizer = "basic"  # it writes the training text's own spelling
 
     def __init__(self, model: str | Path, batch_size: int = 32):
         from dmlm.model import load_checkpoint

@@ -18,17 +18,19 @@ import jiwer
 from rapidfuzz.distance import Levenshtein
 from sacrebleu.metrics import BLEU, CHRF
 
-from dmlm.evaluation.normalize import normalize
+from dmlm.evaluation.normalize import get_normalizer, normalize
 
 
-def error_rates(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
-    """Corpus-level WER and CER (%) over normalized text; empty hypotheses count as deletions."""
+def error_rates(refs: Sequence[str], hyps: Sequence[str], normalizer: str = "basic") -> dict[str, float]:
+    """Corpus-level WER and CER (%) over normalized text (`dmlm.evaluation.normalize.NORMALIZERS`);
+    empty hypotheses count as deletions."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     if not refs:
         raise ValueError("no utterances to score")
-    r = [normalize(x) for x in refs]
-    h = [normalize(x) for x in hyps]
+    norm = get_normalizer(normalizer)
+    r = [norm(x) for x in refs]
+    h = [norm(x) for x in hyps]
     if any(not x for x in r):
         raise ValueError("a reference is empty after normalization")
     words = jiwer.process_words(r, h)
