@@ -306,7 +306,8 @@ def summarize(reports: dict[str, dict]) -> dict:
     """report.json's `tasks`: the headline numbers of every task (full reports are in eval/)."""
     keep = ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "sentence_accuracy", "bleu", "chrf",
             "bleu_heldout_voice", "baseline_bleu", "baseline_chrf", "cider", "baseline_cider", "unit_accuracy",
-            "unit_error_rate", "length_ratio", "perplexity", "utterances", "records", "original_wer")
+            "unit_error_rate", "length_ratio", "perplexity", "utterances", "records", "original_wer",
+            "wer_vocoder_voice", "original_wer_vocoder_voice")
     tasks: dict[str, dict] = {}
     for key, rep in reports.items():
         row = {k: rep[k] for k in keep if k in rep}
@@ -319,7 +320,8 @@ def summarize(reports: dict[str, dict]) -> dict:
         if src in tasks:
             audio = tasks.pop(src)
             tasks.setdefault(dst, {}).update({f"{prefix}{k}": audio.get(k) for k in
-                                              ("wer", "cer", "wer_heldout_voice", "original_wer") if k in audio})
+                                              ("wer", "cer", "wer_heldout_voice", "original_wer",
+                                               "wer_vocoder_voice", "original_wer_vocoder_voice") if k in audio})
     if "s2tt_es" in tasks:
         tasks["s2tt"] = tasks.pop("s2tt_es")
     return tasks

@@ -25,6 +25,8 @@ TASK_ROWS = [
                     ("original_wer", "Whisper WER % of the recordings"), ("asr_only_judge_wer", "ASR-only-model WER %"),
                     ("asr_only_judge_original_wer", "its WER % of the recordings")]),
     ("resynthesis", "Resynthesis (codebook + vocoder)", [("wer", "Whisper WER %"), ("original_wer", "Whisper WER % of the recordings"),
+                                                         ("wer_vocoder_voice", "Whisper WER %, clips in the vocoder's voice"),
+                                                         ("original_wer_vocoder_voice", "Whisper WER % of those recordings"),
                                                          ("asr_only_judge_wer", "ASR-only-model WER %"),
                                                          ("asr_only_judge_original_wer", "its WER % of the recordings")]),
 ]

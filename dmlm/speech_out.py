@@ -128,8 +128,12 @@ def pick_texts(manifest: str | Path, n: int | None) -> list[Record]:
 
 
 def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
-           by_voice: bool = True) -> tuple[dict, list[str]]:
-    """WER/CER by voice group (or of all, "all"); a missing clip (None) is an empty transcript."""
+           by_voice: bool = True, voice: str | None = None) -> tuple[dict, list[str]]:
+    """WER/CER by voice group (or of all, "all"); a missing clip (None) is an empty transcript.
+
+    With `voice` (the vocoder's output voice), the training-voice clips spoken in that voice are
+    also scored as their own group, "vocoder_voice": resynthesis there changes only the
+    codebook's and vocoder's losses, not the speaker."""
     ok = [i for i, w in enumerate(wavs) if w is not None]
     hyps = [""] * len(recs)
     if ok:
@@ -154,6 +158,9 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
         idx = [i for i, r in enumerate(recs) if bool(r.custom.get("heldout_voice")) == held]
         if idx:
             out[name] = rates(idx)
+    same = [i for i, r in enumerate(recs) if voice and r.speaker == voice and not r.custom.get("heldout_voice")]
+    if same:
+        out["vocoder_voice"] = rates(same)
     return out, hyps
 
 
@@ -223,9 +230,9 @@ def _flatten(report: dict, scores: dict, prefix: str = "") -> None:
         report[f"{prefix}wer"], report[f"{prefix}cer"] = scores["all"]["wer"], scores["all"]["cer"]
     if "seen" in scores:
         report[f"{prefix}wer"], report[f"{prefix}cer"] = scores["seen"]["wer"], scores["seen"]["cer"]
-    if "heldout_voice" in scores:
-        hv = scores["heldout_voice"]
-        report[f"{prefix}wer_heldout_voice"], report[f"{prefix}cer_heldout_voice"] = hv["wer"], hv["cer"]
+    for group in ("heldout_voice", "vocoder_voice"):
+        if group in scores:
+            report[f"{prefix}wer_{group}"], report[f"{prefix}cer_{group}"] = scores[group]["wer"], scores[group]["cer"]
 
 
 def _judge_name(j: Judge) -> str:
@@ -251,8 +258,9 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     recs = pick_records(manifest, n)
     wavs = voc.synthesize_batch([store.get(r.id) for r in recs])
     t_syn = time.time() - t0
-    scores, hyps = _score(recs, wavs, judge_)
-    report: dict = {"task": "resynthesis", "model": str(getattr(model, "path", model)),
+    voice = voc.cfg.voice if voc.cfg.speaker_conditioning else None
+    scores, hyps = _score(recs, wavs, judge_, voice=voice)
+    report: dict = {"task": "resynthesis", "vocoder_voice": voice, "model": str(getattr(model, "path", model)),
                     "manifest": str(Path(manifest).resolve()), "units": str(store.prefix),
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
                     "normalizer": judge_normalizer(judge_), "vocoder": voc.cfg.__dict__,
@@ -261,7 +269,7 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     refs_audio = [load_audio(r.audio_path(manifest)) for r in recs]
     ref_hyps = None
     if original:
-        ref_scores, ref_hyps = _score(recs, refs_audio, judge_)
+        ref_scores, ref_hyps = _score(recs, refs_audio, judge_, voice=voice)
         report["original_scores"] = ref_scores
         _flatten(report, ref_scores, "original_")
     report["seconds"] = round(time.time() - t0, 1)

@@ -316,12 +316,26 @@ def test_evaluate_resynthesis_writes_report_examples_and_plot(vocoder_dir, corpu
     rep = evaluate_resynthesis((corpus.codebook, vocoder_dir), corpus.dev, corpus.units / "dev", j, n=3, out_dir=out)
     assert rep["task"] == "resynthesis" and rep["scores"]["seen"]["utterances"] == 3
     assert 0 <= rep["wer"] and "original_wer" in rep and j.calls == 2
+    assert rep["vocoder_voice"] is None and "vocoder_voice" not in rep["scores"]  # not speaker-conditioned
     assert json.loads((out / "report.json").read_text())["wer"] == rep["wer"]
     assert len((out / "hyps.jsonl").read_text().splitlines()) == 3
     assert (out / "spectrograms.png").stat().st_size > 1000
     wavs = sorted((out / "examples").glob("*.wav"))
     assert wavs and all(load_audio(w).dtype == np.float32 for w in wavs)
     assert not [p for p in out.rglob(".*")]  # no temp files left
+
+
+def test_scores_group_the_vocoders_own_voice():
+    from dmlm.data.manifest import Record
+    from dmlm.speech_out import _score
+
+    recs = [Record(id=str(i), text="a red cat", speaker=spk, custom={"heldout_voice": hv})
+            for i, (spk, hv) in enumerate([("joe", False), ("m3", False), ("joe", False), ("f4", True)])]
+    wavs = [np.zeros(1600, np.float32)] * 4
+    scores, _ = _score(recs, wavs, EchoJudge("a red cat"), voice="joe")
+    assert scores["seen"]["utterances"] == 3 and scores["heldout_voice"]["utterances"] == 1
+    assert scores["vocoder_voice"]["utterances"] == 2
+    assert "vocoder_voice" not in _score(recs, wavs, EchoJudge("a red cat"))[0]
 
 
 def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):
