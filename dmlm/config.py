@@ -60,6 +60,10 @@ class TrainConfig:
     """Tokens per micro-batch (padding included), batches bucketed by length."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
+    packing: bool = False
+    """Pack several examples into each row (positions restart, no attention across examples) instead of padding buckets; same loss."""
+    pack_tokens: int = 0
+    """Length of a packed row; 0: the micro-batch budget cut into equal rows of at least 4x the longest example."""
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100

@@ -27,12 +27,21 @@ LOSSES = ("full", "target", "length_normalized")
 N_MOD = len(MODALITIES)
 
 
-def loss_weights(loss: str, attention: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """w_t for the *predicted* positions 1..T-1; attention/target: (B, T) -> (B, T-1) float."""
+def loss_weights(loss: str, attention: torch.Tensor, target: torch.Tensor,
+                 segment: torch.Tensor | None = None) -> torch.Tensor:
+    """w_t for the *predicted* positions 1..T-1; attention/target: (B, T) -> (B, T-1) float.
+
+    segment (B, T), for packed rows (`dmlm.data.packing`): which example each token belongs to;
+    the first token of an example is not predicted (from the previous example's last), exactly
+    as it is not at position 0 of an unpacked row.
+    """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     mask = target if loss == "target" else attention
-    return mask[:, 1:].float()
+    w = mask[:, 1:].float()
+    if segment is not None:
+        w = w * (segment[:, 1:] == segment[:, :-1])
+    return w
 
 
 def loss_counts(loss: str, weights: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:

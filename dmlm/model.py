@@ -187,3 +187,38 @@ def model_summary(cfg: ModelConfig | None, model: PreTrainedModel) -> dict:
     emb = w_in.numel() + (out.weight.numel() if out is not None and out.weight is not w_in else 0)  # untied head too
     return {"params": n, "params_non_embedding": n - emb, "family": model.config.model_type,
             **({"config": asdict(cfg)} if cfg else {})}
+
+
+@torch.no_grad()
+def check_packing(model: PreTrainedModel) -> None:
+    """Refuse packed training (`train.packing`) with a model that would let packed examples meet.
+
+    Two short random sequences run packed in one row (positions restarting, block-diagonal
+    mask, `dmlm.data.packing`) and each alone must give the same logits. Families that build
+    position biases from a 2-D mask (BLOOM's ALiBi) or ignore `position_ids` fail, by name.
+    """
+    from dmlm.data.packing import packed_attention_mask
+
+    family = model.config.model_type
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)  # not the global RNG: training randomness stays as without packing
+    V = model.get_input_embeddings().num_embeddings
+    a, b = (torch.randint(0, V, (1, n), generator=g).to(device) for n in (5, 3))
+    segment = torch.tensor([[0] * 5 + [1] * 3], device=device)
+    positions = torch.tensor([[*range(5), *range(3)]], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        packed = model(input_ids=torch.cat([a, b], 1), attention_mask=packed_attention_mask(segment),
+                       position_ids=positions, use_cache=False).logits.float()
+        alone = torch.cat([model(input_ids=x).logits.float() for x in (a, b)], 1)
+    except Exception as e:  # noqa: BLE001 - any failure means: this family cannot run packed rows
+        raise ValueError(f"train.packing: the {family!r} model family cannot run packed rows "
+                         f"({type(e).__name__}: {e}); set train.packing=false") from e
+    finally:
+        model.train(was_training)
+    err = float((packed - alone).abs().max())
+    tol = (1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2) * max(1.0, float(alone.abs().max()))
+    if not err <= tol:
+        raise ValueError(f"train.packing: the {family!r} model family lets packed examples attend to each other "
+                         f"(logits differ by {err:.3g} from each example run alone); set train.packing=false")

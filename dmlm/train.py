@@ -6,8 +6,9 @@ Design decisions:
   all-reduced over ranks *before* the forward passes (they depend only on masks), so the
   length-normalized loss is exact under accumulation and data parallelism (see `dmlm.loss`).
 - Data order is a pure function of (seed, epoch): length-bucketed batches under a token
-  budget, shuffled. The position in that order is training state, so `--resume` continues
-  exactly where a killed run stopped (same batches, same losses).
+  budget, shuffled, or with `train.packing` rows of several examples (`dmlm.data.packing`).
+  The position in that order is training state, so `--resume` continues exactly where a
+  killed run stopped (same batches, same losses).
 - The LR schedule (linear warmup, cosine to `min_lr_ratio`) runs on a progress fraction,
   which is step/steps, or, with a time budget, the larger of that and elapsed/max_minutes:
   the demo anneals fully within its budget on any machine.
@@ -33,9 +34,10 @@ from tqdm import tqdm
 
 from dmlm.config import RunConfig, dump_config
 from dmlm.data.manifest import read_manifest
+from dmlm.data.packing import collate_packed, packed_attention_mask, packed_batches, packed_padding_share, row_length
 from dmlm.data.shards import TokenStore
 from dmlm.loss import loss_counts, loss_weights, multimodal_loss
-from dmlm.model import build_model, load_checkpoint, model_summary, save_checkpoint
+from dmlm.model import build_model, check_packing, load_checkpoint, model_summary, save_checkpoint
 from dmlm.data.mixture import Mixture
 from dmlm.tasks import Rendered, Sample, Sources, get_task, parse_spec, render
 from dmlm.tokenizers.speech import Codebook
@@ -133,40 +135,52 @@ class Progress:
 
 
 class BatchStream:
-    """Endless micro-batches in the deterministic order; its position is `Progress`."""
+    """Endless micro-batches in the deterministic order; its position is `Progress`.
+
+    A micro-batch is a list of examples, or with `packing` a list of rows of examples.
+    """
 
     def __init__(self, rendered: list[Rendered], batch_tokens: int, seed: int, progress: Progress,
-                 mixture: Mixture | None = None, pools: dict[str, tuple[int, int]] | None = None):
+                 mixture: Mixture | None = None, pools: dict[str, tuple[int, int]] | None = None,
+                 packing: bool = False, pack_tokens: int = 0):
         self.rendered, self.batch_tokens, self.seed, self.p = rendered, batch_tokens, seed, progress
+        self.packing = packing
         self.mixture = mixture or Mixture([len(rendered)], [1.0], seed)
         self.starts = [a for a, _ in (pools or {"": (0, len(rendered))}).values()]
         all_lengths = np.array([len(r.ids) for r in rendered])
         if all_lengths.max() > batch_tokens:
             worst = rendered[int(all_lengths.argmax())]
             raise ValueError(f"a {worst.task} sequence of {all_lengths.max()} tokens exceeds train.batch_tokens={batch_tokens}")
+        self.row_tokens = row_length(int(all_lengths.max()), batch_tokens, pack_tokens)  # fixed for the whole run
         self._load(progress.epoch)
         self.lengths = self._lengths  # of the first epoch loaded: what the padding share is measured on
 
     def _load(self, epoch: int) -> None:
         self._items = [self.starts[t] + i for t, i in self.mixture.epoch(epoch)]
         self._lengths = np.array([len(self.rendered[i].ids) for i in self._items])
-        self._epoch_batches = bucket_batches(self._lengths, self.batch_tokens, self.seed, epoch)
+        if self.packing:
+            self._epoch_batches = packed_batches(self._lengths, self.batch_tokens, self.row_tokens, self.seed, epoch)
+        else:
+            self._epoch_batches = bucket_batches(self._lengths, self.batch_tokens, self.seed, epoch)
 
-    def next(self) -> list[Rendered]:
+    def next(self) -> list[Rendered] | list[list[Rendered]]:
         if self.p.batch >= len(self._epoch_batches):
             self.p.epoch += 1
             self.p.batch = 0
             self._load(self.p.epoch)
         idx = self._epoch_batches[self.p.batch]
         self.p.batch += 1
+        if self.packing:
+            return [[self.rendered[self._items[i]] for i in row] for row in idx]
         return [self.rendered[self._items[i]] for i in idx]
 
 
-def padding_share(lengths: np.ndarray, batch_tokens: int, seed: int) -> dict[str, float]:
+def padding_share(lengths: np.ndarray, batch_tokens: int, seed: int, row_tokens: int = 0) -> dict[str, float]:
     """Share of padded positions in one epoch's micro-batches: length-bucketed vs. random order.
 
     Both fill micro-batches under the same padded-token budget; the random baseline is what
-    plain shuffled batching would waste.
+    plain shuffled batching would waste. With `row_tokens` (packing), also "packed": rows of
+    that length, several examples each.
     """
     def share(batches: list[list[int]]) -> float:
         real = sum(int(lengths[i]) for b in batches for i in b)
@@ -183,7 +197,10 @@ def padding_share(lengths: np.ndarray, batch_tokens: int, seed: int) -> dict[str
         cur.append(i)
     if cur:
         random_batches.append(cur)
-    return {"bucketed": share(bucket_batches(lengths, batch_tokens, seed, 0)), "random": share(random_batches)}
+    out = {"bucketed": share(bucket_batches(lengths, batch_tokens, seed, 0)), "random": share(random_batches)}
+    if row_tokens:
+        out["packed"] = packed_padding_share(lengths, batch_tokens, row_tokens, seed)
+    return out
 
 
 def lr_factor(progress: float, warmup_frac: float, min_ratio: float) -> float:
@@ -286,9 +303,16 @@ def setup(cfg: RunConfig) -> Setup:
 
 # -- loop -----------------------------------------------------------------------------------
 
+def _forward(model, batch: dict):
+    if "segment" in batch:  # packed rows: positions restart and attention stops at each example
+        return model(input_ids=batch["input_ids"], attention_mask=packed_attention_mask(batch["segment"]),
+                     position_ids=batch["position_ids"], use_cache=False)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
 def _step_loss(model, batch: dict, loss: str, counts: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    w = loss_weights(loss, batch["attention_mask"], batch["target"])
+    out = _forward(model, batch)
+    w = loss_weights(loss, batch["attention_mask"], batch["target"], batch.get("segment"))
     return multimodal_loss(out.logits, batch["input_ids"], w, batch["modality"], loss, counts, lambdas)
 
 
@@ -362,6 +386,8 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, betas=(0.9, 0.95))
+    if cfg.train.packing:
+        check_packing(model)  # before `prepare`: in fp32, outside autocast, the test is exact
     model, opt = acc.prepare(model, opt)
     if progress.step > 0:
         opt.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True))
@@ -371,8 +397,11 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         random.setstate(rng["python"])
 
     progress.world_size, progress.grad_accum = acc.num_processes, cfg.train.grad_accum
-    stream = BatchStream(S.train, cfg.train.batch_tokens, cfg.train.seed, progress, S.mixture, S.pools)
-    pad_share = padding_share(stream.lengths, cfg.train.batch_tokens, cfg.train.seed)
+    packing = cfg.train.packing
+    stream = BatchStream(S.train, cfg.train.batch_tokens, cfg.train.seed, progress, S.mixture, S.pools, packing,
+                         cfg.train.pack_tokens)
+    pad_share = padding_share(stream.lengths, cfg.train.batch_tokens, cfg.train.seed,
+                              stream.row_tokens if packing else 0)
     lambdas = torch.tensor(cfg.train.lambdas, dtype=torch.float32, device=acc.device)
     writer = None
     log_path = out.with_name(out.name + ".log.jsonl")
@@ -386,6 +415,8 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     info["padding_share"] = pad_share
     log.info("padding share of micro-batches: %.1f %% length-bucketed vs %.1f %% in random order",
              100 * pad_share["bucketed"], 100 * pad_share["random"])
+    if packing:
+        log.info("packing (used): %.1f %% padding in rows of %d tokens", 100 * pad_share["packed"], stream.row_tokens)
     log.info("model: %.2fM parameters (%.2fM non-embedding), vocab %d", info["params"] / 1e6,
              info["params_non_embedding"] / 1e6, S.vocab.size)
     warm = cfg.train.warmup_steps / max(1, cfg.train.steps)
@@ -424,10 +455,11 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         t0 = time.time()
         # every rank walks the same global order; rank r takes micro-batches r, r+world, …
         step_batches = [stream.next() for _ in range(cfg.train.grad_accum * acc.num_processes)]
-        micro = [collate(b, S.vocab.pad) for b in step_batches[acc.process_index :: acc.num_processes]]
+        my_batches = step_batches[acc.process_index :: acc.num_processes]
+        micro = [(collate_packed if packing else collate)(b, S.vocab.pad) for b in my_batches]
         micro = [{k: v.to(acc.device) for k, v in b.items()} for b in micro]
-        counts = sum(loss_counts(cfg.train.loss, loss_weights(cfg.train.loss, b["attention_mask"], b["target"]),
-                                 b["modality"][:, 1:]) for b in micro)
+        counts = sum(loss_counts(cfg.train.loss, loss_weights(cfg.train.loss, b["attention_mask"], b["target"],
+                                                              b.get("segment")), b["modality"][:, 1:]) for b in micro)
         counts = acc.reduce(counts, reduction="sum")  # global denominators over ranks
         f = lr_factor(frac(), warm, cfg.train.min_lr_ratio)
         for g in opt.param_groups:
@@ -447,8 +479,8 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         local = torch.tensor([float(b["attention_mask"].sum()) for b in micro]).sum().reshape(1)
         local_mod = torch.tensor([sum(float(((b["modality"] == m) & (b["attention_mask"] > 0)).sum()) for b in micro)
                                   for m in range(3)])
-        my_batches = step_batches[acc.process_index :: acc.num_processes]
-        local_tasks = torch.tensor([float(sum(r.task == t for b in my_batches for r in b)) for t in S.pools])
+        my_examples = [r for b in my_batches for r in ([r for row in b for r in row] if packing else b)]
+        local_tasks = torch.tensor([float(sum(r.task == t for r in my_examples)) for t in S.pools])
         tok = acc.reduce(torch.cat([local, local_mod, local_tasks]).to(acc.device), reduction="sum").tolist()
         n_tok, mod_tok, task_counts = int(tok[0]), [int(x) for x in tok[1:4]], [int(x) for x in tok[4:]]
         progress.step += 1
