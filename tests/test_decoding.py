@@ -1,8 +1,9 @@
-"""Decoding: dmlm's lean greedy loop returns exactly the ids of transformers' `generate`."""
+"""Decoding: dmlm's greedy loop returns exactly the ids (and bitwise the logits) of transformers' `generate`."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import torch
 from transformers import LogitsProcessorList
 
 from dmlm.data.shards import TokenStore
-from dmlm.decoding import MIN_ROWS, DecodingOptions, ModalityFilter, _left_pad, generate, greedy
+import dmlm.greedy
+from dmlm.decoding import DecodingOptions, ModalityFilter, _left_pad, generate
+from dmlm.greedy import MIN_ROWS, greedy
 from dmlm.model import ModelConfig, build_model, load_checkpoint
 from dmlm.tasks import Sample, get_task
 from dmlm.vocab import Vocab
@@ -59,24 +62,75 @@ def test_greedy_equals_generate_for_other_families(family):
     assert len({len(o) for o in _both(model, prompts, vocab, max_new_tokens=12, batch_size=24)}) > 3
 
 
-def test_greedy_logits_are_bitwise_those_of_generate(tiny):
-    """The same forward on the same inputs: not merely the same argmax."""
-    model, vocab, prompts = tiny
+def _bitwise(model, vocab, prompts, monkeypatch, steps: int = 8, extra: Sequence[int] = ()) -> None:
+    """Every step's logits of the allowed ids are bitwise those of `generate` (close tag not
+    allowed: every row runs all steps)."""
     close = vocab.close("text")
-    filt = ModalityFilter(vocab, "text")  # close tag not allowed: every row runs all steps
+    filt = ModalityFilter(vocab, "text", extra=extra)
+    allowed = filt.allowed_ids(vocab.size)
     ids, mask = _left_pad(prompts, vocab.pad)
     seen: list[torch.Tensor] = []
-    hook = model.register_forward_hook(lambda m, a, out: seen.append(out.logits[:, -1].float().clone()))
-    try:
-        greedy(model, ids, mask, filt.bias(vocab.size), close, max_new_tokens=8)
-    finally:
-        hook.remove()
+    logits = dmlm.greedy._Model._logits
+    monkeypatch.setattr(dmlm.greedy._Model, "_logits", lambda self, h: seen.append(logits(self, h)) or seen[-1])
+    greedy(model, ids, mask, allowed, close, max_new_tokens=steps)
     with torch.inference_mode():
-        ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, eos_token_id=close,
+        ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, eos_token_id=close,
                              pad_token_id=vocab.pad, logits_processor=LogitsProcessorList([filt]), do_sample=False,
                              return_dict_in_generate=True, output_logits=True).logits
-    assert len(seen) == len(ref) == 8
-    assert all(torch.equal(a, b) for a, b in zip(seen, ref))
+    assert len(seen) == len(ref) == steps
+    assert all(torch.equal(a, b[:, allowed].float()) for a, b in zip(seen, ref))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_greedy_logits_are_bitwise_those_of_generate(family, monkeypatch):
+    """The same forward on the same inputs, less the unread work: not merely the same argmax."""
+    _bitwise(*_tiny_model(family), monkeypatch)
+
+
+def test_the_packed_prompt_pass_in_chunks_is_bitwise(tiny, monkeypatch):
+    model, vocab, prompts = tiny
+    chunks: list[int] = []
+    packing = dmlm.greedy._packing
+    monkeypatch.setattr(dmlm.greedy, "_packing", lambda mask, first: chunks.append(len(mask)) or packing(mask, first))
+    monkeypatch.setattr(dmlm.greedy, "PROMPT_CHUNK", 60)
+    _bitwise(model, vocab, prompts, monkeypatch)
+    assert len(chunks) > 8 and 1 in chunks and sum(chunks) == len(prompts)  # one prompt longer than a chunk: alone
+
+
+def test_the_cache_buffer_grows_as_rows_run_on(tiny, monkeypatch):
+    model, vocab, prompts = tiny
+    monkeypatch.setattr(dmlm.greedy, "STEP_SLOTS", 1)  # room for 1 step, then 2, 4, 8
+    _bitwise(model, vocab, prompts, monkeypatch, steps=9)
+    assert max(len(o) for o in _both(model, prompts, vocab, max_new_tokens=12, batch_size=24)) == 12  # rows dropped too
+
+
+def test_prompts_of_one_length_a_full_head_and_models_without_a_plain_head(tiny, monkeypatch):
+    model, vocab, prompts = tiny
+    same = [p[:3] for p in prompts]  # no padding: `generate` drops the mask, so does greedy
+    _bitwise(model, vocab, same, monkeypatch)
+    monkeypatch.setattr(dmlm.greedy, "PROMPT_CHUNK", 10)  # packed in chunks all the same
+    _bitwise(model, vocab, same, monkeypatch)
+    monkeypatch.undo()
+    most = [i for i in range(vocab.size) if i != vocab.close("text")]
+    _bitwise(model, vocab, prompts, monkeypatch, extra=most)  # too many allowed ids to copy their head rows
+    monkeypatch.setattr(dmlm.greedy, "PLAIN_HEAD", ())  # the model's own forward, full head
+    _bitwise(model, vocab, prompts, monkeypatch)
+
+
+def test_the_packed_row_leaves_no_padding(tiny):
+    model, vocab, prompts = tiny
+    ids, mask = _left_pad(prompts, vocab.pad)
+    widths: list[int] = []
+    hook = model.base_model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape),
+                                                      with_kwargs=True)
+    try:
+        greedy(model, ids, mask, ModalityFilter(vocab, "text").allowed_ids(vocab.size), vocab.close("text"), 1)
+    finally:
+        hook.remove()
+    # rows of whole prompts, back to back: every real token once, no pad, chunks within PROMPT_CHUNK
+    assert all(w[0] == 1 and w[1] <= dmlm.greedy.PROMPT_CHUNK for w in widths)
+    assert sum(w[1] for w in widths) == sum(map(len, prompts)) and len(widths) == 2
+    assert model.config._attn_implementation == "sdpa"  # restored after the prompt pass
 
 
 def test_results_come_back_in_input_order(tiny):
@@ -102,32 +156,35 @@ def test_greedy_stops_at_the_close_tag_and_drops_finished_rows(tiny):
     close = vocab.close("text")
     filt = ModalityFilter(vocab, "text", extra=[close])
     ids, mask = _left_pad(prompts, vocab.pad)
-    sizes: list[int] = []
-    hook = model.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    shapes: list[tuple[int, int]] = []
+    hook = model.base_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                      with_kwargs=True)
     try:
-        outs = greedy(model, ids, mask, filt.bias(vocab.size), close, max_new_tokens=12)
+        outs = greedy(model, ids, mask, filt.allowed_ids(vocab.size), close, max_new_tokens=12)
         assert len(outs) == len(prompts) and max(len(o) for o in outs) == 12
-        # the batch shrank as rows finished, never below MIN_ROWS, and ran every step of the longest row
-        assert sizes[0] == len(prompts) and sizes == sorted(sizes, reverse=True)
-        assert sizes[-1] < len(prompts) / 2 and min(sizes) >= MIN_ROWS and len(sizes) == 12
-        # a filter that allows only the close tag: one forward, nothing generated
-        sizes.clear()
-        only_close = torch.full((vocab.size,), float("-inf"))
-        only_close[close] = 0
-        assert greedy(model, ids, mask, only_close, close, max_new_tokens=12) == [[] for _ in prompts]
-        assert sizes == [len(prompts)]
+        # after the packed prompt pass (rows of one), the batch shrank as rows finished, to
+        # multiples of MIN_ROWS, and ran every step of the longest row
+        steps = [b for b, n in shapes if n == 1]
+        assert all(b == 1 for b, n in shapes if n > 1) and steps[0] == len(prompts) and len(steps) == 11
+        assert steps == sorted(steps, reverse=True) and steps[-1] < len(prompts) / 2
+        assert all(b % MIN_ROWS == 0 for b in steps if b < len(prompts))
+        # a filter that allows only the close tag: the prompt pass, nothing generated
+        shapes.clear()
+        assert greedy(model, ids, mask, torch.tensor([close]), close, max_new_tokens=12) == [[] for _ in prompts]
+        assert all(n > 1 for _, n in shapes)
     finally:
         hook.remove()
 
 
-def test_filter_bias_is_the_logits_processor():
+def test_filter_ids_are_those_the_logits_processor_keeps():
     vocab = Vocab(text_size=300, speech_size=16, bos_id=1, eos_id=2)
     filt = ModalityFilter(vocab, "text", extra=[vocab.close("text")])
     scores = torch.randn(3, vocab.size + 64)  # model rows past the layout are masked too
-    assert torch.equal(filt(None, scores), scores + filt.bias(scores.shape[-1]))
-    allowed = torch.isfinite(filt.bias(vocab.size))
-    assert allowed[3:300].all() and not allowed[[1, 2, vocab.pad, vocab.speech_start]].any()
-    assert allowed[vocab.close("text")]
+    kept = filt(None, scores)
+    ids = filt.allowed_ids(scores.shape[-1])
+    assert torch.equal(torch.isfinite(kept[0]).nonzero().squeeze(1), ids) and torch.equal(kept[:, ids], scores[:, ids])
+    assert set(range(3, 300)) <= set(ids.tolist()) and not {1, 2, vocab.pad, vocab.speech_start} & set(ids.tolist())
+    assert vocab.close("text") in ids.tolist()
 
 
 def test_engine_is_checked():
