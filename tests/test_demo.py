@@ -58,3 +58,20 @@ def test_stage_times_add_up_over_invocations(tmp_path):
     a = _accumulate_stages(p, {"train": 0.5, "vocoder": 4.0})["all_invocations"]
     assert a["invocations"] == 2 and a["stages_seconds"] == {"train": 10.5, "evaluate": 2.0, "vocoder": 4.0}
     assert a["minutes"] == round(16.5 / 60, 2)
+
+
+def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
+    from dataclasses import asdict
+
+    from dmlm.demo import DemoConfig, train_demo_vocoder
+    from dmlm.vocoder.model import VocoderConfig
+
+    target = tmp_path / "model" / "vocoder"
+    target.mkdir(parents=True)
+    saved = {**asdict(VocoderConfig()), "voice": "en-us+m3", "voices": ["en-us+m3"], "k": 1000, "training": {"steps": 9}}
+    (target / "config.json").write_text(json.dumps(saved))
+    # same settings: reused (no training data exists here, so training would fail)
+    train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)
+    other = DemoConfig(vocoder=VocoderConfig(speakers=["piper:en_US-joe-medium"]))
+    with pytest.raises(ValueError, match="other settings.*speakers"):
+        train_demo_vocoder(other, tmp_path / "missing.jsonl", tmp_path)
