@@ -346,6 +346,24 @@ def _dev_record(losses: dict[str, float]) -> dict[str, float]:
     return rec
 
 
+def _fraction(progress: Progress, cfg: RunConfig) -> float:
+    """How much of the step (or time) budget is done; >= 1 means finished."""
+    f = progress.step / cfg.train.steps
+    if cfg.train.max_minutes > 0:
+        f = max(f, progress.elapsed / 60 / cfg.train.max_minutes)
+    return f
+
+
+def _finished(cfg: RunConfig, state_dir: Path) -> bool:
+    """A saved run of exactly this config whose budget is spent (anything else goes the full resume path)."""
+    try:
+        saved = (state_dir / "config.yaml").read_text()
+        progress = Progress(**json.loads((state_dir / "progress.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
+    return saved == dump_config(cfg) and progress.step > 0 and _fraction(progress, cfg) >= 1.0
+
+
 def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> Path:
     """Train; returns the checkpoint folder. `stop_at` simulates an interruption (tests)."""
     from accelerate import Accelerator
@@ -358,6 +376,9 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         precision = "bf16" if torch.cuda.is_available() else "fp32"
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     set_seed(cfg.train.seed)
+    if resume and _finished(cfg, state_dir):  # before setup: BPE training and rendering take ~30 s on the demo
+        log.info("%s: already trained with this config", out)
+        return out
     S = setup(cfg)
     progress = Progress()
     if resume and (state_dir / "progress.json").is_file():
@@ -422,10 +443,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     warm = cfg.train.warmup_steps / max(1, cfg.train.steps)
 
     def frac() -> float:
-        f = progress.step / cfg.train.steps
-        if cfg.train.max_minutes > 0:
-            f = max(f, progress.elapsed / 60 / cfg.train.max_minutes)
-        return f
+        return _fraction(progress, cfg)
 
     def save() -> None:
         if not acc.is_main_process:

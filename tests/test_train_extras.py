@@ -43,3 +43,21 @@ def test_padding_share_is_recorded_in_the_checkpoint(trained):
     info = json.loads((trained / "dmlm.json").read_text())
     share = info["model_summary"]["padding_share"]
     assert set(share) == {"bucketed", "random"} and share["bucketed"] <= share["random"]
+
+
+def test_a_finished_run_is_recognized_before_setup(run_config, tmp_path, monkeypatch):
+    import dmlm.train as T
+
+    cfg = run_config(tmp_path / "model", "train.steps=2", "train.batch_tokens=400", "train.eval_every=100")
+    out = train(cfg)
+    weights = (out / "model.safetensors").read_bytes()
+
+    def no_setup(cfg):
+        raise AssertionError("setup ran for a finished run")
+
+    monkeypatch.setattr(T, "setup", no_setup)
+    assert train(cfg, resume=True) == out
+    assert (out / "model.safetensors").read_bytes() == weights
+    more = run_config(tmp_path / "model", "train.steps=3", "train.batch_tokens=400", "train.eval_every=100")
+    with pytest.raises(AssertionError, match="setup ran"):  # another budget: the full resume path
+        train(more, resume=True)
