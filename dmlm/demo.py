@@ -254,18 +254,13 @@ def _cached(path: Path, model_dir: Path, evaluate) -> dict:
     return rep
 
 
-_SET_BY_TRAINING = ("codebook_fingerprint", "k", "frame_rate", "dedup", "voices", "voice")
-
-
 def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None:
     """The unit vocoder, trained on the training split's units, stored in the model's `vocoder/`."""
     from dmlm.vocoder.train import train_vocoder
 
     target = out / "model" / "vocoder"
     if (target / "config.json").is_file():
-        saved = json.loads((target / "config.json").read_text())
-        wanted = {k: v for k, v in asdict(cfg.vocoder).items() if k not in _SET_BY_TRAINING}
-        changed = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
+        changed = cfg.vocoder.changed_settings(json.loads((target / "config.json").read_text()))
         if changed:
             raise ValueError(f"{target}: this vocoder was trained with other settings ({', '.join(changed)}); "
                              f"delete the folder to train it again")

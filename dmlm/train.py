@@ -108,19 +108,10 @@ def bucket_batches(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int
 
 
 def collate(items: list[Rendered], pad: int) -> dict[str, torch.Tensor]:
-    T = max(len(r.ids) for r in items)
-    B = len(items)
-    ids = torch.full((B, T), pad, dtype=torch.long)
-    attn = torch.zeros((B, T), dtype=torch.long)
-    target = torch.zeros((B, T), dtype=torch.long)
-    modality = torch.zeros((B, T), dtype=torch.long)
-    for b, r in enumerate(items):
-        n = len(r.ids)
-        ids[b, :n] = torch.tensor(r.ids)
-        attn[b, :n] = 1
-        target[b, :n] = torch.tensor(r.target)
-        modality[b, :n] = torch.tensor(r.modality)
-    return {"input_ids": ids, "attention_mask": attn, "target": target, "modality": modality}
+    """Right-padded tensors of one example per row: `collate_packed` with rows of one, without the
+    packing fields (positions and masks are then the model's defaults)."""
+    out = collate_packed([[r] for r in items], pad)
+    return {k: out[k] for k in ("input_ids", "attention_mask", "target", "modality")}
 
 
 @dataclass

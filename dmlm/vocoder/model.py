@@ -57,6 +57,10 @@ class NoVocoder(FileNotFoundError):
     """A checkpoint or folder without a trained vocoder."""
 
 
+TRAINING_FIELDS = ("codebook_fingerprint", "k", "frame_rate", "dedup", "voices", "voice")
+"""VocoderConfig fields that training sets (what the vocoder was made for), not the user."""
+
+
 @dataclass
 class VocoderConfig:
     # -- architecture
@@ -125,6 +129,11 @@ class VocoderConfig:
     """Training speakers, in embedding order (speaker_conditioning only)."""
     voice: str | None = None
     """Default voice for synthesis: the training speaker with most clips (speaker_conditioning only)."""
+
+    def changed_settings(self, saved: dict) -> list[str]:
+        """Fields a user sets (not those training fills in) that differ from a saved config.json's."""
+        return sorted(f.name for f in fields(self) if f.name not in TRAINING_FIELDS and f.name in saved
+                      and saved[f.name] != getattr(self, f.name))
 
     @property
     def n_bins(self) -> int:
