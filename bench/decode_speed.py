@@ -1,7 +1,9 @@
 """Greedy decoding speed (generated tokens/s): dmlm's lean loop vs. transformers `generate`.
 
-Both run `dmlm.decoding.generate` on the same model, batch and prompts, differing only in
-`DecodingOptions.engine`, and must return identical ids. The model has the demo's shape
+All engines run `dmlm.decoding.generate` on the same fp32 model, batch and prompts, differing
+only in `DecodingOptions`: `transformers` (`generate`, the baseline), `dmlm` (compute_type
+float32: must return identical ids) and `dmlm-bf16` (compute_type bfloat16: matmuls and the
+cache in bf16; the share of its ids equal to `generate`'s is reported, not required). The model has the demo's shape
 (4-layer d=256 Llama, 2,304-id vocabulary: 1,000 BPE + specials + 1,000 speech units), randomly
 initialized. Two workloads, each a batch of `--batch` prompts:
 
@@ -14,13 +16,13 @@ The close tags' output rows are zeroed so that their logit (0) never beats a ran
 favourite id: every row generates exactly the requested number of tokens in both engines (no
 early stop), which the bench checks. Each engine is warmed up; then every repeat times both
 engines back to back (alternating which goes first) on the full generation and on a
-prompt-only run (one new token), so load from other processes hits both alike. Each
-workload reports the repeat with the median ratio (its dmlm and baseline rates, measured
-together), the median ratio of CPU time (this process's, less sensitive to other processes
-on a shared machine), the median prompt-pass ratio, median ms per step, and every repeat's
-seconds. The
-headline (top-level `dmlm`, `baseline`, `ratio`) is the asr workload, the decoding that
-evaluation and the demo run most; `workloads` has both.
+prompt-only run (one new token), so load from other processes hits all alike. Each
+workload and dmlm engine reports the repeat with the median ratio (its dmlm and baseline
+rates, measured together), the median ratio of CPU time (this process's, less sensitive to
+other processes on a shared machine), the median prompt-pass ratio, median ms per step, and
+every repeat's seconds. The headline (top-level `dmlm`, `baseline`, `ratio`) is the exact
+engine (float32) on the asr workload, the decoding that evaluation and the demo run most;
+`workloads` has both workloads and both engines.
 
     python -m bench.decode_speed [--batch 32] [--asr-new 16] [--t2s-new 200] [--repeats 7] [--threads 1] [--quick]
 """
@@ -31,7 +33,12 @@ import argparse
 import statistics
 import time
 
-ENGINES = ("transformers", "dmlm")
+ENGINES = {  # name -> DecodingOptions fields
+    "transformers": {"engine": "transformers"},
+    "dmlm": {"engine": "dmlm", "compute_type": "float32"},
+    "dmlm-bf16": {"engine": "dmlm", "compute_type": "bfloat16"},
+}
+FAST = ("dmlm", "dmlm-bf16")
 
 
 def _prompts(task: str, n: int, vocab, seed: int = 0) -> list[list[int]]:
@@ -48,13 +55,23 @@ def _prompts(task: str, n: int, vocab, seed: int = 0) -> list[list[int]]:
             for i, t in enumerate(text)]
 
 
+def _agreement(ids: list[list[int]], ref: list[list[int]]) -> dict:
+    """How far `ids` follow the reference: rows identical, and positions equal before each row's first difference."""
+    same = sum(a == b for a, b in zip(ids, ref))
+    prefix = 0
+    for a, b in zip(ids, ref):
+        prefix += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return {"rows_identical": same / len(ref), "tokens_before_first_difference": prefix / sum(map(len, ref))}
+
+
 def measure(model, vocab, prompts: list[list[int]], target: str, new: int, repeats: int, forced: bool) -> dict:
-    """Time both engines on one workload, interleaved; check identical ids (and, if `forced`, full length)."""
+    """Time every engine on one workload, interleaved; check the float32 engine's ids are `generate`'s
+    (and, if `forced`, full length); report how far the bf16 engine's follow them."""
     from dmlm.decoding import DecodingOptions, generate
 
     def run(engine: str, n: int) -> tuple[float, float, list[list[int]]]:
         """(wall seconds, this process's CPU seconds, ids)."""
-        opts = DecodingOptions(engine=engine, max_new_tokens=n, batch_size=len(prompts))
+        opts = DecodingOptions(max_new_tokens=n, batch_size=len(prompts), **ENGINES[engine])
         t, c = time.perf_counter(), time.process_time()
         out = generate(model, prompts, vocab, target, opts)
         return time.perf_counter() - t, time.process_time() - c, out
@@ -62,32 +79,45 @@ def measure(model, vocab, prompts: list[list[int]], target: str, new: int, repea
     outs = {e: run(e, new)[2] for e in ENGINES}  # warm-up
     if outs["dmlm"] != outs["transformers"]:
         raise AssertionError(f"dmlm's greedy ids differ from transformers generate's ({target} workload)")
-    tokens = sum(len(o) for o in outs["dmlm"])
-    if forced and tokens != new * len(prompts):
+    tokens = {e: sum(len(o) for o in outs[e]) for e in ENGINES}
+    if forced and any(n != new * len(prompts) for n in tokens.values()):
         raise AssertionError(f"a row stopped early ({tokens} of {new * len(prompts)} tokens): "
                              "the engines' work must not differ")
     full: dict[str, list[float]] = {e: [] for e in ENGINES}  # wall seconds per repeat
     cpu: dict[str, list[float]] = {e: [] for e in ENGINES}
     prompt: dict[str, list[float]] = {e: [] for e in ENGINES}
+    order = list(ENGINES)
     for r in range(repeats):
-        for e in ENGINES if r % 2 == 0 else ENGINES[::-1]:
+        for e in order[r % len(order):] + order[: r % len(order)]:  # each engine leads in turn
             wall, used, _ = run(e, new)
             full[e].append(wall)
             cpu[e].append(used)
             prompt[e].append(run(e, 1)[0])
-    ratios = [b / d for d, b in zip(full["dmlm"], full["transformers"])]
-    mid = ratios.index(statistics.median_low(ratios))  # the repeat with the median ratio
     steps = min(max(len(o) for o in outs["dmlm"]) + (0 if forced else 1), new)  # + the close tag's step
+
+    def step_ms(e: str) -> float:
+        return round(statistics.median(1000 * (f - p) / max(steps - 1, 1) for f, p in zip(full[e], prompt[e])), 2)
+
+    base = full["transformers"]
+    engines = {}
+    for e in FAST:
+        ratios = [b * tokens[e] / tokens["transformers"] / d for d, b in zip(full[e], base)]
+        mid = ratios.index(statistics.median_low(ratios))  # the repeat with the median ratio
+        engines[e] = {
+            "options": ENGINES[e], "tokens_per_s": tokens[e] / full[e][mid], "ratio": ratios[mid],
+            "baseline_tokens_per_s": tokens["transformers"] / base[mid],
+            "cpu_time_ratio": statistics.median(b / d for d, b in zip(cpu[e], cpu["transformers"])),
+            "prompt_forward_ratio": statistics.median(b / d for d, b in zip(prompt[e], prompt["transformers"])),
+            "step_ms": step_ms(e), "agreement_with_generate": _agreement(outs[e], outs["transformers"]),
+        }
     return {
-        "dmlm": tokens / full["dmlm"][mid], "baseline": tokens / full["transformers"][mid], "ratio": ratios[mid],
+        "dmlm": engines["dmlm"]["tokens_per_s"], "baseline": engines["dmlm"]["baseline_tokens_per_s"],
+        "ratio": engines["dmlm"]["ratio"], "engines": engines,
         "batch": len(prompts), "prompt_tokens": [min(map(len, prompts)), max(map(len, prompts))],
-        "new_tokens_per_row": new, "generated_tokens": tokens, "identical_ids": True,
+        "new_tokens_per_row": new, "generated_tokens": tokens["transformers"], "identical_ids": True,
         "seconds": {e: [round(x, 4) for x in full[e]] for e in ENGINES},
-        "cpu_time_ratio": statistics.median(b / d for d, b in zip(cpu["dmlm"], cpu["transformers"])),
         "prompt_forward_seconds": {e: [round(x, 4) for x in prompt[e]] for e in ENGINES},
-        "prompt_forward_ratio": statistics.median(b / d for d, b in zip(prompt["dmlm"], prompt["transformers"])),
-        "step_ms": {e: round(statistics.median(1000 * (f - p) / max(steps - 1, 1)
-                                               for f, p in zip(full[e], prompt[e])), 2) for e in ENGINES},
+        "baseline_step_ms": step_ms("transformers"),
     }
 
 
@@ -130,22 +160,28 @@ def main(argv: list[str] | None = None) -> dict:
     }
     head = work["asr"]
     res = write_result(
-        "decode_speed", "greedy decoding speed, asr workload (long prompt, short output)", "generated tokens/s",
-        head["dmlm"], head["baseline"], True,
+        "decode_speed", "greedy decoding speed, asr workload (long prompt, short output), compute_type float32",
+        "generated tokens/s", head["dmlm"], head["baseline"], True,
         baseline_name="transformers generate (greedy), same model, batch and prompts",
-        headline="asr", workloads=work, threads=args.threads, model=name, repeats=repeats,
-        timing="per workload, the repeat with the median dmlm/baseline ratio (interleaved repeats, one warm-up each)",
+        headline="asr, dmlm float32", workloads=work, threads=args.threads, model=name, repeats=repeats,
+        timing="per workload and engine, the repeat with the median engine/baseline ratio "
+               "(interleaved repeats, one warm-up each)",
     )
     print(f"{'workload':10s}{'engine':14s}{'tokens/s':>10s}{'ms/step':>10s}{'ratio':>8s}{'CPU time':>10s}"
-          f"{'prompt pass':>13s}")
+          f"{'prompt pass':>13s}{'ids = generate':>16s}")
     for w, r in work.items():
-        for e, rate in (("dmlm", r["dmlm"]), ("transformers", r["baseline"])):
-            ratios = (r["ratio"], r["cpu_time_ratio"], r["prompt_forward_ratio"]) if e == "dmlm" else ()
-            cols = "".join(f"{x:{n}.2f}x" for x, n in zip(ratios, (7, 9, 12)))
-            print(f"{w:10s}{e:14s}{rate:10.0f}{r['step_ms'][e]:10.2f}{cols}")
+        base = statistics.median(r["engines"][e]["baseline_tokens_per_s"] for e in FAST)
+        print(f"{w:10s}{'transformers':14s}{base:10.0f}{r['baseline_step_ms']:10.2f}")
+        for e, x in r["engines"].items():
+            agree = x["agreement_with_generate"]
+            print(f"{w:10s}{e:14s}{x['tokens_per_s']:10.0f}{x['step_ms']:10.2f}{x['ratio']:7.2f}x"
+                  f"{x['cpu_time_ratio']:9.2f}x{x['prompt_forward_ratio']:12.2f}x"
+                  f"{100 * agree['tokens_before_first_difference']:15.1f}%")
     for w, r in work.items():
         print(f"{w}: {r['batch']} prompts of {r['prompt_tokens'][0]}-{r['prompt_tokens'][1]} tokens, "
-              f"{r['generated_tokens'] / r['batch']:.1f} new tokens each, identical ids")
+              f"{r['generated_tokens'] / r['batch']:.1f} new tokens each")
+    print("ids = generate: the share of generated tokens before each row's first difference from generate's "
+          "(float32: identical, checked)")
     print(f"{args.threads} thread(s), {repeats} repeats; {res['machine']}")
     return res
 

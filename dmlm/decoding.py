@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from dmlm.greedy import greedy
+from dmlm.greedy import COMPUTE_TYPES, for_compute, greedy
 from dmlm.vocab import Vocab
 
 
@@ -31,6 +31,8 @@ class DecodingOptions:
     """greedy, beam or sample."""
     engine: str = "dmlm"
     """Greedy loop: dmlm (lean, same ids) or transformers (`generate`); beam and sample always use `generate`."""
+    compute_type: str = "float32"
+    """dmlm engine: float32 (bitwise `generate`'s logits) or bfloat16 (matmuls in bf16: faster, ids may differ at near-ties)."""
     beam_size: int = 4
     """Beams for strategy=beam."""
     max_new_tokens: int = 256
@@ -53,6 +55,10 @@ class DecodingOptions:
             raise ValueError(f"decoding strategy must be greedy, beam or sample, got {self.strategy!r}")
         if self.engine not in ("dmlm", "transformers"):
             raise ValueError(f"decoding engine must be dmlm or transformers, got {self.engine!r}")
+        if self.compute_type not in COMPUTE_TYPES:
+            raise ValueError(f"decoding compute_type must be one of {COMPUTE_TYPES}, got {self.compute_type!r}")
+        if self.compute_type != "float32" and not (self.engine == "dmlm" and self.strategy == "greedy"):
+            raise ValueError(f"compute_type={self.compute_type} needs greedy decoding with the dmlm engine")
 
 
 class ModalityFilter(LogitsProcessor):
@@ -132,11 +138,12 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches = [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
     out: list[list[int]] = [[] for _ in prompts]
+    run = for_compute(model, opts.compute_type) if lean else model
     for idx in tqdm(batches, desc="decode", unit="batch", disable=not progress):
         ids, mask = _left_pad([prompts[i] for i in idx], vocab.pad)
         ids, mask = ids.to(device), mask.to(device)
         if lean:
-            gen = greedy(model, ids, mask, allowed, close, opts.max_new_tokens)
+            gen = greedy(run, ids, mask, allowed, close, opts.max_new_tokens)
         else:
             gen = _generate_hf(model, ids, mask, filt, close, vocab.pad, opts)
         for i, seq in zip(idx, gen):

@@ -206,3 +206,100 @@ def test_greedy_equals_generate_on_the_trained_checkpoint(ck, corpus, batch_size
     outs = _both(ck.model, prompts, ck.vocab, batch_size=batch_size, max_new_tokens=16)
     refs = [ck.tokenizer.encode(t, add_special_tokens=False) for t in corpus.texts(corpus.tiny)]
     assert outs[:4] == refs  # the memorized utterances, each stopped at its close tag
+
+
+# -- compute_type="bfloat16": bf16 matmuls and cache, not bitwise; checked against fp32 to bf16 tolerance
+
+
+def test_bf16_copy_leaves_the_model_alone_and_multiplies_in_bf16(tiny):
+    model, vocab, prompts = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = dmlm.greedy.for_compute(model, "bfloat16")
+    assert dmlm.greedy.for_compute(model, "float32") is model
+    assert model.config._attn_implementation == "sdpa" and fast.config._attn_implementation == dmlm.greedy.STEP
+    assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in model.state_dict().items())
+    layer = fast.model.layers[0]
+    assert isinstance(layer.mlp, dmlm.greedy._Bf16GatedMLP) and layer.self_attn.q_proj.weight.dtype == torch.bfloat16
+    x = torch.randn(3, 64)
+    ref = model.model.layers[0].mlp(x)
+    assert torch.allclose(layer.mlp(x), ref, atol=0.02 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="compute_type"):
+        dmlm.greedy.for_compute(model, "float16")
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_step_attention_over_blocks_is_sdpa_over_the_whole_cache(kv_heads):
+    """One query per row against a prompt block plus step blocks (the last one partly filled),
+    grouped heads folded in, pads masked: sdpa's output on the concatenated cache, to bf16 precision."""
+    torch.manual_seed(0)
+    b, h, d, widths = 3, 4, 16, (7, 32, 32, 5)
+    keys = [torch.randn(b, kv_heads, w, d).bfloat16() for w in widths]
+    values = [torch.randn(b, kv_heads, w, d).bfloat16() for w in widths]
+    query = torch.randn(b, h, 1, d)
+    keep = torch.ones(b, 1, 1, sum(widths), dtype=torch.bool)
+    keep[1, ..., :3] = False  # a left-padded row
+    out, _ = dmlm.greedy._step_attention(None, query, keys, values, keep)  # (B, 1, H, D)
+    k, v = (torch.cat(x, 2).float().repeat_interleave(h // kv_heads, 1) for x in (keys, values))
+    ref = torch.nn.functional.scaled_dot_product_attention(query, k, v, attn_mask=keep).transpose(1, 2)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=0.03), (out - ref).abs().max()
+
+
+def test_bf16_greedy_follows_generate_on_the_trained_checkpoint(ck, corpus, monkeypatch):
+    """Trained logits have margins far above bf16 rounding: the memorized transcripts come out
+    the same, and nearly every id equals fp32 `generate`'s. Blocks of 1 or 2 steps make rows
+    attend over several blocks (and finished rows get dropped): the ids stay the same."""
+    stores = [TokenStore(corpus.units / name) for name in ("tiny", "dev")]
+    units = [np.asarray(s[i]) for s in stores for i in range(len(s))]
+    prompts = [get_task("asr").prompt(Sample(id=str(i), units=u), ck.vocab) for i, u in enumerate(units)]
+    fast = generate(ck.model, prompts, ck.vocab, "text", DecodingOptions(compute_type="bfloat16", max_new_tokens=40,
+                                                                         batch_size=8))
+    ref = generate(ck.model, prompts, ck.vocab, "text", DecodingOptions(engine="transformers", max_new_tokens=40,
+                                                                        batch_size=8))
+    refs = [ck.tokenizer.encode(t, add_special_tokens=False) for t in corpus.texts(corpus.tiny)]
+    assert fast[:4] == refs
+    same = sum(a == b for a, b in zip(fast, ref))
+    assert same >= 0.8 * len(ref), f"{same} of {len(ref)} rows as generate's"
+    for block in (1, 2):  # whole blocks only; a partly filled last block every other step
+        monkeypatch.setattr(dmlm.greedy, "STEP_BLOCK", block)
+        assert generate(ck.model, prompts, ck.vocab, "text",
+                        DecodingOptions(compute_type="bfloat16", max_new_tokens=40, batch_size=8)) == fast
+    assert max(map(len, fast)) >= 4  # 4 blocks of 1, 2 of 2
+
+
+def test_block_cache_keeps_every_step_and_drops_rows(monkeypatch):
+    monkeypatch.setattr(dmlm.greedy, "STEP_BLOCK", 3)
+    layer = dmlm.greedy._BlockLayer(batch=4, capacity=100, dtype=torch.bfloat16)
+    prompt = torch.randn(4, 2, 5, 8)
+    keys, _ = layer.update(prompt, -prompt)  # an unpacked prompt pass: one (B, H, 5, D) block
+    assert keys.shape == (4, 2, 5, 8) and keys.dtype == torch.bfloat16 and keys.is_contiguous()
+    steps = [torch.randn(4, 2, 1, 8) for _ in range(7)]
+    for x in steps:
+        keys, values = layer.update(x, -x)
+    assert [k.shape[2] for k in keys] == [5, 3, 3, 1] and layer.get_seq_length() == 12
+    assert all(k.is_contiguous() for k in keys[:-1])
+    full = torch.cat([prompt, *steps], 2).bfloat16()
+    assert torch.equal(torch.cat(keys, 2), full) and torch.equal(torch.cat(values, 2), -torch.cat([prompt, *steps], 2).bfloat16())
+    layer.batch_select_indices(torch.tensor([0, 2]))
+    keys, _ = layer.update(steps[0][:2], steps[0][:2])
+    assert torch.equal(torch.cat(keys, 2)[:, :, :12], full[[0, 2]]) and layer.get_seq_length() == 13
+
+
+def test_bf16_greedy_on_a_random_model_stays_close_to_generate(tiny):
+    """A random model's logits have near-ties, so ids may part from `generate`'s; the first
+    step (the prompt pass) agrees on nearly every row, and stopping works."""
+    model, vocab, prompts = tiny
+    fast = generate(model, prompts, vocab, "text", DecodingOptions(compute_type="bfloat16", max_new_tokens=12,
+                                                                   batch_size=24))
+    ref = generate(model, prompts, vocab, "text", DecodingOptions(engine="transformers", max_new_tokens=12,
+                                                                  batch_size=24))
+    first = sum(a[:1] == b[:1] for a, b in zip(fast, ref))
+    assert first >= 20, f"{first} of 24 first ids as generate's"
+    assert any(len(o) < 12 for o in fast) and all(len(o) <= 12 for o in fast)
+
+
+def test_compute_type_is_checked():
+    with pytest.raises(ValueError, match="compute_type"):
+        DecodingOptions(compute_type="int8")
+    with pytest.raises(ValueError, match="greedy decoding with the dmlm engine"):
+        DecodingOptions(compute_type="bfloat16", strategy="beam")
