@@ -7,7 +7,8 @@ Design decisions:
 - Greedy decoding, the strategy evaluation uses, has its own loop (`dmlm.greedy`) that returns
   `generate`'s ids with less work (no padding in the prompt pass, only the target modality's
   rows of the head, a preallocated cache, finished rows dropped); `engine="transformers"` runs
-  `generate` instead, for comparison (`bench/decode_speed.py`).
+  `generate` instead, for comparison (`bench/decode_speed.py`). `compute_type="bfloat16"`
+  gives up bitwise equality for speed: matmuls and the cache in bf16 (`dmlm.greedy.for_compute`).
 - Prompts are exactly the task's rendered prefix (`Task.prompt`), batched left-padded and
   sorted by length so batches waste little padding; results come back in input order.
 """

@@ -303,3 +303,15 @@ def test_compute_type_is_checked():
         DecodingOptions(compute_type="int8")
     with pytest.raises(ValueError, match="greedy decoding with the dmlm engine"):
         DecodingOptions(compute_type="bfloat16", strategy="beam")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_bf16_greedy_runs_every_plain_family(family, monkeypatch):
+    """GPT-2 (Conv1D projections stay fp32) and OPT (biased linears) decode through the bf16 copy
+    and its block cache past several blocks; a random model's ids mostly match `generate`'s."""
+    monkeypatch.setattr(dmlm.greedy, "STEP_BLOCK", 3)
+    model, vocab, prompts = _tiny_model(family)
+    opts = dict(max_new_tokens=40, batch_size=24)
+    fast = generate(model, prompts, vocab, "text", DecodingOptions(compute_type="bfloat16", **opts))
+    ref = generate(model, prompts, vocab, "text", DecodingOptions(engine="transformers", **opts))
+    assert sum(a == b for a, b in zip(fast, ref)) >= 20 and all(len(o) <= 40 for o in fast)
