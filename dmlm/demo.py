@@ -237,7 +237,8 @@ def _accumulate_stages(path: Path, seconds: dict[str, float]) -> dict:
 
 def _stamp(model_dir: Path) -> str:
     """Identifies a checkpoint's weights (and vocoder): an evaluation of them can be reused."""
-    parts = [model_dir / "model.safetensors", model_dir / "vocoder" / "model.safetensors"]
+    parts = [model_dir / "model.safetensors", model_dir / "vocoder" / "model.safetensors",
+             model_dir / "vocoder" / "config.json"]  # synthesis settings can change without retraining
     return ";".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in parts if p.is_file())
 
 
@@ -260,10 +261,16 @@ def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None
 
     target = out / "model" / "vocoder"
     if (target / "config.json").is_file():
-        changed = cfg.vocoder.changed_settings(json.loads((target / "config.json").read_text()))
+        saved = json.loads((target / "config.json").read_text())
+        changed = cfg.vocoder.changed_settings(saved)
         if changed:
             raise ValueError(f"{target}: this vocoder was trained with other settings ({', '.join(changed)}); "
                              f"delete the folder to train it again")
+        synthesis = cfg.vocoder.changed_settings(saved, synthesis=True)
+        if synthesis:  # read only at synthesis: the trained vocoder takes them as they are
+            log.info("vocoder: new synthesis settings %s", {k: getattr(cfg.vocoder, k) for k in synthesis})
+            saved.update({k: getattr(cfg.vocoder, k) for k in synthesis})
+            atomic_write_text(target / "config.json", json.dumps(saved, indent=1))
         return
     train_vocoder(train_manifest, out / "units" / "train", out / "codebook.safetensors", cfg.vocoder, target,
                   max_minutes=cfg.vocoder_minutes)

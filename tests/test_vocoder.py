@@ -360,3 +360,17 @@ def test_whisper_judge_on_real_speech(engine, corpus):
     res = judge(wavs, [r.text for r in recs], j)
     assert all(h.strip() for h in res["hyps"]), res["hyps"]
     assert res["wer"] < 60, res  # clean en-us espeak-ng: Whisper-base gets most words
+
+
+def test_postfilter_scales_each_clips_deviation_from_its_own_mean():
+    from dmlm.vocoder.model import postfilter
+
+    torch.manual_seed(0)
+    spec = torch.randn(2, 6, 3)
+    frames = torch.tensor([6, 4])
+    out = postfilter(spec, frames, 1.5)
+    mean1 = spec[1, :4].mean(0)
+    assert torch.allclose(out[1, :4], mean1 + 1.5 * (spec[1, :4] - mean1), atol=1e-6)
+    assert torch.equal(out[1, 4:], spec[1, 4:])  # padding untouched, and not in the mean
+    assert torch.allclose(out[0].mean(0), spec[0].mean(0), atol=1e-6)  # the mean frame is kept
+    assert torch.allclose(postfilter(spec, frames, 1.0), spec, atol=1e-6)
