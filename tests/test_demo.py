@@ -86,15 +86,15 @@ def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_
     target = tmp_path / "model" / "vocoder"
     target.mkdir(parents=True)
     saved = {**asdict(VocoderConfig()), "voice": "en-us+m3", "voices": ["en-us+m3"], "k": 1000, "training": {"steps": 9}}
-    del saved["postfilter"]  # a vocoder saved before the field existed: its default
+    del saved["gl_power"]  # a vocoder saved before the field existed: its default
     (target / "config.json").write_text(json.dumps(saved))
     (target / "model.safetensors").write_bytes(b"weights")
     stamp = _stamp(tmp_path / "model")
     train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)  # nothing changed: untouched
     assert json.loads((target / "config.json").read_text()) == saved
-    new = DemoConfig(vocoder=VocoderConfig(gl_iters=32, postfilter=1.3))
+    new = DemoConfig(vocoder=VocoderConfig(gl_iters=32, gl_power=1.3))
     train_demo_vocoder(new, tmp_path / "missing.jsonl", tmp_path)  # no training data: it did not retrain
     now = json.loads((target / "config.json").read_text())
-    assert (now["gl_iters"], now["postfilter"], now["training"]) == (32, 1.3, {"steps": 9})
+    assert (now["gl_iters"], now["gl_power"], now["training"]) == (32, 1.3, {"steps": 9})
     assert (target / "model.safetensors").read_bytes() == b"weights"
     assert _stamp(tmp_path / "model") != stamp  # evaluations of the old settings are not reused

@@ -362,20 +362,6 @@ def test_whisper_judge_on_real_speech(engine, corpus):
     assert res["wer"] < 60, res  # clean en-us espeak-ng: Whisper-base gets most words
 
 
-def test_postfilter_scales_each_clips_deviation_from_its_own_mean():
-    from dmlm.vocoder.model import postfilter
-
-    torch.manual_seed(0)
-    spec = torch.randn(2, 6, 3)
-    frames = torch.tensor([6, 4])
-    out = postfilter(spec, frames, 1.5)
-    mean1 = spec[1, :4].mean(0)
-    assert torch.allclose(out[1, :4], mean1 + 1.5 * (spec[1, :4] - mean1), atol=1e-6)
-    assert torch.equal(out[1, 4:], spec[1, 4:])  # padding untouched, and not in the mean
-    assert torch.allclose(out[0].mean(0), spec[0].mean(0), atol=1e-6)  # the mean frame is kept
-    assert torch.allclose(postfilter(spec, frames, 1.0), spec, atol=1e-6)
-
-
 def test_ema_saves_the_average_of_the_trained_weights(corpus, tmp_path):
     """ema=0.5 over 3 steps: the average starts at the weights after step 1, then takes in each
     later step's with weight 1/2: w1/4 + w2/4 + w3/2 is saved, not w3."""

@@ -60,7 +60,7 @@ class NoVocoder(FileNotFoundError):
 TRAINING_FIELDS = ("codebook_fingerprint", "k", "frame_rate", "dedup", "voices", "voice")
 """VocoderConfig fields that training sets (what the vocoder was made for), not the user."""
 
-SYNTHESIS_FIELDS = ("gl_iters", "gl_momentum", "gl_power", "postfilter")
+SYNTHESIS_FIELDS = ("gl_iters", "gl_momentum", "gl_power")
 """VocoderConfig fields read only at synthesis: a trained vocoder can take new values without retraining."""
 
 
@@ -98,9 +98,6 @@ class VocoderConfig:
     """Fast Griffin-Lim momentum (0: classic Griffin-Lim)."""
     gl_power: float = 1.2
     """Magnitudes are raised to this power before inversion (> 1 sharpens harmonics)."""
-    postfilter: float = 1.0
-    """Each clip's predicted log spectrum is pushed away from its own per-band mean by this factor
-    before inversion (> 1 undoes some of the over-smoothing of a regression net; 1: off)."""
     # -- training
     centroid_init: bool = True
     """Start the unit embeddings from the codebook's centroids (PCA to `dim`): similar units start similar."""
@@ -418,8 +415,6 @@ class Vocoder:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             spec, frames = self.spectrogram_batch([seqs[i] for i in idx], voice)
-            if c.postfilter != 1.0:
-                spec = postfilter(spec, frames, c.postfilter)
             wav = griffin_lim(c.to_log_magnitude(spec), c.n_fft, c.hop, c.win_length, c.gl_iters, c.gl_momentum,
                               c.gl_power, frames)
             peak = wav.abs().amax(1, keepdim=True).clamp_min(1e-4)
@@ -438,16 +433,6 @@ class Vocoder:
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
-
-
-def postfilter(spec: torch.Tensor, frames: torch.Tensor, factor: float) -> torch.Tensor:
-    """(B, T, bins) log spectra, `frames` (B,) valid lengths: each clip's deviation from its own
-    mean frame (over its valid frames) scaled by `factor`. Regression to the mean flattens the
-    spectral contrast (formant peaks against valleys) that intelligibility rests on; scaling the
-    deviations back up is the classic post-filter of statistical speech synthesis."""
-    valid = (torch.arange(spec.shape[1], device=spec.device)[None] < frames.to(spec.device)[:, None])[..., None]
-    mean = (spec * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp_min(1)  # (B, 1, bins)
-    return torch.where(valid, mean + factor * (spec - mean), spec)
 
 
 def lr_scale(progress: float, warmup: float) -> float:
