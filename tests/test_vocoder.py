@@ -360,36 +360,3 @@ def test_whisper_judge_on_real_speech(engine, corpus):
     res = judge(wavs, [r.text for r in recs], j)
     assert all(h.strip() for h in res["hyps"]), res["hyps"]
     assert res["wer"] < 60, res  # clean en-us espeak-ng: Whisper-base gets most words
-
-
-def test_ema_saves_the_average_of_the_trained_weights(corpus, tmp_path):
-    """ema=0.5 over 3 steps: the average starts at the weights after step 1, then takes in each
-    later step's with weight 1/2: w1/4 + w2/4 + w3/2 is saved, not w3."""
-    from dmlm.vocoder.train import UnitToSpec as Net
-
-    seen = []
-    real_step = torch.optim.AdamW.step
-
-    def step(self, *a, **k):  # record the weights after every optimizer step
-        out = real_step(self, *a, **k)
-        seen.append({n: p.detach().clone() for n, p in net_ref[0].named_parameters()})
-        return out
-
-    net_ref = []
-    real_init = Net.__init__
-
-    def init(self, *a, **k):
-        real_init(self, *a, **k)
-        net_ref.append(self)
-
-    cfg = VocoderConfig(**{**TINY_MEL, "batch_size": 4, "table_clips": 0, "ema": 0.5})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.optim.AdamW, "step", step)
-        mp.setattr(Net, "__init__", init)
-        out = train_vocoder(corpus.tiny, None, corpus.codebook, cfg, tmp_path / "v", steps=3, progress=False)
-    saved = Vocoder.load(out).net.state_dict()
-    name = "unit_blocks.0.conv1.weight"
-    w1, w2, w3 = (s[name] for s in seen)
-    expected = 0.25 * w1 + 0.25 * w2 + 0.5 * w3
-    assert torch.allclose(saved[name], expected, atol=1e-6)
-    assert not torch.allclose(saved[name], w3)

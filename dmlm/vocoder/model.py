@@ -115,8 +115,6 @@ class VocoderConfig:
     """Training clips are cut to a random window of at most this many seconds."""
     speakers: list[str] | None = None
     """Train only on records of these speakers (None: all). A single voice gives a sharper, consistent output voice."""
-    ema: float = 0.0
-    """Decay of an exponential moving average of the weights, which is what gets saved (0: off, the last weights)."""
     seed: int = 0
     """Seed for init, data order and crops."""
     speaker_conditioning: bool = True

@@ -194,15 +194,12 @@ def train_vocoder(
     budget = max_minutes * 60 if max_minutes is not None else None
     last_save, history, step, ema = t0, [], 0, None
     bar = tqdm(total=steps, desc="vocoder", unit="step", disable=not progress, mininterval=2.0)
-    # the saved weights: an exponential moving average of the trained ones (cfg.ema), or those themselves
-    averaged = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema))
-                if cfg.ema > 0 else None)
 
     def save(final: bool) -> None:
         info = {"steps": step, "seconds": round(time.monotonic() - t0, 1), "loss": ema, "history": history,
                 "manifest": str(Path(manifest).resolve()), "records": len(data.records), "final": final}
         net.eval()
-        Vocoder(cfg, averaged.module if averaged is not None else net).save(out_dir, info)
+        Vocoder(cfg, net).save(out_dir, info)
         net.train()
 
     while True:
@@ -218,8 +215,6 @@ def train_vocoder(
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        if averaged is not None:
-            averaged.update_parameters(net)
         step += 1
         v = float(out["loss"].detach())
         ema = v if ema is None else 0.95 * ema + 0.05 * v
