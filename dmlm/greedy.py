@@ -218,7 +218,8 @@ def _gated_mlp(module: nn.Module) -> bool:
 def for_compute(model: PreTrainedModel, compute_type: str) -> PreTrainedModel:
     """The model `greedy` should run for `compute_type`: `model` itself for float32; for bfloat16
     a copy whose linear layers (not the embeddings, nor the head, which `greedy` projects itself)
-    multiply in bf16 and whose sdpa attention is `_step_attention` (module docstring)."""
+    multiply in bf16 and, for PLAIN_HEAD families under sdpa, whose attention is
+    `_step_attention` over a bf16 block cache (module docstring)."""
     if compute_type not in COMPUTE_TYPES:
         raise ValueError(f"decoding compute_type must be one of {COMPUTE_TYPES}, got {compute_type!r}")
     if compute_type == "float32":
@@ -233,7 +234,9 @@ def for_compute(model: PreTrainedModel, compute_type: str) -> PreTrainedModel:
                 setattr(parent, name, _Bf16GatedMLP(child))
             elif type(child) is nn.Linear and child is not head:
                 setattr(parent, name, _Bf16Linear(child))
-    if fast.config._attn_implementation == "sdpa":
+    # the block cache hands lists of blocks to the attention function: only families whose
+    # attention passes the cache's keys/values through untouched (PLAIN_HEAD, tested) get it
+    if fast.config._attn_implementation == "sdpa" and fast.config.model_type in PLAIN_HEAD:
         fast.set_attn_implementation(STEP)
     fast.dmlm_compute_type = compute_type
     return fast
