@@ -3,7 +3,9 @@
 All engines run `dmlm.decoding.generate` on the same fp32 model, batch and prompts, differing
 only in `DecodingOptions`: `transformers` (`generate`, the baseline), `dmlm` (compute_type
 float32: must return identical ids) and `dmlm-bf16` (compute_type bfloat16: matmuls and the
-cache in bf16; the share of its ids equal to `generate`'s is reported, not required). The model has the demo's shape
+cache in bf16; the share of its ids equal to `generate`'s is reported, not required). A
+fourth engine, `generate` on a copy of the model cast to bf16, is the fair speed reference
+for `dmlm-bf16` (`ratio_vs_generate_bf16`). The model has the demo's shape
 (4-layer d=256 Llama, 2,304-id vocabulary: 1,000 BPE + specials + 1,000 speech units), randomly
 initialized. Two workloads, each a batch of `--batch` prompts:
 
@@ -30,6 +32,7 @@ engine (float32) on the asr workload, the decoding that evaluation and the demo 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -37,6 +40,7 @@ ENGINES = {  # name -> DecodingOptions fields
     "transformers": {"engine": "transformers"},
     "dmlm": {"engine": "dmlm", "compute_type": "float32"},
     "dmlm-bf16": {"engine": "dmlm", "compute_type": "bfloat16"},
+    "transformers-bf16": {"engine": "transformers"},  # `generate` on a bf16 copy of the model
 }
 FAST = ("dmlm", "dmlm-bf16")
 
@@ -69,11 +73,15 @@ def measure(model, vocab, prompts: list[list[int]], target: str, new: int, repea
     (and, if `forced`, full length); report how far the bf16 engine's follow them."""
     from dmlm.decoding import DecodingOptions, generate
 
+    import torch
+
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+
     def run(engine: str, n: int) -> tuple[float, float, list[list[int]]]:
         """(wall seconds, this process's CPU seconds, ids)."""
         opts = DecodingOptions(max_new_tokens=n, batch_size=len(prompts), **ENGINES[engine])
         t, c = time.perf_counter(), time.process_time()
-        out = generate(model, prompts, vocab, target, opts)
+        out = generate(bf16_model if engine == "transformers-bf16" else model, prompts, vocab, target, opts)
         return time.perf_counter() - t, time.process_time() - c, out
 
     outs = {e: run(e, new)[2] for e in ENGINES}  # warm-up
@@ -110,6 +118,13 @@ def measure(model, vocab, prompts: list[list[int]], target: str, new: int, repea
             "prompt_forward_ratio": statistics.median(b / d for d, b in zip(prompt[e], prompt["transformers"])),
             "step_ms": step_ms(e), "agreement_with_generate": _agreement(outs[e], outs["transformers"]),
         }
+    # the bf16 engine against `generate` run in bf16 as well (the whole model cast: a cruder
+    # bf16, but the fair speed reference for it)
+    low = [b * tokens["dmlm-bf16"] / tokens["transformers-bf16"] / d
+           for d, b in zip(full["dmlm-bf16"], full["transformers-bf16"])]
+    engines["dmlm-bf16"]["ratio_vs_generate_bf16"] = statistics.median(low)
+    engines["dmlm-bf16"]["generate_bf16_tokens_per_s"] = tokens["transformers-bf16"] / statistics.median(
+        full["transformers-bf16"])
     return {
         "dmlm": engines["dmlm"]["tokens_per_s"], "baseline": engines["dmlm"]["baseline_tokens_per_s"],
         "ratio": engines["dmlm"]["ratio"], "engines": engines,
@@ -177,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{w:10s}{e:14s}{x['tokens_per_s']:10.0f}{x['step_ms']:10.2f}{x['ratio']:7.2f}x"
                   f"{x['cpu_time_ratio']:9.2f}x{x['prompt_forward_ratio']:12.2f}x"
                   f"{100 * agree['tokens_before_first_difference']:15.1f}%")
+        x = r["engines"]["dmlm-bf16"]
+        print(f"{w:10s}{'(gen. bf16)':14s}{x['generate_bf16_tokens_per_s']:10.0f}{'':10s}"
+              f"   dmlm-bf16 / generate on a bf16 model: {x['ratio_vs_generate_bf16']:.2f}x")
     for w, r in work.items():
         print(f"{w}: {r['batch']} prompts of {r['prompt_tokens'][0]}-{r['prompt_tokens'][1]} tokens, "
               f"{r['generated_tokens'] / r['batch']:.1f} new tokens each")
