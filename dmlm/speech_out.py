@@ -31,7 +31,7 @@ import numpy as np
 
 from dmlm.audio import load_audio, write_wav
 from dmlm.data.manifest import Record, atomic_write_text, read_manifest
-from dmlm.evaluation.judge import Judge, judge, judge_normalizer
+from dmlm.evaluation.judge import Judge, judge_normalizer, transcribe
 from dmlm.tokenizers.speech import Codebook
 from dmlm.vocoder.model import Vocoder
 
@@ -136,9 +136,8 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
     codebook's and vocoder's losses, not the speaker."""
     ok = [i for i, w in enumerate(wavs) if w is not None]
     hyps = [""] * len(recs)
-    if ok:
-        for i, h in zip(ok, judge([wavs[i] for i in ok], [recs[i].text for i in ok],
-                                  judge_)["hyps"]):
+    if ok:  # scored below, by group
+        for i, h in zip(ok, transcribe([wavs[i] for i in ok], judge_)):
             hyps[i] = h
     from dmlm.evaluation.metrics import error_rates
 

@@ -148,14 +148,20 @@ def judge_normalizer(j: Judge) -> str:
     return getattr(j, "normalizer", "basic")
 
 
+def transcribe(wavs: Sequence[np.ndarray], judge: Judge) -> list[str]:
+    """`judge`'s transcripts of `wavs`, one per clip (checked)."""
+    hyps = judge.transcribe(list(wavs))
+    if len(hyps) != len(wavs):
+        raise ValueError(f"the judge returned {len(hyps)} transcripts for {len(wavs)} clips")
+    return hyps
+
+
 def judge(wavs: Sequence[np.ndarray], refs: Sequence[str], judge: Judge) -> dict:
     """Transcribe `wavs` with `judge` and score against `refs` with the judge's normalizer:
     error_rates(...) plus "hyps"."""
     if len(wavs) != len(refs):
         raise ValueError(f"{len(wavs)} clips but {len(refs)} references")
-    hyps = judge.transcribe(list(wavs))
-    if len(hyps) != len(wavs):
-        raise ValueError(f"the judge returned {len(hyps)} transcripts for {len(wavs)} clips")
+    hyps = transcribe(wavs, judge)
     return {**error_rates(list(refs), hyps, normalizer=judge_normalizer(judge)), "hyps": hyps}
 
 
