@@ -29,8 +29,8 @@ Design decisions:
   is matmul-bound, and a step reads every weight and the whole cache (bound by memory).
 - `compute_type="bfloat16"` (`for_compute`) trades bitwise equality for speed, as inference
   engines do (CTranslate2's compute types): a copy of the model whose linear layers multiply in
-  bf16 (weights stored in bf16, fp32 accumulation inside oneDNN; 2x the fp32 matmul rate on
-  CPUs with AVX512-BF16) and whose cache holds bf16 keys/values, which a step reads with two
+  bf16 (weights stored in bf16, fp32 accumulation inside oneDNN; 1.3-2x the fp32 matmul rate
+  on the demo model's shapes with AVX512-BF16, measured) and whose cache holds bf16 keys/values, which a step reads with two
   batched bf16 matmuls (`_step_attention`). A step's attention is bound by reading the cache
   (the demo model's 4 layers at 32 rows x 125 positions: 33 MB, past the L3 cache), so halving
   its bytes made it 2-3x faster than sdpa's fp32 flash kernel (measured: 1.1 vs 3.8 ms);
@@ -198,14 +198,13 @@ class _Bf16GatedMLP(nn.Module):
     def __init__(self, mlp: nn.Module):
         super().__init__()
         self.act_fn = mlp.act_fn
-        self.gate_up = _Bf16Linear(mlp.gate_proj)
-        self.gate_up.weight = nn.Parameter(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
-                                           .to(torch.bfloat16), requires_grad=False)  # (2F, D)
+        self.gate_up = nn.Parameter(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+                                    .to(torch.bfloat16), requires_grad=False)  # (2F, D)
         self.down = _Bf16Linear(mlp.down_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = nn.functional.linear(x.to(torch.bfloat16), self.gate_up.weight).to(x.dtype).chunk(2, -1)
-        return nn.functional.linear((self.act_fn(gate) * up).to(torch.bfloat16), self.down.weight).to(x.dtype)
+        gate, up = nn.functional.linear(x.to(torch.bfloat16), self.gate_up).to(x.dtype).chunk(2, -1)
+        return self.down(self.act_fn(gate) * up)
 
 
 def _gated_mlp(module: nn.Module) -> bool:
@@ -320,18 +319,18 @@ class _BlockLayer(_BufferLayer):
     `update` returns the lists of key and value blocks, which only `_step_attention` reads."""
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        # the prompt buffer holds exactly the prompt: it is dense, and steps go to blocks
         self.capacity = self.packing.shape[1] if self.packing is not None else key_states.shape[-2]
         super().lazy_initialization(key_states, value_states)
         self.k_blocks: list[torch.Tensor] = []
         self.v_blocks: list[torch.Tensor] = []
-        self.prompt_length = self.capacity
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized or self.packing is not None:  # the prompt pass
             return super().update(key_states, value_states, *args, **kwargs)
         if key_states.shape[-2] != 1:
             raise ValueError("a bf16 decoding cache takes one token per step after the prompt")
-        at = (self.length - self.prompt_length) % STEP_BLOCK
+        at = (self.length - self.k_buf.shape[2]) % STEP_BLOCK  # position in the last block
         if at == 0:
             b, h, _, d = key_states.shape
             self.k_blocks.append(self.k_buf.new_empty(b, h, STEP_BLOCK, d))
@@ -357,13 +356,9 @@ def _buffer_cache(model: PreTrainedModel, batch: int, capacity: int) -> DynamicC
     """The cache `generate` would make, with its plain full-attention layers made `_BufferLayer`s
     (`_BlockLayer`s of bf16 under `_step_attention`, see `for_compute`)."""
     cache = DynamicCache(config=model.config)
-    if model.config._attn_implementation == STEP:
-        def layer() -> _BufferLayer:
-            return _BlockLayer(batch, capacity, torch.bfloat16)
-    else:
-        def layer() -> _BufferLayer:
-            return _BufferLayer(batch, capacity)
-    cache.layers = [layer() if type(old) is DynamicLayer else old for old in cache.layers]
+    blocks = model.config._attn_implementation == STEP
+    cache.layers = [(_BlockLayer(batch, capacity, torch.bfloat16) if blocks else _BufferLayer(batch, capacity))
+                    if type(old) is DynamicLayer else old for old in cache.layers]
     return cache
 
 
