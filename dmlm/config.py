@@ -46,6 +46,9 @@ class DataConfig:
     """Task specs of the mixture: asr, t2s, s2tt:LANG, i2t, text_lm[:LANG], speech_lm, image_lm."""
     weights: list[float] = field(default_factory=list)
     """Sampling weight of each task (a share of examples); empty: equal weights."""
+    speakers: dict[str, list[str]] = field(default_factory=dict)
+    """Task spec -> the only speakers whose records it trains on, e.g. {t2s: [piper:en_US-joe-medium]}: a TTS
+    voice learned from one speaker while ASR hears them all (tasks not named use every record)."""
 
 
 @dataclass
@@ -70,9 +73,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     clip: float = 1.0
     loss: str = "length_normalized"
-    """full, target or length_normalized (DMLM)."""
+    """full, target, length_normalized (DMLM) or target_length_normalized (its per-modality means over target spans only)."""
     lambdas: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    """Per-modality loss weights (text, speech, image) for length_normalized."""
+    """Per-modality loss weights (text, speech, image) for the length-normalized losses."""
     eval_every: int = 250
     save_every: int = 500
     log_every: int = 10
@@ -113,6 +116,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, inner, key) for v in value]
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, kt, f"{key}.{k}"): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     return value
 
 

@@ -7,6 +7,10 @@ Per predicted token t: cross-entropy ℓ_t, weight w_t ∈ {0, 1}, modality m_t.
 - `length_normalized`: L = Σ_m λ_m · Σ_{t∈m} w_t ℓ_t / Σ_{t∈m} w_t, w = every non-pad token
                        (DMLM, Trinh et al.: speech is 10–50× longer than text; a plain mean
                        lets speech drown the text tokens the ASR task is judged on)
+- `target_length_normalized`: the same per-modality means over the target spans only: the
+                       speech a task generates (T2S) no longer shares the speech mean with the
+                       speech it reads (ASR and S2TT inputs), so its gradient is not diluted by
+                       them; unpaired speech_lm still models speech unconditionally
 
 Design decisions:
 - The denominators are *global over the optimizer step* (all micro-batches, all ranks) and
@@ -23,7 +27,8 @@ import torch.nn.functional as F
 
 from dmlm.vocab import MODALITIES
 
-LOSSES = ("full", "target", "length_normalized")
+LOSSES = ("full", "target", "length_normalized", "target_length_normalized")
+PER_MODALITY = ("length_normalized", "target_length_normalized")
 N_MOD = len(MODALITIES)
 
 
@@ -37,7 +42,7 @@ def loss_weights(loss: str, attention: torch.Tensor, target: torch.Tensor,
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
-    mask = target if loss == "target" else attention
+    mask = target if loss in ("target", "target_length_normalized") else attention
     w = mask[:, 1:].float()
     if segment is not None:
         w = w * (segment[:, 1:] == segment[:, :-1])
@@ -45,11 +50,11 @@ def loss_weights(loss: str, attention: torch.Tensor, target: torch.Tensor,
 
 
 def loss_counts(loss: str, weights: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-    """Denominators contributed by one micro-batch; (N_MOD,) for length_normalized else (1,).
+    """Denominators contributed by one micro-batch; (N_MOD,) for the per-modality losses else (1,).
 
     weights, modality: (B, T-1) at predicted positions.
     """
-    if loss == "length_normalized":
+    if loss in PER_MODALITY:
         return torch.stack([(weights * (modality == m)).sum() for m in range(N_MOD)])
     return weights.sum().reshape(1)
 
@@ -67,7 +72,7 @@ def multimodal_loss(
     V = logits.shape[-1]
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), input_ids[:, 1:].reshape(-1), reduction="none")
     ce = ce.view_as(weights) * weights  # (B, T-1)
-    if loss == "length_normalized":
+    if loss in PER_MODALITY:
         mod = modality[:, 1:]
         lam = lambdas if lambdas is not None else torch.ones(N_MOD, device=ce.device)
         total = ce.new_zeros(())

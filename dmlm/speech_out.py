@@ -112,13 +112,15 @@ def pick_records(manifest: str | Path, n: int | None) -> list[Record]:
     return (seen[:n] + unseen[:n]) if n else recs
 
 
-def pick_texts(manifest: str | Path, n: int | None) -> list[Record]:
+def pick_texts(manifest: str | Path, n: int | None, voice: str | None = None) -> list[Record]:
     """The first `n` records with distinct texts (for text input the voice is irrelevant),
-    training-voice records first, so each text's original audio is a training voice's."""
+    records spoken in `voice` (the vocoder's) first, then other training voices: each text's
+    original audio is, where the manifest has one, a recording of the voice T2S speaks in."""
     recs = [r for r in read_manifest(manifest) if r.text]
     if not recs:
         raise ValueError(f"{manifest}: no records with a reference 'text'")
-    recs.sort(key=lambda r: bool(r.custom.get("heldout_voice")))  # stable: manifest order within groups
+    # stable: manifest order within groups
+    recs.sort(key=lambda r: (bool(r.custom.get("heldout_voice")), voice is not None and r.speaker != voice))
     seen, out = set(), []
     for r in recs:
         if r.text not in seen:
@@ -298,14 +300,16 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
         cb, voc = speech_parts(ck)
     else:
         cb, voc = speech_parts((ck.codebook("speech"), vocoder))
-    recs = pick_texts(manifest, n)
+    voice = voc.cfg.voice if voc.cfg.speaker_conditioning else None
+    recs = pick_texts(manifest, n, voice)
     units = synthesize_units(ck, [r.text for r in recs], opts)
     keep = [i for i, u in enumerate(units) if len(u)]
     wavs: list[np.ndarray | None] = [None] * len(recs)
     for i, w in zip(keep, voc.synthesize_batch([np.asarray(units[i]) for i in keep]) if keep else []):
         wavs[i] = w
     scores, hyps = _score(recs, wavs, judge_, by_voice=False)
-    report: dict = {"task": "t2s", "model": str(ck.path), "manifest": str(Path(manifest).resolve()),
+    report: dict = {"task": "t2s", "model": str(ck.path), "manifest": str(Path(manifest).resolve()), "vocoder_voice": voice,
+                    "recordings_in_vocoder_voice": sum(r.speaker == voice for r in recs) if voice else 0,
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
                     "normalizer": judge_normalizer(judge_), "decoding": opts.__dict__,
                     "empty_outputs": len(recs) - len(keep),

@@ -72,12 +72,16 @@ def asr_samples(manifest: str | Path, store: TokenStore, text: TextTokenizer, co
     return task_samples("asr", Sources(manifest, text, speech=store))
 
 
-def task_samples(spec: str, sources: Sources) -> list[Sample]:
-    """Every sample task `spec` can take from the manifest of `sources` (records lacking its modality are skipped)."""
+def task_samples(spec: str, sources: Sources, speakers: list[str] | None = None) -> list[Sample]:
+    """Every sample task `spec` can take from the manifest of `sources` (records lacking its modality
+    are skipped); with `speakers`, only records of those speakers."""
     name, lang = parse_spec(spec)
     task = get_task(name)
+    wanted = set(speakers) if speakers is not None else None
     out = []
     for r in read_manifest(sources.manifest):
+        if wanted is not None and r.speaker not in wanted:
+            continue
         s = task.sample(r, sources, lang)
         if s is not None:
             out.append(s)
@@ -249,6 +253,9 @@ def setup(cfg: RunConfig) -> Setup:
     specs = cfg.data.tasks
     if not specs:
         raise ValueError("data.tasks is empty: name at least one task, e.g. data.tasks=[asr]")
+    stray = sorted(set(cfg.data.speakers) - set(specs))
+    if stray:
+        raise ValueError(f"data.speakers names tasks {stray} that are not in data.tasks {specs}")
     modalities = set()
     for spec in specs:
         t = get_task(parse_spec(spec)[0])
@@ -282,10 +289,13 @@ def setup(cfg: RunConfig) -> Setup:
         task = get_task(parse_spec(spec)[0])
         start = len(rendered)
         for src in train_sources:
-            rendered += [render(task, s, vocab, spec) for s in task_samples(spec, src)]
+            rendered += [render(task, s, vocab, spec) for s in task_samples(spec, src, cfg.data.speakers.get(spec))]
         pools[spec] = (start, len(rendered))
+        if start == len(rendered) and spec in cfg.data.speakers:
+            raise ValueError(f"task {spec}: no training record of speakers {cfg.data.speakers[spec]} "
+                             f"(data.speakers) in {[s.manifest for s in train_sources]}")
         if dev_sources is not None:
-            ds = task_samples(spec, dev_sources)
+            ds = task_samples(spec, dev_sources, cfg.data.speakers.get(spec))
             dev += [render(task, s, vocab, spec) for s in ds]
             dev_samples += ds
     mixture = Mixture([b - a for a, b in pools.values()], mixture_weights(cfg), cfg.train.seed, names=specs)

@@ -38,14 +38,14 @@ def _hand(logits, ids, attn, target, modality, loss, lambdas=(1.0, 1.0, 1.0)):
     all_: list[float] = []
     for b in range(ids.shape[0]):
         for t in range(1, ids.shape[1]):  # position t is predicted from logits at t-1
-            w = int(target[b, t]) if loss == "target" else int(attn[b, t])
+            w = int(target[b, t]) if loss in ("target", "target_length_normalized") else int(attn[b, t])
             if not w:
                 continue
             lp = logits[b, t - 1].double().log_softmax(-1)
             ce = -float(lp[ids[b, t]])
             all_.append(ce)
             per_mod.setdefault(int(modality[b, t]), []).append(ce)
-    if loss == "length_normalized":
+    if loss in ("length_normalized", "target_length_normalized"):
         return sum(lambdas[m] * sum(v) / len(v) for m, v in per_mod.items())
     return sum(all_) / len(all_)
 
@@ -69,8 +69,22 @@ def test_length_normalized_with_lambdas(batch):
 
 
 def test_losses_differ_as_defined(batch):
-    full, tgt, ln = (float(_loss(*batch, m)) for m in LOSSES)
+    full, tgt, ln = (float(_loss(*batch, m)) for m in ("full", "target", "length_normalized"))
     assert len({round(full, 6), round(tgt, 6), round(ln, 6)}) == 3
+
+
+def test_target_length_normalized_averages_each_modality_of_the_targets(batch):
+    """A target span of speech and text (T2S's units, then its close tags): one mean per modality."""
+    logits, ids, attn, target, modality = batch
+    target = target.clone()
+    for b, n in enumerate([7, 5, 6]):
+        target[b, n - 4] = 1  # the last speech token joins the target span
+    b2 = (logits, ids, attn, target, modality)
+    got = float(_loss(*b2, "target_length_normalized"))
+    assert got == pytest.approx(_hand(*b2, "target_length_normalized"), rel=1e-5)
+    assert got != pytest.approx(float(_loss(*b2, "target")), rel=1e-4)
+    w = loss_weights("target_length_normalized", attn, target)
+    assert loss_counts("target_length_normalized", w, modality[:, 1:]).tolist() == [9.0, 3.0, 0.0]
 
 
 def test_counts_are_per_modality_for_length_normalized(batch):

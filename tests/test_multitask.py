@@ -186,3 +186,27 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
     assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav" / "out.wav")]) == 2
     assert "s.wav/out.wav" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".wav" or p.name.startswith(".")) == ["r.wav", "s.wav"]
+
+
+def test_a_task_can_train_on_chosen_speakers(mixed, run_config, tmp_path):
+    """data.speakers: T2S learns one voice while ASR hears every voice; bad names are clear errors."""
+    from dmlm.train import setup
+
+    root, manifest = mixed
+    recs = read_manifest(manifest)
+    other = tmp_path / "mixed.jsonl"  # same name: the token stores in root/units serve it
+    write_manifest(other, [Record(**{**r.__dict__, "audio": str(r.audio_path(manifest)), "image": str(r.image_path(manifest)),
+                                     "speaker": "b" if i >= 2 else "a"}) for i, r in enumerate(recs)])
+
+    def cfg(*extra):
+        return run_config(tmp_path / "model", f"data.units={root / 'units'}", f"data.image_codebook={root / 'icb.safetensors'}",
+                          f"data.tasks={json.dumps(TASKS)}", *extra, train=other, dev=other)
+
+    s = setup(cfg('data.speakers={"t2s": ["b"]}'))
+    size = {spec: b - a for spec, (a, b) in s.pools.items()}
+    assert size["t2s"] == 2 and size["asr"] == 4 and size["speech_lm"] == 4
+    assert [x.id for x, r in zip(s.dev_samples, s.dev) if r.task == "t2s"] == [recs[2].id, recs[3].id]
+    with pytest.raises(ValueError, match=r"task t2s: no training record of speakers \['nobody'\]"):
+        setup(cfg('data.speakers={"t2s": ["nobody"]}'))
+    with pytest.raises(ValueError, match=r"data.speakers names tasks \['tts'\] that are not in data.tasks"):
+        setup(cfg('data.speakers={"tts": ["a"]}'))

@@ -164,6 +164,25 @@ def test_train_needs_a_bound_and_a_store(corpus, tmp_path):
         train_vocoder(corpus.tiny, None, cb, VocoderConfig(**TINY), tmp_path / "v", steps=1)
 
 
+def test_target_cache_and_bf16_training(corpus, tmp_path):
+    """The in-memory target cache changes speed, never results; bf16 autocast trains too."""
+    from safetensors.torch import load_file
+
+    def run(name, steps=12, **kw):
+        cfg = VocoderConfig(**{**TINY_MEL, "batch_size": 2, "table_clips": 4, **kw})
+        return train_vocoder(corpus.tiny, None, corpus.codebook, cfg, tmp_path / name, steps=steps, progress=False)
+
+    a, b = load_file(str(run("cached") / "model.safetensors")), load_file(str(run("uncached", cache_gb=0) / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    hist = json.loads((run("bf16", 40, precision="bf16", lr=5e-3) / "config.json").read_text())["training"]["history"]
+    assert hist[-1]["spec"] < hist[0]["spec"], hist
+    with pytest.raises(ValueError, match="precision must be fp32, bf16 or auto, got 'fp16'"):
+        run("bad", precision="fp16")
+    from dmlm.vocoder.train import _bf16
+
+    assert _bf16("fp32", "cpu") is False and _bf16("bf16", "cpu") is True and isinstance(_bf16("auto", "cpu"), bool)
+
+
 # ------------------------------------------------------------------------------ bad input
 
 
@@ -336,6 +355,18 @@ def test_scores_group_the_vocoders_own_voice():
     assert scores["seen"]["utterances"] == 3 and scores["heldout_voice"]["utterances"] == 1
     assert scores["vocoder_voice"]["utterances"] == 2
     assert "vocoder_voice" not in _score(recs, wavs, EchoJudge("a red cat"))[0]
+
+
+def test_t2s_texts_prefer_recordings_in_the_vocoders_voice(tmp_path):
+    from dmlm.data.manifest import Record, write_manifest
+    from dmlm.speech_out import pick_texts
+
+    rows = [("a cat", "m3", False), ("a cat", "joe", False), ("a dog", "f4", True), ("a dog", "joe", False),
+            ("a hen", "m3", False), ("a pig", "f4", True)]
+    man = tmp_path / "t.jsonl"
+    write_manifest(man, [Record(id=str(i), text=t, speaker=s, custom={"heldout_voice": h}) for i, (t, s, h) in enumerate(rows)])
+    assert [r.id for r in pick_texts(man, None, "joe")] == ["1", "3", "4", "5"]
+    assert [r.id for r in pick_texts(man, 3)] == ["0", "3", "4"]  # no voice: training voices first, manifest order
 
 
 def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):

@@ -1,8 +1,11 @@
 """Train a unit vocoder on a manifest and its token store.
 
 Design decisions:
-- Targets are computed on the fly (load the wav, one STFT): nothing but the ints of the token
-  store is precomputed, so memory is flat in corpus size and there is no cache to go stale.
+- Targets are computed on the fly (load the wav, one STFT) and kept in memory as float16 up to
+  `cache_gb`: the unit-table pass fills the cache, so on the demo every training step reads
+  its batch from memory (a quarter of a step went to reading wavs and STFTs before); a corpus
+  larger than the budget computes the rest on the fly, so memory stays bounded. Nothing is
+  written to disk, so there is no cache to go stale.
 - Unit i of a clip covers spectrogram frames [i*r, (i+1)*r) (r = 100 Hz / the codebook's
   frame rate): Whisper frames and the STFT frames are both centered on multiples of the
   10 ms hop, so the units line up with the target without any alignment step.
@@ -52,6 +55,8 @@ class _Data:
         self.manifest, self.records, self.store, self.cb, self.cfg = manifest, recs, store, codebook, cfg
         self.r = cfg.upsample
         self._units: dict[str, np.ndarray] = {}
+        self._cache: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
+        self._cache_left = int(cfg.cache_gb * 2**30)
 
     def units(self, recs: list[Record], wavs: list[np.ndarray]) -> list[np.ndarray]:
         """Frame-rate (not deduplicated) units of each record."""
@@ -67,13 +72,18 @@ class _Data:
     def clips(self, recs: list[Record]) -> list[tuple[np.ndarray, torch.Tensor]]:
         """(units, target frames) per record, units cut to those whose frames exist."""
         c = self.cfg
-        wavs = [load_audio(r.audio_path(self.manifest)) for r in recs]
-        out = []
-        for wav, u in zip(wavs, self.units(recs, wavs)):
+        todo = [r for r in recs if r.id not in self._cache]
+        wavs = [load_audio(r.audio_path(self.manifest)) for r in todo]
+        fresh = {}
+        for r, wav, u in zip(todo, wavs, self.units(todo, wavs)):
             spec = c.to_target(log_magnitude(torch.from_numpy(wav), c.n_fft, c.hop, c.win_length))  # (N // hop + 1, bins)
             n = min(len(u), len(spec) // self.r)
-            out.append((u[:n], spec[: n * self.r]))
-        return out
+            half = spec[: n * self.r].half()  # cached or not, a target is the float16 value: the cache size never changes results
+            fresh[r.id] = (u[:n], half.float())
+            if half.numel() * 2 + u[:n].nbytes <= self._cache_left:
+                self._cache[r.id] = (u[:n], half)
+                self._cache_left -= half.numel() * 2 + u[:n].nbytes
+        return [fresh[r.id] if r.id in fresh else (self._cache[r.id][0], self._cache[r.id][1].float()) for r in recs]
 
     def table(self, n_clips: int, rng: random.Random, progress: bool) -> torch.Tensor:
         """(k, r * bins) mean target of each (unit, position in unit) over `n_clips` clips;
@@ -130,17 +140,33 @@ def centroid_embedding(centroids: np.ndarray, dim: int) -> torch.Tensor:
     return out.float()
 
 
-def losses(net: UnitToSpec, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def losses(net: UnitToSpec, b: dict[str, torch.Tensor], bf16: bool = False) -> dict[str, torch.Tensor]:
     """Masked L1 on log magnitudes (+ MSE on log durations for deduplicating codebooks)."""
-    pred = net(b["units"], b["mask"], b.get("speaker"))  # (B, T*r, bins)
+    with torch.autocast(b["units"].device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred = net(b["units"], b["mask"], b.get("speaker")).float()  # (B, T*r, bins)
     fm = b["frame_mask"][..., None].float()
     out = {"spec": ((pred - b["target"]).abs() * fm).sum() / (fm.sum() * pred.shape[-1])}
     if net.duration is not None:
         m = b["dedup_mask"].float()
-        d = net.duration(b["dedup"], b["dedup_mask"])
+        with torch.autocast(b["units"].device.type, dtype=torch.bfloat16, enabled=bf16):
+            d = net.duration(b["dedup"], b["dedup_mask"]).float()
         out["dur"] = (((d - b["log_dur"]) ** 2) * m).sum() / m.sum()
     out["loss"] = out["spec"] + out.get("dur", 0.0)
     return out
+
+
+def _bf16(precision: str, device: str) -> bool:
+    """Whether to train under bf16 autocast."""
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"vocoder precision must be fp32, bf16 or auto, got {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def train_vocoder(
@@ -160,6 +186,7 @@ def train_vocoder(
     cfg = replace(cfg or VocoderConfig(), codebook_fingerprint=cb.fingerprint, k=cb.k, frame_rate=s.frame_rate,
                   dedup=s.dedup)
     cfg.upsample  # validates hop against the codebook's frame rate
+    bf16 = _bf16(cfg.precision, device)
     store = None
     if units_store_prefix is not None:
         store = TokenStore(units_store_prefix)
@@ -210,7 +237,7 @@ def train_vocoder(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_scale(prog, cfg.warmup)
         b = {k: v.to(device) for k, v in data.batch(rng).items()}
-        out = losses(net, b)
+        out = losses(net, b, bf16)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
