@@ -177,7 +177,8 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         _train(run, out, "train", cfg.processes, resume)
     models = {"mixture": out / "model"}
     if cfg.asr_only_batch_tokens and tasks != ["asr"]:
-        asr_run = replace(run, data=replace(run.data, tasks=["asr"], weights=[], image_codebook="", unpaired=[]),
+        asr_run = replace(run, data=replace(run.data, tasks=["asr"], weights=[], image_codebook="", unpaired=[],
+                                            speakers={k: v for k, v in run.data.speakers.items() if k == "asr"}),
                           train=replace(run.train, out=str(out / "model_asr"), batch_tokens=cfg.asr_only_batch_tokens))
         with stage("train_asr_only"):
             _train(asr_run, out, "train_asr", cfg.processes, resume)

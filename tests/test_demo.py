@@ -25,7 +25,10 @@ def _tiny_demo(tmp_path, *extra):
 def test_tiny_demo_without_vocoder(tmp_path):
     from dmlm.demo import run_demo
 
-    rep = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0"))
+    from dmlm.data.synth import training_voices
+
+    # T2S on chosen speakers (every training voice here): the ASR-only model must not inherit the t2s entry
+    rep = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0", f"run.data.speakers={json.dumps({'t2s': training_voices()})}"))
     out = tmp_path / "demo"
     tasks = rep["tasks"]
     assert {"asr", "asr_only", "s2tt", "i2t", "t2s", "text_lm", "text_lm_es", "speech_lm", "image_lm"} <= set(tasks)
