@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from dmlm.vocab import MODALITIES
 
 LOSSES = ("full", "target", "length_normalized", "target_length_normalized")
-PER_MODALITY = ("length_normalized", "target_length_normalized")
+PER_MODALITY = ("length_normalized", "target_length_normalized")  # one mean per modality
+TARGET_ONLY = ("target", "target_length_normalized")  # weigh the target span only
 N_MOD = len(MODALITIES)
 
 
@@ -42,7 +43,7 @@ def loss_weights(loss: str, attention: torch.Tensor, target: torch.Tensor,
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
-    mask = target if loss in ("target", "target_length_normalized") else attention
+    mask = target if loss in TARGET_ONLY else attention
     w = mask[:, 1:].float()
     if segment is not None:
         w = w * (segment[:, 1:] == segment[:, :-1])

@@ -259,7 +259,7 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     recs = pick_records(manifest, n)
     wavs = voc.synthesize_batch([store.get(r.id) for r in recs])
     t_syn = time.time() - t0
-    voice = voc.cfg.voice if voc.cfg.speaker_conditioning else None
+    voice = voc.voice
     scores, hyps = _score(recs, wavs, judge_, voice=voice)
     report: dict = {"task": "resynthesis", "vocoder_voice": voice, "model": str(getattr(model, "path", model)),
                     "manifest": str(Path(manifest).resolve()), "units": str(store.prefix),
@@ -300,7 +300,7 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
         cb, voc = speech_parts(ck)
     else:
         cb, voc = speech_parts((ck.codebook("speech"), vocoder))
-    voice = voc.cfg.voice if voc.cfg.speaker_conditioning else None
+    voice = voc.voice
     recs = pick_texts(manifest, n, voice)
     units = synthesize_units(ck, [r.text for r in recs], opts)
     keep = [i for i, u in enumerate(units) if len(u)]

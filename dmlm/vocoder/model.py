@@ -382,6 +382,11 @@ class Vocoder:
             out.append(np.repeat(s, d))
         return out
 
+    @property
+    def voice(self) -> str | None:
+        """The voice it speaks by default (None for a vocoder trained without speaker_conditioning)."""
+        return self.cfg.voice if self.cfg.speaker_conditioning else None
+
     @torch.inference_mode()
     def speaker_id(self, voice: str | None) -> int | None:
         """Embedding row of `voice` (default: the config's voice); None for an unconditioned vocoder."""

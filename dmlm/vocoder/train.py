@@ -78,11 +78,12 @@ class _Data:
         for r, wav, u in zip(todo, wavs, self.units(todo, wavs)):
             spec = c.to_target(log_magnitude(torch.from_numpy(wav), c.n_fft, c.hop, c.win_length))  # (N // hop + 1, bins)
             n = min(len(u), len(spec) // self.r)
-            half = spec[: n * self.r].half()  # cached or not, a target is the float16 value: the cache size never changes results
-            fresh[r.id] = (u[:n], half.float())
-            if half.numel() * 2 + u[:n].nbytes <= self._cache_left:
-                self._cache[r.id] = (u[:n], half)
-                self._cache_left -= half.numel() * 2 + u[:n].nbytes
+            u, half = u[:n], spec[: n * self.r].half()  # cached or not, a target is the float16 value: the cache size never changes results
+            fresh[r.id] = (u, half.float())
+            size = half.numel() * half.element_size() + u.nbytes
+            if size <= self._cache_left:
+                self._cache[r.id] = (u, half)
+                self._cache_left -= size
         return [fresh[r.id] if r.id in fresh else (self._cache[r.id][0], self._cache[r.id][1].float()) for r in recs]
 
     def table(self, n_clips: int, rng: random.Random, progress: bool) -> torch.Tensor:
@@ -142,14 +143,13 @@ def centroid_embedding(centroids: np.ndarray, dim: int) -> torch.Tensor:
 
 def losses(net: UnitToSpec, b: dict[str, torch.Tensor], bf16: bool = False) -> dict[str, torch.Tensor]:
     """Masked L1 on log magnitudes (+ MSE on log durations for deduplicating codebooks)."""
-    with torch.autocast(b["units"].device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(b["units"].device.type, dtype=torch.bfloat16, enabled=bf16):  # the losses stay fp32
         pred = net(b["units"], b["mask"], b.get("speaker")).float()  # (B, T*r, bins)
+        d = net.duration(b["dedup"], b["dedup_mask"]).float() if net.duration is not None else None
     fm = b["frame_mask"][..., None].float()
     out = {"spec": ((pred - b["target"]).abs() * fm).sum() / (fm.sum() * pred.shape[-1])}
-    if net.duration is not None:
+    if d is not None:
         m = b["dedup_mask"].float()
-        with torch.autocast(b["units"].device.type, dtype=torch.bfloat16, enabled=bf16):
-            d = net.duration(b["dedup"], b["dedup_mask"]).float()
         out["dur"] = (((d - b["log_dur"]) ** 2) * m).sum() / m.sum()
     out["loss"] = out["spec"] + out.get("dur", 0.0)
     return out
