@@ -126,9 +126,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _fill(obj: Any, values: dict, prefix: str = "") -> None:
+def _fill(obj: Any, values: dict, prefix: str = "") -> Any:
+    """`obj` with `values` set (nested dataclasses filled in place); a frozen dataclass (e.g.
+    DecodingOptions) comes back as a new, validated instance."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in names:
@@ -137,9 +140,17 @@ def _fill(obj: Any, values: dict, prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{full}: expected a mapping")
-            _fill(current, value, f"{full}.")
+            changes[key] = _fill(current, value, f"{full}.")
         else:
-            setattr(obj, key, _coerce(value, hints[key], full))
+            changes[key] = _coerce(value, hints[key], full)
+    if not type(obj).__dataclass_params__.frozen:
+        for key, value in changes.items():
+            setattr(obj, key, value)
+        return obj
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ValueError as e:
+        raise ConfigError(f"{prefix.rstrip('.') or type(obj).__name__}: {e}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig) -> Any:
@@ -152,7 +163,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: 
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at the top")
-        _fill(cfg, values)
+        cfg = _fill(cfg, values)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
@@ -163,7 +174,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: 
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = yaml.safe_load(value) if value else value
-        _fill(cfg, nested)
+        cfg = _fill(cfg, nested)
     return cfg
 
 

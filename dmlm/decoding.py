@@ -9,6 +9,11 @@ Design decisions:
   rows of the head, a preallocated cache, finished rows dropped); `engine="transformers"` runs
   `generate` instead, for comparison (`bench/decode_speed.py`). `compute_type="bfloat16"`
   gives up bitwise equality for speed: matmuls and the cache in bf16 (`dmlm.greedy.for_compute`).
+- T2S can rerank (`rerank=N`): N candidates per text (the first by `strategy`, the others
+  sampled) and the one the same model's ASR task finds likeliest to say the input text,
+  log P(text | units), is kept (`dmlm.infer.synthesize_units`). Sampling alone is worse than
+  greedy, but among 8 candidates the model's own ASR finds a better one than greedy for most
+  texts (README, "Speech out"); no other model is involved, so the judge stays independent.
 - Prompts are exactly the task's rendered prefix (`Task.prompt`), batched left-padded and
   sorted by length so batches waste little padding; results come back in input order.
 """
@@ -49,7 +54,10 @@ class DecodingOptions:
     batch_size: int = 32
     """Prompts decoded together (sorted by length)."""
     seed: int = 0
-    """Seed for strategy=sample."""
+    """Seed for strategy=sample (and rerank's samples)."""
+    rerank: int = 0
+    """T2S only: candidates per text, the first by `strategy`, the rest sampled at temperature/top_k/top_p;
+    the one the model's own ASR task scores likeliest to say the text is kept. 0 or 1: off."""
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam", "sample"):
@@ -58,6 +66,8 @@ class DecodingOptions:
             raise ValueError(f"decoding engine must be dmlm or transformers, got {self.engine!r}")
         if self.compute_type not in COMPUTE_TYPES:
             raise ValueError(f"decoding compute_type must be one of {COMPUTE_TYPES}, got {self.compute_type!r}")
+        if self.rerank < 0:
+            raise ValueError(f"decoding rerank must be >= 0 candidates, got {self.rerank}")
         if self.compute_type != "float32" and not (self.engine == "dmlm" and self.strategy == "greedy"):
             raise ValueError(f"compute_type={self.compute_type} needs greedy decoding with the dmlm engine")
 

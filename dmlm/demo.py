@@ -29,6 +29,7 @@ import torch
 from dmlm.config import RunConfig, dump_config, load_config
 from dmlm.data.manifest import atomic_write_text, read_manifest
 from dmlm.data.prepare import PrepareConfig, prepare
+from dmlm.decoding import DecodingOptions
 from dmlm.tokenizers.image import ImageCodebookSettings
 from dmlm.tokenizers.speech import CodebookSettings
 from dmlm.vocoder.model import VocoderConfig
@@ -58,6 +59,8 @@ class DemoConfig:
     """Whisper preset that listens to synthesized speech (T2S and resynthesis WER)."""
     t2s_eval: int = 100
     """Test sentences synthesized by T2S, and test clips per voice group resynthesized, for judging by ear."""
+    t2s_decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    """How T2S is decoded for judging by ear; with rerank > 1 greedy decoding is judged by Whisper too (wer_greedy)."""
     eval_limit: int = 0
     """Score only the first N test records per task (0: all)."""
     examples: int = 6
@@ -239,13 +242,15 @@ def _accumulate_stages(path: Path, seconds: dict[str, float]) -> dict:
 def _stamp(model_dir: Path) -> str:
     """Identifies a checkpoint's weights (and vocoder): an evaluation of them can be reused."""
     parts = [model_dir / "model.safetensors", model_dir / "vocoder" / "model.safetensors",
-             model_dir / "vocoder" / "config.json"]  # synthesis settings can change without retraining
+             model_dir / "vocoder" / "config.json",  # synthesis settings can change without retraining
+             model_dir / "vocoder" / "matching.safetensors"]
     return ";".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in parts if p.is_file())
 
 
-def _cached(path: Path, model_dir: Path, evaluate) -> dict:
-    """The report at `path` if it was made for these weights, else `evaluate()` (stamped)."""
-    stamp = _stamp(model_dir)
+def _cached(path: Path, model_dir: Path, evaluate, settings: object = None) -> dict:
+    """The report at `path` if it was made for these weights (and `settings`, e.g. decoding
+    options), else `evaluate()` (stamped)."""
+    stamp = _stamp(model_dir) + (f";{json.dumps(asdict(settings), sort_keys=True)}" if settings is not None else "")
     if path.is_file():
         rep = json.loads(path.read_text())
         if rep.get("model_stamp") == stamp:
@@ -258,7 +263,8 @@ def _cached(path: Path, model_dir: Path, evaluate) -> dict:
 
 def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None:
     """The unit vocoder, trained on the training split's units, stored in the model's `vocoder/`."""
-    from dmlm.vocoder.train import train_vocoder
+    from dmlm.vocoder.model import MATCHING
+    from dmlm.vocoder.train import add_matching_set, train_vocoder
 
     target = out / "model" / "vocoder"
     if (target / "config.json").is_file():
@@ -272,6 +278,9 @@ def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None
             log.info("vocoder: new synthesis settings %s", {k: getattr(cfg.vocoder, k) for k in synthesis})
             saved.update({k: getattr(cfg.vocoder, k) for k in synthesis})
             atomic_write_text(target / "config.json", json.dumps(saved, indent=1))
+        if cfg.vocoder.knn and cfg.vocoder.matching_clips and not (target / MATCHING).is_file():
+            log.info("vocoder: building its matching set (knn=%d)", cfg.vocoder.knn)
+            add_matching_set(target, train_manifest, out / "units" / "train", out / "codebook.safetensors")
         return
     train_vocoder(train_manifest, out / "units" / "train", out / "codebook.safetensors", cfg.vocoder, target,
                   max_minutes=cfg.vocoder_minutes)
@@ -310,7 +319,11 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
         reports[f"resynthesis{sfx}"] = _cached(out / "eval" / f"resynthesis{sfx}.json", out / "model", lambda: evaluate_resynthesis(
             ck(), test_manifest, out / "units" / "test", judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}"))
         reports[f"t2s_audio{sfx}"] = _cached(out / "eval" / f"t2s_audio{sfx}.json", out / "model", lambda: evaluate_t2s_audio(
-            ck(), test_manifest, judge(), n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}"))
+            ck(), test_manifest, judge(), cfg.t2s_decoding, n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}"), cfg.t2s_decoding)
+        if jname == "whisper" and cfg.t2s_decoding.rerank > 1:  # what reranking buys, beside it
+            greedy = DecodingOptions()
+            reports["t2s_audio_greedy"] = _cached(out / "eval" / "t2s_audio_greedy.json", out / "model", lambda: evaluate_t2s_audio(
+                ck(), test_manifest, judge(), greedy, n=cfg.t2s_eval, out_dir=ex / "t2s_greedy"), greedy)
     return reports
 
 
@@ -328,6 +341,7 @@ def summarize(reports: dict[str, dict]) -> dict:
         tasks[key] = row
     # T2S is one task scored on units (t2s) and by ear (t2s_audio*); resynthesis by two judges
     for src, dst, prefix in (("t2s_audio", "t2s", ""), ("t2s_audio_asr_only", "t2s", "asr_only_judge_"),
+                             ("t2s_audio_greedy", "t2s", "greedy_"),
                              ("resynthesis_asr_only", "resynthesis", "asr_only_judge_")):
         if src in tasks:
             audio = tasks.pop(src)

@@ -9,9 +9,11 @@ checkpoint's own codebooks and tokenizer, and decoded ids back into text or unit
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dmlm.decoding import DecodingOptions, generate
 from dmlm.model import Checkpoint
@@ -21,12 +23,15 @@ from dmlm.tasks import Sample, get_task
 def run_task(ck: Checkpoint, task_name: str, samples: Sequence[Sample], opts: DecodingOptions = DecodingOptions(),
              progress: bool = False) -> list[list[int]]:
     """Decoded target ids (unified vocabulary) for each sample."""
+    if opts.rerank > 1 and task_name != "t2s":
+        raise ValueError(f"rerank={opts.rerank}: reranking is for t2s (by the model's ASR), not {task_name}")
     task = get_task(task_name)
     for m in {task.source, task.target} - {None}:
         if m != "text" and not ck.vocab.range(m)[1] > ck.vocab.range(m)[0]:
             raise ValueError(f"{ck.path}: this model has no {m} vocabulary, so it cannot do {task_name}")
     prompts = [task.prompt(s, ck.vocab) for s in samples]
-    return generate(ck.model, prompts, ck.vocab, task.target, opts, progress=progress)
+    out = generate(ck.model, prompts, ck.vocab, task.target, replace(opts, rerank=0), progress=progress)
+    return _rerank_t2s(ck, samples, out, opts, progress) if opts.rerank > 1 else out
 
 
 def decode_text(ck: Checkpoint, ids: Sequence[int]) -> str:
@@ -92,3 +97,55 @@ def synthesize_units(ck: Checkpoint, texts: Sequence[str], opts: DecodingOptions
     samples = [Sample(id=str(i), text_ids=encode_text(ck, t), src_lang=lang, tgt_lang=lang) for i, t in enumerate(texts)]
     outs = run_task(ck, "t2s", samples, opts, progress)
     return [np.asarray(ck.vocab.ids_to_units(o), dtype=np.int64) for o in outs]
+
+
+def _rerank_t2s(ck: Checkpoint, samples: Sequence[Sample], first: list[list[int]], opts: DecodingOptions,
+                progress: bool) -> list[list[int]]:
+    """Of `first` (by opts.strategy) and opts.rerank - 1 samples per text, the target ids whose
+    units the model's own ASR task scores likeliest to say the text."""
+    tasks = [t.split(":")[0] for t in ck.meta.get("tasks", [])]
+    if tasks and "asr" not in tasks:
+        raise ValueError(f"{ck.path}: rerank scores candidates with the model's ASR task, but it was trained on "
+                         f"{', '.join(tasks)}; use rerank=0")
+    n = opts.rerank - 1
+    sampled = run_task(ck, "t2s", [s for s in samples for _ in range(n)],
+                       replace(opts, strategy="sample", compute_type="float32", rerank=0), progress)
+    cands = [[f] + sampled[i * n : (i + 1) * n] for i, f in enumerate(first)]
+    flat = [(np.asarray(ck.vocab.ids_to_units(c), dtype=np.int64), s) for s, cs in zip(samples, cands) for c in cs]
+    scores = asr_log_likelihood(ck, [u for u, _ in flat], [s.text_ids for _, s in flat],
+                                [s.src_lang for _, s in flat], opts.batch_size)
+    return [cs[int(np.argmax(scores[i * (n + 1) : (i + 1) * (n + 1)]))] for i, cs in enumerate(cands)]
+
+
+@torch.inference_mode()
+def asr_log_likelihood(ck: Checkpoint, units: Sequence[np.ndarray], text_ids: Sequence[Sequence[int]],
+                       lang: str | Sequence[str] = "en", batch_size: int = 32) -> list[float]:
+    """log P(text | units) under the ASR task (teacher-forced: the text tokens and its close tag,
+    every id allowed); -inf for an empty unit sequence. One forward pass per batch."""
+    if len(units) != len(text_ids):
+        raise ValueError(f"{len(units)} unit sequences but {len(text_ids)} texts")
+    task, vocab = get_task("asr"), ck.vocab
+    langs = [lang] * len(units) if isinstance(lang, str) else list(lang)
+    device = next(ck.model.parameters()).device
+    out = [float("-inf")] * len(units)
+    todo = [i for i, u in enumerate(units) if len(u)]
+    for s in range(0, len(todo), batch_size):
+        idx = todo[s : s + batch_size]
+        seqs, spans = [], []
+        for i in idx:
+            prompt = task.prompt(Sample(id=str(i), units=np.asarray(units[i]), text_ids=list(text_ids[i]),
+                                        src_lang=langs[i], tgt_lang=langs[i]), vocab)
+            target = list(text_ids[i]) + [vocab.close("text")]
+            seqs.append(prompt + target)
+            spans.append((len(prompt), len(target)))
+        width = max(len(q) for q in seqs)
+        ids = torch.full((len(seqs), width), vocab.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, q in enumerate(seqs):  # right-padded: positions need no shift
+            ids[row, : len(q)] = torch.as_tensor(q)
+            mask[row, : len(q)] = 1
+        logits = ck.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for row, (i, (start, n)) in enumerate(zip(idx, spans)):  # log-softmax of the target positions only
+            logp = logits[row, start - 1 : start - 1 + n].float().log_softmax(-1)
+            out[i] = float(logp.gather(1, ids[row, start : start + n, None].to(device)).sum())
+    return out

@@ -22,6 +22,7 @@ TASK_ROWS = [
     ("s2tt", "S2TT en→es", [("bleu", "BLEU"), ("chrf", "chrF"), ("baseline_bleu", "baseline BLEU")]),
     ("i2t", "I2T captioning", [("cider", "CIDEr"), ("bleu", "BLEU"), ("baseline_cider", "baseline CIDEr")]),
     ("t2s", "T2S", [("unit_accuracy", "unit acc. %"), ("unit_error_rate", "unit error %"), ("wer", "Whisper WER %"),
+                    ("greedy_wer", "Whisper WER %, greedy (no rerank)"),
                     ("original_wer", "Whisper WER % of the recordings"), ("asr_only_judge_wer", "ASR-only-model WER %"),
                     ("asr_only_judge_original_wer", "its WER % of the recordings")]),
     ("resynthesis", "Resynthesis (codebook + vocoder)", [("wer", "Whisper WER %"), ("original_wer", "Whisper WER % of the recordings"),

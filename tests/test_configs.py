@@ -23,6 +23,16 @@ def test_demo_config():
     assert {t.split(":")[0] for t in cfg.run.data.tasks} == set(TASKS)
     assert len(cfg.run.data.weights) == len(cfg.run.data.tasks)
     assert cfg.run.train.max_minutes == 0 and cfg.asr_only_batch_tokens > 0 and cfg.vocoder_minutes > 0
+    assert cfg.t2s_decoding.rerank > 1 and cfg.vocoder.knn > 0
+
+
+def test_frozen_options_are_replaced_and_validated():
+    from dmlm.demo import load_demo_config
+
+    cfg = load_demo_config(None, ["t2s_decoding.rerank=4", "t2s_decoding.temperature=0.7"])
+    assert (cfg.t2s_decoding.rerank, cfg.t2s_decoding.temperature, cfg.t2s_decoding.strategy) == (4, 0.7, "greedy")
+    with pytest.raises(ConfigError, match="t2s_decoding: decoding rerank must be >= 0"):
+        load_demo_config(None, ["t2s_decoding.rerank=-1"])
 
 
 def test_ablate_config():

@@ -73,6 +73,7 @@ def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
     target.mkdir(parents=True)
     saved = {**asdict(VocoderConfig()), "voice": "en-us+m3", "voices": ["en-us+m3"], "k": 1000, "training": {"steps": 9}}
     (target / "config.json").write_text(json.dumps(saved))
+    (target / "matching.safetensors").write_bytes(b"frames")  # it has its matching set: nothing to build
     # same settings: reused (no training data exists here, so training would fail)
     train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)
     other = DemoConfig(vocoder=VocoderConfig(speakers=["piper:en_US-joe-medium"]))
@@ -92,6 +93,7 @@ def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_
     del saved["gl_power"]  # a vocoder saved before the field existed: its default
     (target / "config.json").write_text(json.dumps(saved))
     (target / "model.safetensors").write_bytes(b"weights")
+    (target / "matching.safetensors").write_bytes(b"frames")
     stamp = _stamp(tmp_path / "model")
     train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)  # nothing changed: untouched
     assert json.loads((target / "config.json").read_text()) == saved
@@ -101,3 +103,22 @@ def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_
     assert (now["gl_iters"], now["gl_power"], now["training"]) == (32, 1.3, {"steps": 9})
     assert (target / "model.safetensors").read_bytes() == b"weights"
     assert _stamp(tmp_path / "model") != stamp  # evaluations of the old settings are not reused
+
+
+def test_a_finished_vocoder_without_a_matching_set_gets_one(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    import dmlm.vocoder.train as vt
+    from dmlm.demo import DemoConfig, train_demo_vocoder
+    from dmlm.vocoder.model import VocoderConfig
+
+    target = tmp_path / "model" / "vocoder"
+    target.mkdir(parents=True)
+    saved = {**asdict(VocoderConfig()), "voice": "en-us+m3", "voices": ["en-us+m3"], "k": 1000, "training": {"steps": 9}}
+    (target / "config.json").write_text(json.dumps(saved))
+    calls = []
+    monkeypatch.setattr(vt, "add_matching_set", lambda *a, **k: calls.append(a))
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(knn=0)), tmp_path / "train.jsonl", tmp_path)
+    assert calls == []  # knn off: no matching set needed
+    train_demo_vocoder(DemoConfig(), tmp_path / "train.jsonl", tmp_path)
+    assert calls == [(target, tmp_path / "train.jsonl", tmp_path / "units" / "train", tmp_path / "codebook.safetensors")]

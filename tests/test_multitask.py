@@ -210,3 +210,44 @@ def test_a_task_can_train_on_chosen_speakers(mixed, run_config, tmp_path):
         setup(cfg('data.speakers={"t2s": ["nobody"]}'))
     with pytest.raises(ValueError, match=r"data.speakers names tasks \['tts'\] that are not in data.tasks"):
         setup(cfg('data.speakers={"tts": ["a"]}'))
+
+
+def test_t2s_rerank_keeps_the_candidate_the_models_asr_likes_best(multitask_model, mixed):
+    from dmlm.decoding import DecodingOptions
+    from dmlm.infer import asr_log_likelihood, encode_text, run_task, synthesize_units
+    from dmlm.model import load_checkpoint
+
+    root, manifest = mixed
+    ck = load_checkpoint(multitask_model)
+    recs = read_manifest(manifest)
+    from dmlm.data.shards import TokenStore
+
+    store = TokenStore(root / "units" / "mixed")
+    units = [np.asarray(store.get(r.id)) for r in recs]
+    texts = [encode_text(ck, r.text) for r in recs]
+    # the overfit model's ASR: a recording's own units say its own text likelier than another's units do
+    own = asr_log_likelihood(ck, units, texts)
+    other = asr_log_likelihood(ck, units[1:] + units[:1], texts)
+    assert all(a > b for a, b in zip(own, other)), (own, other)
+    assert asr_log_likelihood(ck, [np.zeros(0, np.int64)], texts[:1]) == [float("-inf")]
+    with pytest.raises(ValueError, match="texts"):
+        asr_log_likelihood(ck, units, texts[:1])
+
+    words = [r.text for r in recs]
+    greedy = synthesize_units(ck, words)
+    assert all(np.array_equal(a, b) for a, b in zip(synthesize_units(ck, words, DecodingOptions(rerank=1)), greedy))
+    opts = DecodingOptions(rerank=4, temperature=1.5, seed=1)
+    best = synthesize_units(ck, words, opts)
+    assert all(len(u) for u in best)
+    # greedy is one of the candidates, so the kept one scores at least as well under the model's ASR
+    assert all(b >= g - 1e-4 for b, g in zip(asr_log_likelihood(ck, best, texts), asr_log_likelihood(ck, greedy, texts)))
+    again = synthesize_units(ck, words, opts)
+    assert all(np.array_equal(a, b) for a, b in zip(again, best))  # seeded: reproducible
+
+    with pytest.raises(ValueError, match="reranking is for t2s"):
+        run_task(ck, "asr", [], DecodingOptions(rerank=4))
+    with pytest.raises(ValueError, match="rerank"):
+        DecodingOptions(rerank=-1)
+    ck.meta["tasks"] = ["t2s"]
+    with pytest.raises(ValueError, match="ASR task"):
+        synthesize_units(ck, words[:1], opts)

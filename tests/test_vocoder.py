@@ -145,6 +145,47 @@ def test_speaker_conditioned_vocoder_speaks_in_one_voice(corpus, tmp_path):
         Vocoder(tiny_cfg()).synthesize(units, voice="en-us+m3")
 
 
+def test_matching_set_replaces_frames_by_real_frames_of_the_same_unit():
+    from dmlm.vocoder.model import MatchingSet
+
+    # unit 1: frames at 0 and 10; unit 2: frames at 5 and 6; unit 3 never seen; r = 2 frames per unit
+    clips = [(np.array([1, 2]), torch.tensor([[0.0], [10.0], [5.0], [6.0]]))]
+    m = MatchingSet.build(clips, k=4, r=2, voice="v")
+    assert m.bounds.tolist() == [0, 0, 2, 4, 4] and m.frames.dtype == torch.float16
+    pred = torch.tensor([[1.0], [9.0], [1.0], [3.0]])
+    units = torch.tensor([1, 1, 2, 3])
+    out = m.refine(pred, units, knn=1)
+    # nearest real frame of the frame's own unit (unit 2's nearest to 1.0 is 5, not unit 1's 0); unit 3 unseen: kept
+    assert out[:, 0].tolist() == [0.0, 10.0, 5.0, 3.0]
+    assert m.refine(pred, units, knn=5)[:, 0].tolist() == [5.0, 5.0, 5.5, 3.0]  # k past the unit's frames: all of them
+    with pytest.raises(ValueError, match="bounds"):
+        MatchingSet(m.frames[:3], m.bounds)
+
+
+def test_trained_vocoder_keeps_a_matching_set(vocoder_dir, corpus, codebook, tmp_path):
+    from dmlm.vocoder.model import MATCHING
+    from dmlm.vocoder.train import add_matching_set
+
+    voc = Vocoder.load(vocoder_dir)
+    assert (vocoder_dir / MATCHING).is_file() and voc.matching is not None and voc.cfg.knn > 0
+    assert len(voc.matching.frames) > 0 and int(voc.matching.bounds[-1]) == len(voc.matching.frames)
+    units = [np.asarray(codebook.encode(load_audio(r.audio_path(corpus.tiny))), dtype=np.int64)
+             for r in read_manifest(corpus.tiny)]
+    matched = voc.synthesize_batch(units)
+    assert [w.shape for w in matched] == [w.shape for w in (voc.synthesize(u) for u in units)]
+    assert all(np.allclose(a, voc.synthesize(u), atol=1e-4) for a, u in zip(matched, units))  # batch mates do not leak
+    plain = replace(voc.cfg, knn=0)
+    assert not np.allclose(Vocoder(plain, voc.net).synthesize(units[0]), matched[0], atol=1e-4)
+    # a vocoder saved without one (older, or killed before its last save) gets the same set rebuilt
+    old = tmp_path / "old"
+    shutil.copytree(vocoder_dir, old)
+    (old / MATCHING).unlink()
+    assert Vocoder.load(old).matching is None
+    add_matching_set(old, corpus.tiny, None, corpus.codebook, progress=False)
+    again = Vocoder.load(old).matching
+    assert torch.equal(again.frames, voc.matching.frames) and torch.equal(again.bounds, voc.matching.bounds)
+
+
 def test_durations_restore_timing(vocoder_dir, corpus, codebook):
     voc = Vocoder.load(vocoder_dir, codebook=codebook)
     wav = load_audio(read_manifest(corpus.tiny)[0].audio_path(corpus.tiny))

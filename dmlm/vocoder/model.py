@@ -28,6 +28,12 @@ Design decisions (numbers: README "Speech out", measured on the demo's 34 espeak
 - Codebooks that deduplicate units lose their timing; a duration predictor (a small conv net
   regressing log run-lengths per unit) restores it before upsampling. Training uses the true
   run-lengths (teacher forcing); synthesis rounds the prediction to >= 1 frame.
+- Regression to the mean: an L1-trained net predicts a context-averaged envelope, smoother than
+  any real frame. At synthesis each predicted log-mel frame is replaced by the mean of its `knn`
+  nearest real frames *of the same unit* in the output voice's training clips (the matching set,
+  `matching.safetensors`, built at the end of training from the cached targets; in the spirit of
+  kNN-VC, Baas et al. 2023, with the unit as the key that keeps the content). It costs no training
+  and cut resynthesis WER from 16.0 to 14.3 % at k=4 on the demo (README, "Speech out").
 - A vocoder is tied to the codebook it was trained for: `config.json` records the codebook's
   fingerprint, k and frame rate, and loading it for another codebook raises `CodebookMismatch`.
   In a checkpoint it lives in `<model>/vocoder/`.
@@ -50,6 +56,7 @@ from dmlm.vocoder.spectrogram import SAMPLE_RATE, from_mel, griffin_lim, to_mel
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+MATCHING = "matching.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -60,7 +67,7 @@ class NoVocoder(FileNotFoundError):
 TRAINING_FIELDS = ("codebook_fingerprint", "k", "frame_rate", "dedup", "voices", "voice")
 """VocoderConfig fields that training sets (what the vocoder was made for), not the user."""
 
-SYNTHESIS_FIELDS = ("gl_iters", "gl_momentum", "gl_power")
+SYNTHESIS_FIELDS = ("gl_iters", "gl_momentum", "gl_power", "knn")
 """VocoderConfig fields read only at synthesis: a trained vocoder can take new values without retraining."""
 
 
@@ -98,11 +105,16 @@ class VocoderConfig:
     """Fast Griffin-Lim momentum (0: classic Griffin-Lim)."""
     gl_power: float = 1.2
     """Magnitudes are raised to this power before inversion (> 1 sharpens harmonics)."""
+    knn: int = 8
+    """Replace each predicted frame by the mean of its knn nearest real frames of the same unit (the
+    matching set of the output voice); 0: the network's frames as they are."""
     # -- training
     centroid_init: bool = True
     """Start the unit embeddings from the codebook's centroids (PCA to `dim`): similar units start similar."""
     table_clips: int = 4000
     """Clips averaged into the per-unit mean spectrogram the network starts from (0: no table, the net alone)."""
+    matching_clips: int = 4000
+    """Training clips of the output voice whose frames form the matching set for `knn` (0: none)."""
     cache_gb: float = 2.0
     """Memory for training targets kept between steps (float16 spectrograms, filled as clips are first
     loaded): a clip in the cache costs no wav read and no STFT again (0: recompute every time)."""
@@ -266,6 +278,18 @@ class UnitToSpec(nn.Module):
         return y
 
 
+def load_matching_set(path: str | Path) -> MatchingSet | None:
+    """The matching set saved in a vocoder folder, or None (a vocoder trained before it existed)."""
+    from safetensors import safe_open
+
+    f = Path(path) / MATCHING
+    if not f.is_file():
+        return None
+    with safe_open(str(f), "pt") as t:
+        voice = (t.metadata() or {}).get("voice") or None
+        return MatchingSet(t.get_tensor("frames"), t.get_tensor("bounds"), voice)
+
+
 def run_lengths(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Deduplicate `units`: (distinct consecutive units, how many frames each ran)."""
     units = np.asarray(units)
@@ -286,16 +310,56 @@ def pad_batch(seqs: Sequence[np.ndarray], value: int = 0) -> tuple[torch.Tensor,
     return ids, mask
 
 
+class MatchingSet:
+    """Real target frames of one voice grouped by unit: `frames` (N, bins) float16 sorted by unit,
+    `bounds` (k + 1,): the frames of unit u are frames[bounds[u]:bounds[u + 1]]."""
+
+    def __init__(self, frames: torch.Tensor, bounds: torch.Tensor, voice: str | None = None):
+        if bounds.ndim != 1 or int(bounds[-1]) != len(frames):
+            raise ValueError(f"matching set: bounds end at {int(bounds[-1])} but there are {len(frames)} frames")
+        self.frames, self.bounds, self.voice = frames, bounds.long(), voice
+
+    @classmethod
+    def build(cls, clips: Sequence[tuple[np.ndarray, torch.Tensor]], k: int, r: int,
+              voice: str | None = None) -> MatchingSet:
+        """From (units, (len(units) * r, bins) target frames) clips of one voice."""
+        if not clips:
+            raise ValueError("matching set: no clips")
+        units = torch.as_tensor(np.concatenate([np.repeat(np.asarray(u, dtype=np.int64), r) for u, _ in clips]))
+        frames = torch.cat([f.half() for _, f in clips])
+        order = torch.argsort(units, stable=True)
+        bounds = torch.searchsorted(units[order], torch.arange(k + 1))
+        return cls(frames[order].contiguous(), bounds, voice)
+
+    def refine(self, pred: torch.Tensor, units: torch.Tensor, knn: int) -> torch.Tensor:
+        """(T, bins) predicted frames, (T,) their units -> each frame replaced by the mean of its
+        `knn` nearest (L2) real frames of the same unit; frames of a unit never seen stay as they are."""
+        out = pred.float().clone()
+        for u in torch.unique(units).tolist():
+            lo, hi = int(self.bounds[u]), int(self.bounds[u + 1])
+            if hi == lo:
+                continue
+            rows = (units == u).nonzero()[:, 0]
+            cand = self.frames[lo:hi].to(out.device, torch.float32)
+            near = torch.cdist(out[rows], cand).topk(min(knn, hi - lo), largest=False).indices  # (R, knn)
+            out[rows] = cand[near].mean(1)
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"frames": self.frames, "bounds": self.bounds}
+
+
 class Vocoder:
     """A trained unit vocoder: `synthesize(units) -> float32 16 kHz waveform`."""
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, cfg: VocoderConfig, net: UnitToSpec | None = None):
+    def __init__(self, cfg: VocoderConfig, net: UnitToSpec | None = None, matching: MatchingSet | None = None):
         if cfg.k <= 0:
             raise ValueError("VocoderConfig.k (the codebook size) must be set")
         self.cfg = cfg
         self.net = (net or UnitToSpec(cfg)).eval()
+        self.matching = matching
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:
@@ -310,6 +374,8 @@ class Vocoder:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS))
+        if self.matching is not None:
+            save_file(self.matching.tensors(), str(tmp / MATCHING), metadata={"voice": self.matching.voice or ""})
         (tmp / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, **asdict(self.cfg),
                                               **({"training": extra} if extra else {})}, indent=1))
         old = out.with_name(f".{out.name}.old")
@@ -337,7 +403,7 @@ class Vocoder:
         d = json.loads((path / CONFIG).read_text())
         d.pop("training", None)
         cfg = VocoderConfig.from_dict(d)
-        voc = cls(cfg)
+        voc = cls(cfg, matching=load_matching_set(path))
         voc.net.load_state_dict(load_file(str(path / WEIGHTS)))
         voc.net.to(device)
         if codebook is not None:
@@ -411,6 +477,20 @@ class Vocoder:
         return spec, mask.sum(1) * self.net.r
 
     @torch.inference_mode()
+    def refine(self, spec: torch.Tensor, seqs: Sequence[np.ndarray], voice: str | None = None) -> torch.Tensor:
+        """(B, T*r, bins) network output -> the same with each clip's frames matched to real ones
+        (`cfg.knn`); unchanged without a matching set, with knn=0 or for a voice other than the set's."""
+        m = self.matching
+        if not self.cfg.knn or m is None or (voice is not None and voice != m.voice):
+            return spec
+        out = spec.float().clone()
+        for b, s in enumerate(seqs):
+            n = len(s) * self.net.r
+            units = torch.as_tensor(np.repeat(np.asarray(s, dtype=np.int64), self.net.r), device=out.device)
+            out[b, :n] = m.refine(out[b, :n], units, self.cfg.knn)
+        return out
+
+    @torch.inference_mode()
     def synthesize_batch(self, batch: Sequence[Sequence[int]], batch_size: int = 16,
                          voice: str | None = None) -> list[np.ndarray]:
         """Each unit sequence -> float32 16 kHz waveform of len(units_expanded) / frame_rate seconds.
@@ -425,6 +505,7 @@ class Vocoder:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             spec, frames = self.spectrogram_batch([seqs[i] for i in idx], voice)
+            spec = self.refine(spec, [seqs[i] for i in idx], voice)
             wav = griffin_lim(c.to_log_magnitude(spec), c.n_fft, c.hop, c.win_length, c.gl_iters, c.gl_momentum,
                               c.gl_power, frames)
             peak = wav.abs().amax(1, keepdim=True).clamp_min(1e-4)

@@ -12,6 +12,9 @@ Design decisions:
 - Codebooks that deduplicate units: the token store has lost the run-lengths, so training
   re-encodes the audio with the codebook without deduplication (`Codebook.features`, once per
   record, cached as ints) and trains the duration predictor on the runs it finds.
+- The matching set (`Vocoder.refine`: real frames of the output voice by unit) is built after
+  the last step from the same cached targets, in seconds; a vocoder saved before it (a killed
+  run, an older version) gets one from `add_matching_set`.
 - A run is bounded by `steps`, `max_minutes` or both; the learning rate follows the progress
   of whichever bound is nearer, so a time-boxed demo run still anneals. The vocoder is saved
   atomically (temp folder + rename) every `save_every_minutes` and at the end: a killed run
@@ -35,7 +38,9 @@ from dmlm.audio import load_audio
 from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.shards import TokenStore
 from dmlm.tokenizers.speech import Codebook, pool_frames
-from dmlm.vocoder.model import UnitToSpec, Vocoder, VocoderConfig, lr_scale, pad_batch, run_lengths
+from dmlm.vocoder.model import (
+    MATCHING, MatchingSet, UnitToSpec, Vocoder, VocoderConfig, lr_scale, pad_batch, run_lengths,
+)
 from dmlm.vocoder.spectrogram import log_magnitude
 
 log = logging.getLogger(__name__)
@@ -126,6 +131,43 @@ class _Data:
             for i, (_, n_run) in enumerate(runs):
                 out["log_dur"][i, : len(n_run)] = torch.log(torch.as_tensor(n_run, dtype=torch.float32))
         return out
+
+
+def matching_set(data: _Data, cfg: VocoderConfig, progress: bool = False) -> MatchingSet | None:
+    """Target frames of up to `cfg.matching_clips` training clips in the output voice (all
+    clips for a vocoder without speaker conditioning), grouped by unit; None if matching_clips=0."""
+    if not cfg.matching_clips:
+        return None
+    voice = cfg.voice if cfg.speaker_conditioning else None
+    recs = [r for r in data.records if voice is None or (r.speaker or UNKNOWN_VOICE) == voice]
+    recs = random.Random(cfg.seed).sample(recs, min(cfg.matching_clips, len(recs)))
+    clips = []
+    for s in tqdm(range(0, len(recs), 64), desc="vocoder matching set", unit="batch", disable=not progress):
+        clips += data.clips(recs[s : s + 64])
+    return MatchingSet.build(clips, cfg.k, data.r, voice)
+
+
+def add_matching_set(vocoder_dir: str | Path, manifest: str | Path, units_store_prefix: str | Path | None,
+                     codebook: Codebook | str | Path, progress: bool = True) -> Path:
+    """Build the matching set of a trained vocoder that has none (trained before it existed, or
+    killed before its last save) from its training data; written atomically into `vocoder_dir`."""
+    import os
+
+    from safetensors.torch import save_file
+
+    cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
+    voc = Vocoder.load(vocoder_dir, codebook=cb)
+    store = TokenStore(units_store_prefix) if units_store_prefix is not None else None
+    if store is not None:
+        cb.check(store.fingerprint, f"token store {store.prefix}")
+    cfg = replace(voc.cfg, cache_gb=0.0)  # every clip is read once
+    m = matching_set(_Data(Path(manifest), store, cb, cfg), cfg, progress)
+    out = Path(vocoder_dir) / MATCHING
+    if m is not None:
+        tmp = out.with_name(f".{out.name}.tmp")
+        save_file(m.tensors(), str(tmp), metadata={"voice": m.voice or ""})
+        os.replace(tmp, out)
+    return out
 
 
 def centroid_embedding(centroids: np.ndarray, dim: int) -> torch.Tensor:
@@ -222,11 +264,11 @@ def train_vocoder(
     last_save, history, step, ema = t0, [], 0, None
     bar = tqdm(total=steps, desc="vocoder", unit="step", disable=not progress, mininterval=2.0)
 
-    def save(final: bool) -> None:
+    def save(final: bool, matching: MatchingSet | None = None) -> None:
         info = {"steps": step, "seconds": round(time.monotonic() - t0, 1), "loss": ema, "history": history,
                 "manifest": str(Path(manifest).resolve()), "records": len(data.records), "final": final}
         net.eval()
-        Vocoder(cfg, net).save(out_dir, info)
+        Vocoder(cfg, net, matching).save(out_dir, info)
         net.train()
 
     while True:
@@ -256,6 +298,6 @@ def train_vocoder(
     bar.close()
     if step == 0:
         raise RuntimeError("vocoder training ran no step within its budget")
-    save(True)
+    save(True, matching_set(data, cfg, progress))
     log.info("vocoder: %d steps in %.0f s, loss %.3f -> %s", step, time.monotonic() - t0, ema, out_dir)
     return Path(out_dir)
