@@ -1,6 +1,7 @@
 """Vocoder speed (x real time): dmlm's unit vocoder vs. a unit HiFi-GAN generator, same clips.
 
-dmlm: `Vocoder.synthesize_batch` (conv net -> log-magnitude spectrogram -> fast Griffin-Lim),
+dmlm: `Vocoder.synthesize_batch` (conv net -> log-mel envelope -> kNN matching, when the vocoder
+has a matching set -> log-magnitude spectrogram -> fast Griffin-Lim),
 end to end from unit ids to waveforms. Baseline: the generator of the unit HiFi-GAN that
 textless speech work uses to vocode k-means units (Polyak et al. 2021, "Speech Resynthesis
 from Discrete Disentangled Self-Supervised Representations": 128-dim unit embedding, HiFi-GAN
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         dmlm_vocoder=(str(Path(args.vocoder).resolve()) if trained else "untrained, default VocoderConfig"),
         dmlm_system=f"conv net ({voc.num_params() / 1e6:.1f} M params) -> "
                     + (f"{cfg.n_mels}-band log-mel envelope -> " if cfg.target == "mel" else "")
+                    + (f"kNN matching (k={cfg.knn}, {len(voc.matching.frames):,} real frames) -> "
+                       if cfg.knn and voc.matching is not None else "")
                     + f"log-magnitude STFT (n_fft {cfg.n_fft}, hop {cfg.hop}) -> fast Griffin-Lim, "
                     f"{cfg.gl_iters} iterations, momentum {cfg.gl_momentum}",
         baseline_system=f"unit HiFi-GAN V1 generator (Polyak et al. 2021 shapes, "

@@ -308,6 +308,7 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
     if (out / "model_asr" / "dmlm.json").is_file():
         judges["asr_only"] = lambda: CheckpointJudge(out / "model_asr")
     reports: dict[str, dict] = {}
+    units: dict = {}  # T2S units, generated once for both judges
     ex = out / "examples"
     for jname, make in judges.items():
         def judge(make=make, jname=jname):
@@ -319,7 +320,8 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
         reports[f"resynthesis{sfx}"] = _cached(out / "eval" / f"resynthesis{sfx}.json", out / "model", lambda: evaluate_resynthesis(
             ck(), test_manifest, out / "units" / "test", judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}"))
         reports[f"t2s_audio{sfx}"] = _cached(out / "eval" / f"t2s_audio{sfx}.json", out / "model", lambda: evaluate_t2s_audio(
-            ck(), test_manifest, judge(), cfg.t2s_decoding, n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}"), cfg.t2s_decoding)
+            ck(), test_manifest, judge(), cfg.t2s_decoding, n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}", units_cache=units),
+            cfg.t2s_decoding)
         if jname == "whisper" and cfg.t2s_decoding.rerank > 1:  # what reranking buys, beside it
             greedy = DecodingOptions()
             reports["t2s_audio_greedy"] = _cached(out / "eval" / "t2s_audio_greedy.json", out / "model", lambda: evaluate_t2s_audio(

@@ -281,12 +281,14 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
 
 def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: int | None = 100,
                        out_dir: str | Path | None = None, original: bool = True,
-                       vocoder: Vocoder | str | Path | None = None) -> dict:
+                       vocoder: Vocoder | str | Path | None = None, units_cache: dict | None = None) -> dict:
     """Text -> DMLM units -> vocoder -> `judge_`: WER/CER against the text (T2S intelligibility).
 
     A text for which the model generates no units counts as an empty transcript (all
     deletions) and is counted in `empty_outputs`. `n` distinct texts. `vocoder`: another vocoder than the
-    checkpoint's own `vocoder/` (it must be trained for the checkpoint's codebook).
+    checkpoint's own `vocoder/` (it must be trained for the checkpoint's codebook). `units_cache`: a
+    dict shared by calls that judge the same model and options with other judges, so the units
+    (costly with `opts.rerank`) are generated once.
     """
     from dmlm.decoding import DecodingOptions
     from dmlm.infer import synthesize_units
@@ -302,7 +304,13 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
         cb, voc = speech_parts((ck.codebook("speech"), vocoder))
     voice = voc.voice
     recs = pick_texts(manifest, n, voice)
-    units = synthesize_units(ck, [r.text for r in recs], opts)
+    key = (str(ck.path), json.dumps(opts.__dict__, sort_keys=True), tuple(r.text for r in recs))
+    if units_cache is not None and key in units_cache:
+        units = units_cache[key]
+    else:
+        units = synthesize_units(ck, [r.text for r in recs], opts)
+        if units_cache is not None:
+            units_cache[key] = units
     keep = [i for i, u in enumerate(units) if len(u)]
     wavs: list[np.ndarray | None] = [None] * len(recs)
     for i, w in zip(keep, voc.synthesize_batch([np.asarray(units[i]) for i in keep]) if keep else []):

@@ -413,12 +413,21 @@ def test_t2s_texts_prefer_recordings_in_the_vocoders_voice(tmp_path):
 def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):
     from dmlm.speech_out import evaluate_t2s_audio
 
-    _patch_synthesize_units(monkeypatch, lambda ck, texts, opts: [np.array([1, 2, 3, 4] * 5) if i % 2 else
-                                                                  np.zeros(0, np.int64) for i, _ in enumerate(texts)])
+    calls = []
+
+    def fake(ck, texts, opts):
+        calls.append(len(texts))
+        return [np.array([1, 2, 3, 4] * 5) if i % 2 else np.zeros(0, np.int64) for i, _ in enumerate(texts)]
+
+    _patch_synthesize_units(monkeypatch, fake)
     ck = _loaded_fake_checkpoint(tmp_path, corpus, vocoder_dir, codebook)
-    rep = evaluate_t2s_audio(ck, corpus.dev, EchoJudge(), n=4, out_dir=tmp_path / "t2s", original=False)
+    cache: dict = {}
+    rep = evaluate_t2s_audio(ck, corpus.dev, EchoJudge(), n=4, out_dir=tmp_path / "t2s", original=False, units_cache=cache)
     assert rep["empty_outputs"] == 2 and rep["scores"]["all"]["utterances"] == 4
     assert (tmp_path / "t2s" / "report.json").is_file() and (tmp_path / "t2s" / "spectrograms.png").is_file()
+    # a second judge of the same model and options hears the same units, generated once
+    again = evaluate_t2s_audio(ck, corpus.dev, EchoJudge("a b"), n=4, original=False, units_cache=cache)
+    assert calls == [4] and again["empty_outputs"] == 2 and again["wer"] != rep["wer"]
 
 
 @pytest.mark.slow
