@@ -60,7 +60,7 @@ class DemoConfig:
     t2s_eval: int = 100
     """Test sentences synthesized by T2S, and test clips per voice group resynthesized, for judging by ear."""
     t2s_decoding: DecodingOptions = field(default_factory=DecodingOptions)
-    """How T2S is decoded for judging by ear; with rerank > 1 greedy decoding is judged by Whisper too (wer_greedy)."""
+    """How T2S is decoded for judging by ear; with rerank > 1 greedy decoding is judged by Whisper too (greedy_wer)."""
     eval_limit: int = 0
     """Score only the first N test records per task (0: all)."""
     examples: int = 6

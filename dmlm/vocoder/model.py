@@ -33,7 +33,7 @@ Design decisions (numbers: README "Speech out", measured on the demo's 34 espeak
   nearest real frames *of the same unit* in the output voice's training clips (the matching set,
   `matching.safetensors`, built at the end of training from the cached targets; in the spirit of
   kNN-VC, Baas et al. 2023, with the unit as the key that keeps the content). It costs no training
-  and cut resynthesis WER from 16.0 to 14.3 % at k=4 on the demo (README, "Speech out").
+  and cut resynthesis WER from 16.0 to 14.2 % (k=8) on the demo (README, "Speech out").
 - A vocoder is tied to the codebook it was trained for: `config.json` records the codebook's
   fingerprint, k and frame rate, and loading it for another codebook raises `CodebookMismatch`.
   In a checkpoint it lives in `<model>/vocoder/`.
