@@ -278,18 +278,6 @@ class UnitToSpec(nn.Module):
         return y
 
 
-def load_matching_set(path: str | Path) -> MatchingSet | None:
-    """The matching set saved in a vocoder folder, or None (a vocoder trained before it existed)."""
-    from safetensors import safe_open
-
-    f = Path(path) / MATCHING
-    if not f.is_file():
-        return None
-    with safe_open(str(f), "pt") as t:
-        voice = (t.metadata() or {}).get("voice") or None
-        return MatchingSet(t.get_tensor("frames"), t.get_tensor("bounds"), voice)
-
-
 def run_lengths(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Deduplicate `units`: (distinct consecutive units, how many frames each ran)."""
     units = np.asarray(units)
@@ -345,8 +333,28 @@ class MatchingSet:
             out[rows] = cand[near].mean(1)
         return out
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"frames": self.frames, "bounds": self.bounds}
+    def save(self, folder: str | Path) -> Path:
+        """Write `folder/matching.safetensors` (temp file + rename: never half a file)."""
+        import os
+
+        from safetensors.torch import save_file
+
+        out = Path(folder) / MATCHING
+        tmp = out.with_name(f".{out.name}.tmp")
+        save_file({"frames": self.frames, "bounds": self.bounds}, str(tmp), metadata={"voice": self.voice or ""})
+        os.replace(tmp, out)
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> MatchingSet | None:
+        """The matching set saved in a vocoder folder, or None (a vocoder trained before it existed)."""
+        from safetensors import safe_open
+
+        f = Path(folder) / MATCHING
+        if not f.is_file():
+            return None
+        with safe_open(str(f), "pt") as t:
+            return cls(t.get_tensor("frames"), t.get_tensor("bounds"), (t.metadata() or {}).get("voice") or None)
 
 
 class Vocoder:
@@ -375,7 +383,7 @@ class Vocoder:
         tmp.mkdir()
         save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS))
         if self.matching is not None:
-            save_file(self.matching.tensors(), str(tmp / MATCHING), metadata={"voice": self.matching.voice or ""})
+            self.matching.save(tmp)
         (tmp / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, **asdict(self.cfg),
                                               **({"training": extra} if extra else {})}, indent=1))
         old = out.with_name(f".{out.name}.old")
@@ -403,7 +411,7 @@ class Vocoder:
         d = json.loads((path / CONFIG).read_text())
         d.pop("training", None)
         cfg = VocoderConfig.from_dict(d)
-        voc = cls(cfg, matching=load_matching_set(path))
+        voc = cls(cfg, matching=MatchingSet.load(path))
         voc.net.load_state_dict(load_file(str(path / WEIGHTS)))
         voc.net.to(device)
         if codebook is not None:
@@ -484,10 +492,10 @@ class Vocoder:
         if not self.cfg.knn or m is None or (voice is not None and voice != m.voice):
             return spec
         out = spec.float().clone()
-        for b, s in enumerate(seqs):
-            n = len(s) * self.net.r
-            units = torch.as_tensor(np.repeat(np.asarray(s, dtype=np.int64), self.net.r), device=out.device)
-            out[b, :n] = m.refine(out[b, :n], units, self.cfg.knn)
+        lengths = torch.as_tensor([len(s) for s in seqs]) * self.net.r
+        valid = torch.arange(out.shape[1])[None] < lengths[:, None]  # (B, T*r): the clips' own frames
+        units = torch.as_tensor(np.concatenate([np.repeat(np.asarray(s, dtype=np.int64), self.net.r) for s in seqs]))
+        out[valid.to(out.device)] = m.refine(out[valid.to(out.device)], units.to(out.device), self.cfg.knn)
         return out
 
     @torch.inference_mode()

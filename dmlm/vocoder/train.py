@@ -147,27 +147,23 @@ def matching_set(data: _Data, cfg: VocoderConfig, progress: bool = False) -> Mat
     return MatchingSet.build(clips, cfg.k, data.r, voice)
 
 
+def _store(prefix: str | Path | None, cb: Codebook) -> TokenStore | None:
+    """The units token store at `prefix` (None: none), checked against the codebook."""
+    if prefix is None:
+        return None
+    store = TokenStore(prefix)
+    cb.check(store.fingerprint, f"token store {store.prefix}")
+    return store
+
+
 def add_matching_set(vocoder_dir: str | Path, manifest: str | Path, units_store_prefix: str | Path | None,
                      codebook: Codebook | str | Path, progress: bool = True) -> Path:
     """Build the matching set of a trained vocoder that has none (trained before it existed, or
     killed before its last save) from its training data; written atomically into `vocoder_dir`."""
-    import os
-
-    from safetensors.torch import save_file
-
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
-    voc = Vocoder.load(vocoder_dir, codebook=cb)
-    store = TokenStore(units_store_prefix) if units_store_prefix is not None else None
-    if store is not None:
-        cb.check(store.fingerprint, f"token store {store.prefix}")
-    cfg = replace(voc.cfg, cache_gb=0.0)  # every clip is read once
-    m = matching_set(_Data(Path(manifest), store, cb, cfg), cfg, progress)
-    out = Path(vocoder_dir) / MATCHING
-    if m is not None:
-        tmp = out.with_name(f".{out.name}.tmp")
-        save_file(m.tensors(), str(tmp), metadata={"voice": m.voice or ""})
-        os.replace(tmp, out)
-    return out
+    cfg = replace(Vocoder.load(vocoder_dir, codebook=cb).cfg, cache_gb=0.0)  # every clip is read once
+    m = matching_set(_Data(Path(manifest), _store(units_store_prefix, cb), cb, cfg), cfg, progress)
+    return m.save(vocoder_dir) if m is not None else Path(vocoder_dir) / MATCHING
 
 
 def centroid_embedding(centroids: np.ndarray, dim: int) -> torch.Tensor:
@@ -229,11 +225,8 @@ def train_vocoder(
                   dedup=s.dedup)
     cfg.upsample  # validates hop against the codebook's frame rate
     bf16 = _bf16(cfg.precision, device)
-    store = None
-    if units_store_prefix is not None:
-        store = TokenStore(units_store_prefix)
-        cb.check(store.fingerprint, f"token store {store.prefix}")
-    elif not cfg.dedup:
+    store = _store(units_store_prefix, cb)
+    if store is None and not cfg.dedup:
         raise ValueError("a units token store is needed (this codebook does not deduplicate, so its units come "
                          "from the store): pass units_store_prefix")
     data = _Data(Path(manifest), store, cb, cfg)
