@@ -273,13 +273,17 @@ def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None
         if changed:
             raise ValueError(f"{target}: this vocoder was trained with other settings ({', '.join(changed)}); "
                              f"delete the folder to train it again")
-        synthesis = cfg.vocoder.changed_settings(saved, synthesis=True)
-        if synthesis:  # read only at synthesis: the trained vocoder takes them as they are
-            log.info("vocoder: new synthesis settings %s", {k: getattr(cfg.vocoder, k) for k in synthesis})
-            saved.update({k: getattr(cfg.vocoder, k) for k in synthesis})
+        # synthesis settings are taken as they are; a new matching_clips rebuilds only the matching set
+        new = {k: getattr(cfg.vocoder, k) for kind in ("synthesis", "matching")
+               for k in cfg.vocoder.changed_settings(saved, kind)}
+        if new:
+            log.info("vocoder: new settings without retraining %s", new)
+            saved.update(new)
             atomic_write_text(target / "config.json", json.dumps(saved, indent=1))
+        if "matching_clips" in new:  # the old set is of other clips
+            (target / MATCHING).unlink(missing_ok=True)
         if cfg.vocoder.knn and cfg.vocoder.matching_clips and not (target / MATCHING).is_file():
-            log.info("vocoder: building its matching set (knn=%d)", cfg.vocoder.knn)
+            log.info("vocoder: building its matching set (knn=%d, %d clips)", cfg.vocoder.knn, cfg.vocoder.matching_clips)
             add_matching_set(target, train_manifest, out / "units" / "train", out / "codebook.safetensors")
         return
     train_vocoder(train_manifest, out / "units" / "train", out / "codebook.safetensors", cfg.vocoder, target,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,33 @@ def test_a_finished_vocoder_without_a_matching_set_gets_one(tmp_path, monkeypatc
     assert calls == []  # knn off: no matching set needed
     train_demo_vocoder(DemoConfig(), tmp_path / "train.jsonl", tmp_path)
     assert calls == [(target, tmp_path / "train.jsonl", tmp_path / "units" / "train", tmp_path / "codebook.safetensors")]
+
+
+def test_a_new_matching_clips_rebuilds_only_the_matching_set(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    import dmlm.vocoder.train as vt
+    from dmlm.demo import DemoConfig, train_demo_vocoder
+    from dmlm.vocoder.model import VocoderConfig
+
+    target = tmp_path / "model" / "vocoder"
+    target.mkdir(parents=True)
+    saved = {**asdict(VocoderConfig()), "voice": "en-us+m3", "voices": ["en-us+m3"], "k": 1000, "training": {"steps": 9}}
+    (target / "config.json").write_text(json.dumps(saved))
+    (target / "model.safetensors").write_bytes(b"weights")
+    (target / "matching.safetensors").write_bytes(b"frames of 4000 clips")
+    calls = []
+
+    def rebuild(folder, *args):
+        calls.append(json.loads((Path(folder) / "config.json").read_text())["matching_clips"])
+        assert not (Path(folder) / "matching.safetensors").exists()  # the stale set is gone first
+
+    monkeypatch.setattr(vt, "add_matching_set", rebuild)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), tmp_path / "train.jsonl", tmp_path)
+    assert calls == [100]  # built from the new count, the network untouched (no training data here)
+    now = json.loads((target / "config.json").read_text())
+    assert (now["matching_clips"], now["training"]) == (100, {"steps": 9})
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+    (target / "matching.safetensors").write_bytes(b"frames of 100 clips")
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=0)), tmp_path / "train.jsonl", tmp_path)
+    assert calls == [100] and not (target / "matching.safetensors").exists()  # no set wanted: none kept

@@ -441,3 +441,17 @@ def test_whisper_judge_on_real_speech(engine, corpus):
     res = judge(wavs, [r.text for r in recs], j)
     assert all(h.strip() for h in res["hyps"]), res["hyps"]
     assert res["wer"] < 60, res  # clean en-us espeak-ng: Whisper-base gets most words
+
+
+def test_changed_settings_sorts_settings_by_what_they_need():
+    from dataclasses import asdict
+
+    from dmlm.vocoder.model import VocoderConfig
+
+    saved = asdict(VocoderConfig())
+    new = VocoderConfig(dim=128, knn=4, matching_clips=10, k=7)  # k is filled in by training: never a change
+    assert new.changed_settings(saved) == ["dim"]
+    assert new.changed_settings(saved, "synthesis") == ["knn"]
+    assert new.changed_settings(saved, "matching") == ["matching_clips"]
+    with pytest.raises(ValueError, match="kind"):
+        new.changed_settings(saved, "other")

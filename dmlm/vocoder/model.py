@@ -70,6 +70,9 @@ TRAINING_FIELDS = ("codebook_fingerprint", "k", "frame_rate", "dedup", "voices",
 SYNTHESIS_FIELDS = ("gl_iters", "gl_momentum", "gl_power", "knn")
 """VocoderConfig fields read only at synthesis: a trained vocoder can take new values without retraining."""
 
+MATCHING_FIELDS = ("matching_clips",)
+"""VocoderConfig fields that shape only the matching set: a new value rebuilds it, not the network."""
+
 
 @dataclass
 class VocoderConfig:
@@ -152,11 +155,15 @@ class VocoderConfig:
     voice: str | None = None
     """Default voice for synthesis: the training speaker with most clips (speaker_conditioning only)."""
 
-    def changed_settings(self, saved: dict, synthesis: bool = False) -> list[str]:
-        """Training settings a user sets (not those training fills in) that differ from a saved
-        config.json's; with `synthesis`, the synthesis-only settings (SYNTHESIS_FIELDS) instead."""
-        names = [f.name for f in fields(self) if f.name not in TRAINING_FIELDS
-                 and (f.name in SYNTHESIS_FIELDS) == synthesis]
+    def changed_settings(self, saved: dict, kind: str = "training") -> list[str]:
+        """Settings of one kind that differ from a saved config.json's: "training" (those a user
+        sets that shape the network), "synthesis" (SYNTHESIS_FIELDS) or "matching" (MATCHING_FIELDS)."""
+        groups = {"synthesis": SYNTHESIS_FIELDS, "matching": MATCHING_FIELDS}
+        if kind not in (*groups, "training"):
+            raise ValueError(f"kind must be training, synthesis or matching, got {kind!r}")
+        other = set(TRAINING_FIELDS) | set(SYNTHESIS_FIELDS) | set(MATCHING_FIELDS)
+        names = [f.name for f in fields(self)
+                 if (f.name in groups[kind] if kind in groups else f.name not in other)]
         return sorted(n for n in names if saved.get(n, getattr(VocoderConfig, n)) != getattr(self, n))
 
     @property

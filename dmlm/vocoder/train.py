@@ -158,8 +158,9 @@ def _store(prefix: str | Path | None, cb: Codebook) -> TokenStore | None:
 
 def add_matching_set(vocoder_dir: str | Path, manifest: str | Path, units_store_prefix: str | Path | None,
                      codebook: Codebook | str | Path, progress: bool = True) -> Path:
-    """Build the matching set of a trained vocoder that has none (trained before it existed, or
-    killed before its last save) from its training data; written atomically into `vocoder_dir`."""
+    """Build the matching set of a trained vocoder from its training data, as its config.json
+    says (`matching_clips`): for one that has none (trained before it existed, or killed before
+    its last save) or whose `matching_clips` changed. Written atomically into `vocoder_dir`."""
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
     cfg = replace(Vocoder.load(vocoder_dir, codebook=cb).cfg, cache_gb=0.0)  # every clip is read once
     m = matching_set(_Data(Path(manifest), _store(units_store_prefix, cb), cb, cfg), cfg, progress)
