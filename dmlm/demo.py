@@ -239,18 +239,25 @@ def _accumulate_stages(path: Path, seconds: dict[str, float]) -> dict:
     return {"all_invocations": {**total, "minutes": round(sum(total["stages_seconds"].values()) / 60, 2)}}
 
 
-def _stamp(model_dir: Path) -> str:
-    """Identifies a checkpoint's weights (and vocoder): an evaluation of them can be reused."""
-    parts = [model_dir / "model.safetensors", model_dir / "vocoder" / "model.safetensors",
-             model_dir / "vocoder" / "config.json",  # synthesis settings can change without retraining
-             model_dir / "vocoder" / "matching.safetensors"]
+def _stamp(model_dir: Path, vocoder: bool = False, judge: Path | None = None) -> str:
+    """Identifies what an evaluation read, so that it can be reused: the checkpoint's weights;
+    with `vocoder`, its vocoder too (weights, settings, matching set); with `judge`, that judge
+    checkpoint's weights. A text task's report survives a new vocoder or matching set."""
+    parts = [model_dir / "model.safetensors"]
+    if vocoder:  # synthesis settings and the matching set can change without retraining
+        parts += [model_dir / "vocoder" / f for f in ("model.safetensors", "config.json", "matching.safetensors")]
+    if judge is not None:
+        parts.append(judge / "model.safetensors")
     return ";".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in parts if p.is_file())
 
 
-def _cached(path: Path, model_dir: Path, evaluate, settings: object = None) -> dict:
-    """The report at `path` if it was made for these weights (and `settings`, e.g. decoding
-    options), else `evaluate()` (stamped)."""
-    stamp = _stamp(model_dir) + (f";{json.dumps(asdict(settings), sort_keys=True)}" if settings is not None else "")
+def _cached(path: Path, model_dir: Path, evaluate, settings: object = None, vocoder: bool = False,
+            judge: Path | None = None) -> dict:
+    """The report at `path` if it was made for these weights (`_stamp`) and `settings` (e.g.
+    decoding options), else `evaluate()` (stamped)."""
+    stamp = _stamp(model_dir, vocoder, judge)
+    if settings is not None:
+        stamp += f";{json.dumps(asdict(settings), sort_keys=True)}"
     if path.is_file():
         rep = json.loads(path.read_text())
         if rep.get("model_stamp") == stamp:
@@ -321,15 +328,16 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
             return parts[jname]
 
         sfx = "" if jname == "whisper" else f"_{jname}"
+        read = {"vocoder": True, "judge": out / "model_asr" if jname == "asr_only" else None}
         reports[f"resynthesis{sfx}"] = _cached(out / "eval" / f"resynthesis{sfx}.json", out / "model", lambda: evaluate_resynthesis(
-            ck(), test_manifest, out / "units" / "test", judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}"))
+            ck(), test_manifest, out / "units" / "test", judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}"), **read)
         reports[f"t2s_audio{sfx}"] = _cached(out / "eval" / f"t2s_audio{sfx}.json", out / "model", lambda: evaluate_t2s_audio(
             ck(), test_manifest, judge(), cfg.t2s_decoding, n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}", units_cache=units),
-            cfg.t2s_decoding)
+            cfg.t2s_decoding, **read)
         if jname == "whisper" and cfg.t2s_decoding.rerank > 1:  # what reranking buys, beside it
             greedy = DecodingOptions()
             reports["t2s_audio_greedy"] = _cached(out / "eval" / "t2s_audio_greedy.json", out / "model", lambda: evaluate_t2s_audio(
-                ck(), test_manifest, judge(), greedy, n=cfg.t2s_eval, out_dir=ex / "t2s_greedy"), greedy)
+                ck(), test_manifest, judge(), greedy, n=cfg.t2s_eval, out_dir=ex / "t2s_greedy"), greedy, **read)
     return reports
 
 

@@ -95,7 +95,8 @@ def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_
     (target / "config.json").write_text(json.dumps(saved))
     (target / "model.safetensors").write_bytes(b"weights")
     (target / "matching.safetensors").write_bytes(b"frames")
-    stamp = _stamp(tmp_path / "model")
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"dmlm weights")
+    stamp, text_stamp = _stamp(tmp_path / "model", vocoder=True), _stamp(tmp_path / "model")
     train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)  # nothing changed: untouched
     assert json.loads((target / "config.json").read_text()) == saved
     new = DemoConfig(vocoder=VocoderConfig(gl_iters=32, gl_power=1.3))
@@ -103,7 +104,14 @@ def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_
     now = json.loads((target / "config.json").read_text())
     assert (now["gl_iters"], now["gl_power"], now["training"]) == (32, 1.3, {"steps": 9})
     assert (target / "model.safetensors").read_bytes() == b"weights"
-    assert _stamp(tmp_path / "model") != stamp  # evaluations of the old settings are not reused
+    assert _stamp(tmp_path / "model", vocoder=True) != stamp  # evaluations of the old settings are not reused
+    assert _stamp(tmp_path / "model") == text_stamp  # but text tasks never read the vocoder: theirs are
+    judge = tmp_path / "model_asr"
+    judge.mkdir()
+    (judge / "model.safetensors").write_bytes(b"judge weights")
+    with_judge = _stamp(tmp_path / "model", vocoder=True, judge=judge)
+    (judge / "model.safetensors").write_bytes(b"retrained judge weights")
+    assert _stamp(tmp_path / "model", vocoder=True, judge=judge) != with_judge  # a new in-domain judge re-judges
 
 
 def test_a_finished_vocoder_without_a_matching_set_gets_one(tmp_path, monkeypatch):
