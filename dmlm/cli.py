@@ -11,6 +11,7 @@
     dmlm caption MODEL img.png
     dmlm synthesize-units MODEL "text"
     dmlm vocoder train MODEL [--minutes 4]        units -> speech vocoder into MODEL/vocoder/
+    dmlm vocoder match MODEL [--clips N]          (re)build its matching set of real frames
     dmlm speak MODEL "text" -o out.wav
     dmlm resynthesize MODEL in.wav -o out.wav
     dmlm evaluate MODEL --task TASK --manifest M [--out report.json]
@@ -190,22 +191,44 @@ def cmd_synthesize_units(args) -> None:
         print(json.dumps({"text": text, "units": units.tolist()}))
 
 
-def cmd_vocoder_train(args) -> None:
-    from dmlm.config import load_config
+def _vocoder_data(args) -> tuple[str, str]:
+    """The audio manifest and units store a vocoder learns from: --manifest/--units, else the model's own."""
     from dmlm.model import load_checkpoint
-    from dmlm.vocoder.model import VocoderConfig
-    from dmlm.vocoder.train import train_vocoder
 
-    ck = load_checkpoint(args.model)
-    data = ck.meta.get("config", {}).get("data", {})
+    data = load_checkpoint(args.model).meta.get("config", {}).get("data", {})
     manifest = args.manifest or data.get("train")
     if not manifest:
         raise ValueError(f"{args.model}: the checkpoint does not name its training manifest; give --manifest")
-    units = args.units or str(Path(data.get("units", "")) / Path(manifest).stem)
+    return manifest, args.units or str(Path(data.get("units", "")) / Path(manifest).stem)
+
+
+def cmd_vocoder_train(args) -> None:
+    from dmlm.config import load_config
+    from dmlm.vocoder.model import VocoderConfig
+    from dmlm.vocoder.train import train_vocoder
+
+    manifest, units = _vocoder_data(args)
     cfg = load_config(None, args.overrides, cls=VocoderConfig)
     out = train_vocoder(manifest, units, Path(args.model) / "codebooks" / "speech.safetensors", cfg,
                         Path(args.model) / "vocoder", max_minutes=args.minutes or None, steps=args.steps or None)
     print(f"vocoder -> {out}")
+
+
+def cmd_vocoder_match(args) -> None:
+    from dmlm.data.manifest import atomic_write_text
+    from dmlm.vocoder.train import add_matching_set
+
+    folder = Path(args.model) / "vocoder"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{args.model}: no trained vocoder in {folder}; run `dmlm vocoder train {args.model}` first")
+    if args.clips is not None:
+        if args.clips < 1:
+            raise ValueError(f"--clips must be at least 1, got {args.clips}")
+        saved = json.loads((folder / "config.json").read_text())
+        saved["matching_clips"] = args.clips
+        atomic_write_text(folder / "config.json", json.dumps(saved, indent=1))
+    manifest, units = _vocoder_data(args)
+    print(f"matching set -> {add_matching_set(folder, manifest, units, Path(args.model) / 'codebooks' / 'speech.safetensors')}")
 
 
 def cmd_speak(args) -> None:
@@ -379,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=int, default=0, help="step budget (0: none)")
     f.add_argument("overrides", nargs="*", help="VocoderConfig fields, e.g. dim=256 batch_size=16 gl_iters=32")
     f.set_defaults(fn=cmd_vocoder_train)
+    f = vs.add_parser("match", help="(re)build MODEL/vocoder's matching set: the real frames `knn` draws on")
+    f.add_argument("model")
+    f.add_argument("--manifest", help="audio manifest (default: the model's training manifest)")
+    f.add_argument("--units", help="its speech token store prefix (default: from the model's config)")
+    f.add_argument("--clips", type=int, help="clips of the output voice in the set (default: the vocoder's matching_clips)")
+    f.set_defaults(fn=cmd_vocoder_match)
 
     s = sub.add_parser("speak", help="text -> speech units -> vocoder -> wav")
     s.add_argument("model")

@@ -167,6 +167,16 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
     assert main(["vocoder", "train", str(model), "--manifest", str(manifest), "--units", str(root / "units" / "mixed"),
                  "--minutes", "0", "--steps", "3", "dim=32", "frame_dim=32", "batch_size=2"]) == 0
     assert (model / "vocoder" / "config.json").is_file()
+    # the matching set, rebuilt from another number of clips (a vocoder without one gets one the same way)
+    (model / "vocoder" / "matching.safetensors").unlink()
+    assert main(["vocoder", "match", str(model), "--manifest", str(manifest), "--units", str(root / "units" / "mixed"),
+                 "--clips", "2"]) == 0
+    assert json.loads((model / "vocoder" / "config.json").read_text())["matching_clips"] == 2
+    from dmlm.vocoder.model import MatchingSet
+
+    assert 0 < len(MatchingSet.load(model / "vocoder").frames)
+    assert main(["vocoder", "match", str(tmp_path), "--clips", "2"]) == 2  # no vocoder there: a clear error
+    assert "no trained vocoder" in capsys.readouterr().err
     assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav")]) == 0
     wav, sr = sf.read(tmp_path / "s.wav")
     assert sr == 16000 and len(wav) > 1600
