@@ -215,20 +215,14 @@ def cmd_vocoder_train(args) -> None:
 
 
 def cmd_vocoder_match(args) -> None:
-    from dmlm.data.manifest import atomic_write_text
     from dmlm.vocoder.train import add_matching_set
 
     folder = Path(args.model) / "vocoder"
     if not (folder / "config.json").is_file():
         raise ValueError(f"{args.model}: no trained vocoder in {folder}; run `dmlm vocoder train {args.model}` first")
-    if args.clips is not None:
-        if args.clips < 1:
-            raise ValueError(f"--clips must be at least 1, got {args.clips}")
-        saved = json.loads((folder / "config.json").read_text())
-        saved["matching_clips"] = args.clips
-        atomic_write_text(folder / "config.json", json.dumps(saved, indent=1))
     manifest, units = _vocoder_data(args)
-    print(f"matching set -> {add_matching_set(folder, manifest, units, Path(args.model) / 'codebooks' / 'speech.safetensors')}")
+    out = add_matching_set(folder, manifest, units, Path(args.model) / "codebooks" / "speech.safetensors", clips=args.clips)
+    print(f"matching set -> {out}")
 
 
 def cmd_speak(args) -> None:

@@ -177,6 +177,10 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
     assert 0 < len(MatchingSet.load(model / "vocoder").frames)
     assert main(["vocoder", "match", str(tmp_path), "--clips", "2"]) == 2  # no vocoder there: a clear error
     assert "no trained vocoder" in capsys.readouterr().err
+    assert main(["vocoder", "match", str(model), "--manifest", str(manifest), "--units", str(root / "units" / "mixed"),
+                 "--clips", "0"]) == 2  # nothing changed on a bad size
+    assert "at least 1 clip" in capsys.readouterr().err
+    assert json.loads((model / "vocoder" / "config.json").read_text())["matching_clips"] == 2
     assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav")]) == 0
     wav, sr = sf.read(tmp_path / "s.wav")
     assert sr == 16000 and len(wav) > 1600

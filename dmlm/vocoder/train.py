@@ -23,6 +23,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -35,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from dmlm.audio import load_audio
-from dmlm.data.manifest import Record, read_manifest
+from dmlm.data.manifest import Record, atomic_write_text, read_manifest
 from dmlm.data.shards import TokenStore
 from dmlm.tokenizers.speech import Codebook, pool_frames
 from dmlm.vocoder.model import (
@@ -157,14 +158,23 @@ def _store(prefix: str | Path | None, cb: Codebook) -> TokenStore | None:
 
 
 def add_matching_set(vocoder_dir: str | Path, manifest: str | Path, units_store_prefix: str | Path | None,
-                     codebook: Codebook | str | Path, progress: bool = True) -> Path:
-    """Build the matching set of a trained vocoder from its training data, as its config.json
-    says (`matching_clips`): for one that has none (trained before it existed, or killed before
-    its last save) or whose `matching_clips` changed. Written atomically into `vocoder_dir`."""
+                     codebook: Codebook | str | Path, progress: bool = True, clips: int | None = None) -> Path:
+    """Build the matching set of a trained vocoder from its training data, of its config.json's
+    `matching_clips` clips (or `clips`, then recorded there once the set is written): for one that
+    has none (trained before it existed, or killed before its last save) or a new size. The set
+    is written atomically into `vocoder_dir`."""
+    if clips is not None and clips < 1:
+        raise ValueError(f"a matching set needs at least 1 clip, got {clips}")
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
     cfg = replace(Vocoder.load(vocoder_dir, codebook=cb).cfg, cache_gb=0.0)  # every clip is read once
+    if clips is not None:
+        cfg = replace(cfg, matching_clips=clips)
     m = matching_set(_Data(Path(manifest), _store(units_store_prefix, cb), cb, cfg), cfg, progress)
-    return m.save(vocoder_dir) if m is not None else Path(vocoder_dir) / MATCHING
+    out = m.save(vocoder_dir) if m is not None else Path(vocoder_dir) / MATCHING
+    if clips is not None:
+        config = Path(vocoder_dir) / "config.json"
+        atomic_write_text(config, json.dumps({**json.loads(config.read_text()), "matching_clips": clips}, indent=1))
+    return out
 
 
 def centroid_embedding(centroids: np.ndarray, dim: int) -> torch.Tensor:
