@@ -184,6 +184,7 @@ def test_trained_vocoder_keeps_a_matching_set(vocoder_dir, corpus, codebook, tmp
     add_matching_set(old, corpus.tiny, None, corpus.codebook, progress=False)
     again = Vocoder.load(old).matching
     assert torch.equal(again.frames, voc.matching.frames) and torch.equal(again.bounds, voc.matching.bounds)
+    assert Vocoder.load(old, matching=False).matching is None  # what a rebuild loads: not the set it replaces
 
 
 def test_durations_restore_timing(vocoder_dir, corpus, codebook):

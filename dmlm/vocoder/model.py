@@ -402,8 +402,9 @@ class Vocoder:
         return out
 
     @classmethod
-    def load(cls, path: str | Path, codebook=None, device: str = "cpu") -> Vocoder:
-        """Load a vocoder folder (or a checkpoint holding `vocoder/`); check it against `codebook`."""
+    def load(cls, path: str | Path, codebook=None, device: str = "cpu", matching: bool = True) -> Vocoder:
+        """Load a vocoder folder (or a checkpoint holding `vocoder/`); check it against `codebook`.
+        `matching=False` skips its matching set (for a caller about to replace it)."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -418,7 +419,7 @@ class Vocoder:
         d = json.loads((path / CONFIG).read_text())
         d.pop("training", None)
         cfg = VocoderConfig.from_dict(d)
-        voc = cls(cfg, matching=MatchingSet.load(path))
+        voc = cls(cfg, matching=MatchingSet.load(path) if matching else None)
         voc.net.load_state_dict(load_file(str(path / WEIGHTS)))
         voc.net.to(device)
         if codebook is not None:

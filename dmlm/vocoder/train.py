@@ -166,7 +166,8 @@ def add_matching_set(vocoder_dir: str | Path, manifest: str | Path, units_store_
     if clips is not None and clips < 1:
         raise ValueError(f"a matching set needs at least 1 clip, got {clips}")
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
-    cfg = replace(Vocoder.load(vocoder_dir, codebook=cb).cfg, cache_gb=0.0)  # every clip is read once
+    # the config and its checks, not the old set (138 MB on the demo) that is about to be replaced
+    cfg = replace(Vocoder.load(vocoder_dir, codebook=cb, matching=False).cfg, cache_gb=0.0)  # every clip is read once
     if clips is not None:
         cfg = replace(cfg, matching_clips=clips)
     m = matching_set(_Data(Path(manifest), _store(units_store_prefix, cb), cb, cfg), cfg, progress)
