@@ -243,6 +243,19 @@ def cmd_resynthesize(args) -> None:
     print(f"{out}")
 
 
+def _voice_clips(value: str) -> int | None:
+    """--voice-clips: a count >= 0, or "all" (None)."""
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of clips >= 0 or 'all', got {value!r}")
+    return n
+
+
 def _speech_out_eval(args, out: str) -> dict:
     from dmlm.evaluation.judge import build_judge
     from dmlm.speech_out import evaluate_resynthesis, evaluate_t2s_audio
@@ -255,7 +268,8 @@ def _speech_out_eval(args, out: str) -> dict:
             raise ValueError("--task resynthesis needs --units (the manifest's speech token store or its folder)")
         units = Path(args.units)
         units = units if units.with_suffix(".json").is_file() else units / Path(args.manifest).stem
-        return evaluate_resynthesis(args.model, args.manifest, units, judge, n=n, out_dir=folder)
+        return evaluate_resynthesis(args.model, args.manifest, units, judge, n=n, out_dir=folder,
+                                    voice_clips=args.voice_clips)
     return evaluate_t2s_audio(args.model, args.manifest, judge, _decoding_options(args), n=n, out_dir=folder)
 
 
@@ -264,6 +278,8 @@ def cmd_evaluate(args) -> None:
 
     name = args.task.replace(":", "_")
     out = args.out or str(Path(args.model) / f"eval_{name}_{Path(args.manifest).stem}.json")
+    if args.voice_clips != 0 and args.task != "resynthesis":
+        raise ValueError(f"--voice-clips is for --task resynthesis, not {args.task}")
     if args.task == "resynthesis" or (args.task == "t2s" and args.judge):
         if not args.judge:
             args.judge = "whisper-base"
@@ -355,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "preset (e.g. whisper-base) or a dmlm ASR checkpoint folder; "
                                                        "t2s without it scores units only")
             s.add_argument("--judge-engine", default="ctranslate2", choices=["ctranslate2", "transformers"])
+            s.add_argument("--voice-clips", type=_voice_clips, default=0, metavar="N|all",
+                           help="resynthesis with --limit: score the vocoder's own voice on N training-voice clips, "
+                                "or all the manifest has (clips past the limit count only in that group; default 0: "
+                                "only those within the limit)")
         _decoding_args(s)
         s.set_defaults(fn=fn)
 

@@ -59,6 +59,9 @@ class DemoConfig:
     """Whisper preset that listens to synthesized speech (T2S and resynthesis WER)."""
     t2s_eval: int = 100
     """Test sentences synthesized by T2S, and test clips per voice group resynthesized, for judging by ear."""
+    resynthesis_voice_clips: int = -1
+    """Test clips in the vocoder's own voice resynthesized and judged as their group (-1: every one in
+    the test split; the ~50 among the first `t2s_eval` read low twice, README "Speech out")."""
     t2s_decoding: DecodingOptions = field(default_factory=DecodingOptions)
     """How T2S is decoded for judging by ear; with rerank > 1 greedy decoding is judged by Whisper too (greedy_wer)."""
     eval_limit: int = 0
@@ -253,11 +256,11 @@ def _stamp(model_dir: Path, vocoder: bool = False, judge: Path | None = None) ->
 
 def _cached(path: Path, model_dir: Path, evaluate, settings: object = None, vocoder: bool = False,
             judge: Path | None = None) -> dict:
-    """The report at `path` if it was made for these weights (`_stamp`) and `settings` (e.g.
-    decoding options), else `evaluate()` (stamped)."""
+    """The report at `path` if it was made for these weights (`_stamp`) and `settings` (a
+    dataclass, e.g. decoding options, or a dict), else `evaluate()` (stamped)."""
     stamp = _stamp(model_dir, vocoder, judge)
     if settings is not None:
-        stamp += f";{json.dumps(asdict(settings), sort_keys=True)}"
+        stamp += f";{json.dumps(settings if isinstance(settings, dict) else asdict(settings), sort_keys=True)}"
     if path.is_file():
         rep = json.loads(path.read_text())
         if rep.get("model_stamp") == stamp:
@@ -329,8 +332,10 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
 
         sfx = "" if jname == "whisper" else f"_{jname}"
         read = {"vocoder": True, "judge": out / "model_asr" if jname == "asr_only" else None}
+        clips = None if cfg.resynthesis_voice_clips < 0 else cfg.resynthesis_voice_clips
         reports[f"resynthesis{sfx}"] = _cached(out / "eval" / f"resynthesis{sfx}.json", out / "model", lambda: evaluate_resynthesis(
-            ck(), test_manifest, out / "units" / "test", judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}"), **read)
+            ck(), test_manifest, out / "units" / "test", judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}",
+            voice_clips=clips), {"voice_clips": clips}, **read)
         reports[f"t2s_audio{sfx}"] = _cached(out / "eval" / f"t2s_audio{sfx}.json", out / "model", lambda: evaluate_t2s_audio(
             ck(), test_manifest, judge(), cfg.t2s_decoding, n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}", units_cache=units),
             cfg.t2s_decoding, **read)

@@ -102,14 +102,26 @@ def speak(ck, text: str, opts=None, vocoder: Vocoder | None = None) -> np.ndarra
 # ------------------------------------------------------------------------------ evaluation
 
 
-def pick_records(manifest: str | Path, n: int | None) -> list[Record]:
-    """The first `n` records with text of each voice group (training voices, held-out voice)."""
+def pick_records(manifest: str | Path, n: int | None, voice: str | None = None,
+                 voice_clips: int | None = 0) -> tuple[list[Record], int]:
+    """The first `n` records with text of each voice group (training voices, held-out voice),
+    then more training-voice records spoken in `voice` (the vocoder's) until that voice has
+    `voice_clips` of them (None: all the manifest has; 0: none added). Returns the records and
+    how many at the end were added for the voice: those count only in its own group."""
     recs = [r for r in read_manifest(manifest) if r.text]
     if not recs:
         raise ValueError(f"{manifest}: no records with a reference 'text'")
+    if not n:
+        return recs, 0
     seen = [r for r in recs if not r.custom.get("heldout_voice")]
     unseen = [r for r in recs if r.custom.get("heldout_voice")]
-    return (seen[:n] + unseen[:n]) if n else recs
+    picked = seen[:n] + unseen[:n]
+    if voice is None or voice_clips == 0:
+        return picked, 0
+    have = sum(r.speaker == voice for r in seen[:n])
+    extra = [r for r in seen[n:] if r.speaker == voice]
+    extra = extra if voice_clips is None else extra[: max(0, voice_clips - have)]
+    return picked + extra, len(extra)
 
 
 def pick_texts(manifest: str | Path, n: int | None, voice: str | None = None) -> list[Record]:
@@ -130,12 +142,13 @@ def pick_texts(manifest: str | Path, n: int | None, voice: str | None = None) ->
 
 
 def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
-           by_voice: bool = True, voice: str | None = None) -> tuple[dict, list[str]]:
+           by_voice: bool = True, voice: str | None = None, voice_only: int = 0) -> tuple[dict, list[str]]:
     """WER/CER by voice group (or of all, "all"); a missing clip (None) is an empty transcript.
 
     With `voice` (the vocoder's output voice), the training-voice clips spoken in that voice are
     also scored as their own group, "vocoder_voice": resynthesis there changes only the
-    codebook's and vocoder's losses, not the speaker."""
+    codebook's and vocoder's losses, not the speaker. The last `voice_only` records (extra
+    clips in that voice, `pick_records`) count only in that group."""
     ok = [i for i, w in enumerate(wavs) if w is not None]
     hyps = [""] * len(recs)
     if ok:  # scored below, by group
@@ -155,8 +168,9 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
     if not by_voice:
         return {"all": rates(list(range(len(recs))))}, hyps
     out: dict = {}
+    grouped = len(recs) - voice_only
     for name, held in (("seen", False), ("heldout_voice", True)):
-        idx = [i for i, r in enumerate(recs) if bool(r.custom.get("heldout_voice")) == held]
+        idx = [i for i, r in enumerate(recs[:grouped]) if bool(r.custom.get("heldout_voice")) == held]
         if idx:
             out[name] = rates(idx)
     same = [i for i, r in enumerate(recs) if voice and r.speaker == voice and not r.custom.get("heldout_voice")]
@@ -206,9 +220,12 @@ def plot_spectrograms(rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]], p
 
 
 def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: list[np.ndarray],
-                   wavs: list[np.ndarray | None], hyps: list[str], ref_hyps: list[str] | None, right: str) -> None:
+                   wavs: list[np.ndarray | None], hyps: list[str], ref_hyps: list[str] | None, right: str,
+                   voice_only: int = 0) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    grouped = len(recs) - voice_only
     rows = [{"id": r.id, "ref": r.text, "hyp": h, "heldout_voice": bool(r.custom.get("heldout_voice")),
+             **({"vocoder_voice_only": True} if i >= grouped else {}),
              **({"hyp_original": ref_hyps[i]} if ref_hyps else {})} for i, (r, h) in enumerate(zip(recs, hyps))]
     atomic_write_text(out_dir / "hyps.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
     ex = [i for i, w in enumerate(wavs) if w is not None]
@@ -243,12 +260,15 @@ def _judge_name(j: Judge) -> str:
 
 
 def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge, n: int | None = 100,
-                         out_dir: str | Path | None = None, original: bool = True) -> dict:
+                         out_dir: str | Path | None = None, original: bool = True,
+                         voice_clips: int | None = 0) -> dict:
     """Reference units -> vocoder -> `judge_`: WER/CER against each record's text.
 
     `model`: a checkpoint folder / `Checkpoint` / (codebook, vocoder). `units_store`: a
     `TokenStore` or its prefix, made with the same codebook. `n` records per voice group.
-    `original`: also judge the original recordings (the judge's ceiling).
+    `voice_clips`: the vocoder's own voice is scored on this many training-voice clips
+    (None: every one in the manifest; 0: only those among the `n`), extra clips counting only
+    there (`pick_records`). `original`: also judge the original recordings (the judge's ceiling).
     """
     from dmlm.data.shards import TokenStore
 
@@ -256,26 +276,26 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     cb, voc = speech_parts(model)
     store = units_store if isinstance(units_store, TokenStore) else TokenStore(units_store)
     cb.check(store.fingerprint, f"token store {store.prefix}")
-    recs = pick_records(manifest, n)
+    voice = voc.voice
+    recs, extra = pick_records(manifest, n, voice, voice_clips)
     wavs = voc.synthesize_batch([store.get(r.id) for r in recs])
     t_syn = time.time() - t0
-    voice = voc.voice
-    scores, hyps = _score(recs, wavs, judge_, voice=voice)
+    scores, hyps = _score(recs, wavs, judge_, voice=voice, voice_only=extra)
     report: dict = {"task": "resynthesis", "vocoder_voice": voice, "model": str(getattr(model, "path", model)),
                     "manifest": str(Path(manifest).resolve()), "units": str(store.prefix),
-                    "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
+                    "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_), "voice_clips_added": extra,
                     "normalizer": judge_normalizer(judge_), "vocoder": voc.cfg.__dict__,
                     "vocoder_x_real_time": sum(len(w) for w in wavs) / 16_000 / t_syn, "scores": scores}
     _flatten(report, scores)
     refs_audio = [load_audio(r.audio_path(manifest)) for r in recs]
     ref_hyps = None
     if original:
-        ref_scores, ref_hyps = _score(recs, refs_audio, judge_, voice=voice)
+        ref_scores, ref_hyps = _score(recs, refs_audio, judge_, voice=voice, voice_only=extra)
         report["original_scores"] = ref_scores
         _flatten(report, ref_scores, "original_")
     report["seconds"] = round(time.time() - t0, 1)
     if out_dir is not None:
-        _write_outputs(Path(out_dir), report, recs, refs_audio, wavs, hyps, ref_hyps, "resynthesized")
+        _write_outputs(Path(out_dir), report, recs, refs_audio, wavs, hyps, ref_hyps, "resynthesized", extra)
     return report
 
 

@@ -189,13 +189,20 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
     assert sr == 16000 and abs(len(wav) / sr - sf.info(rec.audio).duration) < 0.2
     capsys.readouterr()
     # judged by ear, with the model's own ASR as the judge (a dmlm checkpoint folder as --judge)
-    for task, extra in (("t2s", []), ("resynthesis", ["--units", str(root / "units")])):
+    for task, extra in (("t2s", []), ("resynthesis", ["--units", str(root / "units"), "--voice-clips", "all"])):
         report = tmp_path / f"{task}.json"
         assert main(["evaluate", str(model), "--task", task, "--manifest", str(manifest), "--judge", str(model),
                      "--limit", "2", "--out", str(report), *extra]) == 0
         rep = json.loads(report.read_text())
         assert 0 <= rep["wer"] and "original_wer" in rep and (tmp_path / task / "spectrograms.png").is_file()
+    # every clip in the vocoder's voice is judged, those past --limit in the voice's group only
+    voice = json.loads((model / "vocoder" / "config.json").read_text())["voice"]
+    in_voice = [r for r in read_manifest(manifest) if r.speaker == voice and not r.custom.get("heldout_voice")]
+    assert rep["scores"]["vocoder_voice"]["utterances"] == len(in_voice) and rep["scores"]["seen"]["utterances"] == 2
     capsys.readouterr()
+    assert main(["evaluate", str(model), "--task", "t2s", "--manifest", str(manifest), "--judge", str(model),
+                 "--voice-clips", "3", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--voice-clips is for --task resynthesis" in capsys.readouterr().err
     # an output that cannot be written (its "folder" is a file): one clear line, no partial wav
     assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav" / "out.wav")]) == 2
     assert "s.wav/out.wav" in capsys.readouterr().err

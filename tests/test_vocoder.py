@@ -399,6 +399,31 @@ def test_scores_group_the_vocoders_own_voice():
     assert "vocoder_voice" not in _score(recs, wavs, EchoJudge("a red cat"))[0]
 
 
+def test_resynthesis_can_judge_every_clip_in_the_vocoders_voice(tmp_path):
+    from dmlm.data.manifest import Record, write_manifest
+    from dmlm.speech_out import _score, pick_records
+
+    rows = [("joe", False), ("m3", False), ("m3", False), ("joe", False), ("f4", True), ("joe", False),
+            ("m3", False), ("joe", False), ("f4", True)]
+    man = tmp_path / "t.jsonl"
+    write_manifest(man, [Record(id=str(i), text="a red cat", speaker=s, custom={"heldout_voice": h})
+                         for i, (s, h) in enumerate(rows)])
+    ids = lambda recs: [r.id for r in recs]  # noqa: E731
+    recs, extra = pick_records(man, 2)
+    assert ids(recs) == ["0", "1", "4", "8"] and extra == 0
+    recs, extra = pick_records(man, 2, "joe", None)  # every joe clip past the first 2 training-voice ones
+    assert ids(recs) == ["0", "1", "4", "8", "3", "5", "7"] and extra == 3
+    recs, extra = pick_records(man, 2, "joe", 3)  # joe has 1 among the first 2: 2 more
+    assert ids(recs) == ["0", "1", "4", "8", "3", "5"] and extra == 2
+    assert pick_records(man, 2, "joe", 1)[1] == 0 and pick_records(man, None, "joe", None) == (pick_records(man, None)[0], 0)
+    # the extra clips count in the voice's group only
+    recs, extra = pick_records(man, 2, "joe", None)
+    wavs = [np.zeros(1600, np.float32)] * len(recs)
+    scores, hyps = _score(recs, wavs, EchoJudge("a red cat"), voice="joe", voice_only=extra)
+    assert scores["seen"]["utterances"] == 2 and scores["heldout_voice"]["utterances"] == 2
+    assert scores["vocoder_voice"]["utterances"] == 4 and len(hyps) == 7
+
+
 def test_t2s_texts_prefer_recordings_in_the_vocoders_voice(tmp_path):
     from dmlm.data.manifest import Record, write_manifest
     from dmlm.speech_out import pick_texts
