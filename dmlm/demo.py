@@ -273,7 +273,7 @@ def _cached(path: Path, model_dir: Path, evaluate, settings: object = None, voco
 
 def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None:
     """The unit vocoder, trained on the training split's units, stored in the model's `vocoder/`."""
-    from dmlm.vocoder.model import MATCHING
+    from dmlm.vocoder.model import MATCHING, MatchingSet
     from dmlm.vocoder.train import add_matching_set, train_vocoder
 
     target = out / "model" / "vocoder"
@@ -290,7 +290,8 @@ def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None
             log.info("vocoder: new settings without retraining %s", new)
             saved.update(new)
             atomic_write_text(target / "config.json", json.dumps(saved, indent=1))
-        if "matching_clips" in new:  # the old set is of other clips
+        # the old set is of other clips, or lacks the frame order that matching with context needs
+        if "matching_clips" in new or (cfg.vocoder.knn_context and not MatchingSet.saved_with_context(target)):
             (target / MATCHING).unlink(missing_ok=True)
         if cfg.vocoder.knn and cfg.vocoder.matching_clips and not (target / MATCHING).is_file():
             log.info("vocoder: building its matching set (knn=%d, %d clips)", cfg.vocoder.knn, cfg.vocoder.matching_clips)

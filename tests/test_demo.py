@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-
+import torch
 
 def _tiny_demo(tmp_path, *extra):
     from dmlm.demo import load_demo_config
@@ -64,6 +65,13 @@ def test_stage_times_add_up_over_invocations(tmp_path):
     assert a["minutes"] == round(16.5 / 60, 2)
 
 
+def _tiny_matching_set(folder: Path, clips: int = 1) -> None:
+    """A real (tiny) matching set of `clips` clips, saved with its frames' order."""
+    from dmlm.vocoder.model import MatchingSet
+
+    MatchingSet.build([(np.array([1, 2]), torch.zeros(4, 3))] * clips, k=4, r=2, voice="en-us+m3").save(folder)
+
+
 def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
     from dataclasses import asdict
 
@@ -74,7 +82,7 @@ def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
     target.mkdir(parents=True)
     saved = {**asdict(VocoderConfig()), "voice": "en-us+m3", "voices": ["en-us+m3"], "k": 1000, "training": {"steps": 9}}
     (target / "config.json").write_text(json.dumps(saved))
-    (target / "matching.safetensors").write_bytes(b"frames")  # it has its matching set: nothing to build
+    _tiny_matching_set(target)  # it has its matching set: nothing to build
     # same settings: reused (no training data exists here, so training would fail)
     train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)
     other = DemoConfig(vocoder=VocoderConfig(speakers=["piper:en_US-joe-medium"]))
@@ -94,7 +102,7 @@ def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_
     del saved["gl_power"]  # a vocoder saved before the field existed: its default
     (target / "config.json").write_text(json.dumps(saved))
     (target / "model.safetensors").write_bytes(b"weights")
-    (target / "matching.safetensors").write_bytes(b"frames")
+    _tiny_matching_set(target)
     (tmp_path / "model" / "model.safetensors").write_bytes(b"dmlm weights")
     stamp, text_stamp = _stamp(tmp_path / "model", vocoder=True), _stamp(tmp_path / "model")
     train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)  # nothing changed: untouched
@@ -145,7 +153,12 @@ def test_a_new_matching_clips_rebuilds_only_the_matching_set(tmp_path, monkeypat
     saved = {**asdict(VocoderConfig()), "voice": "en-us+m3", "voices": ["en-us+m3"], "k": 1000, "training": {"steps": 9}}
     (target / "config.json").write_text(json.dumps(saved))
     (target / "model.safetensors").write_bytes(b"weights")
-    (target / "matching.safetensors").write_bytes(b"frames of 4000 clips")
+    from dmlm.vocoder.model import MatchingSet
+
+    def a_set(n):
+        _tiny_matching_set(target, n)
+
+    a_set(4)
     calls = []
 
     def rebuild(folder, *args):
@@ -158,6 +171,16 @@ def test_a_new_matching_clips_rebuilds_only_the_matching_set(tmp_path, monkeypat
     now = json.loads((target / "config.json").read_text())
     assert (now["matching_clips"], now["training"]) == (100, {"steps": 9})
     assert (target / "model.safetensors").read_bytes() == b"weights"
-    (target / "matching.safetensors").write_bytes(b"frames of 100 clips")
+    a_set(2)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), tmp_path / "train.jsonl", tmp_path)
+    assert calls == [100] and MatchingSet.saved_with_context(target)  # nothing changed: the set is kept
+    # a set saved before frame order was kept cannot match with context: rebuilt, unless context is off
+    m = MatchingSet.load(target)
+    MatchingSet(m.frames, m.bounds, m.voice).save(target)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100, knn_context=0)), tmp_path / "train.jsonl", tmp_path)
+    assert calls == [100] and (target / "matching.safetensors").exists()
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), tmp_path / "train.jsonl", tmp_path)
+    assert calls == [100, 100]
+    a_set(2)
     train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=0)), tmp_path / "train.jsonl", tmp_path)
-    assert calls == [100] and not (target / "matching.safetensors").exists()  # no set wanted: none kept
+    assert calls == [100, 100] and not (target / "matching.safetensors").exists()  # no set wanted: none kept

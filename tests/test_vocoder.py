@@ -162,6 +162,53 @@ def test_matching_set_replaces_frames_by_real_frames_of_the_same_unit():
         MatchingSet(m.frames[:3], m.bounds)
 
 
+def test_matching_with_context_compares_the_neighbouring_frames(tmp_path):
+    from dmlm.vocoder.model import MatchingSet
+
+    rng = np.random.default_rng(0)
+    clips = [(rng.integers(0, 3, n), torch.as_tensor(rng.normal(size=(2 * n, 4)), dtype=torch.float32)) for n in (5, 7, 1)]
+    m = MatchingSet.build(clips, k=3, r=2, voice="v")
+    flat = torch.cat([f for _, f in clips]).half().float()
+    unit_of = np.concatenate([np.repeat(u, 2) for u, _ in clips])
+    start = np.concatenate([[s] * len(f) for s, (_, f) in zip(np.cumsum([0, 10, 14])[:3], clips)])
+    end = start + np.concatenate([[len(f)] * len(f) for _, f in clips])
+    # prev / next: the frame before / after in the same clip, itself at the edges
+    rows = {tuple(m.frames[i].float().tolist()): i for i in range(len(m.frames))}
+    for j in range(len(flat)):
+        i = rows[tuple(flat[j].tolist())]
+        assert torch.equal(m.frames[m.prev[i]].float(), flat[max(j - 1, start[j])])
+        assert torch.equal(m.frames[m.next[i]].float(), flat[min(j + 1, end[j] - 1)])
+    # brute force: two clips of predictions, context 2 at stride 2 (offsets -4..4), knn 2
+    pred = torch.as_tensor(rng.normal(size=(10, 4)), dtype=torch.float32)
+    units = torch.as_tensor(rng.integers(0, 3, 10))
+    lengths, offs = [6, 4], [-4, -2, 0, 2, 4]
+
+    def window(x, j, s, e):
+        return torch.cat([x[min(max(j + o, s), e - 1)] for o in offs])
+
+    want = pred.clone()
+    for j in range(10):
+        s, e = (0, 6) if j < 6 else (6, 10)
+        cands = [c for c in range(len(flat)) if unit_of[c] == int(units[j])]
+        d = torch.stack([(window(flat, c, start[c], end[c]) - window(pred, j, s, e)).norm() for c in cands])
+        want[j] = flat[[cands[i] for i in d.topk(2, largest=False).indices]].mean(0)
+    got = m.refine(pred, units, knn=2, context=2, stride=2, lengths=lengths)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, m.refine(pred, units, knn=2))  # the context changed the choice
+    # saved and loaded with its order; a set saved without it cannot match with context
+    m.save(tmp_path)
+    assert MatchingSet.saved_with_context(tmp_path)
+    assert torch.allclose(MatchingSet.load(tmp_path).refine(pred, units, 2, 2, 2, lengths), got)
+    old = MatchingSet(m.frames, m.bounds, "v")
+    assert torch.equal(old.refine(pred, units, knn=2), m.refine(pred, units, knn=2))
+    with pytest.raises(ValueError, match="rebuild it: `dmlm vocoder match MODEL`"):
+        old.refine(pred, units, knn=2, context=1)
+    old.save(tmp_path)
+    assert not MatchingSet.saved_with_context(tmp_path) and not MatchingSet.saved_with_context(tmp_path / "none")
+    with pytest.raises(ValueError, match="clip lengths sum to 9"):
+        m.refine(pred, units, knn=2, context=1, lengths=[5, 4])
+
+
 def test_trained_vocoder_keeps_a_matching_set(vocoder_dir, corpus, codebook, tmp_path):
     from dmlm.vocoder.model import MATCHING
     from dmlm.vocoder.train import add_matching_set
@@ -223,6 +270,26 @@ def test_target_cache_and_bf16_training(corpus, tmp_path):
     from dmlm.vocoder.train import _bf16
 
     assert _bf16("fp32", "cpu") is False and _bf16("bf16", "cpu") is True and isinstance(_bf16("auto", "cpu"), bool)
+
+
+def test_unit_noise_corrupts_inputs_not_targets(corpus):
+    import random
+
+    from dmlm.vocoder.train import _Data
+
+    cb = Codebook.load(corpus.codebook)
+
+    def batch(noise):
+        cfg = replace(VocoderConfig(**{**TINY_MEL, "batch_size": 4, "unit_noise": noise}), k=cb.k,
+                      frame_rate=cb.settings.frame_rate, dedup=cb.settings.dedup)
+        return _Data(Path(corpus.tiny), None, cb, cfg).batch(random.Random(0))
+
+    clean, noisy, all_ = batch(0.0), batch(0.3), batch(1.0)
+    assert torch.equal(clean["target"], noisy["target"]) and torch.equal(clean["mask"], noisy["mask"])
+    changed = (clean["units"] != noisy["units"])[clean["mask"]].float().mean()
+    assert 0.1 < changed < 0.5, changed  # about 30 % (a random id can equal the true one: 1/k)
+    assert (all_["units"] != clean["units"])[clean["mask"]].float().mean() > 0.9
+    assert torch.equal(noisy["units"][~clean["mask"]], clean["units"][~clean["mask"]])  # padding untouched
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -34,6 +34,12 @@ Design decisions (numbers: README "Speech out", measured on the demo's 34 espeak
   `matching.safetensors`, built at the end of training from the cached targets; in the spirit of
   kNN-VC, Baas et al. 2023, with the unit as the key that keeps the content). It costs no training
   and cut resynthesis WER from 16.0 to 14.2 % (k=8) on the demo (README, "Speech out").
+- Matching with context (`knn_context`): a frame alone is a poor key, since the net's frames are
+  blurred toward the unit's mean, but the shape of its surroundings is not. The distance compares
+  the frames `knn_stride` apart on each side too, in the prediction and around each real frame
+  (the set keeps each frame's neighbours in its clip: `prev`/`next`), and the mean of the `knn`
+  real *centre* frames is taken. Still no training; it mostly picks real frames whose
+  coarticulation matches the prediction's (README, "Speech out", for the measured gain).
 - A vocoder is tied to the codebook it was trained for: `config.json` records the codebook's
   fingerprint, k and frame rate, and loading it for another codebook raises `CodebookMismatch`.
   In a checkpoint it lives in `<model>/vocoder/`.
@@ -67,7 +73,7 @@ class NoVocoder(FileNotFoundError):
 TRAINING_FIELDS = ("codebook_fingerprint", "k", "frame_rate", "dedup", "voices", "voice")
 """VocoderConfig fields that training sets (what the vocoder was made for), not the user."""
 
-SYNTHESIS_FIELDS = ("gl_iters", "gl_momentum", "gl_power", "knn")
+SYNTHESIS_FIELDS = ("gl_iters", "gl_momentum", "gl_power", "knn", "knn_context", "knn_stride")
 """VocoderConfig fields read only at synthesis: a trained vocoder can take new values without retraining."""
 
 MATCHING_FIELDS = ("matching_clips",)
@@ -111,6 +117,11 @@ class VocoderConfig:
     knn: int = 8
     """Replace each predicted frame by the mean of its knn nearest real frames of the same unit (the
     matching set of the output voice); 0: the network's frames as they are."""
+    knn_context: int = 2
+    """Frames on each side of a frame (`knn_stride` apart) that take part in its match: the real frame
+    whose surroundings also look like the prediction's wins (0: the frame alone)."""
+    knn_stride: int = 2
+    """Spectrogram frames between the context frames of a match (2 = 20 ms at hop 160)."""
     # -- training
     centroid_init: bool = True
     """Start the unit embeddings from the codebook's centroids (PCA to `dim`): similar units start similar."""
@@ -133,6 +144,9 @@ class VocoderConfig:
     """Fraction of training (by steps or by time, whichever bound is nearer) spent in linear warmup."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    unit_noise: float = 0.0
+    """Training: this share of input units is replaced by random ones (the targets stay), so the network
+    learns to lean on context rather than memorize each unit's frames; it also meets noisy T2S units."""
     max_seconds: float = 8.0
     """Training clips are cut to a random window of at most this many seconds."""
     speakers: list[str] | None = None
@@ -305,14 +319,28 @@ def pad_batch(seqs: Sequence[np.ndarray], value: int = 0) -> tuple[torch.Tensor,
     return ids, mask
 
 
+def context_offsets(context: int, stride: int) -> list[int]:
+    """Frame offsets that take part in a context match: -context*stride .. context*stride by stride."""
+    if context < 0 or stride < 1:
+        raise ValueError(f"knn_context must be >= 0 and knn_stride >= 1, got {context} and {stride}")
+    return [i * stride for i in range(-context, context + 1)]
+
+
 class MatchingSet:
     """Real target frames of one voice grouped by unit: `frames` (N, bins) float16 sorted by unit,
-    `bounds` (k + 1,): the frames of unit u are frames[bounds[u]:bounds[u + 1]]."""
+    `bounds` (k + 1,): the frames of unit u are frames[bounds[u]:bounds[u + 1]]. `prev` / `next`
+    (N,): the row of the frame before / after each frame in its clip (itself at the clip's
+    edges), for matching with context; None in sets saved before they existed."""
 
-    def __init__(self, frames: torch.Tensor, bounds: torch.Tensor, voice: str | None = None):
+    def __init__(self, frames: torch.Tensor, bounds: torch.Tensor, voice: str | None = None,
+                 prev: torch.Tensor | None = None, next: torch.Tensor | None = None):  # noqa: A002
         if bounds.ndim != 1 or int(bounds[-1]) != len(frames):
             raise ValueError(f"matching set: bounds end at {int(bounds[-1])} but there are {len(frames)} frames")
+        if (prev is None) != (next is None) or (prev is not None and (len(prev) != len(frames) or len(next) != len(frames))):
+            raise ValueError("matching set: prev and next must both be given, one row per frame")
         self.frames, self.bounds, self.voice = frames, bounds.long(), voice
+        self.prev = None if prev is None else prev.long()
+        self.next = None if next is None else next.long()
 
     @classmethod
     def build(cls, clips: Sequence[tuple[np.ndarray, torch.Tensor]], k: int, r: int,
@@ -322,22 +350,61 @@ class MatchingSet:
             raise ValueError("matching set: no clips")
         units = torch.as_tensor(np.concatenate([np.repeat(np.asarray(u, dtype=np.int64), r) for u, _ in clips]))
         frames = torch.cat([f.half() for _, f in clips])
+        lengths = torch.as_tensor([len(f) for _, f in clips])
+        start, end = _clip_edges(lengths)
+        pos = torch.arange(len(frames))
         order = torch.argsort(units, stable=True)
+        row = torch.empty_like(order)
+        row[order] = torch.arange(len(order))  # clip position -> row in the sorted set
+        prev, nxt = row[torch.maximum(pos - 1, start)][order], row[torch.minimum(pos + 1, end - 1)][order]
         bounds = torch.searchsorted(units[order], torch.arange(k + 1))
-        return cls(frames[order].contiguous(), bounds, voice)
+        return cls(frames[order].contiguous(), bounds, voice, prev.int(), nxt.int())
 
-    def refine(self, pred: torch.Tensor, units: torch.Tensor, knn: int) -> torch.Tensor:
-        """(T, bins) predicted frames, (T,) their units -> each frame replaced by the mean of its
-        `knn` nearest (L2) real frames of the same unit; frames of a unit never seen stay as they are."""
+    @property
+    def has_context(self) -> bool:
+        return self.prev is not None
+
+    def _neighbours(self, rows: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
+        """(R,) rows -> (R, len(offsets)) rows of the frames at those offsets in the same clip."""
+        out = {0: rows}
+        for links, sign in ((self.next, 1), (self.prev, -1)):
+            cur = rows
+            for step in range(1, max((abs(o) for o in offsets if o * sign > 0), default=0) + 1):
+                cur = links[cur]
+                out[sign * step] = cur
+        return torch.stack([out[o] for o in offsets], 1)
+
+    def refine(self, pred: torch.Tensor, units: torch.Tensor, knn: int, context: int = 0, stride: int = 1,
+               lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """(T, bins) predicted frames of clips laid end to end (`lengths` frames each; None: one
+        clip), (T,) their units -> each frame replaced by the mean of its `knn` nearest (L2) real
+        frames of the same unit; frames of a unit never seen stay as they are. With `context` > 0
+        the distance also compares the `context` frames on each side, `stride` frames apart
+        (edges repeat the clip's first/last frame), in the prediction and around the real frame."""
         out = pred.float().clone()
+        offsets = context_offsets(context, stride)
+        if context and not self.has_context:
+            raise ValueError("this matching set has no frame order (saved by an older dmlm), so it cannot match "
+                             "with context (knn_context > 0); rebuild it: `dmlm vocoder match MODEL`")
+        if context:
+            lengths = torch.as_tensor([len(out)] if lengths is None else list(lengths))
+            if int(lengths.sum()) != len(out):
+                raise ValueError(f"matching: clip lengths sum to {int(lengths.sum())}, but there are {len(out)} frames")
+            start, end = _clip_edges(lengths.to(out.device))
+            t = torch.arange(len(out), device=out.device)
+            query = torch.cat([out[torch.clamp(t + o, start, end - 1)] for o in offsets], 1)  # (T, W * bins)
+        else:
+            query = out
         for u in torch.unique(units).tolist():
             lo, hi = int(self.bounds[u]), int(self.bounds[u + 1])
             if hi == lo:
                 continue
             rows = (units == u).nonzero()[:, 0]
-            cand = self.frames[lo:hi].to(out.device, torch.float32)
-            near = torch.cdist(out[rows], cand).topk(min(knn, hi - lo), largest=False).indices  # (R, knn)
-            out[rows] = cand[near].mean(1)
+            cand = torch.arange(lo, hi)
+            keys = self.frames[self._neighbours(cand, offsets) if context else cand]  # (R, [W,] bins)
+            keys = keys.reshape(hi - lo, -1).to(out.device, torch.float32)
+            near = torch.cdist(query[rows], keys).topk(min(knn, hi - lo), largest=False).indices  # (R, knn)
+            out[rows] = self.frames[lo:hi].to(out.device, torch.float32)[near].mean(1)
         return out
 
     def save(self, folder: str | Path) -> Path:
@@ -348,7 +415,8 @@ class MatchingSet:
 
         out = Path(folder) / MATCHING
         tmp = out.with_name(f".{out.name}.tmp")
-        save_file({"frames": self.frames, "bounds": self.bounds}, str(tmp), metadata={"voice": self.voice or ""})
+        links = {} if self.prev is None else {"prev": self.prev.int(), "next": self.next.int()}
+        save_file({"frames": self.frames, "bounds": self.bounds, **links}, str(tmp), metadata={"voice": self.voice or ""})
         os.replace(tmp, out)
         return out
 
@@ -361,7 +429,26 @@ class MatchingSet:
         if not f.is_file():
             return None
         with safe_open(str(f), "pt") as t:
-            return cls(t.get_tensor("frames"), t.get_tensor("bounds"), (t.metadata() or {}).get("voice") or None)
+            links = {k: t.get_tensor(k) for k in ("prev", "next") if k in t.keys()}
+            return cls(t.get_tensor("frames"), t.get_tensor("bounds"), (t.metadata() or {}).get("voice") or None, **links)
+
+    @staticmethod
+    def saved_with_context(folder: str | Path) -> bool:
+        """Whether the set saved in `folder` exists and keeps its frames' order (without reading its frames)."""
+        from safetensors import safe_open
+
+        f = Path(folder) / MATCHING
+        if not f.is_file():
+            return False
+        with safe_open(str(f), "pt") as t:
+            return "prev" in t.keys()
+
+
+def _clip_edges(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip lengths -> the (start, end) of the clip each position of their concatenation is in."""
+    ends = torch.cumsum(lengths, 0)
+    start = torch.repeat_interleave(ends - lengths, lengths)
+    return start, torch.repeat_interleave(ends, lengths)
 
 
 class Vocoder:
@@ -501,9 +588,10 @@ class Vocoder:
             return spec
         out = spec.float().clone()
         lengths = torch.as_tensor([len(s) for s in seqs]) * self.net.r
-        valid = torch.arange(out.shape[1])[None] < lengths[:, None]  # (B, T*r): the clips' own frames
+        valid = torch.arange(out.shape[1])[None] < lengths[:, None]  # (B, T*r): the clips' own frames, in clip order
         units = torch.as_tensor(np.concatenate([np.repeat(np.asarray(s, dtype=np.int64), self.net.r) for s in seqs]))
-        out[valid.to(out.device)] = m.refine(out[valid.to(out.device)], units.to(out.device), self.cfg.knn)
+        out[valid.to(out.device)] = m.refine(out[valid.to(out.device)], units.to(out.device), self.cfg.knn,
+                                             self.cfg.knn_context, self.cfg.knn_stride, lengths.tolist())
         return out
 
     @torch.inference_mode()
