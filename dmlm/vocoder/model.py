@@ -400,11 +400,10 @@ class MatchingSet:
             if hi == lo:
                 continue
             rows = (units == u).nonzero()[:, 0]
-            cand = torch.arange(lo, hi)
-            keys = self.frames[self._neighbours(cand, offsets) if context else cand]  # (R, [W,] bins)
-            keys = keys.reshape(hi - lo, -1).to(out.device, torch.float32)
-            near = torch.cdist(query[rows], keys).topk(min(knn, hi - lo), largest=False).indices  # (R, knn)
-            out[rows] = self.frames[lo:hi].to(out.device, torch.float32)[near].mean(1)
+            keys = (self.frames[self._neighbours(torch.arange(lo, hi), offsets)] if context
+                    else self.frames[lo:hi, None]).to(out.device, torch.float32)  # (R, W, bins)
+            near = torch.cdist(query[rows], keys.flatten(1)).topk(min(knn, hi - lo), largest=False).indices  # (R, knn)
+            out[rows] = keys[:, offsets.index(0)][near].mean(1)  # the real centre frames, already gathered
         return out
 
     def save(self, folder: str | Path) -> Path:
