@@ -191,15 +191,19 @@ def cmd_synthesize_units(args) -> None:
         print(json.dumps({"text": text, "units": units.tolist()}))
 
 
-def _vocoder_data(args) -> tuple[str, str]:
-    """The audio manifest and units store a vocoder learns from: --manifest/--units, else the model's own."""
+def _vocoder_data(args) -> tuple[list[str], list[str]]:
+    """The audio manifests and units stores a vocoder learns from: --manifest/--units (repeatable,
+    in order), else the model's own training manifest and store."""
     from dmlm.model import load_checkpoint
 
+    if args.manifest and args.units and len(args.units) != len(args.manifest):
+        raise ValueError(f"{len(args.manifest)} --manifest but {len(args.units)} --units: give one units store per "
+                         "manifest, in the same order (or no --units: each manifest's store beside the model's)")
     data = load_checkpoint(args.model).meta.get("config", {}).get("data", {})
-    manifest = args.manifest or data.get("train")
-    if not manifest:
+    manifests = args.manifest or ([data["train"]] if data.get("train") else [])
+    if not manifests:
         raise ValueError(f"{args.model}: the checkpoint does not name its training manifest; give --manifest")
-    return manifest, args.units or str(Path(data.get("units", "")) / Path(manifest).stem)
+    return manifests, args.units or [str(Path(data.get("units", "")) / Path(m).stem) for m in manifests]
 
 
 def cmd_vocoder_train(args) -> None:
@@ -410,16 +414,24 @@ def build_parser() -> argparse.ArgumentParser:
     vs = s.add_subparsers(dest="action", required=True)
     f = vs.add_parser("train", help="train a units -> speech vocoder into MODEL/vocoder/")
     f.add_argument("model")
-    f.add_argument("--manifest", help="audio manifest (default: the model's training manifest)")
-    f.add_argument("--units", help="its speech token store prefix (default: from the model's config)")
+    f.add_argument("--manifest", action="append",
+                   help="audio manifest; repeat to pool several, e.g. untranscribed audio of the output voice "
+                        "(default: the model's training manifest)")
+    f.add_argument("--units", action="append",
+                   help="speech token store prefix of each --manifest, in order (default: <the model's units "
+                        "folder>/<manifest stem>)")
     f.add_argument("--minutes", type=float, default=4.0, help="time budget (0: none)")
     f.add_argument("--steps", type=int, default=0, help="step budget (0: none)")
     f.add_argument("overrides", nargs="*", help="VocoderConfig fields, e.g. dim=256 batch_size=16 gl_iters=32")
     f.set_defaults(fn=cmd_vocoder_train)
     f = vs.add_parser("match", help="(re)build MODEL/vocoder's matching set: the real frames `knn` draws on")
     f.add_argument("model")
-    f.add_argument("--manifest", help="audio manifest (default: the model's training manifest)")
-    f.add_argument("--units", help="its speech token store prefix (default: from the model's config)")
+    f.add_argument("--manifest", action="append",
+                   help="audio manifest; repeat to pool several, e.g. untranscribed audio of the output voice "
+                        "(default: the model's training manifest)")
+    f.add_argument("--units", action="append",
+                   help="speech token store prefix of each --manifest, in order (default: <the model's units "
+                        "folder>/<manifest stem>)")
     f.add_argument("--clips", type=int, help="clips of the output voice in the set (default: the vocoder's matching_clips)")
     f.set_defaults(fn=cmd_vocoder_match)
 

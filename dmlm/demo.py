@@ -21,6 +21,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -174,6 +175,8 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
             tokenize_manifest(cb, manifests[split], out / "units")
             if icb is not None:
                 tokenize_images(icb, manifests[split], out / "units")
+        if "neural_extra" in manifests:  # the vocoder's extra audio: speech units only
+            tokenize_manifest(cb, manifests["neural_extra"], out / "units")
     run.data.train, run.data.dev = str(manifests["train"]), str(manifests["dev"])
     run.data.unpaired = [str(manifests["unpaired"])] if "unpaired" in manifests else []
     run.data.units, run.data.codebook = str(out / "units"), str(out / "codebook.safetensors")
@@ -191,7 +194,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         models["asr_only"] = out / "model_asr"
     if cfg.vocoder_minutes > 0 and any(t.split(":")[0] == "t2s" for t in tasks):
         with stage("vocoder"):
-            train_demo_vocoder(cfg, manifests["train"], out)
+            train_demo_vocoder(cfg, [manifests[m] for m in ("train", "neural_extra") if m in manifests], out)
 
     reports: dict[str, dict] = {}
     evals = out / "eval"
@@ -271,15 +274,21 @@ def _cached(path: Path, model_dir: Path, evaluate, settings: object = None, voco
     return rep
 
 
-def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None:
-    """The unit vocoder, trained on the training split's units, stored in the model's `vocoder/`."""
+def train_demo_vocoder(cfg: DemoConfig, manifests: Sequence[Path], out: Path) -> None:
+    """The unit vocoder, trained on `manifests` (the training split, and the neural voice's extra
+    audio when prepared) and their units, stored in the model's `vocoder/`."""
     from dmlm.vocoder.model import MATCHING, MatchingSet
     from dmlm.vocoder.train import add_matching_set, train_vocoder
 
     target = out / "model" / "vocoder"
+    stores = [out / "units" / Path(m).stem for m in manifests]
     if (target / "config.json").is_file():
         saved = json.loads((target / "config.json").read_text())
         changed = cfg.vocoder.changed_settings(saved)
+        info = saved.get("training") or {}
+        trained_on = info.get("manifests") or ([info["manifest"]] if "manifest" in info else None)  # older: one
+        if trained_on is not None and trained_on != [str(Path(m).resolve()) for m in manifests]:
+            changed.append(f"training manifests {trained_on}")
         if changed:
             raise ValueError(f"{target}: this vocoder was trained with other settings ({', '.join(changed)}); "
                              f"delete the folder to train it again")
@@ -295,9 +304,9 @@ def train_demo_vocoder(cfg: DemoConfig, train_manifest: Path, out: Path) -> None
             (target / MATCHING).unlink(missing_ok=True)
         if cfg.vocoder.knn and cfg.vocoder.matching_clips and not (target / MATCHING).is_file():
             log.info("vocoder: building its matching set (knn=%d, %d clips)", cfg.vocoder.knn, cfg.vocoder.matching_clips)
-            add_matching_set(target, train_manifest, out / "units" / "train", out / "codebook.safetensors")
+            add_matching_set(target, list(manifests), stores, out / "codebook.safetensors")
         return
-    train_vocoder(train_manifest, out / "units" / "train", out / "codebook.safetensors", cfg.vocoder, target,
+    train_vocoder(list(manifests), stores, out / "codebook.safetensors", cfg.vocoder, target,
                   max_minutes=cfg.vocoder_minutes)
 
 

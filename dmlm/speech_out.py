@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -284,7 +285,7 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     report: dict = {"task": "resynthesis", "vocoder_voice": voice, "model": str(getattr(model, "path", model)),
                     "manifest": str(Path(manifest).resolve()), "units": str(store.prefix),
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_), "voice_clips_added": extra,
-                    "normalizer": judge_normalizer(judge_), "vocoder": voc.cfg.__dict__,
+                    "normalizer": judge_normalizer(judge_), "vocoder": asdict(voc.cfg),
                     "vocoder_x_real_time": sum(len(w) for w in wavs) / 16_000 / t_syn, "scores": scores}
     _flatten(report, scores)
     refs_audio = [load_audio(r.audio_path(manifest)) for r in recs]
@@ -324,7 +325,7 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
         cb, voc = speech_parts((ck.codebook("speech"), vocoder))
     voice = voc.voice
     recs = pick_texts(manifest, n, voice)
-    key = (str(ck.path), json.dumps(opts.__dict__, sort_keys=True), tuple(r.text for r in recs))
+    key = (str(ck.path), json.dumps(asdict(opts), sort_keys=True), tuple(r.text for r in recs))
     if units_cache is not None and key in units_cache:
         units = units_cache[key]
     else:
@@ -339,7 +340,7 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
     report: dict = {"task": "t2s", "model": str(ck.path), "manifest": str(Path(manifest).resolve()), "vocoder_voice": voice,
                     "recordings_in_vocoder_voice": sum(r.speaker == voice for r in recs) if voice else 0,
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
-                    "normalizer": judge_normalizer(judge_), "decoding": opts.__dict__,
+                    "normalizer": judge_normalizer(judge_), "decoding": asdict(opts),
                     "empty_outputs": len(recs) - len(keep),
                     "mean_seconds": sum(len(u) for u in units) / max(1, len(recs)) / cb.settings.frame_rate,
                     "scores": scores}

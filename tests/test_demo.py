@@ -30,8 +30,12 @@ def test_tiny_demo_without_vocoder(tmp_path):
     from dmlm.data.synth import training_voices
 
     # T2S on chosen speakers (every training voice here): the ASR-only model must not inherit the t2s entry
-    rep = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0", f"run.data.speakers={json.dumps({'t2s': training_voices()})}"))
+    rep = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0", "prepare.neural_extra=2",
+                              f"run.data.speakers={json.dumps({'t2s': training_voices()})}"))
     out = tmp_path / "demo"
+    from dmlm.data.shards import TokenStore
+
+    assert len(TokenStore(out / "units" / "neural_extra")) == 2  # the vocoder's extra audio gets its units
     tasks = rep["tasks"]
     assert {"asr", "asr_only", "s2tt", "i2t", "t2s", "text_lm", "text_lm_es", "speech_lm", "image_lm"} <= set(tasks)
     assert 0 <= tasks["asr"]["wer"] and "baseline_bleu" in tasks["s2tt"] and "baseline_cider" in tasks["i2t"]
@@ -48,7 +52,7 @@ def test_tiny_demo_without_vocoder(tmp_path):
     # a re-run resumes: nothing is trained again, the report is rebuilt
     mtime = (out / "model" / "model.safetensors").stat().st_mtime_ns
     evals = {p.name: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
-    again = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0"))
+    again = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0", "prepare.neural_extra=2"))
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == mtime
     assert {p.name: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == evals  # evaluations reused
     assert again["tasks"] == tasks
@@ -84,10 +88,19 @@ def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
     (target / "config.json").write_text(json.dumps(saved))
     _tiny_matching_set(target)  # it has its matching set: nothing to build
     # same settings: reused (no training data exists here, so training would fail)
-    train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)
+    train_demo_vocoder(DemoConfig(), [tmp_path / "missing.jsonl"], tmp_path)
     other = DemoConfig(vocoder=VocoderConfig(speakers=["piper:en_US-joe-medium"]))
     with pytest.raises(ValueError, match="other settings.*speakers"):
-        train_demo_vocoder(other, tmp_path / "missing.jsonl", tmp_path)
+        train_demo_vocoder(other, [tmp_path / "missing.jsonl"], tmp_path)
+    # trained on other data (here: without the neural voice's extra audio): not reused either
+    saved["training"]["manifests"] = [str((tmp_path / "missing.jsonl").resolve())]
+    (target / "config.json").write_text(json.dumps(saved))
+    train_demo_vocoder(DemoConfig(), [tmp_path / "missing.jsonl"], tmp_path)
+    with pytest.raises(ValueError, match="other settings.*training manifests"):
+        train_demo_vocoder(DemoConfig(), [tmp_path / "missing.jsonl", tmp_path / "neural_extra.jsonl"], tmp_path)
+    saved["training"] = {"steps": 9, "manifest": str((tmp_path / "missing.jsonl").resolve())}  # saved before session 9
+    (target / "config.json").write_text(json.dumps(saved))
+    train_demo_vocoder(DemoConfig(), [tmp_path / "missing.jsonl"], tmp_path)
 
 
 def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_path):
@@ -105,10 +118,10 @@ def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_
     _tiny_matching_set(target)
     (tmp_path / "model" / "model.safetensors").write_bytes(b"dmlm weights")
     stamp, text_stamp = _stamp(tmp_path / "model", vocoder=True), _stamp(tmp_path / "model")
-    train_demo_vocoder(DemoConfig(), tmp_path / "missing.jsonl", tmp_path)  # nothing changed: untouched
+    train_demo_vocoder(DemoConfig(), [tmp_path / "missing.jsonl"], tmp_path)  # nothing changed: untouched
     assert json.loads((target / "config.json").read_text()) == saved
     new = DemoConfig(vocoder=VocoderConfig(gl_iters=32, gl_power=1.3))
-    train_demo_vocoder(new, tmp_path / "missing.jsonl", tmp_path)  # no training data: it did not retrain
+    train_demo_vocoder(new, [tmp_path / "missing.jsonl"], tmp_path)  # no training data: it did not retrain
     now = json.loads((target / "config.json").read_text())
     assert (now["gl_iters"], now["gl_power"], now["training"]) == (32, 1.3, {"steps": 9})
     assert (target / "model.safetensors").read_bytes() == b"weights"
@@ -135,10 +148,15 @@ def test_a_finished_vocoder_without_a_matching_set_gets_one(tmp_path, monkeypatc
     (target / "config.json").write_text(json.dumps(saved))
     calls = []
     monkeypatch.setattr(vt, "add_matching_set", lambda *a, **k: calls.append(a))
-    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(knn=0)), tmp_path / "train.jsonl", tmp_path)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(knn=0)), [tmp_path / "train.jsonl"], tmp_path)
     assert calls == []  # knn off: no matching set needed
-    train_demo_vocoder(DemoConfig(), tmp_path / "train.jsonl", tmp_path)
-    assert calls == [(target, tmp_path / "train.jsonl", tmp_path / "units" / "train", tmp_path / "codebook.safetensors")]
+    train_demo_vocoder(DemoConfig(), [tmp_path / "train.jsonl"], tmp_path)
+    assert calls == [(target, [tmp_path / "train.jsonl"], [tmp_path / "units" / "train"], tmp_path / "codebook.safetensors")]
+    calls.clear()  # with the neural voice's extra audio: both manifests, each with its own units store
+    (target / "matching.safetensors").unlink(missing_ok=True)
+    train_demo_vocoder(DemoConfig(), [tmp_path / "train.jsonl", tmp_path / "neural_extra.jsonl"], tmp_path)
+    assert calls[0][1:3] == ([tmp_path / "train.jsonl", tmp_path / "neural_extra.jsonl"],
+                             [tmp_path / "units" / "train", tmp_path / "units" / "neural_extra"])
 
 
 def test_a_new_matching_clips_rebuilds_only_the_matching_set(tmp_path, monkeypatch):
@@ -166,21 +184,21 @@ def test_a_new_matching_clips_rebuilds_only_the_matching_set(tmp_path, monkeypat
         assert not (Path(folder) / "matching.safetensors").exists()  # the stale set is gone first
 
     monkeypatch.setattr(vt, "add_matching_set", rebuild)
-    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), tmp_path / "train.jsonl", tmp_path)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), [tmp_path / "train.jsonl"], tmp_path)
     assert calls == [100]  # built from the new count, the network untouched (no training data here)
     now = json.loads((target / "config.json").read_text())
     assert (now["matching_clips"], now["training"]) == (100, {"steps": 9})
     assert (target / "model.safetensors").read_bytes() == b"weights"
     a_set(2)
-    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), tmp_path / "train.jsonl", tmp_path)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), [tmp_path / "train.jsonl"], tmp_path)
     assert calls == [100] and MatchingSet.saved_with_context(target)  # nothing changed: the set is kept
     # a set saved before frame order was kept cannot match with context: rebuilt, unless context is off
     m = MatchingSet.load(target)
     MatchingSet(m.frames, m.bounds, m.voice).save(target)
-    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100, knn_context=0)), tmp_path / "train.jsonl", tmp_path)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100, knn_context=0)), [tmp_path / "train.jsonl"], tmp_path)
     assert calls == [100] and (target / "matching.safetensors").exists()
-    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), tmp_path / "train.jsonl", tmp_path)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=100)), [tmp_path / "train.jsonl"], tmp_path)
     assert calls == [100, 100]
     a_set(2)
-    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=0)), tmp_path / "train.jsonl", tmp_path)
+    train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=0)), [tmp_path / "train.jsonl"], tmp_path)
     assert calls == [100, 100] and not (target / "matching.safetensors").exists()  # no set wanted: none kept

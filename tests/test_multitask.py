@@ -181,6 +181,10 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
                  "--clips", "0"]) == 2  # nothing changed on a bad size
     assert "at least 1 clip" in capsys.readouterr().err
     assert json.loads((model / "vocoder" / "config.json").read_text())["matching_clips"] == 2
+    # --manifest repeats to pool several; --units then needs one store per manifest
+    assert main(["vocoder", "match", str(model), "--manifest", str(manifest), "--manifest", str(manifest),
+                 "--units", str(root / "units" / "mixed"), "--clips", "2"]) == 2
+    assert "2 --manifest but 1 --units" in capsys.readouterr().err
     assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav")]) == 0
     wav, sr = sf.read(tmp_path / "s.wav")
     assert sr == 16000 and len(wav) > 1600

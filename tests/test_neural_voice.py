@@ -82,6 +82,27 @@ def test_prepare_with_a_neural_share(tmp_path):
     assert not (tmp_path / "bad" / "prepare.json").exists()
 
 
+def test_prepare_speaks_unpaired_sentences_for_the_vocoder(tmp_path):
+    from dmlm.data.manifest import read_manifest
+    from dmlm.data.prepare import PrepareConfig, prepare
+
+    cfg = PrepareConfig(n_train=20, n_dev=4, n_test=6, n_unpaired=5, images=False)
+    plain = prepare(cfg, tmp_path)
+    assert "neural_extra" not in plain
+    more = prepare(PrepareConfig(**{**cfg.__dict__, "neural_extra": 3}), tmp_path)  # added to a finished folder
+    extra = read_manifest(more["neural_extra"])
+    unpaired = read_manifest(more["unpaired"])
+    assert [r.text for r in extra] == [r.text for r in unpaired[:3]]
+    assert all(r.speaker == NEURAL_VOICE and r.custom["vocoder_only"] and r.duration > 0.3 for r in extra)
+    assert all(r.audio_path(more["neural_extra"]).is_file() for r in extra)
+    split_texts = {r.text for s in ("train", "dev", "test") for r in read_manifest(more[s])}
+    assert not split_texts & {r.text for r in extra}  # never a sentence of any split
+    assert read_manifest(plain["train"]) == read_manifest(more["train"])  # the splits are untouched
+    assert read_manifest(prepare(PrepareConfig(**{**cfg.__dict__, "neural_extra": 3}), tmp_path)["neural_extra"]) == extra
+    with pytest.raises(ValueError, match=r"neural_extra.*n_unpaired = 5\], got 6"):
+        prepare(PrepareConfig(**{**cfg.__dict__, "neural_extra": 6}), tmp_path / "bad")
+
+
 def test_a_folder_prepared_before_neural_share_existed_is_still_accepted(tmp_path):
     from dmlm.data.prepare import PrepareConfig, prepare
 

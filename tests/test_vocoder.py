@@ -132,6 +132,42 @@ def test_unit_table_gives_a_head_start(vocoder_dir, corpus, tmp_path):
     assert with_table < 0.5 * without
 
 
+def test_several_manifests_pool_their_records(corpus, tmp_path):
+    """Audio of the output voice beyond the paired corpus: a second manifest (its own folder, its
+    own store) joins the training clips and the matching set; ids may not repeat across them."""
+    from dmlm.data.manifest import write_manifest
+    from dmlm.vocoder.train import add_matching_set
+
+    recs = read_manifest(corpus.tiny)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    for r in recs[2:]:  # the second manifest's audio sits beside it: paths resolve per manifest
+        shutil.copy(r.audio_path(corpus.tiny), other / Path(r.audio).name)
+    write_manifest(tmp_path / "a.jsonl", [replace(r, audio=str(r.audio_path(corpus.tiny))) for r in recs[:2]])
+    write_manifest(other / "b.jsonl", [replace(r, audio=Path(r.audio).name) for r in recs[2:]])
+    cfg = VocoderConfig(**{**TINY_MEL, "batch_size": 4, "table_clips": 0, "matching_clips": 10})
+    out = train_vocoder([tmp_path / "a.jsonl", other / "b.jsonl"], None, corpus.codebook, cfg, tmp_path / "v",
+                        steps=3, progress=False)
+    info = json.loads((out / "config.json").read_text())["training"]
+    assert info["records"] == len(recs)
+    assert info["manifests"] == [str((tmp_path / "a.jsonl").resolve()), str((other / "b.jsonl").resolve())]
+    one = train_vocoder(corpus.tiny, None, corpus.codebook, cfg, tmp_path / "v1", steps=3, progress=False)
+    assert len(Vocoder.load(out).matching.frames) == len(Vocoder.load(one).matching.frames)  # every clip's frames
+    add_matching_set(out, [tmp_path / "a.jsonl", other / "b.jsonl"], [None, None], corpus.codebook, progress=False)
+    assert len(Vocoder.load(out).matching.frames) == len(Vocoder.load(one).matching.frames)
+    write_manifest(tmp_path / "dup.jsonl", [replace(recs[0], audio=str(recs[0].audio_path(corpus.tiny)))])
+    with pytest.raises(ValueError, match=r"dup\.jsonl: record .* is also in .*a\.jsonl"):
+        train_vocoder([tmp_path / "a.jsonl", tmp_path / "dup.jsonl"], None, corpus.codebook, cfg, tmp_path / "v2",
+                      steps=1, progress=False)
+    with pytest.raises(ValueError, match="2 manifests but 1 units stores"):
+        train_vocoder([tmp_path / "a.jsonl", other / "b.jsonl"], [tmp_path / "u"], corpus.codebook, cfg,
+                      tmp_path / "v3", steps=1, progress=False)
+    with pytest.raises(ValueError, match="2 manifests but one units store"):
+        train_vocoder([tmp_path / "a.jsonl", other / "b.jsonl"], tmp_path / "u", corpus.codebook, cfg,
+                      tmp_path / "v4", steps=1, progress=False)
+    assert not (tmp_path / "v2").exists() and not (tmp_path / "v3").exists()
+
+
 def test_speaker_conditioned_vocoder_speaks_in_one_voice(corpus, tmp_path):
     cfg = VocoderConfig(**{**TINY, "batch_size": 4, "speaker_conditioning": True})
     out = train_vocoder(corpus.tiny, None, corpus.codebook, cfg, tmp_path / "v", steps=3, progress=False)
@@ -282,7 +318,7 @@ def test_unit_noise_corrupts_inputs_not_targets(corpus):
     def batch(noise):
         cfg = replace(VocoderConfig(**{**TINY_MEL, "batch_size": 4, "unit_noise": noise}), k=cb.k,
                       frame_rate=cb.settings.frame_rate, dedup=cb.settings.dedup)
-        return _Data(Path(corpus.tiny), None, cb, cfg).batch(random.Random(0))
+        return _Data([(Path(corpus.tiny), None)], cb, cfg).batch(random.Random(0))
 
     clean, noisy, all_ = batch(0.0), batch(0.3), batch(1.0)
     assert torch.equal(clean["target"], noisy["target"]) and torch.equal(clean["mask"], noisy["mask"])

@@ -4,6 +4,8 @@ Layout written under `out_dir`:
     wav/<id>.wav
     img/<id>.png                          (mini-world scenes that can be drawn; digits)
     train.jsonl  dev.jsonl  test.jsonl   (paths relative to the manifest)
+    unpaired.jsonl  neural_extra.jsonl   (mini-world: `n_unpaired` text-only sentences; the first
+                                          `neural_extra` of them spoken in the neural voice)
     prepare.json                          (the settings, so a re-run with others is refused)
 
 The test split holds every test sentence twice: once in a training voice, once in the
@@ -55,6 +57,10 @@ class PrepareConfig:
     n_unpaired: int = 0
     """mini-world: also write unpaired.jsonl, this many more sentences as text only (with translations, no
     audio), disjoint from every split and free of held-out pairs: unpaired text for mixed supervision."""
+    neural_extra: int = 0
+    """mini-world: also speak the first this many unpaired sentences (so n_unpaired must be at least as large)
+    in the neural voice, into neural_extra.jsonl (`custom.vocoder_only`): more audio in the output voice for
+    the vocoder alone (`dmlm vocoder train --manifest`); no training task reads it."""
 
 
 def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
@@ -71,7 +77,7 @@ def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
 
 CORPORA = ("mini-world", "bible", "digits")
 IMAGE_CORPORA = ("digits",)  # images with captions, no audio
-_RERUN_FREE = ("workers", "images", "n_unpaired")  # settings a re-run may change: they add outputs, never alter them
+_RERUN_FREE = ("workers", "images", "n_unpaired", "neural_extra")  # settings a re-run may change: they add outputs, never alter them
 
 
 def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
@@ -84,6 +90,9 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
         raise ValueError(f"unknown corpus {cfg.corpus!r}; expected one of: {', '.join(CORPORA)}")
     if not 0.0 <= cfg.neural_share <= 1.0:
         raise ValueError(f"prepare.neural_share must be within [0, 1], got {cfg.neural_share}")
+    if not 0 <= cfg.neural_extra <= cfg.n_unpaired:
+        raise ValueError(f"prepare.neural_extra speaks unpaired sentences, so it must be within [0, n_unpaired = "
+                         f"{cfg.n_unpaired}], got {cfg.neural_extra}")
     if settings_path.is_file():
         old = {**asdict(PrepareConfig()), **json.loads(settings_path.read_text())}  # keys added since: defaults
         if {k: v for k, v in old.items() if k not in _RERUN_FREE} != {k: v for k, v in settings.items()
@@ -102,6 +111,8 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     if all(p.is_file() for p in manifests.values()):
         if cfg.n_unpaired:
             manifests["unpaired"] = _write_unpaired(cfg, out)
+        if cfg.neural_extra:
+            manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
         if cfg.images and cfg.corpus == "mini-world":
             for path in manifests.values():
                 records = read_manifest(path)
@@ -139,6 +150,8 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
         write_manifest(manifests[split], records)
     if cfg.n_unpaired:
         manifests["unpaired"] = _write_unpaired(cfg, out, unpaired)
+    if cfg.neural_extra:
+        manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
     return manifests
 
 
@@ -154,6 +167,23 @@ def _write_unpaired(cfg: PrepareConfig, out: Path, sentences: list[Sentence] | N
                                               n_unpaired=cfg.n_unpaired)["unpaired"]
     write_manifest(path, [Record(id=s.id, split="train", lang="en", text=s.text, translations=dict(s.translations),
                                  custom={"unpaired": True}) for s in sentences])
+    return path
+
+
+def _write_neural_extra(cfg: PrepareConfig, out: Path, unpaired: Path) -> Path:
+    """neural_extra.jsonl: the first `cfg.neural_extra` unpaired sentences spoken in the neural voice
+    (voices drawn from their own seed: the splits' draws are untouched). Resumes like the splits."""
+    path = out / "neural_extra.jsonl"
+    if path.is_file() and sum(1 for _ in path.open()) == cfg.neural_extra:
+        return path
+    rng = random.Random(cfg.seed + 2)
+    rows = [(s, draw_voice(rng, neural_share=1.0), f"{s.id}-voc") for s in read_manifest(unpaired)[: cfg.neural_extra]]
+    jobs = [(s.text, v, out / "wav" / f"{uid}.wav") for s, v, uid in rows]
+    durations = synthesize_many(jobs, workers=cfg.workers, desc="synthesize neural_extra")
+    write_manifest(path, [Record(id=uid, split="train", lang="en", audio=f"wav/{uid}.wav", duration=round(d, 3),
+                                 text=s.text, speaker=v.speaker,
+                                 custom={"voice": asdict(v), "heldout_voice": False, "vocoder_only": True})
+                          for (s, v, uid), d in zip(rows, durations)])
     return path
 
 

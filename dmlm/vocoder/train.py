@@ -28,6 +28,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,19 +47,31 @@ from dmlm.vocoder.spectrogram import log_magnitude
 
 log = logging.getLogger(__name__)
 UNKNOWN_VOICE = "unknown"  # records without a speaker share one embedding
+Manifests = str | Path | Sequence[str | Path]  # one manifest, or several whose records the vocoder pools
+Stores = str | Path | None | Sequence[str | Path | None]  # their units stores, one per manifest
 
 
 class _Data:
-    """Records with audio and units; `batch(rng)` gives padded units, target spectrograms and masks."""
+    """Records with audio and units, from one or more (manifest, units store) sources; `batch(rng)`
+    gives padded units, target spectrograms and masks."""
 
-    def __init__(self, manifest: Path, store: TokenStore | None, codebook: Codebook, cfg: VocoderConfig):
-        recs = [r for r in read_manifest(manifest) if r.audio]
-        if cfg.speakers:
-            wanted = set(cfg.speakers)
-            recs = [r for r in recs if r.speaker in wanted]
+    def __init__(self, sources: Sequence[tuple[Path, TokenStore | None]], codebook: Codebook, cfg: VocoderConfig):
+        wanted = set(cfg.speakers or ())
+        recs: list[Record] = []
+        self._source: dict[str, tuple[Path, TokenStore | None]] = {}  # record id -> where its audio and units are
+        for manifest, store in sources:
+            for r in read_manifest(manifest):
+                if not r.audio or (wanted and r.speaker not in wanted):
+                    continue
+                if r.id in self._source:
+                    raise ValueError(f"{manifest}: record {r.id!r} is also in {self._source[r.id][0]}; the "
+                                     "vocoder's manifests must not share record ids")
+                self._source[r.id] = (manifest, store)
+                recs.append(r)
         if not recs:
-            raise ValueError(f"{manifest}: no records with audio" + (f" from speakers {cfg.speakers}" if cfg.speakers else ""))
-        self.manifest, self.records, self.store, self.cb, self.cfg = manifest, recs, store, codebook, cfg
+            names = ", ".join(str(m) for m, _ in sources)
+            raise ValueError(f"{names}: no records with audio" + (f" from speakers {cfg.speakers}" if cfg.speakers else ""))
+        self.records, self.cb, self.cfg = recs, codebook, cfg
         self.r = cfg.upsample
         self._units: dict[str, np.ndarray] = {}
         self._cache: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
@@ -67,7 +80,7 @@ class _Data:
     def units(self, recs: list[Record], wavs: list[np.ndarray]) -> list[np.ndarray]:
         """Frame-rate (not deduplicated) units of each record."""
         if not self.cfg.dedup:
-            return [np.asarray(self.store.get(r.id), dtype=np.int64) for r in recs]
+            return [np.asarray(self._source[r.id][1].get(r.id), dtype=np.int64) for r in recs]
         todo = [i for i, r in enumerate(recs) if r.id not in self._units]
         if todo:
             feats = self.cb.features([wavs[i] for i in todo])
@@ -79,7 +92,7 @@ class _Data:
         """(units, target frames) per record, units cut to those whose frames exist."""
         c = self.cfg
         todo = [r for r in recs if r.id not in self._cache]
-        wavs = [load_audio(r.audio_path(self.manifest)) for r in todo]
+        wavs = [load_audio(r.audio_path(self._source[r.id][0])) for r in todo]
         fresh = {}
         for r, wav, u in zip(todo, wavs, self.units(todo, wavs)):
             spec = c.to_target(log_magnitude(torch.from_numpy(wav), c.n_fft, c.hop, c.win_length))  # (N // hop + 1, bins)
@@ -161,7 +174,7 @@ def _store(prefix: str | Path | None, cb: Codebook) -> TokenStore | None:
     return store
 
 
-def add_matching_set(vocoder_dir: str | Path, manifest: str | Path, units_store_prefix: str | Path | None,
+def add_matching_set(vocoder_dir: str | Path, manifest: Manifests, units_store_prefix: Stores,
                      codebook: Codebook | str | Path, progress: bool = True, clips: int | None = None) -> Path:
     """Build the matching set of a trained vocoder from its training data, of its config.json's
     `matching_clips` clips (or `clips`, then recorded there once the set is written): for one that
@@ -174,7 +187,7 @@ def add_matching_set(vocoder_dir: str | Path, manifest: str | Path, units_store_
     cfg = replace(Vocoder.load(vocoder_dir, codebook=cb, matching=False).cfg, cache_gb=0.0)  # every clip is read once
     if clips is not None:
         cfg = replace(cfg, matching_clips=clips)
-    m = matching_set(_Data(Path(manifest), _store(units_store_prefix, cb), cb, cfg), cfg, progress)
+    m = matching_set(_Data(_sources(manifest, units_store_prefix, cb), cb, cfg), cfg, progress)
     out = m.save(vocoder_dir) if m is not None else Path(vocoder_dir) / MATCHING
     if clips is not None:
         config = Path(vocoder_dir) / "config.json"
@@ -224,11 +237,13 @@ def _bf16(precision: str, device: str) -> bool:
 
 
 def train_vocoder(
-    manifest: str | Path, units_store_prefix: str | Path | None, codebook: Codebook | str | Path,
+    manifest: Manifests, units_store_prefix: Stores, codebook: Codebook | str | Path,
     cfg: VocoderConfig | None = None, out_dir: str | Path = "vocoder", max_minutes: float | None = None,
     steps: int | None = None, save_every_minutes: float = 2.0, device: str = "cpu", progress: bool = True,
 ) -> Path:
     """Train a vocoder for `codebook` on `manifest` (units from `units_store_prefix`); returns `out_dir`.
+    Several manifests (one units store each) pool their records: e.g. untranscribed audio of the
+    output voice beside the paired corpus (record ids must not repeat across them).
 
     At least one of `steps` and `max_minutes` bounds the run. For a codebook that deduplicates
     units the store may be None (units are re-encoded from the audio to learn durations).
@@ -241,11 +256,8 @@ def train_vocoder(
                   dedup=s.dedup)
     cfg.upsample  # validates hop against the codebook's frame rate
     bf16 = _bf16(cfg.precision, device)
-    store = _store(units_store_prefix, cb)
-    if store is None and not cfg.dedup:
-        raise ValueError("a units token store is needed (this codebook does not deduplicate, so its units come "
-                         "from the store): pass units_store_prefix")
-    data = _Data(Path(manifest), store, cb, cfg)
+    sources = _sources(manifest, units_store_prefix, cb)
+    data = _Data(sources, cb, cfg)
     if cfg.speaker_conditioning:
         counts = Counter(r.speaker or UNKNOWN_VOICE for r in data.records)
         cfg.voices = sorted(counts)
@@ -275,7 +287,7 @@ def train_vocoder(
 
     def save(final: bool, matching: MatchingSet | None = None) -> None:
         info = {"steps": step, "seconds": round(time.monotonic() - t0, 1), "loss": ema, "history": history,
-                "manifest": str(Path(manifest).resolve()), "records": len(data.records), "final": final}
+                "manifests": [str(m.resolve()) for m, _ in sources], "records": len(data.records), "final": final}
         net.eval()
         Vocoder(cfg, net, matching).save(out_dir, info)
         net.train()
@@ -310,3 +322,30 @@ def train_vocoder(
     save(True, matching_set(data, cfg, progress))
     log.info("vocoder: %d steps in %.0f s, loss %.3f -> %s", step, time.monotonic() - t0, ema, out_dir)
     return Path(out_dir)
+
+
+
+def _sources(manifest: Manifests, units_store_prefix: Stores, cb: Codebook) -> list[tuple[Path, TokenStore | None]]:
+    """One manifest and its store, or as many stores as manifests (or None: no stores), as
+    (manifest, store) pairs; each store checked against the codebook. A codebook that does not
+    deduplicate needs every store: its units come from them."""
+    several = not isinstance(manifest, (str, Path))
+    manifests = [Path(m) for m in manifest] if several else [Path(manifest)]
+    if not manifests:
+        raise ValueError("a vocoder needs at least one manifest")
+    if units_store_prefix is None:
+        stores = [None] * len(manifests)
+    elif isinstance(units_store_prefix, (str, Path)):
+        if several:
+            raise ValueError(f"{len(manifests)} manifests but one units store; give one store per manifest, in order")
+        stores = [units_store_prefix]
+    else:
+        stores = list(units_store_prefix)
+        if len(stores) != len(manifests):
+            raise ValueError(f"{len(manifests)} manifests but {len(stores)} units stores; give one per manifest, in order")
+    if not cb.settings.dedup:
+        for m, u in zip(manifests, stores):
+            if u is None:
+                raise ValueError(f"{m}: a units token store is needed (this codebook does not deduplicate, so its "
+                                 "units come from the store): pass units_store_prefix")
+    return [(m, _store(u, cb)) for m, u in zip(manifests, stores)]
