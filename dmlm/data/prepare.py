@@ -109,16 +109,16 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     if cfg.n_unpaired and cfg.corpus != "mini-world":
         raise ValueError(f"n_unpaired: only mini-world generates unpaired text, not {cfg.corpus}")
     if all(p.is_file() for p in manifests.values()):
-        if cfg.n_unpaired:
-            manifests["unpaired"] = _write_unpaired(cfg, out)
-        if cfg.neural_extra:
-            manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
         if cfg.images and cfg.corpus == "mini-world":
-            for path in manifests.values():
+            for path in manifests.values():  # the splits: unpaired text and the vocoder's audio have no scenes
                 records = read_manifest(path)
                 with_images = add_scene_images(records, out)
                 if with_images != records:
                     write_manifest(path, with_images)
+        if cfg.n_unpaired:
+            manifests["unpaired"] = _write_unpaired(cfg, out)
+        if cfg.neural_extra:
+            manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
         return manifests
 
     extra = {"n_unpaired": cfg.n_unpaired} if cfg.n_unpaired else {}

@@ -15,6 +15,9 @@ Design decisions:
 - The matching set (`Vocoder.refine`: real frames of the output voice by unit) is built after
   the last step from the same cached targets, in seconds; a vocoder saved before it (a killed
   run, an older version) gets one from `add_matching_set`.
+- Several manifests (each with its units store) pool their records: audio of the output voice
+  need not be transcribed or paired, so more of it can come from anywhere (the demo adds
+  unpaired sentences spoken by its neural voice, `prepare.neural_extra`).
 - A run is bounded by `steps`, `max_minutes` or both; the learning rate follows the progress
   of whichever bound is nearer, so a time-boxed demo run still anneals. The vocoder is saved
   atomically (temp folder + rename) every `save_every_minutes` and at the end: a killed run
