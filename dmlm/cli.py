@@ -206,6 +206,16 @@ def _vocoder_data(args) -> tuple[list[str], list[str]]:
     return manifests, args.units or [str(Path(data.get("units", "")) / Path(m).stem) for m in manifests]
 
 
+def _vocoder_data_args(parser: argparse.ArgumentParser) -> None:
+    """--manifest/--units of `vocoder train` and `vocoder match` (read by `_vocoder_data`)."""
+    parser.add_argument("--manifest", action="append",
+                        help="audio manifest; repeat to pool several, e.g. untranscribed audio of the output voice "
+                             "(default: the model's training manifest)")
+    parser.add_argument("--units", action="append",
+                        help="speech token store prefix of each --manifest, in order (default: <the model's units "
+                             "folder>/<manifest stem>)")
+
+
 def cmd_vocoder_train(args) -> None:
     from dmlm.config import load_config
     from dmlm.vocoder.model import VocoderConfig
@@ -414,24 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     vs = s.add_subparsers(dest="action", required=True)
     f = vs.add_parser("train", help="train a units -> speech vocoder into MODEL/vocoder/")
     f.add_argument("model")
-    f.add_argument("--manifest", action="append",
-                   help="audio manifest; repeat to pool several, e.g. untranscribed audio of the output voice "
-                        "(default: the model's training manifest)")
-    f.add_argument("--units", action="append",
-                   help="speech token store prefix of each --manifest, in order (default: <the model's units "
-                        "folder>/<manifest stem>)")
+    _vocoder_data_args(f)
     f.add_argument("--minutes", type=float, default=4.0, help="time budget (0: none)")
     f.add_argument("--steps", type=int, default=0, help="step budget (0: none)")
     f.add_argument("overrides", nargs="*", help="VocoderConfig fields, e.g. dim=256 batch_size=16 gl_iters=32")
     f.set_defaults(fn=cmd_vocoder_train)
     f = vs.add_parser("match", help="(re)build MODEL/vocoder's matching set: the real frames `knn` draws on")
     f.add_argument("model")
-    f.add_argument("--manifest", action="append",
-                   help="audio manifest; repeat to pool several, e.g. untranscribed audio of the output voice "
-                        "(default: the model's training manifest)")
-    f.add_argument("--units", action="append",
-                   help="speech token store prefix of each --manifest, in order (default: <the model's units "
-                        "folder>/<manifest stem>)")
+    _vocoder_data_args(f)
     f.add_argument("--clips", type=int, help="clips of the output voice in the set (default: the vocoder's matching_clips)")
     f.set_defaults(fn=cmd_vocoder_match)
 
