@@ -11,6 +11,9 @@ Design decisions:
   the mixture model (its batch is the mixture's ASR share of it, `asr_only_batch_tokens`);
   the mixture adds the other tasks on top. So the comparison asks "does adding tasks hurt
   ASR?", at the price of the mixture's larger steps, which the report states.
+- Each model trains with its own best loss (`asr_only_loss`): the mixture's per-modality means
+  over target spans only (`target_length_normalized`), the ASR-only model's over every token
+  (`length_normalized`), which lets it learn from the speech it reads.
 - Every stage skips work already done, so an interrupted demo re-run continues where it
   stopped (training resumes from its last saved step).
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from dmlm.config import RunConfig, dump_config, load_config
+from dmlm.config import ConfigError, RunConfig, dump_config, load_config
 from dmlm.data.manifest import atomic_write_text, read_manifest
 from dmlm.data.prepare import PrepareConfig, prepare
 from dmlm.decoding import DecodingOptions
@@ -53,6 +56,9 @@ class DemoConfig:
     """The mixture model (its data.tasks and data.weights are the mixture)."""
     asr_only_batch_tokens: int = 0
     """Per-rank batch of the ASR-only comparison model (same steps as `run`); 0: no comparison model."""
+    asr_only_loss: str = ""
+    """Loss of the ASR-only model ("": the mixture's). Each model should get its own best loss: an ASR-only model
+    learns from the speech it reads (`length_normalized`), the mixture does better without it (README, session 10)."""
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     vocoder_minutes: float = 4.0
     """Training budget of the unit vocoder (0: no vocoder, no audio-level T2S scores)."""
@@ -72,6 +78,13 @@ class DemoConfig:
     processes: int = 2
     """Training processes (torchrun, gloo on CPU). On a 2-core CPU two single-thread ranks train
     ~30 % faster than one process with two threads; 1 trains in this process."""
+
+    def validate(self) -> None:
+        """Settings no single field's type can check (filled configs skip `__post_init__`)."""
+        from dmlm.loss import LOSSES
+
+        if self.asr_only_loss and self.asr_only_loss not in LOSSES:
+            raise ValueError(f"asr_only_loss must be one of {LOSSES} or empty (the mixture's), got {self.asr_only_loss!r}")
 
 
 def machine() -> dict:
@@ -156,6 +169,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
     from dmlm.tokenize import tokenize_images, tokenize_manifest
     from dmlm.train import plot_losses
 
+    cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "demo.yaml", dump_config(cfg))
@@ -188,7 +202,8 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
     if cfg.asr_only_batch_tokens and tasks != ["asr"]:
         asr_run = replace(run, data=replace(run.data, tasks=["asr"], weights=[], image_codebook="", unpaired=[],
                                             speakers={k: v for k, v in run.data.speakers.items() if k == "asr"}),
-                          train=replace(run.train, out=str(out / "model_asr"), batch_tokens=cfg.asr_only_batch_tokens))
+                          train=replace(run.train, out=str(out / "model_asr"), batch_tokens=cfg.asr_only_batch_tokens,
+                                        loss=cfg.asr_only_loss or run.train.loss))
         with stage("train_asr_only"):
             _train(asr_run, out, "train_asr", cfg.processes, resume)
         models["asr_only"] = out / "model_asr"
@@ -433,4 +448,9 @@ def train_distributed(run: RunConfig, config_path: Path, processes: int, resume:
 
 
 def load_demo_config(path: str | None, overrides: list[str]) -> DemoConfig:
-    return load_config(path, overrides, cls=DemoConfig)
+    cfg = load_config(path, overrides, cls=DemoConfig)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cfg

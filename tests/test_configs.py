@@ -24,6 +24,8 @@ def test_demo_config():
     assert len(cfg.run.data.weights) == len(cfg.run.data.tasks)
     assert cfg.run.train.max_minutes == 0 and cfg.asr_only_batch_tokens > 0 and cfg.vocoder_minutes > 0
     assert cfg.t2s_decoding.rerank > 1 and cfg.vocoder.knn > 0
+    # each model its own best loss (README, session 10)
+    assert (cfg.run.train.loss, cfg.asr_only_loss) == ("target_length_normalized", "length_normalized")
 
 
 def test_frozen_options_are_replaced_and_validated():
@@ -33,6 +35,8 @@ def test_frozen_options_are_replaced_and_validated():
     assert (cfg.t2s_decoding.rerank, cfg.t2s_decoding.temperature, cfg.t2s_decoding.strategy) == (4, 0.7, "greedy")
     with pytest.raises(ConfigError, match="t2s_decoding: decoding rerank must be >= 0"):
         load_demo_config(None, ["t2s_decoding.rerank=-1"])
+    with pytest.raises(ConfigError, match="asr_only_loss must be one of"):
+        load_demo_config(None, ["asr_only_loss=mean"])
 
 
 def test_ablate_config():

@@ -30,9 +30,13 @@ def test_tiny_demo_without_vocoder(tmp_path):
     from dmlm.data.synth import training_voices
 
     # T2S on chosen speakers (every training voice here): the ASR-only model must not inherit the t2s entry
+    # each model its own loss, as in configs/demo.yaml
+    losses = ("run.train.loss=target_length_normalized", "asr_only_loss=length_normalized")
     rep = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0", "prepare.neural_extra=2",
-                              f"run.data.speakers={json.dumps({'t2s': training_voices()})}"))
+                              f"run.data.speakers={json.dumps({'t2s': training_voices()})}", *losses))
     out = tmp_path / "demo"
+    assert "loss: target_length_normalized" in (out / "model.state" / "config.yaml").read_text()
+    assert "loss: length_normalized" in (out / "model_asr.state" / "config.yaml").read_text()
     from dmlm.data.shards import TokenStore
 
     assert len(TokenStore(out / "units" / "neural_extra")) == 2  # the vocoder's extra audio gets its units
@@ -52,7 +56,7 @@ def test_tiny_demo_without_vocoder(tmp_path):
     # a re-run resumes: nothing is trained again, the report is rebuilt
     mtime = (out / "model" / "model.safetensors").stat().st_mtime_ns
     evals = {p.name: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
-    again = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0", "prepare.neural_extra=2"))
+    again = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0", "prepare.neural_extra=2", *losses))
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == mtime
     assert {p.name: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == evals  # evaluations reused
     assert again["tasks"] == tasks
