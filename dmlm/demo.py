@@ -422,6 +422,7 @@ def train_summary(model_dir: Path) -> dict:
             "padding_share": meta.get("model_summary", {}).get("padding_share"), "tasks": meta.get("tasks"),
             "weights": meta.get("config", {}).get("data", {}).get("weights"),
             "batch_tokens": meta.get("config", {}).get("train", {}).get("batch_tokens"),
+            "loss": meta.get("config", {}).get("train", {}).get("loss"),
             "params": meta.get("model_summary", {}).get("params")}
 
 

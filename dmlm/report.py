@@ -71,7 +71,8 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
         ps = t.get("tokens_per_step") or {}
         share = ", ".join(f"{k} {100 * v:.0f} %" for k, v in (t.get("example_share") or {}).items())
         lines.append(f"- **{name} model**: {t['steps']} steps at {_f(t['tokens_per_s'], 0)} tokens/s, batch "
-                     f"{t['batch_tokens']} tokens per rank; tasks {t['tasks']}" + (f" (examples: {share})" if share else "")
+                     f"{t['batch_tokens']} tokens per rank" + (f", loss {t['loss']}" if t.get("loss") else "")
+                     + f"; tasks {t['tasks']}" + (f" (examples: {share})" if share else "")
                      + f"; tokens per step: {ps.get('tokens', 0):,} (text {ps.get('text', 0):,}, speech "
                      f"{ps.get('speech', 0):,}, image {ps.get('image', 0):,}); final dev loss {_f(t['final_dev_loss'], 4)}.")
     cbk = report["codebook"]

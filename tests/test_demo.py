@@ -37,6 +37,7 @@ def test_tiny_demo_without_vocoder(tmp_path):
     out = tmp_path / "demo"
     assert "loss: target_length_normalized" in (out / "model.state" / "config.yaml").read_text()
     assert "loss: length_normalized" in (out / "model_asr.state" / "config.yaml").read_text()
+    assert (rep["train"]["mixture"]["loss"], rep["train"]["asr_only"]["loss"]) == ("target_length_normalized", "length_normalized")
     from dmlm.data.shards import TokenStore
 
     assert len(TokenStore(out / "units" / "neural_extra")) == 2  # the vocoder's extra audio gets its units
@@ -52,6 +53,7 @@ def test_tiny_demo_without_vocoder(tmp_path):
     for row in ("ASR (mixture model)", "ASR (ASR-only model)", "S2TT en→es", "I2T captioning", "T2S", "## I2T examples"):
         assert row in md
     assert "](data/img/" in md  # captions shown next to their images
+    assert "loss target_length_normalized" in md and "loss length_normalized" in md  # each model's loss is stated
     assert (out / "loss.png").is_file() and (out / "loss_asr_only.png").is_file()
     # a re-run resumes: nothing is trained again, the report is rebuilt
     mtime = (out / "model" / "model.safetensors").stat().st_mtime_ns
