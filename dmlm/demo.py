@@ -408,6 +408,7 @@ def train_summary(model_dir: Path) -> dict:
     steps_logged = [r for r in rows if "loss" in r]
     speed = [r for r in rows if "tokens_per_s" in r]
     meta = json.loads((model_dir / "dmlm.json").read_text())
+    saved = meta.get("config", {})  # the run config the model was trained with
     state = model_dir.with_name(model_dir.name + ".state") / "progress.json"
     n = max(1, len(steps_logged))
     per_step = {k.removeprefix("tokens_"): round(sum(r.get(k, 0) for r in steps_logged) / n)
@@ -420,9 +421,8 @@ def train_summary(model_dir: Path) -> dict:
             "tokens_per_step": per_step, "example_share": {k: round(v / total_ex, 3) for k, v in examples.items()},
             "final_dev_loss": next((r["dev_loss"] for r in reversed(rows) if "dev_loss" in r), None),
             "padding_share": meta.get("model_summary", {}).get("padding_share"), "tasks": meta.get("tasks"),
-            "weights": meta.get("config", {}).get("data", {}).get("weights"),
-            "batch_tokens": meta.get("config", {}).get("train", {}).get("batch_tokens"),
-            "loss": meta.get("config", {}).get("train", {}).get("loss"),
+            "weights": saved.get("data", {}).get("weights"),
+            "batch_tokens": saved.get("train", {}).get("batch_tokens"), "loss": saved.get("train", {}).get("loss"),
             "params": meta.get("model_summary", {}).get("params")}
 
 
