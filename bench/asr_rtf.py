@@ -1,6 +1,6 @@
 """End-to-end ASR speed (real-time factor): audio file in, text out; dmlm vs. Whisper-base.
 
-dmlm does what `dmlm.asr.transcribe_files` does: read the wav, run the checkpoint's codebook
+dmlm does what `dmlm.inference.transcribe_files` does: read the wav, run the checkpoint's codebook
 (Whisper encoder on the clip's own length, k-means units), decode greedily with the small
 LM, detokenize. The baseline is Whisper-base itself through CTranslate2 (int8, greedy): the
 log-mel padded to 30 s as Whisper requires, encoder and decoder, detokenized with the
@@ -49,16 +49,16 @@ def training_texts(ck_meta: dict) -> set[str] | None:
 
 def untrained_checkpoint(out: Path, whisper: str) -> Path:
     """A checkpoint of the demo's shape (codebook, BPE, model size) with random weights."""
-    from dmlm.config import load_config
+    from dmlm.util.config import load_config
     from dmlm.data import miniworld
-    from dmlm.demo import DemoConfig
-    from dmlm.model import build_model, save_checkpoint
+    from dmlm.recipes.demo import DemoConfig
+    from dmlm.modeling import build_model, save_checkpoint
     from dmlm.tokenizers.features import build_features
     from dmlm.tokenizers.speech import Codebook
     from dmlm.tokenizers.text import TextTokenizer, unified_hf_tokenizer
     from dmlm.vocab import Vocab
 
-    demo = load_config(ROOT / "configs" / "demo.yaml", cls=DemoConfig)
+    demo = load_config(ROOT / "configs" / "demo.yaml", [], DemoConfig)
     s = demo.codebook
     s.model = whisper
     feats = build_features(s.backend, s.model, s.layer, compute_type=s.compute_type, pad_quantum=s.pad_quantum)
@@ -78,7 +78,7 @@ def untrained_checkpoint(out: Path, whisper: str) -> Path:
 
 def clips(n: int, exclude: set[str] | None, out: Path) -> tuple[list[Path], list[str], float]:
     """n synthesized mini-world sentences not in `exclude`: wav paths, texts, seconds of audio."""
-    from dmlm.audio import write_wav
+    from dmlm.util.audio import write_wav
     from dmlm.data import miniworld
     from dmlm.data.synth import draw_voice, synthesize
 
@@ -103,7 +103,7 @@ class WhisperCT2:
         import ctranslate2
         from tokenizers import Tokenizer
 
-        from dmlm.assets import whisper_ct2_dir
+        from dmlm.util.assets import whisper_ct2_dir
 
         path = whisper_ct2_dir(name)
         self.model = ctranslate2.models.Whisper(str(path), device="cpu", compute_type="int8", intra_threads=threads)
@@ -116,7 +116,7 @@ class WhisperCT2:
     def __call__(self, paths: list[Path]) -> list[str]:
         import ctranslate2
 
-        from dmlm.audio import load_audio
+        from dmlm.util.audio import load_audio
         from dmlm.tokenizers.features import log_mel
 
         out = []
@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
     import ctranslate2
 
     from bench.common import write_result
-    from dmlm.asr import transcribe_units
-    from dmlm.audio import load_audio
+    from dmlm.inference import transcribe_units
+    from dmlm.util.audio import load_audio
     from dmlm.decoding import DecodingOptions
-    from dmlm.evaluation.metrics import error_rates
-    from dmlm.model import load_checkpoint
+    from dmlm.metrics import error_rates
+    from dmlm.modeling import load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="runs/demo/model", help="dmlm checkpoint (default: the demo's)")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         opts = DecodingOptions(strategy="greedy", max_new_tokens=max_new, batch_size=args.batch_size)
 
         def dmlm_asr(batch: list[Path]) -> list[str]:
-            # the body of dmlm.asr.transcribe_files, with the codebook (and its encoder) loaded once
+            # the body of dmlm.inference.transcribe_files, with the codebook (and its encoder) loaded once
             units = [np.asarray(u) for u in cb.encode_batch([load_audio(q) for q in batch])]
             return transcribe_units(ck, units, opts=opts)
 

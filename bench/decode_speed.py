@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from bench.common import write_result
-    from dmlm.model import ModelConfig, build_model, load_checkpoint
+    from dmlm.modeling import ModelConfig, build_model, load_checkpoint
     from dmlm.vocab import Vocab
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

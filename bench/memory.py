@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         return res
 
     from bench.common import RESULTS, machine, write_result
-    from dmlm.demo import load_demo_config
+    from dmlm.recipes.demo import load_demo_config
 
     from bench.train_speed import DEMO_YAML
 

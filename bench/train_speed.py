@@ -1,11 +1,11 @@
 """Training throughput (tokens/s) and model-FLOP utilization (MFU) of the real dmlm step.
 
-What is timed is one optimizer step as `dmlm.train.train` runs it: `collate` (right padding),
-`dmlm.train._step_loss` (forward + `multimodal_loss`, length-normalized, global counts),
+What is timed is one optimizer step as `dmlm.training.train.train` runs it: `collate` (right padding),
+`dmlm.training.train._step_loss` (forward + `multimodal_loss`, length-normalized, global counts),
 backward, gradient clipping and an AdamW step with train.py's parameter groups, under bf16
 autocast on GPU and fp32 on CPU. Batches are ASR-shaped: random 25 Hz units for clips of
 1.5–3.1 s (~58 units) plus 4–10 random text ids (mini-world's transcript length), rendered by
-`dmlm.tasks.render` and bucketed under a token budget by `dmlm.train.bucket_batches`. Data
+`dmlm.tasks.render` and bucketed under a token budget by `dmlm.training.train.bucket_batches`. Data
 loading from token stores, accelerate and logging are not timed.
 
 Model FLOPs per (non-pad) token, forward + backward (Kaplan et al. 2020; PaLM, app. B):
@@ -65,8 +65,8 @@ class Bench:
 
 def demo_vocab_and_model(seed: int = 0):
     """configs/demo.yaml's ModelConfig and a vocabulary of the demo's size, via `build_model`."""
-    from dmlm.demo import load_demo_config
-    from dmlm.model import build_model
+    from dmlm.recipes.demo import load_demo_config
+    from dmlm.modeling import build_model
     from dmlm.vocab import Vocab
 
     cfg = load_demo_config(str(DEMO_YAML), [])
@@ -123,7 +123,7 @@ def fixed_length_asr(n: int, length: int, vocab, seed: int = 0) -> list:
 
 def batches(rendered: list, batch_tokens: int, n: int, seed: int = 0) -> list[list]:
     """`n` micro-batches in train.py's order: length-bucketed under a padded-token budget."""
-    from dmlm.train import bucket_batches
+    from dmlm.training.train import bucket_batches
 
     order = bucket_batches(np.array([len(r.ids) for r in rendered]), batch_tokens, seed, 0)
     if len(order) < n:
@@ -140,9 +140,9 @@ def make_optimizer(model: torch.nn.Module, lr: float = 2e-3, weight_decay: float
 
 
 def train_step(model, opt, items: list, pad: int, device: torch.device, clip: float = 1.0) -> float:
-    """One optimizer step over one micro-batch, as dmlm.train.train does it; returns the loss."""
-    from dmlm.loss import loss_counts, loss_weights
-    from dmlm.train import _step_loss, collate
+    """One optimizer step over one micro-batch, as dmlm.training.train.train does it; returns the loss."""
+    from dmlm.training.loss import loss_counts, loss_weights
+    from dmlm.training.train import _step_loss, collate
 
     b = {k: v.to(device) for k, v in collate(items, pad).items()}
     counts = loss_counts(LOSS, loss_weights(LOSS, b["attention_mask"], b["target"]), b["modality"][:, 1:])

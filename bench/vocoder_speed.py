@@ -8,7 +8,7 @@ from Discrete Disentangled Self-Supervised Representations": 128-dim unit embedd
 V1 generator, 512 channels, upsampling x5 x4 x4 x2 x2 = 320 from 50 Hz units to 16 kHz; our
 25 Hz units are repeated x2 to feed it). It is the design the issue would otherwise reach for,
 so the ratio says what choosing Griffin-Lim buys in speed; it says nothing about quality (see
-`dmlm.speech_out.evaluate_resynthesis` for that). The generator runs with random weights:
+`dmlm.evaluation.speech.evaluate_resynthesis` for that). The generator runs with random weights:
 its cost does not depend on them. Both run in this process on the same unit sequences, batch
 size and threads, are warmed up, and are timed best of `--repeats`, interleaved.
 

@@ -30,12 +30,13 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
+from dmlm.util.errors import MissingFileError, UserError
 
 
 def _decoding_args(p: argparse.ArgumentParser) -> None:
     from dmlm.decoding import DecodingOptions
 
-    from dmlm.config import field_docs
+    from dmlm.util.config import field_docs
 
     docs = field_docs(DecodingOptions)
     for f in fields(DecodingOptions):
@@ -50,7 +51,7 @@ def _decoding_options(args):
 
 
 def cmd_assets(args) -> None:
-    from dmlm import assets
+    from dmlm.util import assets
 
     names = args.names or list(assets.PRESETS)
     for n in names:
@@ -58,7 +59,7 @@ def cmd_assets(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from dmlm.config import load_config
+    from dmlm.util.config import load_config
     from dmlm.data.prepare import PrepareConfig, prepare
 
     cfg = load_config(None, [f"corpus={args.name}"] + args.overrides, cls=PrepareConfig)
@@ -72,18 +73,18 @@ def codebook_modality(path: str | Path) -> str:
     from safetensors import safe_open
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: codebook file not found")
+        raise MissingFileError(f"{path}: codebook file not found")
     with safe_open(str(path), "np") as fh:
         return (fh.metadata() or {}).get("modality", "speech")
 
 
 def cmd_codebook(args) -> None:
-    from dmlm.config import load_config
+    from dmlm.util.config import load_config
     from dmlm.data.manifest import read_manifest
 
     records = read_manifest(args.manifest)
     if args.modality == "image":
-        from dmlm.images import load_image
+        from dmlm.util.images import load_image
         from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
 
         from dmlm.tokenizers.image import ImageCodebook
@@ -91,16 +92,16 @@ def cmd_codebook(args) -> None:
         settings = load_config(None, args.overrides, cls=ImageCodebookSettings)
         if settings.backend == "external":  # codes come from another tokenizer: nothing to fit
             if not settings.name:
-                raise ValueError("an external image codebook needs name=… (the tokenizer that made the codes) and k=…")
+                raise UserError("an external image codebook needs name=… (the tokenizer that made the codes) and k=…")
             cb = ImageCodebook.external(settings.k, settings.name, settings.image_size)
         else:
             records = [r for r in records if r.image is not None][: args.max_utts or None]
             if not records:
-                raise ValueError(f"{args.manifest}: no record has an 'image'")
+                raise UserError(f"{args.manifest}: no record has an 'image'")
             cb = fit_image_codebook([load_image(r.image_path(args.manifest), size=settings.image_size) for r in records],
                                     settings)
     else:
-        from dmlm.tokenize import load_record_audio
+        from dmlm.tokenizers.tokenize import load_record_audio
         from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
 
         settings = load_config(None, args.overrides, cls=CodebookSettings)
@@ -111,7 +112,7 @@ def cmd_codebook(args) -> None:
 
 
 def cmd_tokenize(args) -> None:
-    from dmlm.tokenize import tokenize_images, tokenize_manifest
+    from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
 
     modality = codebook_modality(args.codebook)
     if modality == "image":
@@ -124,7 +125,7 @@ def cmd_tokenize(args) -> None:
         from dmlm.tokenizers.speech import Codebook
 
         if args.external_codes:
-            raise ValueError(f"--external-codes is for external image codebooks; {args.codebook} is a speech codebook")
+            raise UserError(f"--external-codes is for external image codebooks; {args.codebook} is a speech codebook")
         cb = Codebook.load(args.codebook)
         run = lambda m: tokenize_manifest(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)  # noqa: E731
     for m in args.manifests:
@@ -139,16 +140,16 @@ def cmd_tokenize(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from dmlm.config import load_config
-    from dmlm.train import train
+    from dmlm.util.config import load_config
+    from dmlm.training.train import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, RunConfig)
     print(train(cfg, resume=args.resume))
 
 
 def cmd_decode(args) -> None:
-    from dmlm.data.manifest import atomic_write_text
-    from dmlm.evaluate import decode_task
+    from dmlm.util.io import atomic_write_text
+    from dmlm.evaluation.tasks import decode_task
 
     rows = decode_task(args.model, args.task, args.manifest, _decoding_options(args), args.units)
     atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -156,8 +157,8 @@ def cmd_decode(args) -> None:
 
 
 def cmd_transcribe(args) -> None:
-    from dmlm.asr import transcribe_files
-    from dmlm.model import load_checkpoint
+    from dmlm.inference import transcribe_files
+    from dmlm.modeling import load_checkpoint
 
     ck = load_checkpoint(args.model)
     for path, text in zip(args.audio, transcribe_files(ck, args.audio, _decoding_options(args))):
@@ -165,8 +166,8 @@ def cmd_transcribe(args) -> None:
 
 
 def cmd_translate(args) -> None:
-    from dmlm.infer import translate_files
-    from dmlm.model import load_checkpoint
+    from dmlm.inference import translate_files
+    from dmlm.modeling import load_checkpoint
 
     ck = load_checkpoint(args.model)
     for path, text in zip(args.audio, translate_files(ck, args.audio, args.to, args.src, _decoding_options(args))):
@@ -174,8 +175,8 @@ def cmd_translate(args) -> None:
 
 
 def cmd_caption(args) -> None:
-    from dmlm.infer import caption_files
-    from dmlm.model import load_checkpoint
+    from dmlm.inference import caption_files
+    from dmlm.modeling import load_checkpoint
 
     ck = load_checkpoint(args.model)
     for path, text in zip(args.images, caption_files(ck, args.images, args.lang, _decoding_options(args))):
@@ -183,8 +184,8 @@ def cmd_caption(args) -> None:
 
 
 def cmd_synthesize_units(args) -> None:
-    from dmlm.infer import synthesize_units
-    from dmlm.model import load_checkpoint
+    from dmlm.inference import synthesize_units
+    from dmlm.modeling import load_checkpoint
 
     ck = load_checkpoint(args.model)
     for text, units in zip(args.text, synthesize_units(ck, args.text, _decoding_options(args), args.lang)):
@@ -194,15 +195,15 @@ def cmd_synthesize_units(args) -> None:
 def _vocoder_data(args) -> tuple[list[str], list[str]]:
     """The audio manifests and units stores a vocoder learns from: --manifest/--units (repeatable,
     in order), else the model's own training manifest and store."""
-    from dmlm.model import load_checkpoint
+    from dmlm.modeling import load_checkpoint
 
     if args.manifest and args.units and len(args.units) != len(args.manifest):
-        raise ValueError(f"{len(args.manifest)} --manifest but {len(args.units)} --units: give one units store per "
+        raise UserError(f"{len(args.manifest)} --manifest but {len(args.units)} --units: give one units store per "
                          "manifest, in the same order (or no --units: each manifest's store beside the model's)")
     data = load_checkpoint(args.model).meta.get("config", {}).get("data", {})
     manifests = args.manifest or ([data["train"]] if data.get("train") else [])
     if not manifests:
-        raise ValueError(f"{args.model}: the checkpoint does not name its training manifest; give --manifest")
+        raise UserError(f"{args.model}: the checkpoint does not name its training manifest; give --manifest")
     return manifests, args.units or [str(Path(data.get("units", "")) / Path(m).stem) for m in manifests]
 
 
@@ -217,7 +218,7 @@ def _vocoder_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_vocoder_train(args) -> None:
-    from dmlm.config import load_config
+    from dmlm.util.config import load_config
     from dmlm.vocoder.model import VocoderConfig
     from dmlm.vocoder.train import train_vocoder
 
@@ -233,16 +234,16 @@ def cmd_vocoder_match(args) -> None:
 
     folder = Path(args.model) / "vocoder"
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{args.model}: no trained vocoder in {folder}; run `dmlm vocoder train {args.model}` first")
+        raise UserError(f"{args.model}: no trained vocoder in {folder}; run `dmlm vocoder train {args.model}` first")
     manifest, units = _vocoder_data(args)
     out = add_matching_set(folder, manifest, units, Path(args.model) / "codebooks" / "speech.safetensors", clips=args.clips)
     print(f"matching set -> {out}")
 
 
 def cmd_speak(args) -> None:
-    from dmlm.audio import write_wav
-    from dmlm.model import load_checkpoint
-    from dmlm.speech_out import speak
+    from dmlm.util.audio import write_wav
+    from dmlm.modeling import load_checkpoint
+    from dmlm.evaluation.speech import speak
 
     ck = load_checkpoint(args.model)
     wav = speak(ck, args.text, _decoding_options(args))
@@ -251,7 +252,7 @@ def cmd_speak(args) -> None:
 
 
 def cmd_resynthesize(args) -> None:
-    from dmlm.speech_out import resynthesize_file
+    from dmlm.evaluation.speech import resynthesize_file
 
     out = resynthesize_file(args.model, args.audio, args.output)
     print(f"{out}")
@@ -272,14 +273,14 @@ def _voice_clips(value: str) -> int | None:
 
 def _speech_out_eval(args, out: str) -> dict:
     from dmlm.evaluation.judge import build_judge
-    from dmlm.speech_out import evaluate_resynthesis, evaluate_t2s_audio
+    from dmlm.evaluation.speech import evaluate_resynthesis, evaluate_t2s_audio
 
     judge = build_judge(args.judge, engine=args.judge_engine)
     folder = Path(out).with_suffix("")
     n = args.limit or None
     if args.task == "resynthesis":
         if not args.units:
-            raise ValueError("--task resynthesis needs --units (the manifest's speech token store or its folder)")
+            raise UserError("--task resynthesis needs --units (the manifest's speech token store or its folder)")
         units = Path(args.units)
         units = units if units.with_suffix(".json").is_file() else units / Path(args.manifest).stem
         return evaluate_resynthesis(args.model, args.manifest, units, judge, n=n, out_dir=folder,
@@ -288,17 +289,17 @@ def _speech_out_eval(args, out: str) -> dict:
 
 
 def cmd_evaluate(args) -> None:
-    from dmlm.evaluate import evaluate_task
+    from dmlm.evaluation.tasks import evaluate_task
 
     name = args.task.replace(":", "_")
     out = args.out or str(Path(args.model) / f"eval_{name}_{Path(args.manifest).stem}.json")
     if args.voice_clips != 0 and args.task != "resynthesis":
-        raise ValueError(f"--voice-clips is for --task resynthesis, not {args.task}")
+        raise UserError(f"--voice-clips is for --task resynthesis, not {args.task}")
     if args.task == "resynthesis" or (args.task == "t2s" and args.judge):
         if not args.judge:
             args.judge = "whisper-base"
         rep = _speech_out_eval(args, out)
-        from dmlm.data.manifest import atomic_write_text
+        from dmlm.util.io import atomic_write_text
 
         atomic_write_text(out, json.dumps(rep, indent=1, default=str))
     else:
@@ -311,7 +312,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from dmlm.demo import load_demo_config, run_demo
+    from dmlm.recipes.demo import load_demo_config, run_demo
 
     cfg = load_demo_config(args.config, args.overrides)
     rep = run_demo(cfg)
@@ -322,7 +323,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_ablate(args) -> None:
-    from dmlm.ablate import load_ablate_config, run_ablation, render
+    from dmlm.recipes.ablate import load_ablate_config, run_ablation, render
 
     print(render(run_ablation(load_ablate_config(args.config, args.overrides))))
 
@@ -475,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [args.config] + list(args.overrides)
         args.config = None
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from dmlm.audio import AudioError
-    from dmlm.config import ConfigError
+    from dmlm.util.audio import AudioError
+    from dmlm.util.config import ConfigError
     from dmlm.data.manifest import ManifestError
     from dmlm.tokenizers.speech import CodebookMismatch
     from dmlm.vocab import VocabError

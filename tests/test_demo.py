@@ -10,7 +10,7 @@ import pytest
 import torch
 
 def _tiny_demo(tmp_path, *extra):
-    from dmlm.demo import load_demo_config
+    from dmlm.recipes.demo import load_demo_config
 
     return load_demo_config(None, [
         f"out={tmp_path / 'demo'}", "prepare.n_train=40", "prepare.n_dev=4", "prepare.n_test=6", "prepare.n_unpaired=30",
@@ -25,7 +25,7 @@ def _tiny_demo(tmp_path, *extra):
 
 
 def test_tiny_demo_without_vocoder(tmp_path):
-    from dmlm.demo import run_demo
+    from dmlm.recipes.demo import run_demo
 
     from dmlm.data.synth import training_voices
 
@@ -66,7 +66,7 @@ def test_tiny_demo_without_vocoder(tmp_path):
 
 
 def test_stage_times_add_up_over_invocations(tmp_path):
-    from dmlm.demo import _accumulate_stages
+    from dmlm.recipes.demo import _accumulate_stages
 
     p = tmp_path / "stages.json"
     _accumulate_stages(p, {"train": 10.0, "evaluate": 2.0})
@@ -85,7 +85,7 @@ def _tiny_matching_set(folder: Path, clips: int = 1) -> None:
 def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
     from dataclasses import asdict
 
-    from dmlm.demo import DemoConfig, train_demo_vocoder
+    from dmlm.recipes.demo import DemoConfig, train_demo_vocoder
     from dmlm.vocoder.model import VocoderConfig
 
     target = tmp_path / "model" / "vocoder"
@@ -112,7 +112,7 @@ def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
 def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_path):
     from dataclasses import asdict
 
-    from dmlm.demo import DemoConfig, _stamp, train_demo_vocoder
+    from dmlm.recipes.demo import DemoConfig, _stamp, train_demo_vocoder
     from dmlm.vocoder.model import VocoderConfig
 
     target = tmp_path / "model" / "vocoder"
@@ -145,7 +145,7 @@ def test_a_finished_vocoder_without_a_matching_set_gets_one(tmp_path, monkeypatc
     from dataclasses import asdict
 
     import dmlm.vocoder.train as vt
-    from dmlm.demo import DemoConfig, train_demo_vocoder
+    from dmlm.recipes.demo import DemoConfig, train_demo_vocoder
     from dmlm.vocoder.model import VocoderConfig
 
     target = tmp_path / "model" / "vocoder"
@@ -169,7 +169,7 @@ def test_a_new_matching_clips_rebuilds_only_the_matching_set(tmp_path, monkeypat
     from dataclasses import asdict
 
     import dmlm.vocoder.train as vt
-    from dmlm.demo import DemoConfig, train_demo_vocoder
+    from dmlm.recipes.demo import DemoConfig, train_demo_vocoder
     from dmlm.vocoder.model import VocoderConfig
 
     target = tmp_path / "model" / "vocoder"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dmlm.config import dump_config
+from dmlm.util.config import dump_config
 
 
 def _steps(out: Path) -> list[tuple]:
@@ -25,7 +25,7 @@ def test_two_processes_match_one_process(run_config, tmp_path):
     common = ("train.steps=4", "train.batch_tokens=400", "train.eval_every=100", "train.save_every=100",
               "train.warmup_steps=1", "train.loss=length_normalized")
     # one process, 2 micro-batches per step == two ranks with 1 micro-batch each
-    from dmlm.train import train
+    from dmlm.training.train import train
 
     single = train(run_config(tmp_path / "one" / "model", *common, "train.grad_accum=2"))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dmlm.evaluation.metrics import error_rates
-from dmlm.evaluation.normalize import normalize
+from dmlm.metrics import error_rates
+from dmlm.metrics.normalize import normalize
 
 
 @pytest.mark.parametrize("raw,norm", [

@@ -222,7 +222,7 @@ def test_read_external_codes_validates_with_file_and_line(tmp_path):
 @pytest.fixture()
 def manifest(tmp_path, held_out):
     from dmlm.data.manifest import Record, write_manifest
-    from dmlm.images import save_image
+    from dmlm.util.images import save_image
 
     records = []
     for i, im in enumerate(held_out[:6]):
@@ -236,7 +236,7 @@ def manifest(tmp_path, held_out):
 
 def test_tokenize_images_writes_a_store_with_the_fingerprint(codebook, manifest, held_out, tmp_path):
     from dmlm.data.shards import TokenStore
-    from dmlm.tokenize import tokenize_images
+    from dmlm.tokenizers.tokenize import tokenize_images
 
     store = tokenize_images(codebook, manifest, tmp_path / "units", chunk_size=4)
     assert store is not None and store.prefix == tmp_path / "units" / "train.image"
@@ -257,7 +257,7 @@ def test_tokenize_images_writes_a_store_with_the_fingerprint(codebook, manifest,
 
 
 def test_tokenize_images_sharded_matches_unsharded(codebook, manifest, tmp_path):
-    from dmlm.tokenize import tokenize_images
+    from dmlm.tokenizers.tokenize import tokenize_images
 
     whole = tokenize_images(codebook, manifest, tmp_path / "a", chunk_size=2)
     assert tokenize_images(codebook, manifest, tmp_path / "b", shard=0, num_shards=2, chunk_size=2) is None
@@ -266,7 +266,7 @@ def test_tokenize_images_sharded_matches_unsharded(codebook, manifest, tmp_path)
 
 
 def test_tokenize_images_with_external_codes(manifest, tmp_path):
-    from dmlm.tokenize import tokenize_images
+    from dmlm.tokenizers.tokenize import tokenize_images
 
     ext = ImageCodebook.external(k=16, name="toy-vq")
     with pytest.raises(ValueError, match="external: give its codes"):
@@ -282,8 +282,8 @@ def test_tokenize_images_with_external_codes(manifest, tmp_path):
 
 
 def test_unreadable_image_names_manifest_and_record(codebook, manifest, tmp_path):
-    from dmlm.images import ImageError
-    from dmlm.tokenize import tokenize_images
+    from dmlm.util.images import ImageError
+    from dmlm.tokenizers.tokenize import tokenize_images
 
     (tmp_path / "img" / "r3.png").write_text("not a png")
     with pytest.raises(ImageError, match=r"train.jsonl: record 'r3': .*r3.png: not a readable image"):

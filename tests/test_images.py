@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmlm.images import ImageError, load_image, save_image
+from dmlm.util.images import ImageError, load_image, save_image
 
 
 def _rgb(size=64, seed=0) -> np.ndarray:
@@ -49,7 +49,7 @@ def test_other_modes_are_converted_with_a_warning(tmp_path, caplog, mode, what):
     img = Image.fromarray(_rgb()).convert(mode)
     path = tmp_path / f"{mode}.png"
     img.save(path)
-    with caplog.at_level(logging.WARNING, logger="dmlm.images"):
+    with caplog.at_level(logging.WARNING, logger="dmlm.util.images"):
         y = load_image(path)
     assert y.shape == (64, 64, 3) and y.dtype == np.uint8
     assert what in caplog.text and str(path) in caplog.text
@@ -69,7 +69,7 @@ def test_other_sizes_are_centre_cropped_and_resized_with_a_warning(tmp_path, cap
     wide = np.zeros((40, 80, 3), np.uint8)
     wide[:, 20:60] = 200  # the centre square is grey, the margins black
     path = save_image(tmp_path / "wide.png", wide)
-    with caplog.at_level(logging.WARNING, logger="dmlm.images"):
+    with caplog.at_level(logging.WARNING, logger="dmlm.util.images"):
         y = load_image(path, size=64)
     assert y.shape == (64, 64, 3)
     assert np.abs(y.astype(int) - 200).max() <= 2  # only the centre square survived

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dmlm.loss import LOSSES, loss_counts, loss_weights, multimodal_loss
+from dmlm.training.loss import LOSSES, loss_counts, loss_weights, multimodal_loss
 from dmlm.vocab import MOD_SPEECH, MOD_TEXT
 
 V = 11

@@ -9,8 +9,8 @@ import jiwer
 import numpy as np
 import pytest
 
-from dmlm.evaluation.captioning import caption_scores, cider
-from dmlm.evaluation.metrics import perplexity, translation_scores, trivial_baseline, unit_scores
+from dmlm.metrics.captioning import caption_scores, cider
+from dmlm.metrics import perplexity, translation_scores, trivial_baseline, unit_scores
 
 # --- translation ----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmlm.model import ModelConfig, build_model, extend_embeddings
+from dmlm.modeling import ModelConfig, build_model, extend_embeddings
 from dmlm.vocab import Vocab
 
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dmlm.asr import transcribe_units
+from dmlm.inference import transcribe_units
 from dmlm.data.shards import TokenStore
 from dmlm.decoding import DecodingOptions, generate
-from dmlm.model import load_checkpoint
+from dmlm.modeling import load_checkpoint
 from dmlm.tasks import Sample, get_task
 from dmlm.tokenizers.speech import CodebookMismatch
-from dmlm.train import bucket_batches, lr_factor, train
+from dmlm.training.train import bucket_batches, lr_factor, train
 
 
 @pytest.fixture(scope="module")

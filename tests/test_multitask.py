@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dmlm.data.manifest import Record, read_manifest, write_manifest
-from dmlm.images import save_image
-from dmlm.tokenize import tokenize_images, tokenize_manifest
+from dmlm.util.images import save_image
+from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
 from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
 
 ES = {"the": "el", "a": "un", "red": "rojo", "big": "grande", "cat": "gato", "dog": "perro", "runs": "corre",
@@ -45,7 +45,7 @@ def mixed(corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def multitask_model(mixed, run_config):
-    from dmlm.train import train
+    from dmlm.training.train import train
 
     root, manifest = mixed
     cfg = run_config(root / "model", "train.steps=200", "train.lr=3e-3", "train.eval_every=100", "train.save_every=1000",
@@ -66,7 +66,7 @@ def test_mixture_is_logged_per_task_and_modality(multitask_model):
 
 
 def test_overfit_mixed_batch_decodes_every_task(multitask_model, mixed):
-    from dmlm.evaluate import evaluate_task
+    from dmlm.evaluation.tasks import evaluate_task
 
     root, manifest = mixed
     units = root / "units"
@@ -215,7 +215,7 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
 
 def test_a_task_can_train_on_chosen_speakers(mixed, run_config, tmp_path):
     """data.speakers: T2S learns one voice while ASR hears every voice; bad names are clear errors."""
-    from dmlm.train import setup
+    from dmlm.training.train import setup
 
     root, manifest = mixed
     recs = read_manifest(manifest)
@@ -239,8 +239,8 @@ def test_a_task_can_train_on_chosen_speakers(mixed, run_config, tmp_path):
 
 def test_t2s_rerank_keeps_the_candidate_the_models_asr_likes_best(multitask_model, mixed):
     from dmlm.decoding import DecodingOptions
-    from dmlm.infer import asr_log_likelihood, encode_text, run_task, synthesize_units
-    from dmlm.model import load_checkpoint
+    from dmlm.inference import asr_log_likelihood, encode_text, run_task, synthesize_units
+    from dmlm.modeling import load_checkpoint
 
     root, manifest = mixed
     ck = load_checkpoint(multitask_model)

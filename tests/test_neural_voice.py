@@ -10,8 +10,8 @@ import pytest
 
 from dmlm.data.synth import HELDOUT_VOICE, NEURAL_VOICE, Voice, draw_voice, synthesize, synthesize_many
 from dmlm.evaluation.judge import judge
-from dmlm.evaluation.metrics import error_rates
-from dmlm.evaluation.normalize import get_normalizer, normalize, whisper_english
+from dmlm.metrics import error_rates
+from dmlm.metrics.normalize import get_normalizer, normalize, whisper_english
 
 TEXT = "the small yellow sheep is behind a lamp"
 

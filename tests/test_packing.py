@@ -11,11 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dmlm.data.packing import collate_packed, pack_rows, packed_attention_mask, packed_batches, row_length
-from dmlm.loss import LOSSES, loss_counts, loss_weights
-from dmlm.model import ModelConfig, build_model, check_packing
+from dmlm.training.packing import collate_packed, pack_rows, packed_attention_mask, packed_batches, row_length
+from dmlm.training.loss import LOSSES, loss_counts, loss_weights
+from dmlm.modeling import ModelConfig, build_model
+from dmlm.training.packing import check_packing
 from dmlm.tasks import Rendered
-from dmlm.train import _forward, _step_loss, collate, padding_share, train
+from dmlm.training.train import _forward, _step_loss, collate, padding_share, train
 from dmlm.vocab import MOD_IMAGE, MOD_SPEECH, MOD_TEXT, Vocab
 
 VOCAB = Vocab(text_size=300, speech_size=16, image_size=8)

@@ -161,7 +161,7 @@ def prepared(tmp_path_factory):
 
 def test_prepare_writes_images_and_captions_for_visual_records(prepared):
     from dmlm.data.manifest import read_manifest
-    from dmlm.images import load_image
+    from dmlm.util.images import load_image
 
     _, out, manifests = prepared
     n_visual = 0

@@ -98,7 +98,7 @@ def test_tampered_file_is_refused(codebook, tmp_path):
 def test_mismatch_with_a_store_or_checkpoint_fingerprint(codebook, corpus, wavs, mel_settings):
     from dmlm.data.shards import TokenStore
     from dmlm.tokenizers.text import TextTokenizer
-    from dmlm.train import asr_samples
+    from dmlm.training.train import asr_samples
 
     codebook.check(codebook.fingerprint, "token store x")  # same: fine
     codebook.check(None, "legacy store")  # unknown: nothing to compare

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dmlm.train import bucket_batches, padding_share, train
+from dmlm.training.train import bucket_batches, padding_share, train
 
 
 def test_bucketing_wastes_less_padding_than_random_batches():
@@ -46,7 +46,7 @@ def test_padding_share_is_recorded_in_the_checkpoint(trained):
 
 
 def test_a_finished_run_is_recognized_before_setup(run_config, tmp_path, monkeypatch):
-    import dmlm.train as T
+    import dmlm.training.train as T
 
     cfg = run_config(tmp_path / "model", "train.steps=2", "train.batch_tokens=400", "train.eval_every=100")
     out = train(cfg)

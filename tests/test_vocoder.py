@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmlm.audio import load_audio, write_wav
+from dmlm.util.audio import load_audio, write_wav
 from dmlm.data.manifest import read_manifest
 from dmlm.evaluation.judge import judge
 from dmlm.tokenizers.speech import Codebook, CodebookMismatch
@@ -362,7 +362,7 @@ def fake_checkpoint(root: Path, corpus, vocoder_dir: Path | None) -> Path:
 
 
 def test_checkpoint_without_vocoder_says_how_to_train_one(corpus, tmp_path):
-    from dmlm.speech_out import resynthesize
+    from dmlm.evaluation.speech import resynthesize
 
     ck = fake_checkpoint(tmp_path, corpus, None)
     with pytest.raises(NoVocoder, match="dmlm vocoder train"):
@@ -393,7 +393,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_resynthesize_a_checkpoint_folder(vocoder_dir, corpus, tmp_path):
-    from dmlm.speech_out import resynthesize_file
+    from dmlm.evaluation.speech import resynthesize_file
 
     ck = fake_checkpoint(tmp_path, corpus, vocoder_dir)
     src = read_manifest(corpus.dev)[0].audio_path(corpus.dev)
@@ -406,17 +406,17 @@ def test_resynthesize_a_checkpoint_folder(vocoder_dir, corpus, tmp_path):
 
 
 def _patch_synthesize_units(monkeypatch, fn):
-    """Install `fn` as dmlm.infer.synthesize_units, whether or not dmlm.infer exists yet."""
+    """Install `fn` as dmlm.inference.synthesize_units, whether or not dmlm.inference exists yet."""
     try:
-        import dmlm.infer as infer
+        import dmlm.inference as infer
     except ImportError:
-        infer = types.ModuleType("dmlm.infer")
-        monkeypatch.setitem(sys.modules, "dmlm.infer", infer)
+        infer = types.ModuleType("dmlm.inference")
+        monkeypatch.setitem(sys.modules, "dmlm.inference", infer)
     monkeypatch.setattr(infer, "synthesize_units", fn, raising=False)
 
 
 def _loaded_fake_checkpoint(root, corpus, vocoder_dir, codebook):
-    from dmlm.model import Checkpoint
+    from dmlm.modeling import Checkpoint
 
     path = fake_checkpoint(root, corpus, vocoder_dir)
     ck = Checkpoint(path, model=None, tokenizer=None, vocab=None, meta={})
@@ -426,7 +426,7 @@ def _loaded_fake_checkpoint(root, corpus, vocoder_dir, codebook):
 
 def test_speak_through_synthesize_units(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):
     from dmlm.decoding import DecodingOptions
-    from dmlm.speech_out import speak
+    from dmlm.evaluation.speech import speak
 
     store_units = {r.text: codebook.encode(load_audio(r.audio_path(corpus.tiny))) for r in read_manifest(corpus.tiny)}
     seen = {}
@@ -473,7 +473,7 @@ def test_build_judge_picks_a_checkpoint_or_whisper(tmp_path, monkeypatch):
 
 
 def test_evaluate_resynthesis_writes_report_examples_and_plot(vocoder_dir, corpus, codebook, tmp_path):
-    from dmlm.speech_out import evaluate_resynthesis
+    from dmlm.evaluation.speech import evaluate_resynthesis
 
     j = EchoJudge(read_manifest(corpus.dev)[0].text)
     out = tmp_path / "eval"
@@ -491,7 +491,7 @@ def test_evaluate_resynthesis_writes_report_examples_and_plot(vocoder_dir, corpu
 
 def test_scores_group_the_vocoders_own_voice():
     from dmlm.data.manifest import Record
-    from dmlm.speech_out import _score
+    from dmlm.evaluation.speech import _score
 
     recs = [Record(id=str(i), text="a red cat", speaker=spk, custom={"heldout_voice": hv})
             for i, (spk, hv) in enumerate([("joe", False), ("m3", False), ("joe", False), ("f4", True)])]
@@ -504,7 +504,7 @@ def test_scores_group_the_vocoders_own_voice():
 
 def test_resynthesis_can_judge_every_clip_in_the_vocoders_voice(tmp_path):
     from dmlm.data.manifest import Record, write_manifest
-    from dmlm.speech_out import _score, pick_records
+    from dmlm.evaluation.speech import _score, pick_records
 
     rows = [("joe", False), ("m3", False), ("m3", False), ("joe", False), ("f4", True), ("joe", False),
             ("m3", False), ("joe", False), ("f4", True)]
@@ -529,7 +529,7 @@ def test_resynthesis_can_judge_every_clip_in_the_vocoders_voice(tmp_path):
 
 def test_t2s_texts_prefer_recordings_in_the_vocoders_voice(tmp_path):
     from dmlm.data.manifest import Record, write_manifest
-    from dmlm.speech_out import pick_texts
+    from dmlm.evaluation.speech import pick_texts
 
     rows = [("a cat", "m3", False), ("a cat", "joe", False), ("a dog", "f4", True), ("a dog", "joe", False),
             ("a hen", "m3", False), ("a pig", "f4", True)]
@@ -540,7 +540,7 @@ def test_t2s_texts_prefer_recordings_in_the_vocoders_voice(tmp_path):
 
 
 def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):
-    from dmlm.speech_out import evaluate_t2s_audio
+    from dmlm.evaluation.speech import evaluate_t2s_audio
 
     calls = []
 

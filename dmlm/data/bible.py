@@ -48,9 +48,10 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from dmlm.assets import cache_root
+from dmlm.util.assets import cache_root
 from dmlm.data.corpus import Sentence
-from dmlm.data.manifest import atomic_write_text
+from dmlm.util.io import atomic_write_text
+from dmlm.util.errors import UserError
 
 ENGLISH_MODULE = "engWEB2015eb"
 SPANISH_MODULE = "spaRV1909eb"
@@ -138,7 +139,7 @@ BOOKS: tuple[tuple[str, str, str], ...] = (
 _DISPLAY = {osis: display for osis, _, display in BOOKS}
 
 
-class BibleError(RuntimeError):
+class BibleError(UserError, RuntimeError):
     """diatheke or its modules are missing, cannot be installed, or gave unusable output."""
 
 
@@ -422,7 +423,7 @@ def to_sentence(row: dict) -> Sentence:
 def verses(max_words: int = 20) -> list[Sentence]:
     """Aligned EN–ES verses whose cleaned English has at most `max_words` words, in Bible order."""
     if max_words < 1:
-        raise ValueError(f"max_words must be >= 1, got {max_words}")
+        raise UserError(f"max_words must be >= 1, got {max_words}")
     return [to_sentence(r) for r in aligned_verses() if len(r["text"].split()) <= max_words]
 
 
@@ -445,7 +446,7 @@ def generate_splits(
     Bible order.
     """
     if min(n_train, n_dev, n_test) < 0:
-        raise ValueError(f"split sizes must be >= 0, got {n_train}, {n_dev}, {n_test}")
+        raise UserError(f"split sizes must be >= 0, got {n_train}, {n_dev}, {n_test}")
     pool = verses(max_words) if pool is None else [s for s in pool if len(s.text.split()) <= max_words]
 
     seen: set[str] = set()
@@ -466,7 +467,7 @@ def generate_splits(
         taken: list[Sentence] = []
         while len(taken) < n:
             if not keys:
-                raise ValueError(
+                raise UserError(
                     f"bible: not enough verses for {name}={n} (max_words={max_words}, {available} unique verses in all)"
                 )
             taken.extend(chapters[keys.pop(0)])
@@ -476,7 +477,7 @@ def generate_splits(
     dev = take_chapters(n_dev, "n_dev")
     rest = [s for k in keys for s in chapters[k]]
     if n_train > len(rest):
-        raise ValueError(
+        raise UserError(
             f"bible: not enough verses for n_train={n_train}: {len(rest)} left outside the "
             f"held-out chapters (max_words={max_words}, {available} unique verses in all)"
         )

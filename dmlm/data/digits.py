@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def generate_splits(n_train: int, n_dev: int, n_test: int, seed: int = 0) -> dic
     data = load_digits()
     n = len(data.target)
     if n_dev + n_test >= n:
-        raise ValueError(f"digits has {n} images: n_dev + n_test = {n_dev + n_test} leaves none for training")
+        raise UserError(f"digits has {n} images: n_dev + n_test = {n_dev + n_test} leaves none for training")
     if n_train > n - n_dev - n_test:
         log.warning("digits has %d images: train gets %d, not n_train=%d", n, n - n_dev - n_test, n_train)
     rng = np.random.default_rng(seed)

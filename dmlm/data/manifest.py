@@ -12,6 +12,9 @@ Design decisions:
 
 from __future__ import annotations
 
+from dmlm.util.errors import UserError
+from dmlm.util.io import atomic_write_text
+
 import json
 import os
 import tempfile
@@ -23,7 +26,7 @@ from typing import Any
 SPLITS = ("train", "dev", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest line that does not match the record schema."""
 
 
@@ -136,22 +139,6 @@ def read_manifest(path: str | Path) -> list[Record]:
             raise ManifestError(f"{path}: duplicate record id {r.id!r}")
         seen.add(r.id)
     return records
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(path: str | Path, records: Iterable[Record]) -> int:

@@ -20,20 +20,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from dmlm.util.errors import UserError
 
 
 class Mixture:
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int = 0, names: Sequence[str] = ()):
         if len(sizes) != len(weights):
-            raise ValueError(f"mixture: {len(sizes)} tasks but {len(weights)} weights")
+            raise UserError(f"mixture: {len(sizes)} tasks but {len(weights)} weights")
         names = list(names) or [str(i) for i in range(len(sizes))]
         for n, s, w in zip(names, sizes, weights):
             if w < 0:
-                raise ValueError(f"mixture: task {n!r} has a negative weight {w}")
+                raise UserError(f"mixture: task {n!r} has a negative weight {w}")
             if w > 0 and s == 0:
-                raise ValueError(f"mixture: task {n!r} has weight {w} but no examples in the training data")
+                raise UserError(f"mixture: task {n!r} has weight {w} but no examples in the training data")
         if sum(weights) <= 0:
-            raise ValueError("mixture: all task weights are zero")
+            raise UserError("mixture: all task weights are zero")
         self.sizes, self.names, self.seed = [int(s) for s in sizes], names, seed
         total = sum(self.sizes)
         w = np.asarray(weights, dtype=np.float64) / sum(weights)

@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dmlm.data.corpus import Sentence
-from dmlm.data.manifest import Record, atomic_write_text, read_manifest, write_manifest
+from dmlm.data.manifest import Record, read_manifest, write_manifest
+from dmlm.util.io import atomic_write_text
 from dmlm.data.synth import Voice, draw_voice, synthesize_many
+from dmlm.util.errors import UserError
 
 
 @dataclass
@@ -72,7 +74,7 @@ def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
         from dmlm.data import bible
 
         return bible.generate_splits
-    raise ValueError(f"unknown corpus {name!r}; expected one of: {', '.join(CORPORA)}")
+    raise UserError(f"unknown corpus {name!r}; expected one of: {', '.join(CORPORA)}")
 
 
 CORPORA = ("mini-world", "bible", "digits")
@@ -87,17 +89,17 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     settings_path = out / "prepare.json"
     settings = asdict(cfg)
     if cfg.corpus not in CORPORA:
-        raise ValueError(f"unknown corpus {cfg.corpus!r}; expected one of: {', '.join(CORPORA)}")
+        raise UserError(f"unknown corpus {cfg.corpus!r}; expected one of: {', '.join(CORPORA)}")
     if not 0.0 <= cfg.neural_share <= 1.0:
-        raise ValueError(f"prepare.neural_share must be within [0, 1], got {cfg.neural_share}")
+        raise UserError(f"prepare.neural_share must be within [0, 1], got {cfg.neural_share}")
     if not 0 <= cfg.neural_extra <= cfg.n_unpaired:
-        raise ValueError(f"prepare.neural_extra speaks unpaired sentences, so it must be within [0, n_unpaired = "
+        raise UserError(f"prepare.neural_extra speaks unpaired sentences, so it must be within [0, n_unpaired = "
                          f"{cfg.n_unpaired}], got {cfg.neural_extra}")
     if settings_path.is_file():
         old = {**asdict(PrepareConfig()), **json.loads(settings_path.read_text())}  # keys added since: defaults
         if {k: v for k, v in old.items() if k not in _RERUN_FREE} != {k: v for k, v in settings.items()
                                                                       if k not in _RERUN_FREE}:
-            raise ValueError(
+            raise UserError(
                 f"{settings_path}: this folder was prepared with other settings ({old}); "
                 f"use another output folder or delete it"
             )
@@ -107,7 +109,7 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     if cfg.corpus in IMAGE_CORPORA:
         return _prepare_digits(cfg, out, manifests)
     if cfg.n_unpaired and cfg.corpus != "mini-world":
-        raise ValueError(f"n_unpaired: only mini-world generates unpaired text, not {cfg.corpus}")
+        raise UserError(f"n_unpaired: only mini-world generates unpaired text, not {cfg.corpus}")
     if all(p.is_file() for p in manifests.values()):
         if cfg.images and cfg.corpus == "mini-world":
             for path in manifests.values():  # the splits: unpaired text and the vocoder's audio have no scenes
@@ -194,7 +196,7 @@ def add_scene_images(records: list[Record], out: Path, size: int = 64) -> list[R
     shares its sentence's image.
     """
     from dmlm.data.scenes import draw_scene, is_visual
-    from dmlm.images import save_image
+    from dmlm.util.images import save_image
 
     result = []
     for r in records:
@@ -213,7 +215,7 @@ def add_scene_images(records: list[Record], out: Path, size: int = 64) -> list[R
 def _prepare_digits(cfg: PrepareConfig, out: Path, manifests: dict[str, Path]) -> dict[str, Path]:
     """Images + captions of `dmlm.data.digits`; no audio, so `text` stays empty: the caption is the text."""
     from dmlm.data import digits
-    from dmlm.images import save_image
+    from dmlm.util.images import save_image
 
     if all(p.is_file() for p in manifests.values()):
         return manifests

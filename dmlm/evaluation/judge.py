@@ -3,7 +3,7 @@
 Design decisions:
 - A judge is anything with `transcribe(wavs) -> texts` (the `Judge` Protocol), so tests pass a
   tiny fake and a user can plug in a stronger recognizer; `judge()` scores with
-  `dmlm.evaluation.metrics.error_rates`, the same normalizer and WER/CER as ASR evaluation.
+  `dmlm.metrics.error_rates`, the same normalizer and WER/CER as ASR evaluation.
 - `WhisperJudge` is Whisper used exactly as its authors decode: log-mel padded to 30 s, the
   prompt `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`, greedy. The CTranslate2
   engine (int8, what `bench/asr_rtf.py` times as the ASR baseline) is the fast default; the
@@ -24,7 +24,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dmlm.evaluation.metrics import error_rates
+from dmlm.metrics import error_rates
+from dmlm.util.errors import UserError
 
 SAMPLE_RATE = 16_000
 WHISPER_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
@@ -43,9 +44,9 @@ def _check_wavs(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
     for i, w in enumerate(wavs):
         w = np.asarray(w, dtype=np.float32)
         if w.ndim != 1 or len(w) == 0:
-            raise ValueError(f"clip {i}: expected a non-empty 1-D 16 kHz waveform, got shape {w.shape}")
+            raise UserError(f"clip {i}: expected a non-empty 1-D 16 kHz waveform, got shape {w.shape}")
         if len(w) > WHISPER_SAMPLES:
-            raise ValueError(f"clip {i}: {len(w) / SAMPLE_RATE:.1f} s is longer than Whisper's 30 s window")
+            raise UserError(f"clip {i}: {len(w) / SAMPLE_RATE:.1f} s is longer than Whisper's 30 s window")
         out.append(w)
     return out
 
@@ -61,7 +62,7 @@ class WhisperJudge:
     def __init__(self, model: str = "whisper-base", engine: str = "ctranslate2", batch_size: int = 16,
                  threads: int = 0, max_new_tokens: int = 128):
         if engine not in ENGINES:
-            raise ValueError(f"judge engine must be one of {ENGINES}, got {engine!r}")
+            raise UserError(f"judge engine must be one of {ENGINES}, got {engine!r}")
         self.model_name, self.engine, self.batch_size = model, engine, batch_size
         self.max_new_tokens = max_new_tokens
         threads = threads or torch.get_num_threads()
@@ -69,7 +70,7 @@ class WhisperJudge:
             import ctranslate2
             from tokenizers import Tokenizer
 
-            from dmlm.assets import whisper_ct2_dir
+            from dmlm.util.assets import whisper_ct2_dir
 
             path = whisper_ct2_dir(model)
             self._ct2 = ctranslate2.models.Whisper(str(path), device="cpu", compute_type="int8", intra_threads=threads)
@@ -79,7 +80,7 @@ class WhisperJudge:
         else:
             from transformers import AutoTokenizer, WhisperForConditionalGeneration
 
-            from dmlm.assets import whisper_hf_dir
+            from dmlm.util.assets import whisper_hf_dir
 
             path = whisper_hf_dir(model)
             self._hf = WhisperForConditionalGeneration.from_pretrained(path).eval()
@@ -91,7 +92,7 @@ class WhisperJudge:
             self._suppress = list(getattr(gc, "suppress_tokens", None) or [])
             self._suppress_begin = list(getattr(gc, "begin_suppress_tokens", None) or [])
         if None in self._prompt or (engine == "transformers" and self._tok.unk_token_id in self._prompt):
-            raise ValueError(f"{model}: its tokenizer lacks one of {WHISPER_PROMPT} (an English-only model?)")
+            raise UserError(f"{model}: its tokenizer lacks one of {WHISPER_PROMPT} (an English-only model?)")
 
     def _mels(self, wavs: list[np.ndarray]) -> torch.Tensor:
         from dmlm.tokenizers.features import log_mel
@@ -152,7 +153,7 @@ def transcribe(wavs: Sequence[np.ndarray], judge: Judge) -> list[str]:
     """`judge`'s transcripts of `wavs`, one per clip (checked)."""
     hyps = judge.transcribe(list(wavs))
     if len(hyps) != len(wavs):
-        raise ValueError(f"the judge returned {len(hyps)} transcripts for {len(wavs)} clips")
+        raise UserError(f"the judge returned {len(hyps)} transcripts for {len(wavs)} clips")
     return hyps
 
 
@@ -160,7 +161,7 @@ def judge(wavs: Sequence[np.ndarray], refs: Sequence[str], judge: Judge) -> dict
     """Transcribe `wavs` with `judge` and score against `refs` with the judge's normalizer:
     error_rates(...) plus "hyps"."""
     if len(wavs) != len(refs):
-        raise ValueError(f"{len(wavs)} clips but {len(refs)} references")
+        raise UserError(f"{len(wavs)} clips but {len(refs)} references")
     hyps = transcribe(wavs, judge)
     return {**error_rates(list(refs), hyps, normalizer=judge_normalizer(judge)), "hyps": hyps}
 
@@ -177,13 +178,13 @@ class CheckpointJudge:
     normalizer = "basic"  # it writes the training text's own spelling
 
     def __init__(self, model: str | Path, batch_size: int = 32):
-        from dmlm.model import load_checkpoint
+        from dmlm.modeling import load_checkpoint
 
         self.ck = load_checkpoint(model)
         self.batch_size = batch_size
 
     def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:
-        from dmlm.asr import transcribe_units
+        from dmlm.inference import transcribe_units
         from dmlm.decoding import DecodingOptions
 
         wavs = _check_wavs(wavs)

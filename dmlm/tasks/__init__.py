@@ -11,7 +11,7 @@ Design decisions:
   exactly the rendered prefix up to and including `<|open_tgt|>`: training and inference
   cannot drift apart.
 - `target` marks the tokens the task is judged on (target span, its close tag and eos);
-  loss variants choose which marks to use (see `dmlm.loss`).
+  loss variants choose which marks to use (see `dmlm.training.loss`).
 - A task also knows which manifest fields it reads (`sample(record, sources, lang)`: None when
   the record lacks the modality the task is about, an error naming the record when it has
   half of a pair) and how it is scored (`evaluate(rows)`), so adding a task is one file and
@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dmlm.vocab import Vocab
+from dmlm.util.errors import UserError
 
 
 @dataclass
@@ -93,14 +94,14 @@ def modality_ids(vocab: Vocab, sample: Sample, modality: str, text: list[int] | 
     """The unified ids of one side of `sample`; an error naming the record if it is missing."""
     if modality == "speech":
         if sample.units is None or len(sample.units) == 0:
-            raise ValueError(f"record {sample.id!r}: {what} needs speech units, got none")
+            raise UserError(f"record {sample.id!r}: {what} needs speech units, got none")
         return vocab.speech_ids(sample.units)
     if modality == "image":
         if sample.image_codes is None or len(sample.image_codes) == 0:
-            raise ValueError(f"record {sample.id!r}: {what} needs image codes, got none")
+            raise UserError(f"record {sample.id!r}: {what} needs image codes, got none")
         return vocab.image_ids(sample.image_codes)
     if not text:
-        raise ValueError(f"record {sample.id!r}: {what} needs text, got none")
+        raise UserError(f"record {sample.id!r}: {what} needs text, got none")
     return list(text)
 
 
@@ -115,18 +116,18 @@ class Sources:
 
     def encode(self, record: Any, text: str | None, field_name: str) -> list[int]:
         if text is None or not text.strip():
-            raise ValueError(f"{self.manifest}: record {record.id!r} has no {field_name}")
+            raise UserError(f"{self.manifest}: record {record.id!r} has no {field_name}")
         return self.text.encode(text)
 
     def units(self, record: Any) -> np.ndarray:
         if self.speech is None:
-            raise ValueError(f"{self.manifest}: record {record.id!r} has audio but no speech token store was given "
+            raise UserError(f"{self.manifest}: record {record.id!r} has audio but no speech token store was given "
                              "(run `dmlm tokenize` on this manifest)")
         return self.speech.get(record.id)
 
     def codes(self, record: Any) -> np.ndarray:
         if self.image is None:
-            raise ValueError(f"{self.manifest}: record {record.id!r} has an image but no image token store was given "
+            raise UserError(f"{self.manifest}: record {record.id!r} has an image but no image token store was given "
                              "(run `dmlm tokenize --modality image` on this manifest)")
         return self.image.get(record.id)
 
@@ -140,7 +141,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}")
+        raise UserError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name]()
 
 

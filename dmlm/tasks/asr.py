@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dmlm.tasks import Sample, Sources, modality_ids, span
 from dmlm.vocab import Vocab
+from dmlm.util.errors import UserError
 
 
 class ASR:
@@ -21,7 +22,7 @@ class ASR:
 
     def target_ids(self, sample: Sample, vocab: Vocab) -> list[int]:
         if not sample.text_ids:
-            raise ValueError(f"record {sample.id!r}: ASR needs a transcript, got none")
+            raise UserError(f"record {sample.id!r}: ASR needs a transcript, got none")
         return list(sample.text_ids)
 
     def sample(self, record, sources: Sources, lang: str | None) -> Sample | None:
@@ -32,9 +33,11 @@ class ASR:
                       src_lang=lang, tgt_lang=lang)
 
     def reference(self, record, sources: Sources, lang: str | None) -> str:
+        if not (record.text or "").strip():
+            raise UserError(f"{sources.manifest}: record {record.id!r} has no reference 'text' to score against")
         return record.text
 
     def evaluate(self, rows: list[dict]) -> dict:
-        from dmlm.evaluation.metrics import error_rates
+        from dmlm.metrics import error_rates
 
         return error_rates([r["ref"] for r in rows], [r["hyp"] for r in rows])

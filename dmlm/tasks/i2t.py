@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dmlm.tasks import Sample, Sources, modality_ids, span
 from dmlm.vocab import Vocab
+from dmlm.util.errors import UserError
 
 
 class I2T:
@@ -24,14 +25,14 @@ class I2T:
 
     def target_ids(self, sample: Sample, vocab: Vocab) -> list[int]:
         if not sample.text_ids:
-            raise ValueError(f"record {sample.id!r}: I2T needs a caption, got none")
+            raise UserError(f"record {sample.id!r}: I2T needs a caption, got none")
         return list(sample.text_ids)
 
     def reference(self, record, sources: Sources, lang: str | None) -> list[str]:
         """Every caption of the record: `caption`, plus `custom.captions` (COCO has five)."""
         caps = [c for c in [record.caption, *record.custom.get("captions", [])] if c and c.strip()]
         if not caps:
-            raise ValueError(f"{sources.manifest}: record {record.id!r} has an image but no 'caption'")
+            raise UserError(f"{sources.manifest}: record {record.id!r} has an image but no 'caption'")
         return list(dict.fromkeys(caps))
 
     def sample(self, record, sources: Sources, lang: str | None) -> Sample | None:
@@ -43,6 +44,6 @@ class I2T:
                       src_lang=lang, tgt_lang=lang)
 
     def evaluate(self, rows: list[dict]) -> dict:
-        from dmlm.evaluation.captioning import caption_scores
+        from dmlm.metrics.captioning import caption_scores
 
         return caption_scores([r["ref"] for r in rows], [r["hyp"] for r in rows])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dmlm.tasks import Sample, Sources, modality_ids, span
 from dmlm.vocab import Vocab
+from dmlm.util.errors import UserError
 
 
 class S2TT:
@@ -23,13 +24,13 @@ class S2TT:
 
     def target_ids(self, sample: Sample, vocab: Vocab) -> list[int]:
         if not sample.target_text_ids:
-            raise ValueError(f"record {sample.id!r}: S2TT needs a translation, got none")
+            raise UserError(f"record {sample.id!r}: S2TT needs a translation, got none")
         return list(sample.target_text_ids)
 
     @staticmethod
     def _lang(lang: str | None) -> str:
         if not lang:
-            raise ValueError("task s2tt needs a target language: write it as s2tt:LANG, e.g. s2tt:es")
+            raise UserError("task s2tt needs a target language: write it as s2tt:LANG, e.g. s2tt:es")
         return lang
 
     def reference(self, record, sources: Sources, lang: str | None) -> str:
@@ -37,7 +38,7 @@ class S2TT:
         tr = record.translations or {}
         if not tr.get(lang, "").strip():
             have = ", ".join(sorted(tr)) or "none"
-            raise ValueError(f"{sources.manifest}: record {record.id!r} has no '{lang}' translation "
+            raise UserError(f"{sources.manifest}: record {record.id!r} has no '{lang}' translation "
                              f"(translations it has: {have})")
         return tr[lang]
 
@@ -49,6 +50,6 @@ class S2TT:
                       src_lang=record.lang or "en", tgt_lang=self._lang(lang))
 
     def evaluate(self, rows: list[dict]) -> dict:
-        from dmlm.evaluation.metrics import translation_scores
+        from dmlm.metrics import translation_scores
 
         return translation_scores([r["ref"] for r in rows], [r["hyp"] for r in rows])

@@ -36,6 +36,6 @@ class T2S:
         return sources.units(record).tolist()
 
     def evaluate(self, rows: list[dict]) -> dict:
-        from dmlm.evaluation.metrics import unit_scores
+        from dmlm.metrics import unit_scores
 
         return unit_scores([r["ref"] for r in rows], [r["hyp"] for r in rows])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
+from dmlm.util.errors import UserError
 
 
 @runtime_checkable
@@ -36,7 +37,7 @@ def load_tokenizer(kind: str, path: str) -> Tokenizer:
         from dmlm.tokenizers.image import ImageCodebook
 
         return ImageCodebook.load(path)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of: {', '.join(REGISTRY)}")
+    raise UserError(f"unknown tokenizer kind {kind!r}; expected one of: {', '.join(REGISTRY)}")
 
 
 REGISTRY = ("text", "speech", "image")

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from dmlm.util.errors import UserError
 
 SAMPLE_RATE = 16_000
 HOP = 160  # 10 ms mel hop; Whisper encoder frames are 2 hops = 20 ms
@@ -114,12 +115,12 @@ class WhisperCT2Features(_WhisperBase):
     def __init__(self, model: str = "whisper-base", layer: int = -1, compute_type: str = "int8",
                  pad_quantum: float = 0.5, batch_size: int = 16, threads: int = 0):
         if layer != -1:
-            raise ValueError(f"the CTranslate2 Whisper engine gives the last layer only (got layer={layer}); "
+            raise UserError(f"the CTranslate2 Whisper engine gives the last layer only (got layer={layer}); "
                              "use backend 'whisper-hf' for other layers")
         super().__init__(model, layer, pad_quantum, batch_size)
         import ctranslate2
 
-        from dmlm.assets import whisper_ct2_dir
+        from dmlm.util.assets import whisper_ct2_dir
 
         path = whisper_ct2_dir(model)
         self.compute_type = compute_type
@@ -154,12 +155,12 @@ class WhisperHFFeatures(_WhisperBase):
         super().__init__(model, layer, pad_quantum, batch_size)
         from transformers import WhisperModel
 
-        from dmlm.assets import whisper_hf_dir
+        from dmlm.util.assets import whisper_hf_dir
 
         enc = WhisperModel.from_pretrained(whisper_hf_dir(model)).get_encoder().eval().to(device)
         n_layers = len(enc.layers)
         if not (layer == -1 or 1 <= layer <= n_layers):
-            raise ValueError(f"layer must be -1 or 1..{n_layers} for {model}, got {layer}")
+            raise UserError(f"layer must be -1 or 1..{n_layers} for {model}, got {layer}")
         self._enc, self._n_layers, self.device = enc, n_layers, device
         self.n_mels = enc.config.num_mel_bins
         self.dim = enc.config.d_model
@@ -214,4 +215,4 @@ def build_features(backend: str, model: str = "whisper-base", layer: int = -1, *
         return WhisperHFFeatures(model, layer, **{k: v for k, v in kw.items() if k in ("pad_quantum", "batch_size", "device")})
     if backend == "mel":
         return MelFeatures(**{k: v for k, v in kw.items() if k in ("n_mels",)})
-    raise ValueError(f"unknown speech feature backend {backend!r}; expected one of {BACKENDS}")
+    raise UserError(f"unknown speech feature backend {backend!r}; expected one of {BACKENDS}")

@@ -55,6 +55,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from dmlm.tokenizers.speech import CodebookMismatch
+from dmlm.util.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class ImageCodebookSettings:
     backend: str = "patch-kmeans"
     """patch-kmeans (built in: k-means over pixel patches) or external (codes made elsewhere, read from JSONL)."""
     image_size: int = 64
-    """Images are (image_size, image_size, 3); `dmlm.images.load_image` resizes others with a warning."""
+    """Images are (image_size, image_size, 3); `dmlm.util.images.load_image` resizes others with a warning."""
     patch: int = 8
     """Patch side in pixels: (image_size / patch)^2 codes per image (8 -> 64 codes for 64x64)."""
     k: int = 1024
@@ -82,13 +83,13 @@ class ImageCodebookSettings:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"unknown image codebook backend {self.backend!r}; expected one of: {', '.join(BACKENDS)}")
+            raise UserError(f"unknown image codebook backend {self.backend!r}; expected one of: {', '.join(BACKENDS)}")
         if self.k < 1:
-            raise ValueError(f"k must be positive, got {self.k}")
+            raise UserError(f"k must be positive, got {self.k}")
         if self.backend == "external" and not self.name:
-            raise ValueError("an external image codebook needs the name of the tokenizer that made its codes")
+            raise UserError("an external image codebook needs the name of the tokenizer that made its codes")
         if self.backend == "patch-kmeans" and (self.patch < 1 or self.image_size % self.patch):
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
+            raise UserError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
 
     @property
     def grid(self) -> int:
@@ -115,12 +116,12 @@ class ImageCodebook:
         self.settings = settings
         if s.backend == "external":
             if centroids is not None and centroids.size:
-                raise ValueError("an external image codebook holds no centroids")
+                raise UserError("an external image codebook holds no centroids")
             self.centroids = None
             return
         dim = s.patch * s.patch * 3
         if centroids is None or centroids.shape != (s.k, dim):
-            raise ValueError(f"centroids must be (k={s.k}, patch*patch*3={dim}), "
+            raise UserError(f"centroids must be (k={s.k}, patch*patch*3={dim}), "
                              f"got {None if centroids is None else centroids.shape}")
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # (k, P*P*3), pixels in [0, 1]
         self._c = torch.from_numpy(self.centroids)
@@ -151,14 +152,14 @@ class ImageCodebook:
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
+        from dmlm.util.io import atomic_file
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         meta = {"modality": "image", "settings": json.dumps(asdict(self.settings)), "fingerprint": self.fingerprint}
         # an external codebook stores an empty (0, 0) tensor: safetensors files hold at least one
         centroids = self.centroids if self.centroids is not None else np.zeros((0, 0), np.float32)
-        save_file({"centroids": centroids}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            save_file({"centroids": centroids}, str(tmp), metadata=meta)
         return path
 
     @classmethod
@@ -167,12 +168,12 @@ class ImageCodebook:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: image codebook not found")
+            raise MissingFileError(f"{path}: image codebook not found")
         try:
             with safe_open(str(path), "np") as f:
                 meta = f.metadata() or {}
         except Exception as e:  # safetensors raises its own error type for a non-safetensors file
-            raise ValueError(f"{path}: not a codebook file ({e})") from None
+            raise UserError(f"{path}: not a codebook file ({e})") from None
         modality = meta.get("modality", "speech")  # speech codebooks before the key existed are speech
         if modality != "image":
             raise CodebookMismatch(f"{path}: this is a codebook for {modality}, not for images "
@@ -187,7 +188,7 @@ class ImageCodebook:
     # -- encoding ------------------------------------------------------------------------
     def _require_centroids(self, what: str) -> np.ndarray:
         if self.centroids is None:
-            raise ValueError(f"image codebook {self.settings.name!r} is external: it has no centroids to {what} with; "
+            raise UserError(f"image codebook {self.settings.name!r} is external: it has no centroids to {what} with; "
                              f"its codes come from read_external_codes, and images from the tokenizer that made them")
         return self.centroids
 
@@ -195,10 +196,10 @@ class ImageCodebook:
         """(S, S, 3) uint8 -> (G*G, P*P*3) float32 in [0, 1], patches in row-major order."""
         s = self.settings
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 arrays (use dmlm.images.load_image), got "
+            raise UserError(f"images must be uint8 arrays (use dmlm.util.images.load_image), got "
                              f"{getattr(image, 'dtype', type(image).__name__)}")
         if image.shape != (s.image_size, s.image_size, 3):
-            raise ValueError(f"image shape {image.shape}, codebook expects ({s.image_size}, {s.image_size}, 3)")
+            raise UserError(f"image shape {image.shape}, codebook expects ({s.image_size}, {s.image_size}, 3)")
         g, p = s.grid, s.patch
         x = image.reshape(g, p, g, p, 3).transpose(0, 2, 1, 3, 4).reshape(g * g, p * p * 3)
         return x.astype(np.float32) / 255.0
@@ -227,9 +228,9 @@ class ImageCodebook:
         s = self.settings
         c = np.asarray(codes, dtype=np.int64)
         if c.shape != (s.codes_per_image,):
-            raise ValueError(f"expected {s.codes_per_image} codes (a {s.grid}x{s.grid} grid), got {len(c)}")
+            raise UserError(f"expected {s.codes_per_image} codes (a {s.grid}x{s.grid} grid), got {len(c)}")
         if c.min() < 0 or c.max() >= self.k:
-            raise ValueError(f"image codes must be in [0, {self.k}), got range [{c.min()}, {c.max()}]")
+            raise UserError(f"image codes must be in [0, {self.k}), got range [{c.min()}, {c.max()}]")
         g, p = s.grid, s.patch
         x = centroids[c].reshape(g, g, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(s.image_size, s.image_size, 3)
         return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
@@ -249,7 +250,7 @@ def fit_image_codebook(images: Iterable[np.ndarray], settings: ImageCodebookSett
     from tqdm import tqdm
 
     if settings.backend != "patch-kmeans":
-        raise ValueError(f"only patch-kmeans codebooks are fitted; {settings.backend!r} codes are made elsewhere")
+        raise UserError(f"only patch-kmeans codebooks are fitted; {settings.backend!r} codes are made elsewhere")
     shaper = ImageCodebook(np.zeros((settings.k, settings.patch**2 * 3), np.float32), settings)  # for `patches`
     pool: list[np.ndarray] = []
     n = 0
@@ -261,13 +262,13 @@ def fit_image_codebook(images: Iterable[np.ndarray], settings: ImageCodebookSett
         if n >= 2 * settings.max_patches:
             break
     if not pool:
-        raise ValueError("no images to fit an image codebook on")
+        raise UserError("no images to fit an image codebook on")
     X = np.concatenate(pool)
     rng = np.random.default_rng(settings.seed)
     if len(X) > settings.max_patches:
         X = X[rng.choice(len(X), settings.max_patches, replace=False)]
     if len(X) < settings.k:
-        raise ValueError(f"only {len(X)} patches to fit k={settings.k} codes; give more images or a smaller k")
+        raise UserError(f"only {len(X)} patches to fit k={settings.k} codes; give more images or a smaller k")
     log.info("image k-means: %d patches x %d dims -> k=%d", *X.shape, settings.k)
     # reassignment_ratio=0: no random reassignment of rare clusters (see the module docstring)
     km = MiniBatchKMeans(n_clusters=settings.k, batch_size=4096, n_init=settings.n_init, max_iter=100,
@@ -284,7 +285,7 @@ def read_external_codes(path: str | Path, k: int, length: int | None = None) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: external image codes not found")
+        raise MissingFileError(f"{path}: external image codes not found")
     out: dict[str, list[int]] = {}
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -294,20 +295,20 @@ def read_external_codes(path: str | Path, k: int, length: int | None = None) -> 
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
-                raise ValueError(f"{where}: expected an object with a non-empty string 'id'")
+                raise UserError(f"{where}: expected an object with a non-empty string 'id'")
             codes = obj.get("codes")
             if not isinstance(codes, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
-                raise ValueError(f"{where}: 'codes' must be a list of integers")
+                raise UserError(f"{where}: 'codes' must be a list of integers")
             if not codes:
-                raise ValueError(f"{where}: 'codes' is empty")
+                raise UserError(f"{where}: 'codes' is empty")
             bad = [c for c in codes if not 0 <= c < k]
             if bad:
-                raise ValueError(f"{where}: code {bad[0]} out of range [0, {k})")
+                raise UserError(f"{where}: code {bad[0]} out of range [0, {k})")
             if length is not None and len(codes) != length:
-                raise ValueError(f"{where}: {len(codes)} codes, expected {length}")
+                raise UserError(f"{where}: {len(codes)} codes, expected {length}")
             if obj["id"] in out:
-                raise ValueError(f"{where}: duplicate id {obj['id']!r}")
+                raise UserError(f"{where}: duplicate id {obj['id']!r}")
             out[obj["id"]] = codes
     return out

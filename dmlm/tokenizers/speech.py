@@ -26,11 +26,12 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from dmlm.tokenizers.features import FeatureExtractor, build_features
+from dmlm.util.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
 
-class CodebookMismatch(ValueError):
+class CodebookMismatch(UserError):
     """Units or a model made with another codebook than the one given."""
 
 
@@ -74,7 +75,7 @@ class Codebook:
 
     def __init__(self, centroids: np.ndarray, settings: CodebookSettings):
         if centroids.ndim != 2 or centroids.shape[0] != settings.k:
-            raise ValueError(f"centroids must be (k={settings.k}, D), got {centroids.shape}")
+            raise UserError(f"centroids must be (k={settings.k}, D), got {centroids.shape}")
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.settings = settings
         self._features: FeatureExtractor | None = None
@@ -93,12 +94,12 @@ class Codebook:
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
+        from dmlm.util.io import atomic_file
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         meta = {"modality": "speech", "settings": json.dumps(asdict(self.settings)), "fingerprint": self.fingerprint}
-        save_file({"centroids": self.centroids}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            save_file({"centroids": self.centroids}, str(tmp), metadata=meta)
         return path
 
     @classmethod
@@ -107,7 +108,7 @@ class Codebook:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: codebook not found")
+            raise MissingFileError(f"{path}: codebook not found")
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
         modality = meta.get("modality", "speech")  # files from before the key was written are speech
@@ -132,7 +133,7 @@ class Codebook:
         """Nearest centroid of each (T, D) frame; (T,) int64."""
         x = torch.as_tensor(frames, dtype=torch.float32)
         if x.shape[-1] != self.centroids.shape[1]:
-            raise ValueError(f"frames have dim {x.shape[-1]}, codebook expects {self.centroids.shape[1]}")
+            raise UserError(f"frames have dim {x.shape[-1]}, codebook expects {self.centroids.shape[1]}")
         c, c_sq = self._c.to(x.device), self._c_sq.to(x.device)
         out = []
         for chunk in x.split(8192):
@@ -153,7 +154,7 @@ class Codebook:
         """Units back to their centroid frames (T, D): the codebook's view of the audio."""
         u = np.asarray(units, dtype=np.int64)
         if len(u) and (u.min() < 0 or u.max() >= self.k):
-            raise ValueError(f"unit ids must be in [0, {self.k}), got range [{u.min()}, {u.max()}]")
+            raise UserError(f"unit ids must be in [0, {self.k}), got range [{u.min()}, {u.max()}]")
         return self.centroids[u]
 
     @property
@@ -220,7 +221,7 @@ def fit_codebook(
     if len(X) > settings.max_frames:
         X = X[rng.choice(len(X), settings.max_frames, replace=False)]
     if len(X) < settings.k:
-        raise ValueError(f"only {len(X)} frames to fit k={settings.k} units; give more audio or a smaller k")
+        raise UserError(f"only {len(X)} frames to fit k={settings.k} units; give more audio or a smaller k")
     log.info("k-means: %d frames x %d dims -> k=%d", *X.shape, settings.k)
     km = MiniBatchKMeans(n_clusters=settings.k, batch_size=4096, n_init=settings.n_init, max_iter=100,
                          random_state=settings.seed, compute_labels=False)

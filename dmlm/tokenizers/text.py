@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from dmlm.util.errors import UserError
 
 
 class TextTokenizer:
@@ -46,7 +47,7 @@ class TextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         if not text or not text.strip():
-            raise ValueError("cannot encode empty text")
+            raise UserError("cannot encode empty text")
         return self.hf.encode(text, add_special_tokens=False)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -76,13 +77,13 @@ def unified_hf_tokenizer(text: TextTokenizer, vocab) -> PreTrainedTokenizerBase:
 
     hf = copy.deepcopy(text.hf)
     if len(hf) != vocab.text_size:
-        raise ValueError(f"text tokenizer has {len(hf)} ids but the vocabulary says V_text={vocab.text_size}")
+        raise UserError(f"text tokenizer has {len(hf)} ids but the vocabulary says V_text={vocab.text_size}")
     names = vocab.token_strings()
     n_special = len(vocab.specials) + (256 - len(vocab.specials))
     hf.add_tokens([AddedToken(t, special=True, normalized=False) for t in names[:n_special]], special_tokens=True)
     hf.add_tokens([AddedToken(t, special=False, normalized=False) for t in names[n_special:]])
     if len(hf) != vocab.size:
-        raise ValueError(f"unified tokenizer has {len(hf)} ids, vocabulary layout expects {vocab.size}")
+        raise UserError(f"unified tokenizer has {len(hf)} ids, vocabulary layout expects {vocab.size}")
     if hf.pad_token is None:
         hf.pad_token = "<|pad|>"
     return hf

@@ -59,6 +59,7 @@ from torch import nn
 
 from dmlm.tokenizers.speech import CodebookMismatch
 from dmlm.vocoder.spectrogram import SAMPLE_RATE, from_mel, griffin_lim, to_mel
+from dmlm.util.errors import MissingFileError, UserError
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -66,7 +67,7 @@ MATCHING = "matching.safetensors"
 FORMAT_VERSION = 1
 
 
-class NoVocoder(FileNotFoundError):
+class NoVocoder(MissingFileError):
     """A checkpoint or folder without a trained vocoder."""
 
 
@@ -174,7 +175,7 @@ class VocoderConfig:
         sets that shape the network), "synthesis" (SYNTHESIS_FIELDS) or "matching" (MATCHING_FIELDS)."""
         groups = {"synthesis": SYNTHESIS_FIELDS, "matching": MATCHING_FIELDS}
         if kind not in (*groups, "training"):
-            raise ValueError(f"kind must be training, synthesis or matching, got {kind!r}")
+            raise UserError(f"kind must be training, synthesis or matching, got {kind!r}")
         other = set(TRAINING_FIELDS) | set(SYNTHESIS_FIELDS) | set(MATCHING_FIELDS)
         names = [f.name for f in fields(self)
                  if (f.name in groups[kind] if kind in groups else f.name not in other)]
@@ -184,7 +185,7 @@ class VocoderConfig:
     def n_bins(self) -> int:
         """Channels the network predicts per frame."""
         if self.target not in ("linear", "mel"):
-            raise ValueError(f"vocoder target must be linear or mel, got {self.target!r}")
+            raise UserError(f"vocoder target must be linear or mel, got {self.target!r}")
         return self.n_mels if self.target == "mel" else self.n_fft // 2 + 1
 
     def to_target(self, log_mag: torch.Tensor) -> torch.Tensor:
@@ -200,7 +201,7 @@ class VocoderConfig:
         """Spectrogram frames per codebook frame."""
         r = SAMPLE_RATE / self.hop / self.frame_rate
         if r < 1 or abs(r - round(r)) > 1e-6:
-            raise ValueError(f"16000 / hop ({self.hop}) = {SAMPLE_RATE / self.hop:g} frames/s is not a whole multiple "
+            raise UserError(f"16000 / hop ({self.hop}) = {SAMPLE_RATE / self.hop:g} frames/s is not a whole multiple "
                              f"of the codebook's {self.frame_rate:g} units/s; pick another hop")
         return int(round(r))
 
@@ -209,7 +210,7 @@ class VocoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known - {"format_version"}
         if unknown:
-            raise ValueError(f"unknown vocoder config fields {sorted(unknown)}")
+            raise UserError(f"unknown vocoder config fields {sorted(unknown)}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -281,7 +282,7 @@ class UnitToSpec(nn.Module):
         x = self.emb(units)  # (B, T, D)
         if self.speaker is not None:
             if speaker is None:
-                raise ValueError("this vocoder is speaker-conditioned: pass speaker ids")
+                raise UserError("this vocoder is speaker-conditioned: pass speaker ids")
             x = x + self.speaker(speaker)[:, None]
         x = x.transpose(1, 2) * m  # (B, D, T)
         for b in self.unit_blocks:
@@ -322,7 +323,7 @@ def pad_batch(seqs: Sequence[np.ndarray], value: int = 0) -> tuple[torch.Tensor,
 def context_offsets(context: int, stride: int) -> list[int]:
     """Frame offsets that take part in a context match: -context*stride .. context*stride by stride."""
     if context < 0 or stride < 1:
-        raise ValueError(f"knn_context must be >= 0 and knn_stride >= 1, got {context} and {stride}")
+        raise UserError(f"knn_context must be >= 0 and knn_stride >= 1, got {context} and {stride}")
     return [i * stride for i in range(-context, context + 1)]
 
 
@@ -335,9 +336,9 @@ class MatchingSet:
     def __init__(self, frames: torch.Tensor, bounds: torch.Tensor, voice: str | None = None,
                  prev: torch.Tensor | None = None, next: torch.Tensor | None = None):  # noqa: A002
         if bounds.ndim != 1 or int(bounds[-1]) != len(frames):
-            raise ValueError(f"matching set: bounds end at {int(bounds[-1])} but there are {len(frames)} frames")
+            raise UserError(f"matching set: bounds end at {int(bounds[-1])} but there are {len(frames)} frames")
         if (prev is None) != (next is None) or (prev is not None and (len(prev) != len(frames) or len(next) != len(frames))):
-            raise ValueError("matching set: prev and next must both be given, one row per frame")
+            raise UserError("matching set: prev and next must both be given, one row per frame")
         self.frames, self.bounds, self.voice = frames, bounds.long(), voice
         self.prev = None if prev is None else prev.long()
         self.next = None if next is None else next.long()
@@ -347,7 +348,7 @@ class MatchingSet:
               voice: str | None = None) -> MatchingSet:
         """From (units, (len(units) * r, bins) target frames) clips of one voice."""
         if not clips:
-            raise ValueError("matching set: no clips")
+            raise UserError("matching set: no clips")
         units = torch.as_tensor(np.concatenate([np.repeat(np.asarray(u, dtype=np.int64), r) for u, _ in clips]))
         frames = torch.cat([f.half() for _, f in clips])
         lengths = torch.as_tensor([len(f) for _, f in clips])
@@ -384,12 +385,12 @@ class MatchingSet:
         out = pred.float().clone()
         offsets = context_offsets(context, stride)
         if context and not self.has_context:
-            raise ValueError("this matching set has no frame order (saved by an older dmlm), so it cannot match "
+            raise UserError("this matching set has no frame order (saved by an older dmlm), so it cannot match "
                              "with context (knn_context > 0); rebuild it: `dmlm vocoder match MODEL`")
         if context:
             lengths = torch.as_tensor([len(out)] if lengths is None else list(lengths))
             if int(lengths.sum()) != len(out):
-                raise ValueError(f"matching: clip lengths sum to {int(lengths.sum())}, but there are {len(out)} frames")
+                raise UserError(f"matching: clip lengths sum to {int(lengths.sum())}, but there are {len(out)} frames")
             start, end = _clip_edges(lengths.to(out.device))
             t = torch.arange(len(out), device=out.device)
             query = torch.cat([out[torch.clamp(t + o, start, end - 1)] for o in offsets], 1)  # (T, W * bins)
@@ -408,15 +409,14 @@ class MatchingSet:
 
     def save(self, folder: str | Path) -> Path:
         """Write `folder/matching.safetensors` (temp file + rename: never half a file)."""
-        import os
-
         from safetensors.torch import save_file
 
+        from dmlm.util.io import atomic_file
+
         out = Path(folder) / MATCHING
-        tmp = out.with_name(f".{out.name}.tmp")
         links = {} if self.prev is None else {"prev": self.prev.int(), "next": self.next.int()}
-        save_file({"frames": self.frames, "bounds": self.bounds, **links}, str(tmp), metadata={"voice": self.voice or ""})
-        os.replace(tmp, out)
+        with atomic_file(out) as tmp:
+            save_file({"frames": self.frames, "bounds": self.bounds, **links}, str(tmp), metadata={"voice": self.voice or ""})
         return out
 
     @classmethod
@@ -457,7 +457,7 @@ class Vocoder:
 
     def __init__(self, cfg: VocoderConfig, net: UnitToSpec | None = None, matching: MatchingSet | None = None):
         if cfg.k <= 0:
-            raise ValueError("VocoderConfig.k (the codebook size) must be set")
+            raise UserError("VocoderConfig.k (the codebook size) must be set")
         self.cfg = cfg
         self.net = (net or UnitToSpec(cfg)).eval()
         self.matching = matching
@@ -465,26 +465,17 @@ class Vocoder:
     # -- persistence -----------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:
         """Write `config.json` + `model.safetensors` through a temp folder renamed into place."""
-        import shutil
-
         from safetensors.torch import save_file
 
+        from dmlm.util.io import atomic_dir
+
         out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS))
-        if self.matching is not None:
-            self.matching.save(tmp)
-        (tmp / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, **asdict(self.cfg),
-                                              **({"training": extra} if extra else {})}, indent=1))
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(out) as tmp:
+            save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS))
+            if self.matching is not None:
+                self.matching.save(tmp)
+            (tmp / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, **asdict(self.cfg),
+                                                  **({"training": extra} if extra else {})}, indent=1))
         return out
 
     @classmethod
@@ -494,14 +485,10 @@ class Vocoder:
         from safetensors.torch import load_file
 
         path = Path(path)
-        if (path / "dmlm.json").is_file():  # a checkpoint: its config.json is the LM's; the vocoder lives in vocoder/
-            path = path / "vocoder"
         if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-            where = "checkpoint" if (path.parent / "dmlm.json").is_file() and path.name == "vocoder" else "folder"
             raise NoVocoder(
-                f"{path.parent if where == 'checkpoint' else path}: this {where} has no vocoder ({path}/{CONFIG} "
-                f"and {WEIGHTS} missing); train one with `dmlm vocoder train MODEL` "
-                "(or dmlm.vocoder.train_vocoder) and save it to <model>/vocoder")
+                f"{path}: no vocoder here ({CONFIG} and {WEIGHTS} missing); train one into a model with "
+                "`dmlm vocoder train MODEL` (it lands in MODEL/vocoder)")
         d = json.loads((path / CONFIG).read_text())
         d.pop("training", None)
         cfg = VocoderConfig.from_dict(d)
@@ -525,14 +512,14 @@ class Vocoder:
         what = "unit sequence" if i is None else f"unit sequence {i}"
         u = np.asarray(units)
         if u.ndim != 1:
-            raise ValueError(f"{what}: expected a 1-D sequence of unit ids, got shape {u.shape}")
+            raise UserError(f"{what}: expected a 1-D sequence of unit ids, got shape {u.shape}")
         if len(u) == 0:
-            raise ValueError(f"{what} is empty: nothing to synthesize")
+            raise UserError(f"{what} is empty: nothing to synthesize")
         if not np.issubdtype(u.dtype, np.integer):
-            raise ValueError(f"{what}: unit ids must be integers, got dtype {u.dtype}")
+            raise UserError(f"{what}: unit ids must be integers, got dtype {u.dtype}")
         bad = u[(u < 0) | (u >= self.cfg.k)]
         if len(bad):
-            raise ValueError(f"{what}: unit id {int(bad[0])} is outside [0, {self.cfg.k}) "
+            raise UserError(f"{what}: unit id {int(bad[0])} is outside [0, {self.cfg.k}) "
                              f"(the codebook has k={self.cfg.k})")
         return u.astype(np.int64)
 
@@ -560,11 +547,11 @@ class Vocoder:
         """Embedding row of `voice` (default: the config's voice); None for an unconditioned vocoder."""
         if self.net.speaker is None:
             if voice is not None:
-                raise ValueError("this vocoder has no voices to choose from (trained without speaker_conditioning)")
+                raise UserError("this vocoder has no voices to choose from (trained without speaker_conditioning)")
             return None
         voice = voice or self.cfg.voice
         if voice not in self.cfg.voices:
-            raise ValueError(f"unknown voice {voice!r}; this vocoder knows {', '.join(self.cfg.voices)}")
+            raise UserError(f"unknown voice {voice!r}; this vocoder knows {', '.join(self.cfg.voices)}")
         return self.cfg.voices.index(voice)
 
     @torch.inference_mode()
@@ -599,7 +586,7 @@ class Vocoder:
         """Each unit sequence -> float32 16 kHz waveform of len(units_expanded) / frame_rate seconds.
         `voice`: a training speaker of a speaker-conditioned vocoder (default: `cfg.voice`)."""
         if isinstance(batch, np.ndarray) and batch.ndim == 1:
-            raise ValueError("synthesize_batch takes a list of unit sequences; use synthesize for one")
+            raise UserError("synthesize_batch takes a list of unit sequences; use synthesize for one")
         seqs = [self._validate(u, i) for i, u in enumerate(batch)]
         seqs = self.expand(seqs)
         c = self.cfg

@@ -39,14 +39,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmlm.audio import load_audio
-from dmlm.data.manifest import Record, atomic_write_text, read_manifest
+from dmlm.util.audio import load_audio
+from dmlm.data.manifest import Record, read_manifest
+from dmlm.util.io import atomic_write_text
 from dmlm.data.shards import TokenStore
 from dmlm.tokenizers.speech import Codebook, pool_frames
 from dmlm.vocoder.model import (
     MATCHING, MatchingSet, UnitToSpec, Vocoder, VocoderConfig, lr_scale, pad_batch, run_lengths,
 )
 from dmlm.vocoder.spectrogram import log_magnitude
+from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
 UNKNOWN_VOICE = "unknown"  # records without a speaker share one embedding
@@ -67,13 +69,13 @@ class _Data:
                 if not r.audio or (wanted and r.speaker not in wanted):
                     continue
                 if r.id in self._source:
-                    raise ValueError(f"{manifest}: record {r.id!r} is also in {self._source[r.id][0]}; the "
+                    raise UserError(f"{manifest}: record {r.id!r} is also in {self._source[r.id][0]}; the "
                                      "vocoder's manifests must not share record ids")
                 self._source[r.id] = (manifest, store)
                 recs.append(r)
         if not recs:
             names = ", ".join(str(m) for m, _ in sources)
-            raise ValueError(f"{names}: no records with audio" + (f" from speakers {cfg.speakers}" if cfg.speakers else ""))
+            raise UserError(f"{names}: no records with audio" + (f" from speakers {cfg.speakers}" if cfg.speakers else ""))
         self.records, self.cb, self.cfg = recs, codebook, cfg
         self.r = cfg.upsample
         self._units: dict[str, np.ndarray] = {}
@@ -184,7 +186,7 @@ def add_matching_set(vocoder_dir: str | Path, manifest: Manifests, units_store_p
     has none (trained before it existed, or killed before its last save) or a new size. The set
     is written atomically into `vocoder_dir`."""
     if clips is not None and clips < 1:
-        raise ValueError(f"a matching set needs at least 1 clip, got {clips}")
+        raise UserError(f"a matching set needs at least 1 clip, got {clips}")
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
     # the config and its checks, not the old set (138 MB on the demo) that is about to be replaced
     cfg = replace(Vocoder.load(vocoder_dir, codebook=cb, matching=False).cfg, cache_gb=0.0)  # every clip is read once
@@ -228,7 +230,7 @@ def losses(net: UnitToSpec, b: dict[str, torch.Tensor], bf16: bool = False) -> d
 def _bf16(precision: str, device: str) -> bool:
     """Whether to train under bf16 autocast."""
     if precision not in ("fp32", "bf16", "auto"):
-        raise ValueError(f"vocoder precision must be fp32, bf16 or auto, got {precision!r}")
+        raise UserError(f"vocoder precision must be fp32, bf16 or auto, got {precision!r}")
     if precision != "auto":
         return precision == "bf16"
     if str(device).startswith("cuda"):
@@ -252,7 +254,7 @@ def train_vocoder(
     units the store may be None (units are re-encoded from the audio to learn durations).
     """
     if steps is None and max_minutes is None:
-        raise ValueError("give steps, max_minutes or both to bound vocoder training")
+        raise UserError("give steps, max_minutes or both to bound vocoder training")
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
     s = cb.settings
     cfg = replace(cfg or VocoderConfig(), codebook_fingerprint=cb.fingerprint, k=cb.k, frame_rate=s.frame_rate,
@@ -335,20 +337,20 @@ def _sources(manifest: Manifests, units_store_prefix: Stores, cb: Codebook) -> l
     several = not isinstance(manifest, (str, Path))
     manifests = [Path(m) for m in manifest] if several else [Path(manifest)]
     if not manifests:
-        raise ValueError("a vocoder needs at least one manifest")
+        raise UserError("a vocoder needs at least one manifest")
     if units_store_prefix is None:
         stores = [None] * len(manifests)
     elif isinstance(units_store_prefix, (str, Path)):
         if several:
-            raise ValueError(f"{len(manifests)} manifests but one units store; give one store per manifest, in order")
+            raise UserError(f"{len(manifests)} manifests but one units store; give one store per manifest, in order")
         stores = [units_store_prefix]
     else:
         stores = list(units_store_prefix)
         if len(stores) != len(manifests):
-            raise ValueError(f"{len(manifests)} manifests but {len(stores)} units stores; give one per manifest, in order")
+            raise UserError(f"{len(manifests)} manifests but {len(stores)} units stores; give one per manifest, in order")
     if not cb.settings.dedup:
         for m, u in zip(manifests, stores):
             if u is None:
-                raise ValueError(f"{m}: a units token store is needed (this codebook does not deduplicate, so its "
+                raise UserError(f"{m}: a units token store is needed (this codebook does not deduplicate, so its "
                                  "units come from the store): pass units_store_prefix")
     return [(m, _store(u, cb)) for m, u in zip(manifests, stores)]

@@ -5,7 +5,7 @@
 - Text-to-speech units: unit error rate and accuracy from one edit alignment (rapidfuzz).
 - Perplexity from a summed negative log-likelihood, and the most-frequent-target baseline.
 
-Captioning (CIDEr-D) lives in `dmlm.evaluation.captioning`.
+Captioning (CIDEr-D) lives in `dmlm.metrics.captioning`.
 """
 
 from __future__ import annotations
@@ -18,21 +18,22 @@ import jiwer
 from rapidfuzz.distance import Levenshtein
 from sacrebleu.metrics import BLEU, CHRF
 
-from dmlm.evaluation.normalize import get_normalizer, normalize
+from dmlm.metrics.normalize import get_normalizer, normalize
+from dmlm.util.errors import UserError
 
 
 def error_rates(refs: Sequence[str], hyps: Sequence[str], normalizer: str = "basic") -> dict[str, float]:
-    """Corpus-level WER and CER (%) over normalized text (`dmlm.evaluation.normalize.NORMALIZERS`);
+    """Corpus-level WER and CER (%) over normalized text (`dmlm.metrics.normalize.NORMALIZERS`);
     empty hypotheses count as deletions."""
     if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+        raise UserError(f"{len(refs)} references but {len(hyps)} hypotheses")
     if not refs:
-        raise ValueError("no utterances to score")
+        raise UserError("no utterances to score")
     norm = get_normalizer(normalizer)
     r = [norm(x) for x in refs]
     h = [norm(x) for x in hyps]
     if any(not x for x in r):
-        raise ValueError("a reference is empty after normalization")
+        raise UserError("a reference is empty after normalization")
     words = jiwer.process_words(r, h)
     chars = jiwer.process_characters(r, h)
     return {
@@ -49,9 +50,9 @@ def error_rates(refs: Sequence[str], hyps: Sequence[str], normalizer: str = "bas
 
 def _check_pairs(refs: Sequence[object], hyps: Sequence[object], what: str) -> None:
     if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+        raise UserError(f"{len(refs)} references but {len(hyps)} hypotheses")
     if not refs:
-        raise ValueError(f"no {what} to score")
+        raise UserError(f"no {what} to score")
 
 
 def translation_scores(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float | str]:
@@ -86,7 +87,7 @@ def unit_scores(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) ->
     subs = dels = ins = ref_units = hyp_units = 0
     for r, h in zip(refs, hyps):
         if len(r) == 0:
-            raise ValueError("a reference unit sequence is empty")
+            raise UserError("a reference unit sequence is empty")
         # Plain lists: rapidfuzz hashes elements, and numpy scalars must become ints first.
         ops = Levenshtein.editops([int(u) for u in r], [int(u) for u in h])
         for op in ops:
@@ -113,7 +114,7 @@ def unit_scores(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) ->
 def perplexity(total_nll: float, n_tokens: int) -> float:
     """exp(mean negative log-likelihood in nats per token); inf where that overflows."""
     if n_tokens <= 0:
-        raise ValueError(f"perplexity needs a positive token count, got {n_tokens}")
+        raise UserError(f"perplexity needs a positive token count, got {n_tokens}")
     try:
         return math.exp(total_nll / n_tokens)
     except OverflowError:
@@ -130,7 +131,7 @@ def trivial_baseline(train_targets: Sequence[str]) -> str:
     lexicographically smallest. Word means use `math.fsum`, so word order cannot tip a tie.
     """
     if not train_targets:
-        raise ValueError("no training targets")
+        raise UserError("no training targets")
     sentence_counts = Counter(train_targets)
     word_counts = Counter(w for s in train_targets for w in s.split())
 

@@ -30,13 +30,16 @@ from pathlib import Path
 
 import torch
 
-from dmlm.config import ConfigError, RunConfig, dump_config, load_config
-from dmlm.data.manifest import atomic_write_text, read_manifest
+from dmlm.training.config import RunConfig
+from dmlm.util.config import ConfigError, dump_config, load_config
+from dmlm.data.manifest import read_manifest
+from dmlm.util.io import atomic_write_text
 from dmlm.data.prepare import PrepareConfig, prepare
 from dmlm.decoding import DecodingOptions
 from dmlm.tokenizers.image import ImageCodebookSettings
 from dmlm.tokenizers.speech import CodebookSettings
 from dmlm.vocoder.model import VocoderConfig
+from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +84,10 @@ class DemoConfig:
 
     def validate(self) -> None:
         """Settings no single field's type can check (filled configs skip `__post_init__`)."""
-        from dmlm.loss import LOSSES
+        from dmlm.training.loss import LOSSES
 
         if self.asr_only_loss and self.asr_only_loss not in LOSSES:
-            raise ValueError(f"asr_only_loss must be one of {LOSSES} or empty (the mixture's), got {self.asr_only_loss!r}")
+            raise UserError(f"asr_only_loss must be one of {LOSSES} or empty (the mixture's), got {self.asr_only_loss!r}")
 
 
 def machine() -> dict:
@@ -101,7 +104,7 @@ def machine() -> dict:
 
 
 def fit_demo_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
-    from dmlm.tokenize import load_record_audio
+    from dmlm.tokenizers.tokenize import load_record_audio
     from dmlm.tokenizers.speech import Codebook, fit_codebook
 
     want = CodebookSettings(**asdict(cfg.codebook))
@@ -110,7 +113,7 @@ def fit_demo_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
         # frame_rate is an output of fitting (the encoder's rate / pooling), not a setting to compare
         if cb.settings.reproducing() | {"frame_rate": 0} == want.reproducing() | {"frame_rate": 0}:
             return cb
-        raise ValueError(f"{path} exists with other settings; delete it or use another demo folder")
+        raise UserError(f"{path} exists with other settings; delete it or use another demo folder")
     records = read_manifest(train_manifest)[: cfg.codebook_fit_utts]
     cb = fit_codebook((load_record_audio(train_manifest, r) for r in records), want, total=len(records))
     cb.save(path)
@@ -118,7 +121,7 @@ def fit_demo_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
 
 
 def fit_demo_image_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
-    from dmlm.images import load_image
+    from dmlm.util.images import load_image
     from dmlm.tokenizers.image import ImageCodebook, fit_image_codebook
 
     want = ImageCodebookSettings(**asdict(cfg.image_codebook))
@@ -126,7 +129,7 @@ def fit_demo_image_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
         cb = ImageCodebook.load(path)
         if cb.settings.reproducing() == want.reproducing():
             return cb
-        raise ValueError(f"{path} exists with other settings; delete it or use another demo folder")
+        raise UserError(f"{path} exists with other settings; delete it or use another demo folder")
     records = [r for r in read_manifest(train_manifest) if r.image][: cfg.image_codebook_fit_images]
     cb = fit_image_codebook([load_image(r.image_path(train_manifest), size=want.image_size) for r in records], want)
     cb.save(path)
@@ -156,7 +159,7 @@ class _Stages:
 
 
 def _train(run: RunConfig, out: Path, name: str, processes: int, resume: bool) -> None:
-    from dmlm.train import train
+    from dmlm.training.train import train
 
     if processes > 1:
         train_distributed(run, out / f"{name}.yaml", processes, resume)
@@ -165,9 +168,9 @@ def _train(run: RunConfig, out: Path, name: str, processes: int, resume: bool) -
 
 
 def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
-    from dmlm.evaluate import evaluate_task
-    from dmlm.tokenize import tokenize_images, tokenize_manifest
-    from dmlm.train import plot_losses
+    from dmlm.evaluation.tasks import evaluate_task
+    from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
+    from dmlm.training.train import plot_losses
 
     cfg.validate()
     out = Path(cfg.out)
@@ -244,7 +247,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "config": asdict(cfg),
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=str))
-    from dmlm.report import render_markdown
+    from dmlm.recipes.report import render_markdown
 
     atomic_write_text(out / "report.md", render_markdown(report, out, cfg.examples))
     return report
@@ -305,7 +308,7 @@ def train_demo_vocoder(cfg: DemoConfig, manifests: Sequence[Path], out: Path) ->
         if trained_on is not None and trained_on != [str(Path(m).resolve()) for m in manifests]:
             changed.append(f"training manifests {trained_on}")
         if changed:
-            raise ValueError(f"{target}: this vocoder was trained with other settings ({', '.join(changed)}); "
+            raise UserError(f"{target}: this vocoder was trained with other settings ({', '.join(changed)}); "
                              f"delete the folder to train it again")
         # synthesis settings are taken as they are; a new matching_clips rebuilds only the matching set
         new = {k: getattr(cfg.vocoder, k) for kind in ("synthesis", "matching")
@@ -333,8 +336,8 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
     hears through the same codebook, so it rewards audio that maps back to the right units).
     """
     from dmlm.evaluation.judge import CheckpointJudge, WhisperJudge
-    from dmlm.model import load_checkpoint
-    from dmlm.speech_out import evaluate_resynthesis, evaluate_t2s_audio
+    from dmlm.modeling import load_checkpoint
+    from dmlm.evaluation.speech import evaluate_resynthesis, evaluate_t2s_audio
 
     parts: dict = {}
 
@@ -445,7 +448,7 @@ def train_distributed(run: RunConfig, config_path: Path, processes: int, resume:
     print(" ".join(cmd), flush=True)
     rc = subprocess.run(cmd, env=env).returncode
     if rc != 0:
-        raise ValueError(f"training under torchrun failed (exit status {rc}); the ranks' errors are printed above")
+        raise UserError(f"training under torchrun failed (exit status {rc}); the ranks' errors are printed above")
 
 
 def load_demo_config(path: str | None, overrides: list[str]) -> DemoConfig:

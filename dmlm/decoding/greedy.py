@@ -53,6 +53,7 @@ from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from dmlm.util.errors import UserError
 
 MIN_ROWS = 4
 """Matmuls that run on fewer rows than `generate`'s (a shrunk batch, the last feed-forward of
@@ -220,11 +221,11 @@ def for_compute(model: PreTrainedModel, compute_type: str) -> PreTrainedModel:
     multiply in bf16 and, for PLAIN_HEAD families under sdpa, whose attention is
     `_step_attention` over a bf16 block cache (module docstring)."""
     if compute_type not in COMPUTE_TYPES:
-        raise ValueError(f"decoding compute_type must be one of {COMPUTE_TYPES}, got {compute_type!r}")
+        raise UserError(f"decoding compute_type must be one of {COMPUTE_TYPES}, got {compute_type!r}")
     if compute_type == "float32":
         return model
     if next(model.parameters()).dtype != torch.float32:
-        raise ValueError(f"compute_type=bfloat16 expects a float32 model, got {next(model.parameters()).dtype}")
+        raise UserError(f"compute_type=bfloat16 expects a float32 model, got {next(model.parameters()).dtype}")
     fast = copy.deepcopy(model)
     head = fast.get_output_embeddings()
     for parent in list(fast.base_model.modules()):
@@ -329,7 +330,7 @@ class _BlockLayer(_BufferLayer):
         if not self.is_initialized or self.packing is not None:  # the prompt pass
             return super().update(key_states, value_states, *args, **kwargs)
         if key_states.shape[-2] != 1:
-            raise ValueError("a bf16 decoding cache takes one token per step after the prompt")
+            raise UserError("a bf16 decoding cache takes one token per step after the prompt")
         at = (self.length - self.k_buf.shape[2]) % STEP_BLOCK  # position in the last block
         if at == 0:
             b, h, _, d = key_states.shape

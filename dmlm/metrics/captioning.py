@@ -30,7 +30,8 @@ from collections.abc import Sequence
 
 from sacrebleu.metrics import BLEU
 
-from dmlm.evaluation.normalize import normalize
+from dmlm.metrics.normalize import normalize
+from dmlm.util.errors import UserError
 
 MAX_ORDER = 4
 SIGMA = 6.0
@@ -63,13 +64,13 @@ def _length(counts: Counter[NGram]) -> int:
 
 def _check(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> None:
     if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} reference sets but {len(hyps)} hypotheses")
+        raise UserError(f"{len(refs)} reference sets but {len(hyps)} hypotheses")
     if not refs:
-        raise ValueError("no captions to score")
+        raise UserError("no captions to score")
     if any(isinstance(r, str) for r in refs):
         raise TypeError("refs must be a list of reference lists, one list per item")
     if any(len(r) == 0 for r in refs):
-        raise ValueError("an item has no reference caption")
+        raise UserError("an item has no reference caption")
 
 
 def cider(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:

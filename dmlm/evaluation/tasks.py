@@ -27,10 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmlm.data.manifest import atomic_write_text, read_manifest
+from dmlm.data.manifest import read_manifest
+from dmlm.util.io import atomic_write_text
 from dmlm.decoding import DecodingOptions
-from dmlm.model import Checkpoint, load_checkpoint
+from dmlm.modeling import Checkpoint, load_checkpoint
 from dmlm.tasks import Sample, Sources, get_task, parse_spec, render
+from dmlm.util.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def _sources(ck: Checkpoint, manifest: str | Path, records: list, units: str | P
         prefix = _store_prefix(units, manifest, m)
         if prefix is not None:
             if not prefix.with_suffix(".json").is_file():
-                raise FileNotFoundError(f"{prefix}: no {m} token store for {manifest} (run `dmlm tokenize` with --out "
+                raise MissingFileError(f"{prefix}: no {m} token store for {manifest} (run `dmlm tokenize` with --out "
                                         f"{prefix.parent}, or leave out --units to compute tokens here)")
             store = TokenStore(prefix)
             ck.codebook(m).check(store.fingerprint, f"token store {prefix}")
@@ -75,7 +77,7 @@ def _sources(ck: Checkpoint, manifest: str | Path, records: list, units: str | P
             continue
         comp = _Computed()
         if m == "speech":
-            from dmlm.tokenize import load_record_audio
+            from dmlm.tokenizers.tokenize import load_record_audio
 
             rs = [r for r in records if r.audio is not None]
             cb = ck.codebook("speech")
@@ -86,7 +88,7 @@ def _sources(ck: Checkpoint, manifest: str | Path, records: list, units: str | P
                 for r, u in zip(chunk, cb.encode_batch([load_record_audio(manifest, r) for r in chunk])):
                     comp[r.id] = np.asarray(u)
         else:
-            from dmlm.images import load_image
+            from dmlm.util.images import load_image
 
             cb = ck.codebook("image")
             rs = [r for r in records if r.image is not None]
@@ -112,7 +114,7 @@ def _group_scores(task, rows: list[dict]) -> dict:
 
 def baseline_hypothesis(ck: Checkpoint, spec: str, train_manifest: str | Path | None) -> str | None:
     """The trivial baseline's constant output for a text-target task, from the training manifest."""
-    from dmlm.evaluation.metrics import trivial_baseline
+    from dmlm.metrics import trivial_baseline
 
     name, lang = parse_spec(spec)
     if name not in ("s2tt", "i2t") or not train_manifest or not Path(train_manifest).is_file():
@@ -131,7 +133,7 @@ def prompt_sample(task, record, sources: Sources, lang: str | None) -> Sample | 
     """The source side of a record, all a prompt needs (decoding has no target); None if absent."""
     rec_lang = record.lang or "en"
     if task.name == "s2tt" and not lang:
-        raise ValueError("task s2tt needs a target language: write it as s2tt:LANG, e.g. s2tt:es")
+        raise UserError("task s2tt needs a target language: write it as s2tt:LANG, e.g. s2tt:es")
     tgt = lang or rec_lang
     if task.source == "speech":
         if record.audio is None:
@@ -145,19 +147,19 @@ def prompt_sample(task, record, sources: Sources, lang: str | None) -> Sample | 
         if not (record.text or "").strip():
             return None
         return Sample(id=record.id, text_ids=sources.encode(record, record.text, "'text'"), src_lang=tgt, tgt_lang=tgt)
-    raise ValueError(f"task {task.name} has no source to prompt with; it is scored teacher-forced (dmlm evaluate)")
+    raise UserError(f"task {task.name} has no source to prompt with; it is scored teacher-forced (dmlm evaluate)")
 
 
 def decode_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path, opts: DecodingOptions = DecodingOptions(),
                 units: str | Path | None = None, progress: bool = True) -> list[dict]:
     """[{"id", "hyp"}] for every record of `manifest` the task can read; needs no references."""
-    from dmlm.infer import decode_text, run_task
+    from dmlm.inference import decode_text, run_task
 
     ck = model if isinstance(model, Checkpoint) else load_checkpoint(model)
     name, lang = parse_spec(spec)
     task = get_task(name)
     if name not in GENERATION_TASKS:
-        raise ValueError(f"task {name} is not decoded; choose one of {', '.join(GENERATION_TASKS)}")
+        raise UserError(f"task {name} is not decoded; choose one of {', '.join(GENERATION_TASKS)}")
     records = read_manifest(manifest)
     src = _sources(ck, manifest, records, units, {m for m in (task.source, task.target) if m in ("speech", "image")})
     pairs = [(r, prompt_sample(task, r, src, lang)) for r in records]
@@ -169,7 +171,7 @@ def decode_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path,
 
 @torch.inference_mode()
 def _lm_rows(ck: Checkpoint, spec: str, samples: list, batch_size: int) -> list[dict]:
-    from dmlm.train import collate
+    from dmlm.training.train import collate
 
     task = get_task(parse_spec(spec)[0])
     rendered = [render(task, s, ck.vocab, spec) for s in samples]
@@ -211,7 +213,7 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
         hv = [r for r in records if r.custom.get("heldout_voice")]
         records = [r for r in records if not r.custom.get("heldout_voice")][:limit] + hv[: limit // 2]
     if not records:
-        raise ValueError(f"{manifest}: no record has what task {spec} needs")
+        raise UserError(f"{manifest}: no record has what task {spec} needs")
     src = _sources(ck, manifest, records, units, need)
     if name in GENERATION_TASKS:
         pairs = [(r, prompt_sample(task, r, src, lang)) for r in records]
@@ -221,7 +223,7 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
         pairs = [(r, task.sample(r, src, lang)) for r in records]
     pairs = [(r, s) for r, s in pairs if s is not None]
     if not pairs:
-        raise ValueError(f"{manifest}: no record has what task {spec} needs")
+        raise UserError(f"{manifest}: no record has what task {spec} needs")
     report = {
         "task": spec, "model": str(Path(ck.path).resolve()), "manifest": str(Path(manifest).resolve()),
         "codebook_fingerprints": dict(ck.vocab.fingerprints), "records": len(pairs),
@@ -230,7 +232,7 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
         rows = _lm_rows(ck, spec, [s for _, s in pairs], opts.batch_size)
         report.update(task.evaluate(rows))
     else:
-        from dmlm.infer import decode_text, run_task
+        from dmlm.inference import decode_text, run_task
 
         outs = run_task(ck, name, [s for _, s in pairs], opts, progress=progress)
         rows = []
@@ -241,7 +243,7 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
                          "heldout_combo": bool(r.custom.get("heldout_combo"))})
         report.update(_group_scores(task, rows))
         report["decoding"] = asdict(opts)
-        report["normalizer"] = {"asr": "dmlm.evaluation.normalize.normalize", "i2t": "dmlm.evaluation.normalize.normalize",
+        report["normalizer"] = {"asr": "dmlm.metrics.normalize.normalize", "i2t": "dmlm.metrics.normalize.normalize",
                                 "s2tt": "sacrebleu defaults (13a tokenizer)", "t2s": "none (unit ids)"}[name]
         if train_manifest is None:
             train_manifest = ck.meta.get("config", {}).get("data", {}).get("train")

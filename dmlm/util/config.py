@@ -9,86 +9,20 @@ Design decisions:
 
 from __future__ import annotations
 
+from dmlm.util.errors import UserError
+
 import dataclasses
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dmlm.model import ModelConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     pass
-
-
-@dataclass
-class DataConfig:
-    train: str = "runs/demo/data/train.jsonl"
-    """Training manifest (JSONL)."""
-    dev: str = "runs/demo/data/dev.jsonl"
-    """Dev manifest, for the dev loss during training."""
-    units: str = "runs/demo/units"
-    """Folder of token stores written by `dmlm tokenize` (one per manifest, named after it)."""
-    codebook: str = "runs/demo/codebook.safetensors"
-    """Speech codebook used to make the units (empty: a model without speech)."""
-    text_tokenizer: str = ""
-    """Text tokenizer folder; empty: a BPE trained on the training text (scratch) or the LLM's own (pretrained)."""
-    bpe_vocab_size: int = 1000
-    """Size of the BPE trained for from-scratch models."""
-    image_codebook: str = ""
-    """Image codebook (`dmlm codebook fit --modality image`); needed when a task reads or writes images."""
-    unpaired: list[str] = field(default_factory=list)
-    """More training manifests (e.g. text-only or image-only): their records join every task that can use them."""
-    tasks: list[str] = field(default_factory=lambda: ["asr"])
-    """Task specs of the mixture: asr, t2s, s2tt:LANG, i2t, text_lm[:LANG], speech_lm, image_lm."""
-    weights: list[float] = field(default_factory=list)
-    """Sampling weight of each task (a share of examples); empty: equal weights."""
-    speakers: dict[str, list[str]] = field(default_factory=dict)
-    """Task spec -> the only speakers whose records it trains on, e.g. {t2s: [piper:en_US-joe-medium]}: a TTS
-    voice learned from one speaker while ASR hears them all (tasks not named use every record)."""
-
-
-@dataclass
-class TrainConfig:
-    out: str = "runs/demo/model"
-    """Checkpoint folder (a Hugging Face model dir); training state lives in OUT.state/."""
-    steps: int = 3000
-    """Optimizer steps (the LR schedule's length)."""
-    max_minutes: float = 0.0
-    """If > 0, a time budget: the schedule runs on max(step/steps, elapsed/max_minutes) and stops at 1."""
-    batch_tokens: int = 6000
-    """Tokens per micro-batch (padding included), batches bucketed by length."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    packing: bool = False
-    """Pack several examples into each row (positions restart, no attention across examples) instead of padding buckets; same loss."""
-    pack_tokens: int = 0
-    """Length of a packed row; 0: the micro-batch budget cut into equal rows of at least 4x the longest example."""
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    clip: float = 1.0
-    loss: str = "length_normalized"
-    """full, target, length_normalized (DMLM) or target_length_normalized (its per-modality means over target spans only)."""
-    lambdas: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    """Per-modality loss weights (text, speech, image) for the length-normalized losses."""
-    eval_every: int = 250
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    precision: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."""
-
-
-@dataclass
-class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -153,7 +87,7 @@ def _fill(obj: Any, values: dict, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or type(obj).__name__}: {e}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig) -> Any:
+def load_config(path: str | Path | None, overrides: list[str], cls: type) -> Any:
     """A `cls` from defaults, then the YAML file, then `a.b=value` overrides."""
     cfg = cls()
     if path:

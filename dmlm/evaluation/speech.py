@@ -1,17 +1,14 @@
-"""Speech out: units -> audio with a checkpoint's vocoder; resynthesis, `speak`, and judging by ASR.
+"""Speech out judged by ear: units -> the checkpoint's vocoder -> an ASR judge -> WER.
 
 Design decisions:
-- A checkpoint carries its codebook (`codebooks/speech.safetensors`) and, once trained, its
-  vocoder (`vocoder/`); `speech_parts` loads only those two (not the LM) and checks that the
-  vocoder was trained for that codebook, so resynthesis never pays for the LM.
 - Two measurements separate the two halves of text-to-speech:
   * `evaluate_resynthesis`: reference units (from the token store) -> vocoder -> judge. This is
     the vocoder's ceiling: what T2S can reach if the DMLM predicted the units perfectly.
-  * `evaluate_t2s_audio`: text -> DMLM units (`dmlm.infer.synthesize_units`) -> vocoder ->
+  * `evaluate_t2s_audio`: text -> DMLM units (`dmlm.inference.synthesize_units`) -> vocoder ->
     judge. Its gap to resynthesis is the DMLM's share of the errors.
   Both also judge the *original* recordings of the same records (the judge's own ceiling).
   Resynthesis reports training voices and the held-out voice separately, like
-  `dmlm.asr.evaluate_asr` (the input audio's voice matters there); T2S takes `n` distinct
+  ASR evaluation (`dmlm.evaluation.tasks`) (the input audio's voice matters there); T2S takes `n` distinct
   texts and reports one score (its input is text: no voice to hold out).
 - Reports and examples go to one folder: `report.json`, `hyps.jsonl`, a few wavs (synthesized
   and original) and `spectrograms.png` (reference vs synthesized). Every file is written to a
@@ -21,8 +18,6 @@ Design decisions:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -30,74 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlm.audio import load_audio, write_wav
-from dmlm.data.manifest import Record, atomic_write_text, read_manifest
+from dmlm.util.audio import load_audio, write_wav
+from dmlm.data.manifest import Record, read_manifest
+from dmlm.util.io import atomic_file, atomic_write_text
 from dmlm.evaluation.judge import Judge, judge_normalizer, transcribe
-from dmlm.tokenizers.speech import Codebook
+from dmlm.inference import speech_parts
 from dmlm.vocoder.model import Vocoder
+from dmlm.util.errors import MissingFileError, UserError
 
 N_EXAMPLES = 4  # wavs and plot rows written per evaluation
-
-
-def speech_parts(model) -> tuple[Codebook, Vocoder]:
-    """(codebook, vocoder) of a checkpoint folder, a loaded `Checkpoint`, or a (codebook, vocoder) pair."""
-    if isinstance(model, tuple):
-        cb, voc = model
-        cb = cb if isinstance(cb, Codebook) else Codebook.load(cb)
-        voc = voc if isinstance(voc, Vocoder) else Vocoder.load(voc)
-        voc.check(cb)
-        return cb, voc
-    cache = getattr(model, "__dict__", {})
-    if "_speech_parts" in cache:
-        return cache["_speech_parts"]
-    if hasattr(model, "codebook") and hasattr(model, "path"):  # a loaded Checkpoint
-        cb, path = model.codebook("speech"), Path(model.path)
-    else:
-        path = Path(model)
-        if not (path / "dmlm.json").is_file():
-            raise FileNotFoundError(f"{path}: not a dmlm checkpoint (no dmlm.json)")
-        cb = Codebook.load(path / "codebooks" / "speech.safetensors")
-        vocab = json.loads((path / "dmlm.json").read_text()).get("vocab", {})
-        cb.check(vocab.get("fingerprints", {}).get("speech"), f"checkpoint {path}")
-    parts = cb, Vocoder.load(path, codebook=cb)  # <path>/vocoder, or a clear NoVocoder
-    if hasattr(model, "path"):
-        cache["_speech_parts"] = parts
-    return parts
-
-
-def resynthesize(model, wav: np.ndarray) -> np.ndarray:
-    """Audio -> units (the checkpoint's codebook) -> vocoder: 16 kHz float32."""
-    cb, voc = speech_parts(model)
-    return voc.synthesize(cb.encode(np.asarray(wav, dtype=np.float32)))
-
-
-def resynthesize_file(model, src: str | Path, out: str | Path) -> Path:
-    write_wav(out, resynthesize(model, load_audio(src)))
-    return Path(out)
-
-
-def speak_batch(ck, texts: Sequence[str], opts=None, vocoder: Vocoder | None = None) -> list[np.ndarray]:
-    """Texts -> DMLM units (t2s task, `dmlm.infer.synthesize_units`) -> vocoder; 16 kHz float32 each."""
-    from dmlm.decoding import DecodingOptions
-    from dmlm.infer import synthesize_units
-    from dmlm.model import Checkpoint, load_checkpoint
-
-    if not isinstance(ck, Checkpoint):
-        ck = load_checkpoint(ck)
-    voc = vocoder or speech_parts(ck)[1]
-    units = synthesize_units(ck, list(texts), opts or DecodingOptions())
-    for t, u in zip(texts, units):
-        if len(u) == 0:
-            raise ValueError(f"the model generated no speech units for {t!r}; try sampling "
-                             "(strategy=sample) or a model trained longer on the t2s task")
-    return voc.synthesize_batch([np.asarray(u) for u in units])
-
-
-def speak(ck, text: str, opts=None, vocoder: Vocoder | None = None) -> np.ndarray:
-    """One text -> 16 kHz float32 speech."""
-    if not text or not text.strip():
-        raise ValueError("nothing to speak: the text is empty")
-    return speak_batch(ck, [text], opts, vocoder)[0]
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -111,7 +47,7 @@ def pick_records(manifest: str | Path, n: int | None, voice: str | None = None,
     how many at the end were added for the voice: those count only in its own group."""
     recs = [r for r in read_manifest(manifest) if r.text]
     if not recs:
-        raise ValueError(f"{manifest}: no records with a reference 'text'")
+        raise UserError(f"{manifest}: no records with a reference 'text'")
     if not n:
         return recs, 0
     seen = [r for r in recs if not r.custom.get("heldout_voice")]
@@ -131,7 +67,7 @@ def pick_texts(manifest: str | Path, n: int | None, voice: str | None = None) ->
     original audio is, where the manifest has one, a recording of the voice T2S speaks in."""
     recs = [r for r in read_manifest(manifest) if r.text]
     if not recs:
-        raise ValueError(f"{manifest}: no records with a reference 'text'")
+        raise UserError(f"{manifest}: no records with a reference 'text'")
     # stable: manifest order within groups
     recs.sort(key=lambda r: (bool(r.custom.get("heldout_voice")), voice is not None and r.speaker != voice))
     seen, out = set(), []
@@ -155,7 +91,7 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
     if ok:  # scored below, by group
         for i, h in zip(ok, transcribe([wavs[i] for i in ok], judge_)):
             hyps[i] = h
-    from dmlm.evaluation.metrics import error_rates
+    from dmlm.metrics import error_rates
 
     norm = judge_normalizer(judge_)
 
@@ -178,18 +114,6 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
     if same:
         out["vocoder_voice"] = rates(same)
     return out, hyps
-
-
-def _atomic_savefig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_spectrograms(rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]], path: str | Path,
@@ -215,7 +139,8 @@ def plot_spectrograms(rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]], p
             ax.set_ylabel("kHz")
         axes[row][0].set_xlabel("s")
     fig.tight_layout()
-    _atomic_savefig(fig, Path(path))
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return Path(path)
 
@@ -312,8 +237,8 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
     (costly with `opts.rerank`) are generated once.
     """
     from dmlm.decoding import DecodingOptions
-    from dmlm.infer import synthesize_units
-    from dmlm.model import Checkpoint, load_checkpoint
+    from dmlm.inference import synthesize_units
+    from dmlm.modeling import Checkpoint, load_checkpoint
 
     t0 = time.time()
     opts = opts or DecodingOptions()

@@ -18,6 +18,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Callable
+from dmlm.util.errors import UserError
 
 _PUNCT = re.compile(r"[^\w\s']|_")
 _LONE_APOS = re.compile(r"(?<!\w)'|'(?!\w)")
@@ -48,5 +49,5 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {"basic": normalize, "whisper_eng
 
 def get_normalizer(name: str) -> Callable[[str], str]:
     if name not in NORMALIZERS:
-        raise ValueError(f"unknown text normalizer {name!r}; expected one of: {', '.join(NORMALIZERS)}")
+        raise UserError(f"unknown text normalizer {name!r}; expected one of: {', '.join(NORMALIZERS)}")
     return NORMALIZERS[name]

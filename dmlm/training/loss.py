@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dmlm.vocab import MODALITIES
+from dmlm.util.errors import UserError
 
 LOSSES = ("full", "target", "length_normalized", "target_length_normalized")
 PER_MODALITY = ("length_normalized", "target_length_normalized")  # one mean per modality
@@ -37,12 +38,12 @@ def loss_weights(loss: str, attention: torch.Tensor, target: torch.Tensor,
                  segment: torch.Tensor | None = None) -> torch.Tensor:
     """w_t for the *predicted* positions 1..T-1; attention/target: (B, T) -> (B, T-1) float.
 
-    segment (B, T), for packed rows (`dmlm.data.packing`): which example each token belongs to;
+    segment (B, T), for packed rows (`dmlm.training.packing`): which example each token belongs to;
     the first token of an example is not predicted (from the previous example's last), exactly
     as it is not at position 0 of an unpacked row.
     """
     if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+        raise UserError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     mask = target if loss in TARGET_ONLY else attention
     w = mask[:, 1:].float()
     if segment is not None:

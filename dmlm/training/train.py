@@ -4,15 +4,15 @@ Design decisions:
 - `accelerate` owns devices, DDP/FSDP/DeepSpeed and mixed precision; dmlm owns the data
   order and the loss. The loss denominators of a step are summed over its micro-batches and
   all-reduced over ranks *before* the forward passes (they depend only on masks), so the
-  length-normalized loss is exact under accumulation and data parallelism (see `dmlm.loss`).
+  length-normalized loss is exact under accumulation and data parallelism (see `dmlm.training.loss`).
 - Data order is a pure function of (seed, epoch): length-bucketed batches under a token
-  budget, shuffled, or with `train.packing` rows of several examples (`dmlm.data.packing`).
+  budget, shuffled, or with `train.packing` rows of several examples (`dmlm.training.packing`).
   The position in that order is training state, so `--resume` continues exactly where a
   killed run stopped (same batches, same losses).
 - The LR schedule (linear warmup, cosine to `min_lr_ratio`) runs on a progress fraction,
   which is step/steps, or, with a time budget, the larger of that and elapsed/max_minutes:
   the demo anneals fully within its budget on any machine.
-- Checkpoint = Hugging Face model dir (`dmlm.model.save_checkpoint`); training state lives in
+- Checkpoint = Hugging Face model dir (`dmlm.modeling.save_checkpoint`); training state lives in
   `OUT.state/`, written to a temp folder and renamed.
 """
 
@@ -32,17 +32,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmlm.config import RunConfig, dump_config
+from dmlm.training.config import RunConfig
+from dmlm.util.config import dump_config
 from dmlm.data.manifest import read_manifest
-from dmlm.data.packing import collate_packed, packed_attention_mask, packed_batches, packed_padding_share, row_length
+from dmlm.training.packing import check_packing, collate_packed, packed_attention_mask, packed_batches, packed_padding_share, row_length
 from dmlm.data.shards import TokenStore
-from dmlm.loss import loss_counts, loss_weights, multimodal_loss
-from dmlm.model import build_model, check_packing, load_checkpoint, model_summary, save_checkpoint
+from dmlm.training.loss import loss_counts, loss_weights, multimodal_loss
+from dmlm.modeling import build_model, load_checkpoint, model_summary, save_checkpoint
 from dmlm.data.mixture import Mixture
 from dmlm.tasks import Rendered, Sample, Sources, get_task, parse_spec, render
 from dmlm.tokenizers.speech import Codebook
 from dmlm.tokenizers.text import TextTokenizer, unified_hf_tokenizer
 from dmlm.vocab import Vocab
+from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ class BatchStream:
         all_lengths = np.array([len(r.ids) for r in rendered])
         if all_lengths.max() > batch_tokens:
             worst = rendered[int(all_lengths.argmax())]
-            raise ValueError(f"a {worst.task} sequence of {all_lengths.max()} tokens exceeds train.batch_tokens={batch_tokens}")
+            raise UserError(f"a {worst.task} sequence of {all_lengths.max()} tokens exceeds train.batch_tokens={batch_tokens}")
         self.row_tokens = row_length(int(all_lengths.max()), batch_tokens, pack_tokens)  # fixed for the whole run
         self._load(progress.epoch)
         self.lengths = self._lengths  # of the first epoch loaded: what the padding share is measured on
@@ -220,12 +222,12 @@ def build_text_tokenizer(cfg: RunConfig) -> TextTokenizer:
     if cfg.data.text_tokenizer:
         return TextTokenizer.load(cfg.data.text_tokenizer)
     if cfg.model.init == "pretrained":
-        from dmlm.assets import llm_dir
+        from dmlm.util.assets import llm_dir
 
         return TextTokenizer.load(llm_dir(cfg.model.llm))
     texts = training_texts([cfg.data.train, *cfg.data.unpaired])
     if not texts:
-        raise ValueError(f"{cfg.data.train}: no 'text', 'translations' or 'caption' in any record to train the BPE on")
+        raise UserError(f"{cfg.data.train}: no 'text', 'translations' or 'caption' in any record to train the BPE on")
     return TextTokenizer.train_bpe(texts, cfg.data.bpe_vocab_size)
 
 
@@ -245,31 +247,32 @@ class Setup:
 def mixture_weights(cfg: RunConfig) -> list[float]:
     w = cfg.data.weights or [1.0] * len(cfg.data.tasks)
     if len(w) != len(cfg.data.tasks):
-        raise ValueError(f"data.weights has {len(w)} entries but data.tasks has {len(cfg.data.tasks)} ({cfg.data.tasks})")
+        raise UserError(f"data.weights has {len(w)} entries but data.tasks has {len(cfg.data.tasks)} ({cfg.data.tasks})")
     return list(w)
 
 
 def setup(cfg: RunConfig) -> Setup:
+    cfg.validate()
     specs = cfg.data.tasks
     if not specs:
-        raise ValueError("data.tasks is empty: name at least one task, e.g. data.tasks=[asr]")
+        raise UserError("data.tasks is empty: name at least one task, e.g. data.tasks=[asr]")
     stray = sorted(set(cfg.data.speakers) - set(specs))
     if stray:
-        raise ValueError(f"data.speakers names tasks {stray} that are not in data.tasks {specs}")
+        raise UserError(f"data.speakers names tasks {stray} that are not in data.tasks {specs}")
     modalities = set()
     for spec in specs:
         t = get_task(parse_spec(spec)[0])
         modalities |= {t.source, t.target} - {None}
     codebook = Codebook.load(cfg.data.codebook) if cfg.data.codebook else None
     if "speech" in modalities and codebook is None:
-        raise ValueError(f"tasks {specs} read or write speech: set data.codebook to the speech codebook")
+        raise UserError(f"tasks {specs} read or write speech: set data.codebook to the speech codebook")
     image_cb = None
     if cfg.data.image_codebook:
         from dmlm.tokenizers.image import ImageCodebook
 
         image_cb = ImageCodebook.load(cfg.data.image_codebook)
     if "image" in modalities and image_cb is None:
-        raise ValueError(f"tasks {specs} read or write images: set data.image_codebook to the image codebook")
+        raise UserError(f"tasks {specs} read or write images: set data.image_codebook to the image codebook")
     text = build_text_tokenizer(cfg)
     fps = {m: cb.fingerprint for m, cb in (("speech", codebook), ("image", image_cb)) if cb is not None}
     vocab = Vocab(text_size=text.vocab_size, speech_size=codebook.k if codebook else 0,
@@ -292,7 +295,7 @@ def setup(cfg: RunConfig) -> Setup:
             rendered += [render(task, s, vocab, spec) for s in task_samples(spec, src, cfg.data.speakers.get(spec))]
         pools[spec] = (start, len(rendered))
         if start == len(rendered) and spec in cfg.data.speakers:
-            raise ValueError(f"task {spec}: no training record of speakers {cfg.data.speakers[spec]} "
+            raise UserError(f"task {spec}: no training record of speakers {cfg.data.speakers[spec]} "
                              f"(data.speakers) in {[s.manifest for s in train_sources]}")
         if dev_sources is not None:
             ds = task_samples(spec, dev_sources, cfg.data.speakers.get(spec))
@@ -385,13 +388,13 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     if resume and (state_dir / "progress.json").is_file():
         ck = load_checkpoint(out)
         if ck.vocab.to_dict() != S.vocab.to_dict():
-            raise ValueError(f"{out}: checkpoint vocabulary differs from this config's; cannot resume")
+            raise UserError(f"{out}: checkpoint vocabulary differs from this config's; cannot resume")
         model = ck.model.train()
         progress = Progress(**json.loads((state_dir / "progress.json").read_text()))
         if progress.world_size is not None and (progress.world_size, progress.grad_accum) != (
             acc.num_processes, cfg.train.grad_accum
         ):
-            raise ValueError(
+            raise UserError(
                 f"{state_dir}: this run was trained with {progress.world_size} process(es) x grad_accum "
                 f"{progress.grad_accum}; resuming with {acc.num_processes} x {cfg.train.grad_accum} would change the "
                 f"global batch and break exact resume. Relaunch with --nproc_per_node {progress.world_size} "

@@ -4,14 +4,14 @@ Design decisions:
 - Beam search and sampling are those of `transformers` `generate`; dmlm adds one composable
   piece, `ModalityFilter`, which masks every id outside the target modality's range except
   its close tag (Whisper's `LogitFilter` idea). Generation stops at the close tag.
-- Greedy decoding, the strategy evaluation uses, has its own loop (`dmlm.greedy`) that returns
+- Greedy decoding, the strategy evaluation uses, has its own loop (`dmlm.decoding.greedy`) that returns
   `generate`'s ids with less work (no padding in the prompt pass, only the target modality's
   rows of the head, a preallocated cache, finished rows dropped); `engine="transformers"` runs
   `generate` instead, for comparison (`bench/decode_speed.py`). `compute_type="bfloat16"`
-  gives up bitwise equality for speed: matmuls and the cache in bf16 (`dmlm.greedy.for_compute`).
+  gives up bitwise equality for speed: matmuls and the cache in bf16 (`dmlm.decoding.greedy.for_compute`).
 - T2S can rerank (`rerank=N`): N candidates per text (the first by `strategy`, the others
   sampled) and the one the same model's ASR task finds likeliest to say the input text,
-  log P(text | units), is kept (`dmlm.infer.run_task`). Sampling alone is worse than greedy,
+  log P(text | units), is kept (`dmlm.inference.run_task`). Sampling alone is worse than greedy,
   but the best of 32 by the model's own ASR took the demo model's T2S from 45.8 to 31.5 %
   Whisper WER (README, "Speech out"); no other model is involved, so the judge stays independent.
 - Prompts are exactly the task's rendered prefix (`Task.prompt`), batched left-padded and
@@ -21,55 +21,15 @@ Design decisions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from dmlm.greedy import COMPUTE_TYPES, for_compute, greedy
+from dmlm.decoding.greedy import for_compute, greedy
+from dmlm.decoding.options import DecodingOptions
 from dmlm.vocab import Vocab
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    strategy: str = "greedy"
-    """greedy, beam or sample."""
-    engine: str = "dmlm"
-    """Greedy loop: dmlm (lean, same ids) or transformers (`generate`); beam and sample always use `generate`."""
-    compute_type: str = "float32"
-    """dmlm engine: float32 (bitwise `generate`'s logits) or bfloat16 (matmuls in bf16: faster, ids may differ at near-ties)."""
-    beam_size: int = 4
-    """Beams for strategy=beam."""
-    max_new_tokens: int = 256
-    """Longest target to generate."""
-    temperature: float = 1.0
-    """Softmax temperature for strategy=sample."""
-    top_k: int = 0
-    """Sample from the k most likely tokens (0: all)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass."""
-    length_penalty: float = 1.0
-    """Beam score exponent on length."""
-    batch_size: int = 32
-    """Prompts decoded together (sorted by length)."""
-    seed: int = 0
-    """Seed for strategy=sample (and rerank's samples)."""
-    rerank: int = 0
-    """T2S only: candidates per text, the first by `strategy`, the rest sampled at temperature/top_k/top_p;
-    the one the model's own ASR task scores likeliest to say the text is kept. 0 or 1: off."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in ("greedy", "beam", "sample"):
-            raise ValueError(f"decoding strategy must be greedy, beam or sample, got {self.strategy!r}")
-        if self.engine not in ("dmlm", "transformers"):
-            raise ValueError(f"decoding engine must be dmlm or transformers, got {self.engine!r}")
-        if self.compute_type not in COMPUTE_TYPES:
-            raise ValueError(f"decoding compute_type must be one of {COMPUTE_TYPES}, got {self.compute_type!r}")
-        if self.rerank < 0:
-            raise ValueError(f"decoding rerank must be >= 0 candidates, got {self.rerank}")
-        if self.compute_type != "float32" and not (self.engine == "dmlm" and self.strategy == "greedy"):
-            raise ValueError(f"compute_type={self.compute_type} needs greedy decoding with the dmlm engine")
+from dmlm.util.errors import UserError
 
 
 class ModalityFilter(LogitsProcessor):

@@ -1,6 +1,6 @@
 """report.md of a demo run: one table row per task with its metrics, then examples per task.
 
-Pure rendering: every number comes from `report.json` (built by `dmlm.demo`) and every example
+Pure rendering: every number comes from `report.json` (built by `dmlm.recipes.demo`) and every example
 from the evaluation's `eval/*.hyps.jsonl`, so the markdown can be re-rendered from a finished
 run (`render_markdown(json.load(...), out)`).
 """

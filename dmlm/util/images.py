@@ -3,7 +3,7 @@
 Design decisions:
 - Pillow reads and writes; arrays are numpy `uint8` (H, W, 3), the one layout every image
   consumer (scene renderer, image codebook) speaks.
-- Like `dmlm.audio`, input that is usable but not what was expected is converted with a
+- Like `dmlm.util.audio`, input that is usable but not what was expected is converted with a
   warning that names the file and says what was done (grayscale/palette -> RGB, alpha
   composited on white, other sizes centre-cropped to a square and resized); input that is
   unusable (missing, not an image, truncated) raises `ImageError` naming the file.
@@ -16,17 +16,16 @@ Design decisions:
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image that cannot be used, with the file named."""
 
 
@@ -81,19 +80,14 @@ def save_image(path: str | Path, image: np.ndarray | Image.Image) -> Path:
     path = Path(path)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise ValueError(f"{path}: expected a uint8 (H, W), (H, W, 3) or (H, W, 4) array, "
+            raise UserError(f"{path}: expected a uint8 (H, W), (H, W, 3) or (H, W, 4) array, "
                              f"got {image.dtype} {image.shape}")
         image = Image.fromarray(image)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise UserError(f"{path}: unknown image suffix {path.suffix!r}; use .png")
+    from dmlm.util.io import atomic_file
+
+    with atomic_file(path) as tmp:
+        image.save(tmp, format=fmt)
     return path

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from dmlm.util.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _preset(name: str, kind: str) -> Preset:
     p = PRESETS.get(name)
     if p is None or p.kind != kind:
         names = ", ".join(n for n, q in PRESETS.items() if q.kind == kind)
-        raise ValueError(f"{name!r} is not a {kind} preset; {kind} presets: {names}")
+        raise UserError(f"{name!r} is not a {kind} preset; {kind} presets: {names}")
     return p
 
 
@@ -217,7 +218,7 @@ class _Reader:
         fmt = "<" + fmt
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.data):
-            raise ValueError(f"{self.path}: truncated CTranslate2 model at byte {self.pos}")
+            raise UserError(f"{self.path}: truncated CTranslate2 model at byte {self.pos}")
         out = struct.unpack_from(fmt, self.data, self.pos)
         self.pos += size
         return out
@@ -226,18 +227,18 @@ class _Reader:
         (n,) = self.unpack("H")  # length includes the trailing NUL
         raw = bytes(self.data[self.pos : self.pos + n])
         if len(raw) != n or not raw.endswith(b"\0"):
-            raise ValueError(f"{self.path}: bad string at byte {self.pos}")
+            raise UserError(f"{self.path}: bad string at byte {self.pos}")
         self.pos += n
         return raw[:-1].decode("utf-8")
 
     def array(self, dtype_id: int, shape: tuple[int, ...], nbytes: int) -> np.ndarray:
         if dtype_id >= len(CT2_DTYPES):
-            raise ValueError(f"{self.path}: unknown CTranslate2 dtype id {dtype_id}")
+            raise UserError(f"{self.path}: unknown CTranslate2 dtype id {dtype_id}")
         name = CT2_DTYPES[dtype_id]
         raw_dtype = np.dtype("<u2" if name == "bfloat16" else name).newbyteorder("<")
         count = int(np.prod(shape, dtype=np.int64))
         if count * raw_dtype.itemsize != nbytes or self.pos + nbytes > len(self.data):
-            raise ValueError(f"{self.path}: variable of shape {shape} has {nbytes} bytes")
+            raise UserError(f"{self.path}: variable of shape {shape} has {nbytes} bytes")
         a = np.frombuffer(self.data, raw_dtype, count, self.pos).reshape(shape)
         self.pos += nbytes
         if name == "bfloat16":  # numpy has no bfloat16: widen to the float32 it truncates
@@ -258,7 +259,7 @@ def read_ct2_model(path: str | Path) -> CT2Model:
     r = _Reader(path.read_bytes(), path)
     (version,) = r.unpack("I")
     if not 5 <= version <= 6:
-        raise ValueError(f"{path}: unsupported CTranslate2 binary version {version}")
+        raise UserError(f"{path}: unsupported CTranslate2 binary version {version}")
     spec = r.string()
     (revision,) = r.unpack("I")
     (n,) = r.unpack("I")
@@ -277,7 +278,7 @@ def read_ct2_model(path: str | Path) -> CT2Model:
             aliases[alias] = target
             variables[alias] = variables[target]
     if r.pos != len(r.data):
-        raise ValueError(f"{path}: {len(r.data) - r.pos} trailing bytes after the aliases")
+        raise UserError(f"{path}: {len(r.data) - r.pos} trailing bytes after the aliases")
     return CT2Model(version, spec, revision, variables, aliases)
 
 
@@ -288,7 +289,7 @@ def _f32(v: Mapping[str, np.ndarray], name: str) -> np.ndarray:
         scale = v[f"{name}_scale"].astype(np.float32)  # CT2 stores q = round(w * scale)
         return a.astype(np.float32) / (scale[:, None] if scale.ndim == 1 else scale)
     if a.dtype.kind != "f":
-        raise ValueError(f"CT2 variable {name} has dtype {a.dtype} and no scale")
+        raise UserError(f"CT2 variable {name} has dtype {a.dtype} and no scale")
     return a.astype(np.float32)
 
 
@@ -298,7 +299,7 @@ def _f32(v: Mapping[str, np.ndarray], name: str) -> np.ndarray:
 def _count_layers(v: Mapping[str, Any], stack: str) -> int:
     ids = {int(m.group(1)) for k in v if (m := re.match(rf"{stack}/layer_(\d+)/", k))}
     if ids != set(range(len(ids))):
-        raise ValueError(f"non-contiguous {stack} layers: {sorted(ids)}")
+        raise UserError(f"non-contiguous {stack} layers: {sorted(ids)}")
     return len(ids)
 
 
@@ -355,7 +356,7 @@ def _ct2_vocabulary(ct2_dir: Path) -> list[str]:
         return json.loads((ct2_dir / "vocabulary.json").read_text(encoding="utf-8"))
     if (ct2_dir / "vocabulary.txt").is_file():
         return (ct2_dir / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1]
-    raise FileNotFoundError(f"{ct2_dir}: no vocabulary.json or vocabulary.txt")
+    raise MissingFileError(f"{ct2_dir}: no vocabulary.json or vocabulary.txt")
 
 
 def convert_whisper_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
@@ -371,13 +372,13 @@ def convert_whisper_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     m = read_ct2_model(ct2_dir / "model.bin")
     if m.spec != "WhisperSpec":
-        raise ValueError(f"{ct2_dir}: a {m.spec} model, not WhisperSpec")
+        raise UserError(f"{ct2_dir}: a {m.spec} model, not WhisperSpec")
     v = m.variables
     dec = v["decoder/embeddings/weight"]
     if int(v["decoder/activation"]) != 3 or not int(v["decoder/pre_norm"]):  # 3 = GELU
-        raise ValueError(f"{ct2_dir}: expected a pre-norm GELU Whisper decoder")
+        raise UserError(f"{ct2_dir}: expected a pre-norm GELU Whisper decoder")
     if "decoder/projection/bias" in v or int(v.get("decoder/scale_embeddings", 0)):
-        raise ValueError(f"{ct2_dir}: projection bias / embedding scale are not Whisper's")
+        raise UserError(f"{ct2_dir}: projection bias / embedding scale are not Whisper's")
     cfg = json.loads((ct2_dir / "config.json").read_text())
     vocab = _ct2_vocabulary(ct2_dir)
     ids = {tok: i for i, tok in enumerate(vocab)}
@@ -509,7 +510,7 @@ def whisper_ct2_dir(name_or_path: str) -> Path:
     if (path / "model.bin").is_file():
         return path
     names = ", ".join(n for n, p in PRESETS.items() if p.kind == "whisper")
-    raise ValueError(
+    raise UserError(
         f"{name_or_path!r} is neither a Whisper preset nor a folder with a CTranslate2 "
         f"model.bin; presets: {names}"
     )
@@ -528,9 +529,9 @@ def whisper_hf_dir(name_or_path: str) -> str:
         return str(build_atomically(cache_root() / preset.name / "hf", build, info))
     path = Path(name_or_path).expanduser()
     if (path / "model.bin").is_file() and not any(path.glob("*.safetensors")):
-        raise ValueError(
+        raise UserError(
             f"{path} holds a CTranslate2 model; convert it with "
-            f"dmlm.assets.convert_whisper_ct2_to_hf({str(path)!r}, OUT_DIR)"
+            f"dmlm.util.assets.convert_whisper_ct2_to_hf({str(path)!r}, OUT_DIR)"
         )
     return name_or_path
 
@@ -555,7 +556,7 @@ def prepare(name: str) -> dict[str, Any]:
     total size of those folders (whisper-tiny.en's "ct2" is the installed wheel's own).
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     preset = PRESETS[name]
     if preset.kind == "whisper":
         paths = {"ct2": str(whisper_ct2_dir(name)), "hf": whisper_hf_dir(name)}

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dmlm.config import RunConfig, load_config
-from dmlm.data.manifest import atomic_write_text, read_manifest
+from dmlm.training.config import RunConfig
+from dmlm.util.config import load_config
+from dmlm.data.manifest import read_manifest
+from dmlm.util.io import atomic_write_text
 from dmlm.data.shards import build_store
-from dmlm.tokenize import load_record_audio
+from dmlm.tokenizers.tokenize import load_record_audio
 from dmlm.tokenizers.features import build_features
 from dmlm.tokenizers.speech import Codebook, CodebookSettings, fit_codebook
 
@@ -52,8 +54,8 @@ def _features_for(backend_settings: CodebookSettings, manifests: dict[str, Path]
 
 
 def run_ablation(cfg: AblateConfig) -> list[dict]:
-    from dmlm.asr import evaluate_asr
-    from dmlm.train import train
+    from dmlm.evaluation.tasks import evaluate_task
+    from dmlm.training.train import train
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def run_ablation(cfg: AblateConfig) -> list[dict]:
         run.data.units, run.data.codebook = str(vdir / "units"), str(vdir / "codebook.safetensors")
         run.train.out, run.train.max_minutes = str(vdir / "model"), cfg.minutes
         train(run)
-        rep = evaluate_asr(vdir / "model", manifests["test"], vdir / "eval_test.json", units=vdir / "units" / "test")
+        rep = evaluate_task(vdir / "model", "asr", manifests["test"], vdir / "eval_test.json", units=vdir / "units" / "test")
         from dmlm.data.shards import TokenStore
 
         store = TokenStore(vdir / "units" / "train")

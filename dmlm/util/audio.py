@@ -10,9 +10,9 @@ Design decisions:
 
 from __future__ import annotations
 
+from dmlm.util.errors import UserError
+
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ SAMPLE_RATE = 16_000
 log = logging.getLogger(__name__)
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """Audio that cannot be used, with the file named."""
 
 
@@ -53,17 +53,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: fl
 
 
 def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Atomically write a 16-bit PCM wav."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".wav")
-    except OSError as e:
-        raise OSError(f"cannot write {path}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
+    """Atomically write a 16-bit PCM wav (an `OutputError` on a full disk or missing permission)."""
+    from dmlm.util.io import atomic_file
+
+    with atomic_file(path, suffix=".wav") as tmp:
         sf.write(tmp, np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -15,9 +15,9 @@ Design decisions:
   masked (sdpa returns NaN there).
 - The loss sees the same tokens with the same weights as unpacked batches; the one new rule,
   that an example's last token does not predict the next example's first, lives in
-  `dmlm.loss.loss_weights` (`segment`). Packing changes the compute, never the objective.
+  `dmlm.training.loss.loss_weights` (`segment`). Packing changes the compute, never the objective.
 - A family that cannot honour this (e.g. BLOOM builds ALiBi biases from a 2-D mask) is refused
-  by `dmlm.model.check_packing` before training, by name.
+  by `dmlm.modeling.check_packing` before training, by name.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
+from dmlm.util.errors import UserError
 
 if TYPE_CHECKING:
     from dmlm.tasks import Rendered
@@ -39,10 +41,10 @@ def row_length(longest: int, batch_tokens: int, pack_tokens: int = 0) -> int:
     attends over the whole row, masked or not; 4× keeps the demo's padding under 0.5 %.
     """
     if longest > batch_tokens:
-        raise ValueError(f"a sequence of {longest} tokens exceeds train.batch_tokens={batch_tokens}")
+        raise UserError(f"a sequence of {longest} tokens exceeds train.batch_tokens={batch_tokens}")
     if pack_tokens:
         if not longest <= pack_tokens <= batch_tokens:
-            raise ValueError(f"train.pack_tokens={pack_tokens} must lie between the longest sequence ({longest}) "
+            raise UserError(f"train.pack_tokens={pack_tokens} must lie between the longest sequence ({longest}) "
                              f"and train.batch_tokens={batch_tokens}")
         return pack_tokens
     return batch_tokens // max(1, batch_tokens // (4 * longest))
@@ -51,7 +53,7 @@ def row_length(longest: int, batch_tokens: int, pack_tokens: int = 0) -> int:
 def pack_rows(lengths: np.ndarray, row_tokens: int, seed: int, epoch: int) -> list[list[int]]:
     """Indices of `lengths` packed into rows of at most `row_tokens` tokens (best-fit decreasing), shuffled."""
     if len(lengths) and int(lengths.max()) > row_tokens:
-        raise ValueError(f"a sequence of {int(lengths.max())} tokens exceeds the packed row length {row_tokens}")
+        raise UserError(f"a sequence of {int(lengths.max())} tokens exceeds the packed row length {row_tokens}")
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(lengths))
     order = perm[np.argsort(-lengths[perm], kind="stable")]  # longest first; equal lengths in random order
@@ -88,7 +90,7 @@ def packed_padding_share(lengths: np.ndarray, batch_tokens: int, row_tokens: int
 
 
 def collate_packed(rows: list[list[Rendered]], pad: int) -> dict[str, torch.Tensor]:
-    """Tensors of packed rows: those of `dmlm.train.collate` plus `position_ids` and `segment`.
+    """Tensors of packed rows: those of `dmlm.training.train.collate` plus `position_ids` and `segment`.
 
     `attention_mask` (B, T) still marks real tokens (loss weights, token counts); `segment`
     (B, T) numbers the examples of a row 0, 1, … and gives the padding after them a number of
@@ -125,3 +127,36 @@ def packed_attention_mask(segment: torch.Tensor, dtype: torch.dtype = torch.floa
     allowed = (segment[:, :, None] == segment[:, None, :]) & causal  # (B, T_query, T_key)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+@torch.no_grad()
+def check_packing(model: PreTrainedModel) -> None:
+    """Refuse packed training (`train.packing`) with a model that would let packed examples meet.
+
+    Two short random sequences run packed in one row (positions restarting, block-diagonal
+    mask, `dmlm.training.packing`) and each alone must give the same logits. Families that build
+    position biases from a 2-D mask (BLOOM's ALiBi) or ignore `position_ids` fail, by name.
+    """
+    family = model.config.model_type
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)  # not the global RNG: training randomness stays as without packing
+    V = model.get_input_embeddings().num_embeddings
+    a, b = (torch.randint(0, V, (1, n), generator=g).to(device) for n in (5, 3))
+    segment = torch.tensor([[0] * 5 + [1] * 3], device=device)
+    positions = torch.tensor([[*range(5), *range(3)]], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        packed = model(input_ids=torch.cat([a, b], 1), attention_mask=packed_attention_mask(segment),
+                       position_ids=positions, use_cache=False).logits.float()
+        alone = torch.cat([model(input_ids=x).logits.float() for x in (a, b)], 1)
+    except Exception as e:  # noqa: BLE001 - any failure means: this family cannot run packed rows
+        raise UserError(f"train.packing: the {family!r} model family cannot run packed rows "
+                         f"({type(e).__name__}: {e}); set train.packing=false") from e
+    finally:
+        model.train(was_training)
+    err = float((packed - alone).abs().max())
+    tol = (1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2) * max(1.0, float(alone.abs().max()))
+    if not err <= tol:
+        raise UserError(f"train.packing: the {family!r} model family lets packed examples attend to each other "
+                         f"(logits differ by {err:.3g} from each example run alone); set train.packing=false")

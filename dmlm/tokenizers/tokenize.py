@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from dmlm.audio import AudioError, load_audio
+from dmlm.util.audio import AudioError, load_audio
 from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.shards import TokenStore, build_store
-from dmlm.images import ImageError, load_image
+from dmlm.util.images import ImageError, load_image
 from dmlm.tokenizers.image import ImageCodebook, read_external_codes
 from dmlm.tokenizers.speech import Codebook
+from dmlm.util.errors import UserError
 
 
 def load_record_audio(manifest: str | Path, r: Record):
@@ -65,15 +66,15 @@ def tokenize_images(
     if isinstance(external_codes, (str, Path)):
         external_codes = read_external_codes(external_codes, codebook.k)
     if external_codes is None and codebook.is_external:
-        raise ValueError(f"image codebook {codebook.settings.name!r} is external: give its codes (external_codes)")
+        raise UserError(f"image codebook {codebook.settings.name!r} is external: give its codes (external_codes)")
     if external_codes is not None:
         missing = [r.id for r in records if r.id not in external_codes]
         if missing:
-            raise ValueError(f"{manifest}: {len(missing)} imaged records have no external codes, "
+            raise UserError(f"{manifest}: {len(missing)} imaged records have no external codes, "
                              f"e.g. {missing[0]!r}")
         bad = next((rid for rid, c in external_codes.items() if any(not 0 <= x < codebook.k for x in c)), None)
         if bad is not None:
-            raise ValueError(f"external codes of {bad!r} are out of range [0, {codebook.k})")
+            raise UserError(f"external codes of {bad!r} are out of range [0, {codebook.k})")
 
     def encode(chunk: list[Record]) -> list[list[int]]:
         if external_codes is not None:

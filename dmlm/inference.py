@@ -1,0 +1,210 @@
+"""Inference for every task: inputs -> the task's prompt -> one decoder -> text, units or audio.
+
+Design decisions:
+- `run_task` prompts with `Task.prompt` (exactly the rendered training prefix) and decodes in
+  the task's target modality (`dmlm.decoding.generate`, which masks every other modality).
+- The task-named helpers take tokens (units, image codes, text ids) and return decoded text or
+  units; turning files and waveforms into tokens is `dmlm.api.DMLM`'s (one owner of input forms).
+  Every helper takes the checkpoint first, then its inputs, then keywords (`lang`, `opts`).
+- T2S can rerank (`opts.rerank`): candidates from `opts.strategy` and sampling, the one the same
+  model's ASR task scores likeliest to say the text (`asr_log_likelihood`) is kept.
+- Speech out is units -> the checkpoint's vocoder; `speech_parts` reads only the codebook and
+  vocoder of a checkpoint folder, so resynthesis never pays for the LM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmlm.decoding import DecodingOptions, generate, target_log_likelihood
+from dmlm.modeling import Checkpoint, CheckpointFiles
+from dmlm.tasks import Sample, get_task
+from dmlm.util.errors import UserError
+
+ENCODE_CHUNK = 64  # clips per codebook call: bounds the encoder's padded batch in memory
+
+
+def check_can_do(ck: Checkpoint, task_name: str) -> None:
+    """An error naming the model when it lacks the vocabulary `task_name` reads or writes."""
+    task = get_task(task_name)
+    for m in {task.source, task.target} - {None}:
+        if m != "text" and not ck.vocab.range(m)[1] > ck.vocab.range(m)[0]:
+            raise UserError(f"{ck.path}: this model has no {m} vocabulary, so it cannot do {task_name}")
+
+
+def run_task(ck: Checkpoint, task_name: str, samples: Sequence[Sample], opts: DecodingOptions = DecodingOptions(),
+             progress: bool = False) -> list[list[int]]:
+    """Decoded target ids (unified vocabulary) for each sample."""
+    if opts.rerank > 1 and task_name != "t2s":
+        raise UserError(f"rerank={opts.rerank}: reranking is for t2s (by the model's ASR), not {task_name}")
+    task = get_task(task_name)
+    check_can_do(ck, task_name)
+    prompts = [task.prompt(s, ck.vocab) for s in samples]
+    out = generate(ck.model, prompts, ck.vocab, task.target, replace(opts, rerank=0), progress=progress)
+    return _rerank_t2s(ck, samples, out, opts, progress) if opts.rerank > 1 else out
+
+
+def prompts_for(ck: Checkpoint, task_name: str, samples: Sequence[Sample]) -> list[list[int]]:
+    task = get_task(task_name)
+    return [task.prompt(s, ck.vocab) for s in samples]
+
+
+def decode_text(ck: Checkpoint, ids: Sequence[int]) -> str:
+    return ck.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+def encode_text(ck: Checkpoint, text: str) -> list[int]:
+    """Text-tokenizer ids of `text`; an error for empty text, dmlm specials or unencodable characters."""
+    if not text or not text.strip():
+        raise UserError("the text is empty")
+    ids = ck.tokenizer.encode(text, add_special_tokens=False)
+    lo, hi = ck.vocab.range("text")
+    bad = [i for i in ids if not lo <= i < hi]
+    if bad:  # the checkpoint's special/unit tokens typed as text would leak into the prompt
+        raise UserError(f"text {text!r} contains dmlm special tokens ({ck.tokenizer.decode(bad)!r}); "
+                        "remove them or escape the <| |> markers")
+    unk = getattr(ck.tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        raise UserError(f"text {text!r} has characters the model's tokenizer cannot encode (they map to its unknown token)")
+    return ids
+
+
+def speech_units(codebook, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Waveforms (16 kHz mono float32) -> speech units with `codebook`, in chunks of `ENCODE_CHUNK`."""
+    out: list[np.ndarray] = []
+    for s in range(0, len(wavs), ENCODE_CHUNK):
+        out += [np.asarray(u, dtype=np.int64) for u in codebook.encode_batch(list(wavs[s : s + ENCODE_CHUNK]))]
+    return out
+
+
+def image_codes(codebook, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Images (codebook-sized RGB arrays) -> image codes with `codebook`."""
+    return [np.asarray(c, dtype=np.int64) for c in codebook.encode_batch(list(images))]
+
+
+def transcribe_units(ck: Checkpoint, units: Sequence[np.ndarray], lang: str = "en",
+                     opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
+    samples = [Sample(id=str(i), units=np.asarray(u), src_lang=lang, tgt_lang=lang) for i, u in enumerate(units)]
+    return [decode_text(ck, o) for o in run_task(ck, "asr", samples, opts, progress)]
+
+
+def translate_units(ck: Checkpoint, units: Sequence[np.ndarray], tgt_lang: str, src_lang: str = "en",
+                    opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
+    samples = [Sample(id=str(i), units=np.asarray(u), src_lang=src_lang, tgt_lang=tgt_lang) for i, u in enumerate(units)]
+    return [decode_text(ck, o) for o in run_task(ck, "s2tt", samples, opts, progress)]
+
+
+def caption_codes(ck: Checkpoint, codes: Sequence[np.ndarray], lang: str = "en",
+                  opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
+    samples = [Sample(id=str(i), image_codes=np.asarray(c), src_lang=lang, tgt_lang=lang) for i, c in enumerate(codes)]
+    return [decode_text(ck, o) for o in run_task(ck, "i2t", samples, opts, progress)]
+
+
+def synthesize_units(ck: Checkpoint, texts: Sequence[str], opts: DecodingOptions = DecodingOptions(),
+                     lang: str = "en", progress: bool = False) -> list[np.ndarray]:
+    """Text -> speech units (the checkpoint codebook's ids) with the t2s task."""
+    samples = [Sample(id=str(i), text_ids=encode_text(ck, t), src_lang=lang, tgt_lang=lang) for i, t in enumerate(texts)]
+    outs = run_task(ck, "t2s", samples, opts, progress)
+    return [np.asarray(ck.vocab.ids_to_units(o), dtype=np.int64) for o in outs]
+
+
+def _rerank_t2s(ck: Checkpoint, samples: Sequence[Sample], first: list[list[int]], opts: DecodingOptions,
+                progress: bool) -> list[list[int]]:
+    """Of `first` (by opts.strategy) and opts.rerank - 1 samples per text, the target ids whose
+    units the model's own ASR task scores likeliest to say the text."""
+    tasks = [t.split(":")[0] for t in ck.tasks]
+    if tasks and "asr" not in tasks:
+        raise UserError(f"{ck.path}: rerank scores candidates with the model's ASR task, but it was trained on "
+                        f"{', '.join(tasks)}; use rerank=0")
+    n = opts.rerank - 1
+    sampled = run_task(ck, "t2s", [s for s in samples for _ in range(n)],
+                       replace(opts, strategy="sample", compute_type="float32", rerank=0), progress)
+    cands = [[f] + sampled[i * n : (i + 1) * n] for i, f in enumerate(first)]
+    flat = [(np.asarray(ck.vocab.ids_to_units(c), dtype=np.int64), s) for s, cs in zip(samples, cands) for c in cs]
+    scores = asr_log_likelihood(ck, [u for u, _ in flat], [s.text_ids for _, s in flat],
+                                [s.src_lang for _, s in flat], opts.batch_size)
+    return [cs[int(np.argmax(scores[i * (n + 1) : (i + 1) * (n + 1)]))] for i, cs in enumerate(cands)]
+
+
+@torch.inference_mode()
+def asr_log_likelihood(ck: Checkpoint, units: Sequence[np.ndarray], text_ids: Sequence[Sequence[int]],
+                       lang: str | Sequence[str] = "en", batch_size: int = 32) -> list[float]:
+    """log P(text | units) under the ASR task (teacher-forced over the text tokens and its close
+    tag, every id allowed); -inf for an empty unit sequence."""
+    if len(units) != len(text_ids):
+        raise ValueError(f"{len(units)} unit sequences but {len(text_ids)} texts")
+    task, vocab = get_task("asr"), ck.vocab
+    langs = [lang] * len(units) if isinstance(lang, str) else list(lang)
+    todo = [i for i, u in enumerate(units) if len(u)]
+    prompts = [task.prompt(Sample(id=str(i), units=np.asarray(units[i]), src_lang=langs[i], tgt_lang=langs[i]), vocab)
+               for i in todo]
+    targets = [list(text_ids[i]) + [vocab.close("text")] for i in todo]
+    scores = target_log_likelihood(ck.model, prompts, targets, vocab.pad, batch_size)
+    out = [float("-inf")] * len(units)
+    for i, s in zip(todo, scores):
+        out[i] = s
+    return out
+
+
+def output_log_likelihood(ck: Checkpoint, task_name: str, samples: Sequence[Sample], outs: Sequence[Sequence[int]],
+                          batch_size: int = 32) -> list[float]:
+    """log P(decoded ids and the close tag | prompt) for each sample: what `return_details` reports."""
+    task = get_task(task_name)
+    close = ck.vocab.close(task.target)
+    return target_log_likelihood(ck.model, prompts_for(ck, task_name, samples), [list(o) + [close] for o in outs],
+                                 ck.vocab.pad, batch_size)
+
+
+# ------------------------------------------------------------------------------ speech out
+
+
+def speech_parts(model) -> tuple:
+    """(codebook, vocoder) of a loaded `Checkpoint`, a checkpoint folder (without loading its LM),
+    or a (codebook, vocoder) pair of objects or paths; the vocoder is checked against the codebook."""
+    from dmlm.tokenizers.speech import Codebook
+    from dmlm.vocoder.model import Vocoder
+
+    if isinstance(model, tuple):
+        cb, voc = model
+        cb = cb if isinstance(cb, Codebook) else Codebook.load(cb)
+        voc = voc if isinstance(voc, Vocoder) else Vocoder.load(voc)
+        voc.check(cb)
+        return cb, voc
+    if isinstance(model, Checkpoint):
+        return model.codebook("speech"), model.vocoder()
+    files = model if isinstance(model, CheckpointFiles) else CheckpointFiles(model)
+    cb = files.load_codebook("speech")
+    return cb, files.load_vocoder(cb)
+
+
+def resynthesize(model, wav: np.ndarray) -> np.ndarray:
+    """Audio -> units (the checkpoint's codebook) -> vocoder: 16 kHz float32."""
+    cb, voc = speech_parts(model)
+    return voc.synthesize(cb.encode(np.asarray(wav, dtype=np.float32)))
+
+
+def vocode(vocoder, units: Sequence[np.ndarray], texts: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Units -> 16 kHz float32 speech; an error naming the text when a sequence is empty."""
+    for i, u in enumerate(units):
+        if len(u) == 0:
+            what = repr(texts[i]) if texts is not None else f"item {i}"
+            raise UserError(f"the model generated no speech units for {what}; try sampling "
+                            "(strategy=sample, or rerank) or a model trained longer on the t2s task")
+    return vocoder.synthesize_batch([np.asarray(u) for u in units])
+
+
+def speak_batch(ck: Checkpoint | str | Path, texts: Sequence[str], opts: DecodingOptions | None = None,
+                vocoder=None, lang: str = "en") -> list[np.ndarray]:
+    """Texts -> DMLM units (t2s task) -> vocoder; 16 kHz float32 each."""
+    from dmlm.modeling import load_checkpoint
+
+    if not isinstance(ck, Checkpoint):
+        ck = load_checkpoint(ck)
+    voc = vocoder or ck.vocoder()
+    units = synthesize_units(ck, list(texts), opts or DecodingOptions(), lang)
+    return vocode(voc, units, texts)

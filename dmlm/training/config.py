@@ -1,0 +1,90 @@
+"""The settings of one training run: data, model and optimization (`dmlm train CONFIG.yaml`).
+
+Data paths have no defaults: a run names its manifests, token stores, codebooks and output
+folder (a recipe such as `dmlm demo` fills them), and a missing one is an error naming the key
+(`RunConfig.validate`), never a silent read of some other run's folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dmlm.modeling import ModelConfig
+from dmlm.util.config import ConfigError
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Training manifest (JSONL)."""
+    dev: str = ""
+    """Dev manifest, for the dev loss during training (empty: no dev loss)."""
+    units: str = ""
+    """Folder of token stores written by `dmlm tokenize` (one per manifest, named after it)."""
+    codebook: str = ""
+    """Speech codebook used to make the units (empty: a model without speech)."""
+    text_tokenizer: str = ""
+    """Text tokenizer folder; empty: a BPE trained on the training text (scratch) or the LLM's own (pretrained)."""
+    bpe_vocab_size: int = 1000
+    """Size of the BPE trained for from-scratch models."""
+    image_codebook: str = ""
+    """Image codebook (`dmlm codebook fit --modality image`); needed when a task reads or writes images."""
+    unpaired: list[str] = field(default_factory=list)
+    """More training manifests (e.g. text-only or image-only): their records join every task that can use them."""
+    tasks: list[str] = field(default_factory=lambda: ["asr"])
+    """Task specs of the mixture: asr, t2s, s2tt:LANG, i2t, text_lm[:LANG], speech_lm, image_lm."""
+    weights: list[float] = field(default_factory=list)
+    """Sampling weight of each task (a share of examples); empty: equal weights."""
+    speakers: dict[str, list[str]] = field(default_factory=dict)
+    """Task spec -> the only speakers whose records it trains on, e.g. {t2s: [piper:en_US-joe-medium]}: a TTS
+    voice learned from one speaker while ASR hears them all (tasks not named use every record)."""
+
+
+@dataclass
+class TrainConfig:
+    out: str = ""
+    """Checkpoint folder (a Hugging Face model dir); training state lives in OUT.state/."""
+    steps: int = 3000
+    """Optimizer steps (the LR schedule's length)."""
+    max_minutes: float = 0.0
+    """If > 0, a time budget: the schedule runs on max(step/steps, elapsed/max_minutes) and stops at 1."""
+    batch_tokens: int = 6000
+    """Tokens per micro-batch (padding included), batches bucketed by length."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    packing: bool = False
+    """Pack several examples into each row (positions restart, no attention across examples) instead of padding buckets; same loss."""
+    pack_tokens: int = 0
+    """Length of a packed row; 0: the micro-batch budget cut into equal rows of at least 4x the longest example."""
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    loss: str = "length_normalized"
+    """full, target, length_normalized (DMLM) or target_length_normalized (its per-modality means over target spans only)."""
+    lambdas: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Per-modality loss weights (text, speech, image) for the length-normalized losses."""
+    eval_every: int = 250
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."""
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """The paths a training run cannot start without, named by key."""
+        need = {"data.train": self.data.train, "train.out": self.train.out}
+        if any(spec.split(":")[0] != "text_lm" for spec in self.data.tasks):  # a task that reads units or codes
+            need["data.units"] = self.data.units
+        missing = [k for k, v in need.items() if not v]
+        if missing:
+            raise ConfigError(f"the run config does not set {', '.join(missing)} (e.g. {missing[0]}=PATH): "
+                              "a training run names its own data and output folder")
