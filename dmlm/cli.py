@@ -1,4 +1,5 @@
-"""`dmlm <verb>`: thin entry points over the library; every verb is one stage of the pipeline.
+"""`dmlm <verb>`: thin entry points; each verb loads what it needs once and makes one call into
+`dmlm.api.DMLM` (the model's tasks) or a recipe/stage function.
 
     dmlm assets [NAME ...]                         install/convert offline model presets
     dmlm prepare NAME [--out DIR]                  make a demo corpus (mini-world, bible, digits)
@@ -10,16 +11,18 @@
     dmlm translate MODEL a.wav --to es
     dmlm caption MODEL img.png
     dmlm synthesize-units MODEL "text"
-    dmlm vocoder train MODEL [--minutes 4]        units -> speech vocoder into MODEL/vocoder/
-    dmlm vocoder match MODEL [--clips N]          (re)build its matching set of real frames
     dmlm speak MODEL "text" -o out.wav
     dmlm resynthesize MODEL in.wav -o out.wav
     dmlm evaluate MODEL --task TASK --manifest M [--out report.json]
+    dmlm vocoder train MODEL [--minutes 4]        units -> speech vocoder into MODEL/vocoder/
+    dmlm vocoder match MODEL [--clips N]          (re)build its matching set of real frames
+    dmlm report RUN                               RUN/report.md and docs/results.md from RUN/report.json
     dmlm demo [CONFIG.yaml] [key=value ...]        the whole pipeline on mini-world, offline
     dmlm ablate [CONFIG.yaml] [key=value ...]      codebook variants compared by WER
 
-Errors a user can fix (bad manifest, audio, config, codebook mismatch) print one line and
-exit with status 2 instead of a traceback.
+Errors a user can fix (dmlm's own `UserError` types: bad manifest, audio, config, codebook
+mismatch, missing file) print one line and exit with status 2; anything else is a bug and shows
+its traceback.
 """
 
 from __future__ import annotations
@@ -28,26 +31,36 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
-from dmlm.util.errors import MissingFileError, UserError
 
 
-def _decoding_args(p: argparse.ArgumentParser) -> None:
-    from dmlm.decoding import DecodingOptions
+def _decoding_args(p: argparse.ArgumentParser, speech_out: bool = False) -> None:
+    """The user's decoding flags (`dmlm.decoding.USER_FIELDS`; `--rerank` where the task is T2S)."""
+    from dataclasses import fields
 
+    from dmlm.decoding import SPEECH_OUT_FIELDS, USER_FIELDS, DecodingOptions
     from dmlm.util.config import field_docs
 
     docs = field_docs(DecodingOptions)
+    wanted = SPEECH_OUT_FIELDS if speech_out else USER_FIELDS
     for f in fields(DecodingOptions):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, dest=f"dec_{f.name}",
-                       metavar=f.name.upper(), help=f"{docs.get(f.name, '')} (default: {f.default})")
+        if f.name in wanted:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, dest=f"dec_{f.name}",
+                           metavar=f.name.upper(), help=f"{docs.get(f.name, '')} (default: {f.default})")
 
 
-def _decoding_options(args):
+def _decoding(args) -> dict:
+    """The decoding keywords given on the command line (only those that differ from the defaults)."""
     from dmlm.decoding import DecodingOptions
 
-    return DecodingOptions(**{f.name: getattr(args, f"dec_{f.name}") for f in fields(DecodingOptions)})
+    base = DecodingOptions()
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("dec_") and v != getattr(base, k[4:])}
+
+
+def _load(args):
+    import dmlm
+
+    return dmlm.load(args.model)
 
 
 def cmd_assets(args) -> None:
@@ -59,8 +72,8 @@ def cmd_assets(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from dmlm.util.config import load_config
     from dmlm.data.prepare import PrepareConfig, prepare
+    from dmlm.util.config import load_config
 
     cfg = load_config(None, [f"corpus={args.name}"] + args.overrides, cls=PrepareConfig)
     out = args.out or f"runs/{args.name}/data"
@@ -68,68 +81,20 @@ def cmd_prepare(args) -> None:
         print(f"{split}: {path}")
 
 
-def codebook_modality(path: str | Path) -> str:
-    """The modality a codebook file declares (files from before images say nothing: speech)."""
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise MissingFileError(f"{path}: codebook file not found")
-    with safe_open(str(path), "np") as fh:
-        return (fh.metadata() or {}).get("modality", "speech")
-
-
 def cmd_codebook(args) -> None:
-    from dmlm.util.config import load_config
-    from dmlm.data.manifest import read_manifest
+    from dmlm.tokenizers.tokenize import fit_codebook_on_manifest
 
-    records = read_manifest(args.manifest)
-    if args.modality == "image":
-        from dmlm.util.images import load_image
-        from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
-
-        from dmlm.tokenizers.image import ImageCodebook
-
-        settings = load_config(None, args.overrides, cls=ImageCodebookSettings)
-        if settings.backend == "external":  # codes come from another tokenizer: nothing to fit
-            if not settings.name:
-                raise UserError("an external image codebook needs name=… (the tokenizer that made the codes) and k=…")
-            cb = ImageCodebook.external(settings.k, settings.name, settings.image_size)
-        else:
-            records = [r for r in records if r.image is not None][: args.max_utts or None]
-            if not records:
-                raise UserError(f"{args.manifest}: no record has an 'image'")
-            cb = fit_image_codebook([load_image(r.image_path(args.manifest), size=settings.image_size) for r in records],
-                                    settings)
-    else:
-        from dmlm.tokenizers.tokenize import load_record_audio
-        from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
-
-        settings = load_config(None, args.overrides, cls=CodebookSettings)
-        records = [r for r in records if r.audio is not None][: args.max_utts or None]
-        cb = fit_codebook((load_record_audio(args.manifest, r) for r in records), settings, total=len(records))
+    cb = fit_codebook_on_manifest(args.manifest, args.modality, args.overrides, args.max_utts)
     cb.save(args.output)
     print(f"{args.output}: {args.modality} k={cb.k} fingerprint={cb.fingerprint}")
 
 
 def cmd_tokenize(args) -> None:
-    from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
+    from dmlm.tokenizers.tokenize import tokenize
 
-    modality = codebook_modality(args.codebook)
-    if modality == "image":
-        from dmlm.tokenizers.image import ImageCodebook
-
-        cb = ImageCodebook.load(args.codebook)
-        run = lambda m: tokenize_images(cb, m, args.out, shard=args.shard, num_shards=args.num_shards,  # noqa: E731
-                                        external_codes=args.external_codes)
-    else:
-        from dmlm.tokenizers.speech import Codebook
-
-        if args.external_codes:
-            raise UserError(f"--external-codes is for external image codebooks; {args.codebook} is a speech codebook")
-        cb = Codebook.load(args.codebook)
-        run = lambda m: tokenize_manifest(cb, m, args.out, shard=args.shard, num_shards=args.num_shards)  # noqa: E731
     for m in args.manifests:
-        store = run(m)
+        store, modality = tokenize(args.codebook, m, args.out, shard=args.shard, num_shards=args.num_shards,
+                                   external_codes=args.external_codes)
         if store is None:
             print(f"{m}: shard {args.shard}/{args.num_shards} done; the store is merged once every shard is done "
                   "(by whichever job finishes last)")
@@ -140,71 +105,76 @@ def cmd_tokenize(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from dmlm.util.config import load_config
+    from dmlm.training.config import RunConfig
     from dmlm.training.train import train
+    from dmlm.util.config import load_config
 
-    cfg = load_config(args.config, args.overrides, RunConfig)
-    print(train(cfg, resume=args.resume))
+    print(train(load_config(args.config, args.overrides, RunConfig), resume=args.resume))
 
 
 def cmd_decode(args) -> None:
-    from dmlm.util.io import atomic_write_text
-    from dmlm.evaluation.tasks import decode_task
+    from dmlm.util.io import write_jsonl
 
-    rows = decode_task(args.model, args.task, args.manifest, _decoding_options(args), args.units)
-    atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    rows = _load(args).decode(args.task, args.manifest, units=args.units, **_decoding(args))
+    write_jsonl(args.out, rows)
     print(f"{len(rows)} hypotheses -> {args.out}")
 
 
 def cmd_transcribe(args) -> None:
-    from dmlm.inference import transcribe_files
-    from dmlm.modeling import load_checkpoint
-
-    ck = load_checkpoint(args.model)
-    for path, text in zip(args.audio, transcribe_files(ck, args.audio, _decoding_options(args))):
+    for path, text in zip(args.audio, _load(args).transcribe(list(args.audio), lang=args.lang, **_decoding(args))):
         print(f"{path}\t{text}")
 
 
 def cmd_translate(args) -> None:
-    from dmlm.inference import translate_files
-    from dmlm.modeling import load_checkpoint
-
-    ck = load_checkpoint(args.model)
-    for path, text in zip(args.audio, translate_files(ck, args.audio, args.to, args.src, _decoding_options(args))):
+    for path, text in zip(args.audio, _load(args).translate(list(args.audio), to=args.to, src=args.src, **_decoding(args))):
         print(f"{path}\t{text}")
 
 
 def cmd_caption(args) -> None:
-    from dmlm.inference import caption_files
-    from dmlm.modeling import load_checkpoint
-
-    ck = load_checkpoint(args.model)
-    for path, text in zip(args.images, caption_files(ck, args.images, args.lang, _decoding_options(args))):
+    for path, text in zip(args.images, _load(args).caption(list(args.images), lang=args.lang, **_decoding(args))):
         print(f"{path}\t{text}")
 
 
 def cmd_synthesize_units(args) -> None:
-    from dmlm.inference import synthesize_units
-    from dmlm.modeling import load_checkpoint
-
-    ck = load_checkpoint(args.model)
-    for text, units in zip(args.text, synthesize_units(ck, args.text, _decoding_options(args), args.lang)):
+    for text, units in zip(args.text, _load(args).synthesize_units(list(args.text), lang=args.lang, **_decoding(args))):
         print(json.dumps({"text": text, "units": units.tolist()}))
+
+
+def cmd_speak(args) -> None:
+    audio = _load(args).speak(args.text, lang=args.lang, **_decoding(args))
+    audio.save(args.output)
+    print(f"{args.output}: {audio.seconds:.2f} s")
+
+
+def cmd_resynthesize(args) -> None:
+    from dmlm.api import Audio
+    from dmlm.inference import resynthesize
+    from dmlm.util.audio import load_audio
+
+    # the codebook and vocoder alone: the LM is not loaded
+    Audio(resynthesize(args.model, load_audio(args.audio))).save(args.output)
+    print(args.output)
 
 
 def _vocoder_data(args) -> tuple[list[str], list[str]]:
     """The audio manifests and units stores a vocoder learns from: --manifest/--units (repeatable,
-    in order), else the model's own training manifest and store."""
-    from dmlm.modeling import load_checkpoint
+    in order), else the model's own training manifest and its store."""
+    from dmlm.data.split import store_prefix
+    from dmlm.modeling import CheckpointFiles
+    from dmlm.util.errors import UserError
 
     if args.manifest and args.units and len(args.units) != len(args.manifest):
         raise UserError(f"{len(args.manifest)} --manifest but {len(args.units)} --units: give one units store per "
-                         "manifest, in the same order (or no --units: each manifest's store beside the model's)")
-    data = load_checkpoint(args.model).meta.get("config", {}).get("data", {})
-    manifests = args.manifest or ([data["train"]] if data.get("train") else [])
+                        "manifest, in the same order (or no --units: each manifest's store beside the model's)")
+    files = CheckpointFiles(args.model)
+    manifests = args.manifest or ([files.train_manifest] if files.train_manifest else [])
     if not manifests:
         raise UserError(f"{args.model}: the checkpoint does not name its training manifest; give --manifest")
-    return manifests, args.units or [str(Path(data.get("units", "")) / Path(m).stem) for m in manifests]
+    if args.units:
+        return manifests, args.units
+    if not files.units_dir:
+        raise UserError(f"{args.model}: the checkpoint does not name its token stores; give --units")
+    return manifests, [str(store_prefix(files.units_dir, m)) for m in manifests]
 
 
 def _vocoder_data_args(parser: argparse.ArgumentParser) -> None:
@@ -218,44 +188,30 @@ def _vocoder_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_vocoder_train(args) -> None:
+    from dmlm.modeling import CheckpointFiles
     from dmlm.util.config import load_config
     from dmlm.vocoder.model import VocoderConfig
     from dmlm.vocoder.train import train_vocoder
 
+    files = CheckpointFiles(args.model)
     manifest, units = _vocoder_data(args)
     cfg = load_config(None, args.overrides, cls=VocoderConfig)
-    out = train_vocoder(manifest, units, Path(args.model) / "codebooks" / "speech.safetensors", cfg,
-                        Path(args.model) / "vocoder", max_minutes=args.minutes or None, steps=args.steps or None)
+    out = train_vocoder(manifest, units, files.codebook_path("speech"), cfg, files.vocoder_dir,
+                        max_minutes=args.minutes or None, steps=args.steps or None)
     print(f"vocoder -> {out}")
 
 
 def cmd_vocoder_match(args) -> None:
+    from dmlm.modeling import CheckpointFiles
+    from dmlm.util.errors import UserError
     from dmlm.vocoder.train import add_matching_set
 
-    folder = Path(args.model) / "vocoder"
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{args.model}: no trained vocoder in {folder}; run `dmlm vocoder train {args.model}` first")
+    files = CheckpointFiles(args.model)
+    if not files.has_vocoder:
+        raise UserError(f"{args.model}: no trained vocoder in {files.vocoder_dir}; run `dmlm vocoder train {args.model}` first")
     manifest, units = _vocoder_data(args)
-    out = add_matching_set(folder, manifest, units, Path(args.model) / "codebooks" / "speech.safetensors", clips=args.clips)
+    out = add_matching_set(files.vocoder_dir, manifest, units, files.codebook_path("speech"), clips=args.clips)
     print(f"matching set -> {out}")
-
-
-def cmd_speak(args) -> None:
-    from dmlm.util.audio import write_wav
-    from dmlm.modeling import load_checkpoint
-    from dmlm.evaluation.speech import speak
-
-    ck = load_checkpoint(args.model)
-    wav = speak(ck, args.text, _decoding_options(args))
-    write_wav(args.output, wav)
-    print(f"{args.output}: {len(wav) / 16000:.2f} s")
-
-
-def cmd_resynthesize(args) -> None:
-    from dmlm.evaluation.speech import resynthesize_file
-
-    out = resynthesize_file(args.model, args.audio, args.output)
-    print(f"{out}")
 
 
 def _voice_clips(value: str) -> int | None:
@@ -271,44 +227,22 @@ def _voice_clips(value: str) -> int | None:
     return n
 
 
-def _speech_out_eval(args, out: str) -> dict:
-    from dmlm.evaluation.judge import build_judge
-    from dmlm.evaluation.speech import evaluate_resynthesis, evaluate_t2s_audio
-
-    judge = build_judge(args.judge, engine=args.judge_engine)
-    folder = Path(out).with_suffix("")
-    n = args.limit or None
-    if args.task == "resynthesis":
-        if not args.units:
-            raise UserError("--task resynthesis needs --units (the manifest's speech token store or its folder)")
-        units = Path(args.units)
-        units = units if units.with_suffix(".json").is_file() else units / Path(args.manifest).stem
-        return evaluate_resynthesis(args.model, args.manifest, units, judge, n=n, out_dir=folder,
-                                    voice_clips=args.voice_clips)
-    return evaluate_t2s_audio(args.model, args.manifest, judge, _decoding_options(args), n=n, out_dir=folder)
-
-
 def cmd_evaluate(args) -> None:
-    from dmlm.evaluation.tasks import evaluate_task
+    from dmlm.evaluation.headline import headline
 
-    name = args.task.replace(":", "_")
-    out = args.out or str(Path(args.model) / f"eval_{name}_{Path(args.manifest).stem}.json")
-    if args.voice_clips != 0 and args.task != "resynthesis":
-        raise UserError(f"--voice-clips is for --task resynthesis, not {args.task}")
-    if args.task == "resynthesis" or (args.task == "t2s" and args.judge):
-        if not args.judge:
-            args.judge = "whisper-base"
-        rep = _speech_out_eval(args, out)
-        from dmlm.util.io import atomic_write_text
-
-        atomic_write_text(out, json.dumps(rep, indent=1, default=str))
-    else:
-        rep = evaluate_task(args.model, args.task, args.manifest, out, _decoding_options(args), units=args.units,
-                            limit=args.limit or None)
-    keys = ["wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "bleu", "chrf", "baseline_bleu", "cider", "baseline_cider",
-            "unit_accuracy", "unit_error_rate", "perplexity", "original_wer", "utterances", "records"]
-    print(json.dumps({k: rep[k] for k in keys if k in rep}))
+    out = args.out or str(Path(args.model) / f"eval_{args.task.replace(':', '_')}_{Path(args.manifest).stem}.json")
+    rep = _load(args).evaluate(args.task, args.manifest, units=args.units, out=out, limit=args.limit or None,
+                               judge=args.judge or None, judge_engine=args.judge_engine, voice_clips=args.voice_clips,
+                               **_decoding(args))
+    print(json.dumps(headline(rep)))
     print(f"report -> {out}")
+
+
+def cmd_report(args) -> None:
+    from dmlm.recipes.report import write_reports
+
+    for path in write_reports(args.run, results=None if args.no_docs else args.results):
+        print(path)
 
 
 def cmd_demo(args) -> None:
@@ -381,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "store's prefix; default: tokens computed with the checkpoint's codebooks")
         s.add_argument("--out", required=verb == "decode")
         if verb == "evaluate":
-            s.add_argument("--limit", type=int, default=0, help="score only the first N records (0: all)")
+            s.add_argument("--limit", type=int, default=0, help="score only the first N records of each voice group "
+                                                                "(training voices, held-out voice; 0: all)")
             s.add_argument("--judge", default="", help="t2s/resynthesis: what transcribes the vocoded speech: a Whisper "
                                                        "preset (e.g. whisper-base) or a dmlm ASR checkpoint folder; "
                                                        "t2s without it scores units only")
@@ -390,12 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="resynthesis with --limit: score the vocoder's own voice on N training-voice clips, "
                                 "or all the manifest has (clips past the limit count only in that group; default 0: "
                                 "only those within the limit)")
-        _decoding_args(s)
+        _decoding_args(s, speech_out=True)  # --rerank: refused unless the task is t2s
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("transcribe", help="print transcripts of audio files")
     s.add_argument("model")
     s.add_argument("audio", nargs="+")
+    s.add_argument("--lang", default="en", help="language of the text/speech (default: en)")
     _decoding_args(s)
     s.set_defaults(fn=cmd_transcribe)
 
@@ -418,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("text", nargs="+")
     s.add_argument("--lang", default="en")
-    _decoding_args(s)
+    _decoding_args(s, speech_out=True)
     s.set_defaults(fn=cmd_synthesize_units)
 
     s = sub.add_parser("vocoder", help="unit vocoders")
@@ -440,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("text")
     s.add_argument("-o", "--output", required=True)
-    _decoding_args(s)
+    s.add_argument("--lang", default="en", help="language of the text/speech (default: en)")
+    _decoding_args(s, speech_out=True)
     s.set_defaults(fn=cmd_speak)
 
     s = sub.add_parser("resynthesize", help="audio -> units -> audio (the codebook and vocoder alone)")
@@ -448,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("audio")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(fn=cmd_resynthesize)
+
+    s = sub.add_parser("report", help="render RUN/report.md and docs/results.md from a run's report.json")
+    s.add_argument("run", help="a demo run folder (holds report.json)")
+    s.add_argument("--results", default="docs/results.md", help="the results page to write (default: docs/results.md)")
+    s.add_argument("--no-docs", action="store_true", help="only RUN/report.md")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("demo", help="whole pipeline on mini-world, offline")
     s.add_argument("config", nargs="?", help="YAML (default: built-in demo settings)")
@@ -476,15 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [args.config] + list(args.overrides)
         args.config = None
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from dmlm.util.audio import AudioError
-    from dmlm.util.config import ConfigError
-    from dmlm.data.manifest import ManifestError
-    from dmlm.tokenizers.speech import CodebookMismatch
-    from dmlm.vocab import VocabError
+    from dmlm.util.errors import UserError
 
     try:
         args.fn(args)
-    except (ManifestError, AudioError, ConfigError, CodebookMismatch, VocabError, OSError, ValueError) as e:
+    except UserError as e:
         if args.verbose:
             raise  # -v: the full traceback, for bug reports
         print(f"dmlm {args.verb}: error: {e}", file=sys.stderr)

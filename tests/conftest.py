@@ -122,3 +122,59 @@ def trained(corpus, tmp_path_factory) -> Path:
     cfg = make_config(corpus, out, "train.steps=150", "train.lr=3e-3", "train.eval_every=1000",
                       "train.save_every=1000", "train.log_every=10", train=corpus.tiny, dev=corpus.tiny)
     return train(cfg)
+
+
+# -- a tiny model of every task (tests/test_multitask.py, tests/test_api.py) --------------------
+
+ES = {"the": "el", "a": "un", "red": "rojo", "big": "grande", "cat": "gato", "dog": "perro", "runs": "corre",
+      "sees": "ve", "likes": "quiere"}
+TASKS = ["asr", "s2tt:es", "t2s", "i2t", "text_lm:es", "speech_lm", "image_lm"]
+
+
+def _image(i: int):
+    """16x16 RGB: a distinct colour block per record, so the caption is recoverable from the image."""
+    import numpy as np
+
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[(i % 2) * 8 : (i % 2) * 8 + 8, (i // 2) * 8 : (i // 2) * 8 + 8] = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)][i]
+    return img
+
+
+@pytest.fixture(scope="session")
+def mixed(corpus, tmp_path_factory):
+    import numpy as np
+
+    from dmlm.data.manifest import Record, read_manifest, write_manifest
+    from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
+    from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
+    from dmlm.util.images import save_image
+
+    root = tmp_path_factory.mktemp("mixed")
+    recs = []
+    for i, r in enumerate(read_manifest(corpus.tiny)):
+        save_image(root / "img" / f"{r.id}.png", _image(i))
+        recs.append(Record(**{**r.__dict__, "audio": str(r.audio_path(corpus.tiny)), "image": f"img/{r.id}.png",
+                              "caption": r.text, "translations": {"es": " ".join(ES[w] for w in r.text.split())}}))
+    manifest = root / "mixed.jsonl"
+    write_manifest(manifest, recs)
+    from dmlm.tokenizers.speech import Codebook
+
+    tokenize_manifest(Codebook.load(corpus.codebook), manifest, root / "units")
+    icb = fit_image_codebook([_image(i) for i in range(4)], ImageCodebookSettings(image_size=16, patch=4, k=8))
+    icb.save(root / "icb.safetensors")
+    tokenize_images(icb, manifest, root / "units")
+    return root, manifest
+
+
+@pytest.fixture(scope="session")
+def multitask_model(mixed, run_config):
+    import json
+
+    from dmlm.training.train import train
+
+    root, manifest = mixed
+    cfg = run_config(root / "model", "train.steps=200", "train.lr=3e-3", "train.eval_every=100", "train.save_every=1000",
+                     "train.log_every=10", f"data.units={root / 'units'}", f"data.image_codebook={root / 'icb.safetensors'}",
+                     f"data.tasks={json.dumps(TASKS)}", "data.weights=[1,1,1,1,0.5,0.5,0.5]", "model.hidden_size=96",
+                     train=manifest, dev=manifest)
+    return train(cfg)

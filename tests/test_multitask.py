@@ -12,47 +12,7 @@ from dmlm.util.images import save_image
 from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
 from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
 
-ES = {"the": "el", "a": "un", "red": "rojo", "big": "grande", "cat": "gato", "dog": "perro", "runs": "corre",
-      "sees": "ve", "likes": "quiere"}
-TASKS = ["asr", "s2tt:es", "t2s", "i2t", "text_lm:es", "speech_lm", "image_lm"]
-
-
-def _image(i: int) -> np.ndarray:
-    """16x16 RGB: a distinct colour block per record, so the caption is recoverable from the image."""
-    img = np.zeros((16, 16, 3), np.uint8)
-    img[(i % 2) * 8 : (i % 2) * 8 + 8, (i // 2) * 8 : (i // 2) * 8 + 8] = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)][i]
-    return img
-
-
-@pytest.fixture(scope="module")
-def mixed(corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("mixed")
-    recs = []
-    for i, r in enumerate(read_manifest(corpus.tiny)):
-        save_image(root / "img" / f"{r.id}.png", _image(i))
-        recs.append(Record(**{**r.__dict__, "audio": str(r.audio_path(corpus.tiny)), "image": f"img/{r.id}.png",
-                              "caption": r.text, "translations": {"es": " ".join(ES[w] for w in r.text.split())}}))
-    manifest = root / "mixed.jsonl"
-    write_manifest(manifest, recs)
-    from dmlm.tokenizers.speech import Codebook
-
-    tokenize_manifest(Codebook.load(corpus.codebook), manifest, root / "units")
-    icb = fit_image_codebook([_image(i) for i in range(4)], ImageCodebookSettings(image_size=16, patch=4, k=8))
-    icb.save(root / "icb.safetensors")
-    tokenize_images(icb, manifest, root / "units")
-    return root, manifest
-
-
-@pytest.fixture(scope="module")
-def multitask_model(mixed, run_config):
-    from dmlm.training.train import train
-
-    root, manifest = mixed
-    cfg = run_config(root / "model", "train.steps=200", "train.lr=3e-3", "train.eval_every=100", "train.save_every=1000",
-                     "train.log_every=10", f"data.units={root / 'units'}", f"data.image_codebook={root / 'icb.safetensors'}",
-                     f"data.tasks={json.dumps(TASKS)}", "data.weights=[1,1,1,1,0.5,0.5,0.5]", "model.hidden_size=96",
-                     train=manifest, dev=manifest)
-    return train(cfg)
+from conftest import TASKS  # noqa: E402  (the fixtures `mixed` and `multitask_model` live in conftest)
 
 
 def test_mixture_is_logged_per_task_and_modality(multitask_model):
@@ -176,7 +136,7 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
 
     assert 0 < len(MatchingSet.load(model / "vocoder").frames)
     assert main(["vocoder", "match", str(tmp_path), "--clips", "2"]) == 2  # no vocoder there: a clear error
-    assert "no trained vocoder" in capsys.readouterr().err
+    assert "not a dmlm checkpoint" in capsys.readouterr().err
     assert main(["vocoder", "match", str(model), "--manifest", str(manifest), "--units", str(root / "units" / "mixed"),
                  "--clips", "0"]) == 2  # nothing changed on a bad size
     assert "at least 1 clip" in capsys.readouterr().err
@@ -206,7 +166,7 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(model), "--task", "t2s", "--manifest", str(manifest), "--judge", str(model),
                  "--voice-clips", "3", "--out", str(tmp_path / "x.json")]) == 2
-    assert "--voice-clips is for --task resynthesis" in capsys.readouterr().err
+    assert "voice_clips is for the resynthesis task" in capsys.readouterr().err
     # an output that cannot be written (its "folder" is a file): one clear line, no partial wav
     assert main(["speak", str(model), rec.text, "-o", str(tmp_path / "s.wav" / "out.wav")]) == 2
     assert "s.wav/out.wav" in capsys.readouterr().err

@@ -187,17 +187,17 @@ class CheckpointJudge:
         from dmlm.inference import transcribe_units
         from dmlm.decoding import DecodingOptions
 
-        wavs = _check_wavs(wavs)
-        cb = self.ck.codebook("speech")
-        units = []
-        for s in range(0, len(wavs), 64):
-            units += [np.asarray(u) for u in cb.encode_batch(wavs[s : s + 64])]
+        from dmlm.inference import speech_units
+
+        units = speech_units(self.ck.codebook("speech"), _check_wavs(wavs))
         return transcribe_units(self.ck, units, opts=DecodingOptions(batch_size=self.batch_size))
 
 
 def build_judge(name: str = "whisper-base", engine: str = "ctranslate2") -> Judge:
     """A judge by name: a dmlm checkpoint folder (its own ASR, `CheckpointJudge`) or a Whisper
     preset / model folder (`WhisperJudge` with `engine`)."""
-    if (Path(name) / "dmlm.json").is_file():
+    from dmlm.modeling import CheckpointFiles
+
+    if CheckpointFiles.is_checkpoint(name):
         return CheckpointJudge(name)
     return WhisperJudge(name, engine=engine)

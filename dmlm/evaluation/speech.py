@@ -28,6 +28,7 @@ import numpy as np
 from dmlm.util.audio import load_audio, write_wav
 from dmlm.data.manifest import Record, read_manifest
 from dmlm.util.io import atomic_file, atomic_write_text
+from dmlm.evaluation.grouping import is_heldout_voice, limit_per_group, voice_groups
 from dmlm.evaluation.judge import Judge, judge_normalizer, transcribe
 from dmlm.inference import speech_parts
 from dmlm.vocoder.model import Vocoder
@@ -50,9 +51,8 @@ def pick_records(manifest: str | Path, n: int | None, voice: str | None = None,
         raise UserError(f"{manifest}: no records with a reference 'text'")
     if not n:
         return recs, 0
-    seen = [r for r in recs if not r.custom.get("heldout_voice")]
-    unseen = [r for r in recs if r.custom.get("heldout_voice")]
-    picked = seen[:n] + unseen[:n]
+    seen = [r for r in recs if not is_heldout_voice(r)]
+    picked = limit_per_group(recs, n)
     if voice is None or voice_clips == 0:
         return picked, 0
     have = sum(r.speaker == voice for r in seen[:n])
@@ -106,10 +106,8 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
         return {"all": rates(list(range(len(recs))))}, hyps
     out: dict = {}
     grouped = len(recs) - voice_only
-    for name, held in (("seen", False), ("heldout_voice", True)):
-        idx = [i for i, r in enumerate(recs[:grouped]) if bool(r.custom.get("heldout_voice")) == held]
-        if idx:
-            out[name] = rates(idx)
+    for name, idx in voice_groups(recs[:grouped]).items():
+        out[name] = rates(idx)
     same = [i for i, r in enumerate(recs) if voice and r.speaker == voice and not r.custom.get("heldout_voice")]
     if same:
         out["vocoder_voice"] = rates(same)
@@ -191,35 +189,44 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     """Reference units -> vocoder -> `judge_`: WER/CER against each record's text.
 
     `model`: a checkpoint folder / `Checkpoint` / (codebook, vocoder). `units_store`: a
-    `TokenStore` or its prefix, made with the same codebook. `n` records per voice group.
+    `TokenStore` or its prefix, made with the same codebook; None: units computed here from the
+    recordings with the codebook. `n` records per voice group.
     `voice_clips`: the vocoder's own voice is scored on this many training-voice clips
     (None: every one in the manifest; 0: only those among the `n`), extra clips counting only
     there (`pick_records`). `original`: also judge the original recordings (the judge's ceiling).
     """
     from dmlm.data.shards import TokenStore
 
-    t0 = time.time()
+    from dmlm.inference import speech_units
+
+    t_start = time.time()
     cb, voc = speech_parts(model)
-    store = units_store if isinstance(units_store, TokenStore) else TokenStore(units_store)
-    cb.check(store.fingerprint, f"token store {store.prefix}")
     voice = voc.voice
     recs, extra = pick_records(manifest, n, voice, voice_clips)
-    wavs = voc.synthesize_batch([store.get(r.id) for r in recs])
+    refs_audio = [load_audio(r.audio_path(manifest)) for r in recs]
+    if units_store is None:
+        units = speech_units(cb, refs_audio)
+        units_name = "computed with the codebook"
+    else:
+        store = units_store if isinstance(units_store, TokenStore) else TokenStore(units_store)
+        cb.check(store.fingerprint, f"token store {store.prefix}")
+        units, units_name = [store.get(r.id) for r in recs], str(store.prefix)
+    t0 = time.time()
+    wavs = voc.synthesize_batch(units)
     t_syn = time.time() - t0
     scores, hyps = _score(recs, wavs, judge_, voice=voice, voice_only=extra)
     report: dict = {"task": "resynthesis", "vocoder_voice": voice, "model": str(getattr(model, "path", model)),
-                    "manifest": str(Path(manifest).resolve()), "units": str(store.prefix),
+                    "manifest": str(Path(manifest).resolve()), "units": units_name,
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_), "voice_clips_added": extra,
                     "normalizer": judge_normalizer(judge_), "vocoder": asdict(voc.cfg),
                     "vocoder_x_real_time": sum(len(w) for w in wavs) / 16_000 / t_syn, "scores": scores}
     _flatten(report, scores)
-    refs_audio = [load_audio(r.audio_path(manifest)) for r in recs]
     ref_hyps = None
     if original:
         ref_scores, ref_hyps = _score(recs, refs_audio, judge_, voice=voice, voice_only=extra)
         report["original_scores"] = ref_scores
         _flatten(report, ref_scores, "original_")
-    report["seconds"] = round(time.time() - t0, 1)
+    report["seconds"] = round(time.time() - t_start, 1)
     if out_dir is not None:
         _write_outputs(Path(out_dir), report, recs, refs_audio, wavs, hyps, ref_hyps, "resynthesized", extra)
     return report

@@ -25,11 +25,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dmlm.data.manifest import read_manifest
 from dmlm.util.io import atomic_write_text
+from dmlm.data.split import Split
 from dmlm.decoding import DecodingOptions
+from dmlm.evaluation.grouping import limit_per_group, voice_groups
 from dmlm.modeling import Checkpoint, load_checkpoint
 from dmlm.tasks import Sample, Sources, get_task, parse_spec, render
 from dmlm.util.errors import MissingFileError, UserError
@@ -46,61 +47,44 @@ class _Computed(dict):
         return self[rid]
 
 
-def _store_prefix(units: str | Path | None, manifest: str | Path, modality: str) -> Path | None:
-    """`units` is a folder of stores (`dmlm tokenize --out`) or one speech store's prefix."""
-    if units is None:
-        return None
-    p = Path(units)
-    suffix = "" if modality == "speech" else f".{modality}"
-    if p.with_suffix(".json").is_file():  # a store prefix: the speech store itself, images beside it
-        return p.with_name(p.name + suffix)
-    return p / (Path(manifest).stem + suffix)
-
-
-def _sources(ck: Checkpoint, manifest: str | Path, records: list, units: str | Path | None, need: set[str]) -> Sources:
-    from dmlm.data.shards import TokenStore
+def sources_for(ck: Checkpoint, manifest: str | Path, records: list, units: str | Path | None,
+                need: set[str]) -> Sources:
+    """Where a task reads `records`' tokens: the manifest's token stores (`units`, checked against the
+    checkpoint's codebooks), else tokens computed here with those codebooks."""
+    from dmlm.inference import image_codes, speech_units
+    from dmlm.tokenizers.tokenize import load_record_audio, load_record_image
 
     class _Text:  # the checkpoint's tokenizer, text ids only
         def encode(self, t: str) -> list[int]:
             return ck.tokenizer.encode(t, add_special_tokens=False)
 
+    split = Split(manifest, units)
     stores = {}
     for m in need:
-        prefix = _store_prefix(units, manifest, m)
-        if prefix is not None:
-            if not prefix.with_suffix(".json").is_file():
-                raise MissingFileError(f"{prefix}: no {m} token store for {manifest} (run `dmlm tokenize` with --out "
-                                        f"{prefix.parent}, or leave out --units to compute tokens here)")
-            store = TokenStore(prefix)
-            ck.codebook(m).check(store.fingerprint, f"token store {prefix}")
-            stores[m] = store
+        if units is not None:
+            stores[m] = split.store(m, ck.codebook(m))
             continue
         comp = _Computed()
+        cb = ck.codebook(m)
         if m == "speech":
-            from dmlm.tokenizers.tokenize import load_record_audio
-
             rs = [r for r in records if r.audio is not None]
-            cb = ck.codebook("speech")
             if rs:
                 log.info("encoding %d clips with the checkpoint's codebook", len(rs))
-            for s in range(0, len(rs), 64):
-                chunk = rs[s : s + 64]
-                for r, u in zip(chunk, cb.encode_batch([load_record_audio(manifest, r) for r in chunk])):
-                    comp[r.id] = np.asarray(u)
+            for r, u in zip(rs, speech_units(cb, [load_record_audio(manifest, r) for r in rs])):
+                comp[r.id] = u
         else:
-            from dmlm.util.images import load_image
-
-            cb = ck.codebook("image")
             rs = [r for r in records if r.image is not None]
-            for r in rs:
-                comp[r.id] = np.asarray(cb.encode(load_image(r.image_path(manifest), size=cb.settings.image_size)))
+            size = cb.settings.image_size
+            for r, c in zip(rs, image_codes(cb, [load_record_image(manifest, r, size) for r in rs])):
+                comp[r.id] = c
         stores[m] = comp
     return Sources(manifest, _Text(), speech=stores.get("speech"), image=stores.get("image"))
 
 
 def _group_scores(task, rows: list[dict]) -> dict:
-    seen = [r for r in rows if not r.get("heldout_voice")]
-    unseen = [r for r in rows if r.get("heldout_voice")]
+    groups = voice_groups([{"custom": {"heldout_voice": r.get("heldout_voice")}} for r in rows])
+    seen = [rows[i] for i in groups.get("seen", [])]
+    unseen = [rows[i] for i in groups.get("heldout_voice", [])]
     out = task.evaluate(seen) if seen else {}
     if unseen:
         hv = task.evaluate(unseen)
@@ -161,7 +145,7 @@ def decode_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path,
     if name not in GENERATION_TASKS:
         raise UserError(f"task {name} is not decoded; choose one of {', '.join(GENERATION_TASKS)}")
     records = read_manifest(manifest)
-    src = _sources(ck, manifest, records, units, {m for m in (task.source, task.target) if m in ("speech", "image")})
+    src = sources_for(ck, manifest, records, units, {m for m in (task.source, task.target) if m in ("speech", "image")})
     pairs = [(r, prompt_sample(task, r, src, lang)) for r in records]
     pairs = [(r, s) for r, s in pairs if s is not None]
     outs = run_task(ck, name, [s for _, s in pairs], opts, progress=progress)
@@ -169,22 +153,15 @@ def decode_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path,
             for (r, _), o in zip(pairs, outs)]
 
 
-@torch.inference_mode()
 def _lm_rows(ck: Checkpoint, spec: str, samples: list, batch_size: int) -> list[dict]:
-    from dmlm.training.train import collate
+    """Teacher-forced NLL of each sample's target tokens (its target span, close tag and eos)."""
+    from dmlm.decoding import target_log_likelihood
 
     task = get_task(parse_spec(spec)[0])
     rendered = [render(task, s, ck.vocab, spec) for s in samples]
-    rows = []
-    for i in range(0, len(rendered), batch_size):
-        items = rendered[i : i + batch_size]
-        b = collate(items, ck.vocab.pad)
-        logits = ck.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["input_ids"][:, 1:], reduction="none")
-        w = b["target"][:, 1:].float()
-        for s, nll, n in zip(samples[i : i + batch_size], (ce * w).sum(1).tolist(), w.sum(1).tolist()):
-            rows.append({"id": s.id, "nll": nll, "tokens": int(n)})
-    return rows
+    logps = target_log_likelihood(ck.model, [r.ids[: r.prompt_len] for r in rendered],
+                                  [r.ids[r.prompt_len :] for r in rendered], ck.vocab.pad, batch_size)
+    return [{"id": s.id, "nll": -lp, "tokens": len(r.ids) - r.prompt_len} for s, r, lp in zip(samples, rendered, logps)]
 
 
 def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path, out: str | Path | None = None,
@@ -194,7 +171,7 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
 
     `units`: folder of token stores for this manifest (`dmlm tokenize`'s output folder).
     `train_manifest`: for the trivial baseline; default, the manifest the model was trained on.
-    `limit`: score only the first N records the task can read (per voice group).
+    `limit`: score only the first N records the task can read of each voice group (`dmlm.evaluation.grouping`).
     """
     t0 = time.time()
     ck = model if isinstance(model, Checkpoint) else load_checkpoint(model)
@@ -209,12 +186,10 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
     key = "audio" if "speech" in need else "image" if "image" in need else None
     if key:
         records = [r for r in records if getattr(r, key) is not None]
-    if limit:
-        hv = [r for r in records if r.custom.get("heldout_voice")]
-        records = [r for r in records if not r.custom.get("heldout_voice")][:limit] + hv[: limit // 2]
+    records = limit_per_group(records, limit)
     if not records:
         raise UserError(f"{manifest}: no record has what task {spec} needs")
-    src = _sources(ck, manifest, records, units, need)
+    src = sources_for(ck, manifest, records, units, need)
     if name in GENERATION_TASKS:
         pairs = [(r, prompt_sample(task, r, src, lang)) for r in records]
         for r, _ in pairs:

@@ -79,7 +79,9 @@ class CheckpointFiles:
 
     @property
     def fingerprints(self) -> dict[str, str]:
-        return dict(self.vocab.fingerprints)
+        """Codebook fingerprint per modality, as the vocabulary was built (read without building the layout)."""
+        vocab = json.loads((self.path / DMLM_JSON).read_text()).get("vocab") or {}
+        return dict(vocab.get("fingerprints") or {})
 
     def codebook_path(self, modality: str = "speech") -> Path:
         return self.path / "codebooks" / f"{modality}.safetensors"
@@ -105,7 +107,7 @@ class CheckpointFiles:
             from dmlm.tokenizers.speech import Codebook
 
             cb = Codebook.load(path)
-        cb.check(self.vocab.fingerprints.get(modality), f"checkpoint {self.path}")
+        cb.check(self.fingerprints.get(modality), f"checkpoint {self.path}")
         return cb
 
     def load_vocoder(self, codebook=None):

@@ -35,7 +35,9 @@ from dmlm.util.config import ConfigError, dump_config, load_config
 from dmlm.data.manifest import read_manifest
 from dmlm.util.io import atomic_write_text
 from dmlm.data.prepare import PrepareConfig, prepare
+from dmlm.data.split import store_prefix
 from dmlm.decoding import DecodingOptions
+from dmlm.evaluation.headline import SPEECH_OUT_KEYS, headline
 from dmlm.tokenizers.image import ImageCodebookSettings
 from dmlm.tokenizers.speech import CodebookSettings
 from dmlm.vocoder.model import VocoderConfig
@@ -247,9 +249,9 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "config": asdict(cfg),
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=str))
-    from dmlm.recipes.report import render_markdown
+    from dmlm.recipes.report import write_reports
 
-    atomic_write_text(out / "report.md", render_markdown(report, out, cfg.examples))
+    write_reports(out, results=None)
     return report
 
 
@@ -299,7 +301,7 @@ def train_demo_vocoder(cfg: DemoConfig, manifests: Sequence[Path], out: Path) ->
     from dmlm.vocoder.train import add_matching_set, train_vocoder
 
     target = out / "model" / "vocoder"
-    stores = [out / "units" / Path(m).stem for m in manifests]
+    stores = [store_prefix(out / "units", m) for m in manifests]
     if (target / "config.json").is_file():
         saved = json.loads((target / "config.json").read_text())
         changed = cfg.vocoder.changed_settings(saved)
@@ -362,7 +364,7 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
         read = {"vocoder": True, "judge": out / "model_asr" if jname == "asr_only" else None}
         clips = None if cfg.resynthesis_voice_clips < 0 else cfg.resynthesis_voice_clips
         reports[f"resynthesis{sfx}"] = _cached(out / "eval" / f"resynthesis{sfx}.json", out / "model", lambda: evaluate_resynthesis(
-            ck(), test_manifest, out / "units" / "test", judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}",
+            ck(), test_manifest, store_prefix(out / "units", test_manifest), judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}",
             voice_clips=clips), {"voice_clips": clips}, **read)
         reports[f"t2s_audio{sfx}"] = _cached(out / "eval" / f"t2s_audio{sfx}.json", out / "model", lambda: evaluate_t2s_audio(
             ck(), test_manifest, judge(), cfg.t2s_decoding, n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}", units_cache=units),
@@ -376,13 +378,9 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
 
 def summarize(reports: dict[str, dict]) -> dict:
     """report.json's `tasks`: the headline numbers of every task (full reports are in eval/)."""
-    keep = ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "sentence_accuracy", "bleu", "chrf",
-            "bleu_heldout_voice", "baseline_bleu", "baseline_chrf", "cider", "baseline_cider", "unit_accuracy",
-            "unit_error_rate", "length_ratio", "perplexity", "utterances", "records", "original_wer",
-            "wer_vocoder_voice", "original_wer_vocoder_voice")
     tasks: dict[str, dict] = {}
     for key, rep in reports.items():
-        row = {k: rep[k] for k in keep if k in rep}
+        row = headline(rep)
         if "heldout_combo" in rep:
             row["heldout_combo"] = {k: v for k, v in rep["heldout_combo"].items() if isinstance(v, (int, float))}
         tasks[key] = row
@@ -392,9 +390,7 @@ def summarize(reports: dict[str, dict]) -> dict:
                              ("resynthesis_asr_only", "resynthesis", "asr_only_judge_")):
         if src in tasks:
             audio = tasks.pop(src)
-            tasks.setdefault(dst, {}).update({f"{prefix}{k}": audio.get(k) for k in
-                                              ("wer", "cer", "wer_heldout_voice", "original_wer",
-                                               "wer_vocoder_voice", "original_wer_vocoder_voice") if k in audio})
+            tasks.setdefault(dst, {}).update({f"{prefix}{k}": audio.get(k) for k in SPEECH_OUT_KEYS if k in audio})
     if "s2tt_es" in tasks:
         tasks["s2tt"] = tasks.pop("s2tt_es")
     return tasks

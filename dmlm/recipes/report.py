@@ -1,8 +1,9 @@
-"""report.md of a demo run: one table row per task with its metrics, then examples per task.
+"""`dmlm report RUN`: a run's report.md and the project's docs/results.md, from RUN/report.json.
 
-Pure rendering: every number comes from `report.json` (built by `dmlm.recipes.demo`) and every example
-from the evaluation's `eval/*.hyps.jsonl`, so the markdown can be re-rendered from a finished
-run (`render_markdown(json.load(...), out)`).
+Pure rendering: every number comes from `report.json` (built by `dmlm.recipes.demo`) and every
+example from the evaluation's `eval/*.hyps.jsonl`, so both pages can be re-rendered from a
+finished run. The rows and metrics are `dmlm.evaluation.headline.TASK_ROWS`, the same table the
+CLI and the demo's summary read.
 """
 
 from __future__ import annotations
@@ -10,27 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dmlm.evaluation.headline import TASK_ROWS
+from dmlm.util.io import atomic_write_text
+
 
 def _f(x, nd: int = 2) -> str:
     return "–" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
-
-
-TASK_ROWS = [
-    # key in report["tasks"], label, [(metric, header)], what "baseline" means
-    ("asr", "ASR (mixture model)", [("wer", "WER %"), ("cer", "CER %"), ("wer_heldout_voice", "WER % held-out voice")]),
-    ("asr_only", "ASR (ASR-only model)", [("wer", "WER %"), ("cer", "CER %"), ("wer_heldout_voice", "WER % held-out voice")]),
-    ("s2tt", "S2TT en→es", [("bleu", "BLEU"), ("chrf", "chrF"), ("baseline_bleu", "baseline BLEU")]),
-    ("i2t", "I2T captioning", [("cider", "CIDEr"), ("bleu", "BLEU"), ("baseline_cider", "baseline CIDEr")]),
-    ("t2s", "T2S", [("unit_accuracy", "unit acc. %"), ("unit_error_rate", "unit error %"), ("wer", "Whisper WER %"),
-                    ("greedy_wer", "Whisper WER %, greedy (no rerank)"),
-                    ("original_wer", "Whisper WER % of the recordings"), ("asr_only_judge_wer", "ASR-only-model WER %"),
-                    ("asr_only_judge_original_wer", "its WER % of the recordings")]),
-    ("resynthesis", "Resynthesis (codebook + vocoder)", [("wer", "Whisper WER %"), ("original_wer", "Whisper WER % of the recordings"),
-                                                         ("wer_vocoder_voice", "Whisper WER %, clips in the vocoder's voice"),
-                                                         ("original_wer_vocoder_voice", "Whisper WER % of those recordings"),
-                                                         ("asr_only_judge_wer", "ASR-only-model WER %"),
-                                                         ("asr_only_judge_original_wer", "its WER % of the recordings")]),
-]
 
 
 def _all_runs(report: dict) -> str:
@@ -55,16 +41,8 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
         f"({', '.join(f'{k} {v:.0f} s' for k, v in report['stages_seconds'].items())})." + _all_runs(report), "",
         "All scores on the held-out test split (sentences never seen in training; 40 % of them hold a colour–object "
         "pair never seen in training). Baselines predict the most frequent training target for every input.", "",
-        "| task | metric | value |", "|---|---|---|",
+        *_table(tasks),
     ]
-    for key, label, metrics in TASK_ROWS:
-        if key not in tasks:
-            continue
-        vals = "; ".join(f"{h} {_f(tasks[key].get(k))}" for k, h in metrics if tasks[key].get(k) is not None)
-        lines.append(f"| {label} | {', '.join(h for k, h in metrics if tasks[key].get(k) is not None)} | {vals} |")
-    for key, rep in tasks.items():
-        if key.endswith("_lm") or "_lm_" in key:
-            lines.append(f"| {key} (unpaired) | perplexity | {_f(rep.get('perplexity'))} |")
     lines.append("")
     tr = report["train"]
     for name, t in tr.items():
@@ -119,3 +97,57 @@ def _test_records(out: Path):
 
     p = out / "data" / "test.jsonl"
     return read_manifest(p) if p.is_file() else []
+
+
+def _table(tasks: dict) -> list[str]:
+    lines = ["| task | metric | value |", "|---|---|---|"]
+    for key, label, metrics in TASK_ROWS:
+        if key not in tasks:
+            continue
+        have = [(k, h) for k, h in metrics if tasks[key].get(k) is not None]
+        lines.append(f"| {label} | {', '.join(h for _, h in have)} | {'; '.join(f'{h} {_f(tasks[key][k])}' for k, h in have)} |")
+    for key, rep in tasks.items():
+        if key.endswith("_lm") or "_lm_" in key:
+            lines.append(f"| {key} (unpaired) | perplexity | {_f(rep.get('perplexity'))} |")
+    return lines
+
+
+def render_results(report: dict, run: Path) -> str:
+    """docs/results.md: the headline scores of one run, the machine, its time and how to reproduce it."""
+    m = report["machine"]
+    a = report.get("all_invocations") or {}
+    minutes = a.get("minutes") if a.get("invocations", 1) > 1 else report["minutes"]
+    cfg = report.get("config", {})
+    stages = a.get("stages_seconds") if a.get("invocations", 1) > 1 else report["stages_seconds"]
+    lines = [
+        "# Results", "",
+        f"Generated by `dmlm report {run}` from `{run}/report.json` (a `make demo` run: "
+        f"`dmlm demo configs/demo.yaml`); do not edit by hand.", "",
+        f"- Corpus: {cfg.get('prepare', {}).get('corpus', '?')}, test split; "
+        + ", ".join(f"{k} {v:,}" for k, v in (report.get("data") or {}).items()) + " records.",
+        f"- Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu']}; Python {m['python']}, torch {m['torch']}.",
+        f"- Wall time: {minutes:.1f} min in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ").",
+        "", "All scores on held-out test sentences; baselines predict the most frequent training target for every input.",
+        "", *_table(report["tasks"]), "",
+    ]
+    for name, t in (report.get("train") or {}).items():
+        lines.append(f"- {name} model: {t['steps']} steps, {_f(t.get('tokens_per_s'), 0)} tokens/s, loss {t.get('loss')}, "
+                     f"final dev loss {_f(t.get('final_dev_loss'), 4)}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(run: str | Path, results: str | Path | None = "docs/results.md") -> list[Path]:
+    """Render RUN/report.md and (unless `results` is None) the results page from RUN/report.json."""
+    from dmlm.util.errors import MissingFileError
+
+    run = Path(run)
+    path = run / "report.json"
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no report.json in {run} (a finished `dmlm demo` run writes it)")
+    report = json.loads(path.read_text())
+    atomic_write_text(run / "report.md", render_markdown(report, run, (report.get("config") or {}).get("examples", 6)))
+    out = [run / "report.md"]
+    if results is not None:
+        atomic_write_text(results, render_results(report, run))
+        out.append(Path(results))
+    return out

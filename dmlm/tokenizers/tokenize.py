@@ -17,10 +17,11 @@ from pathlib import Path
 from dmlm.util.audio import AudioError, load_audio
 from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.shards import TokenStore, build_store
+from dmlm.data.split import store_prefix
 from dmlm.util.images import ImageError, load_image
 from dmlm.tokenizers.image import ImageCodebook, read_external_codes
 from dmlm.tokenizers.speech import Codebook
-from dmlm.util.errors import UserError
+from dmlm.util.errors import MissingFileError, UserError
 
 
 def load_record_audio(manifest: str | Path, r: Record):
@@ -42,7 +43,7 @@ def tokenize_manifest(
 
     meta = {"fingerprint": codebook.fingerprint, "manifest": str(Path(manifest).resolve()), "modality": "speech",
             "codebook": codebook.settings.reproducing()}
-    return build_store(records, encode, Path(out_dir) / Path(manifest).stem, meta, chunk_size=chunk_size,
+    return build_store(records, encode, store_prefix(out_dir, manifest, "speech"), meta, chunk_size=chunk_size,
                        shard=shard, num_shards=num_shards, desc=f"tokenize {Path(manifest).name}")
 
 
@@ -84,6 +85,59 @@ def tokenize_images(
 
     meta = {"fingerprint": codebook.fingerprint, "manifest": str(Path(manifest).resolve()), "modality": "image",
             "codebook": codebook.settings.reproducing()}
-    return build_store(records, encode, Path(out_dir) / f"{Path(manifest).stem}.image", meta,
+    return build_store(records, encode, store_prefix(out_dir, manifest, "image"), meta,
                        chunk_size=chunk_size, shard=shard, num_shards=num_shards,
                        desc=f"tokenize images {Path(manifest).name}")
+
+
+def codebook_modality(path: str | Path) -> str:
+    """The modality a codebook file declares (files from before images say nothing: speech)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: codebook file not found")
+    with safe_open(str(path), "np") as fh:
+        return (fh.metadata() or {}).get("modality", "speech")
+
+
+def load_codebook(path: str | Path) -> Codebook | ImageCodebook:
+    """A speech or image codebook file, by the modality it declares."""
+    return ImageCodebook.load(path) if codebook_modality(path) == "image" else Codebook.load(path)
+
+
+def tokenize(codebook: str | Path, manifest: str | Path, out_dir: str | Path, shard: int = 0, num_shards: int = 1,
+             external_codes: str | Path | None = None) -> tuple[TokenStore | None, str]:
+    """`dmlm tokenize`: `manifest`'s tokens of the codebook's modality into OUT_DIR; (store or None, modality)."""
+    modality = codebook_modality(codebook)
+    if modality == "image":
+        cb = ImageCodebook.load(codebook)
+        return tokenize_images(cb, manifest, out_dir, shard=shard, num_shards=num_shards,
+                               external_codes=external_codes), modality
+    if external_codes:
+        raise UserError(f"--external-codes is for external image codebooks; {codebook} is a speech codebook")
+    return tokenize_manifest(Codebook.load(codebook), manifest, out_dir, shard=shard, num_shards=num_shards), modality
+
+
+def fit_codebook_on_manifest(manifest: str | Path, modality: str = "speech", overrides: list[str] = (),
+                             max_utts: int = 0) -> Codebook | ImageCodebook:
+    """`dmlm codebook fit`: k-means units (or image codes) fitted on the first `max_utts` records (0: all)."""
+    from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
+    from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
+    from dmlm.util.config import load_config
+
+    records = read_manifest(manifest)
+    if modality == "image":
+        settings = load_config(None, list(overrides), cls=ImageCodebookSettings)
+        if settings.backend == "external":  # codes come from another tokenizer: nothing to fit
+            if not settings.name:
+                raise UserError("an external image codebook needs name=… (the tokenizer that made the codes) and k=…")
+            return ImageCodebook.external(settings.k, settings.name, settings.image_size)
+        records = [r for r in records if r.image is not None][: max_utts or None]
+        if not records:
+            raise UserError(f"{manifest}: no record has an 'image'")
+        return fit_image_codebook([load_record_image(manifest, r, settings.image_size) for r in records], settings)
+    settings = load_config(None, list(overrides), cls=CodebookSettings)
+    records = [r for r in records if r.audio is not None][: max_utts or None]
+    if not records:
+        raise UserError(f"{manifest}: no record has 'audio'")
+    return fit_codebook((load_record_audio(manifest, r) for r in records), settings, total=len(records))

@@ -37,6 +37,7 @@ from dmlm.util.config import dump_config
 from dmlm.data.manifest import read_manifest
 from dmlm.training.packing import check_packing, collate_packed, packed_attention_mask, packed_batches, packed_padding_share, row_length
 from dmlm.data.shards import TokenStore
+from dmlm.data.split import Split
 from dmlm.training.loss import loss_counts, loss_weights, multimodal_loss
 from dmlm.modeling import build_model, load_checkpoint, model_summary, save_checkpoint
 from dmlm.data.mixture import Mixture
@@ -50,22 +51,6 @@ log = logging.getLogger(__name__)
 
 
 # -- data ---------------------------------------------------------------------------------
-
-def store_for(units_dir: str | Path, manifest: str | Path, modality: str = "speech") -> TokenStore:
-    """The token store `dmlm tokenize` wrote for `manifest`: UNITS/<stem> (speech) or UNITS/<stem>.image."""
-    stem = Path(manifest).stem
-    return TokenStore(Path(units_dir) / (stem if modality == "speech" else f"{stem}.{modality}"))
-
-
-def _maybe_store(units_dir: str | Path, manifest: str | Path, modality: str, codebook) -> TokenStore | None:
-    try:
-        store = store_for(units_dir, manifest, modality)
-    except FileNotFoundError:
-        return None
-    if codebook is not None:
-        codebook.check(store.fingerprint, f"token store {store.prefix}")
-    return store
-
 
 def asr_samples(manifest: str | Path, store: TokenStore, text: TextTokenizer, codebook: Codebook | None) -> list[Sample]:
     """ASR samples of a manifest whose units are in `store`; the store must match the codebook."""
@@ -279,8 +264,9 @@ def setup(cfg: RunConfig) -> Setup:
                   image_size=image_cb.k if image_cb else 0, bos_id=text.bos_id, eos_id=text.eos_id, fingerprints=fps)
 
     def sources(manifest: str) -> Sources:
-        return Sources(manifest, text, _maybe_store(cfg.data.units, manifest, "speech", codebook),
-                       _maybe_store(cfg.data.units, manifest, "image", image_cb))
+        split = Split(manifest, cfg.data.units or None)
+        return Sources(manifest, text, split.store("speech", codebook, required=False),
+                       split.store("image", image_cb, required=False))
 
     train_sources = [sources(m) for m in [cfg.data.train, *cfg.data.unpaired]]
     dev_sources = sources(cfg.data.dev) if cfg.data.dev else None
@@ -373,6 +359,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    cfg.validate()
     out = Path(cfg.train.out)
     state_dir = out.with_name(out.name + ".state")
     precision = cfg.train.precision

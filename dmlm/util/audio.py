@@ -26,6 +26,45 @@ class AudioError(UserError):
     """Audio that cannot be used, with the file named."""
 
 
+def to_mono(samples, sample_rate: int, where: str = "audio", target_rate: int = SAMPLE_RATE,
+            min_seconds: float = 0.05, quiet: bool = False) -> np.ndarray:
+    """`samples` (N,) or (N, channels), any float/int dtype, at `sample_rate` -> mono float32 at
+    `target_rate`, (N,); downmixed and resampled (with a warning naming `where` unless `quiet`).
+
+    Integer samples are scaled to [-1, 1). Empty, too short or non-finite audio is an `AudioError`."""
+    wav = np.asarray(samples)
+    if wav.dtype.kind in "iu":
+        wav = wav.astype(np.float32) / float(np.iinfo(wav.dtype).max + 1)
+    elif wav.dtype.kind != "f":
+        raise AudioError(f"{where}: expected audio samples (numbers), got an array of {wav.dtype}")
+    wav = wav.astype(np.float32, copy=False)
+    if wav.size == 0:
+        raise AudioError(f"{where}: audio is empty (0 samples)")
+    if wav.ndim == 2:
+        if wav.shape[0] <= 8 < wav.shape[1]:  # (channels, N) from a torch-style caller
+            wav = wav.T
+        if wav.shape[1] > 1 and not quiet:
+            log.warning("%s: %d channels, downmixing to mono", where, wav.shape[1])
+        wav = wav.mean(axis=1)
+    elif wav.ndim != 1:
+        raise AudioError(f"{where}: expected samples of shape (N,) or (N, channels), got {wav.shape}")
+    if wav.shape[0] == 0:
+        raise AudioError(f"{where}: audio is empty (0 samples)")
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{where}: sample rate must be a positive integer in Hz, got {sample_rate!r}")
+    if sample_rate != target_rate:
+        import soxr
+
+        if not quiet:
+            log.warning("%s: sample rate %d Hz, resampling to %d Hz", where, sample_rate, target_rate)
+        wav = soxr.resample(wav, int(sample_rate), target_rate).astype(np.float32)
+    if len(wav) < min_seconds * target_rate:
+        raise AudioError(f"{where}: audio is {len(wav) / target_rate:.3f} s long, expected at least {min_seconds} s")
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{where}: audio contains NaN or infinite samples")
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.05) -> np.ndarray:
     """Read `path` as mono float32 at `sample_rate`; shape (N,)."""
     path = Path(path)
@@ -35,21 +74,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: fl
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for corrupt files
         raise AudioError(f"{path}: cannot read audio ({e})") from None
-    if wav.shape[0] == 0:
-        raise AudioError(f"{path}: audio is empty (0 samples)")
-    if wav.shape[1] > 1:
-        log.warning("%s: %d channels, downmixing to mono", path, wav.shape[1])
-    wav = wav.mean(axis=1)
-    if sr != sample_rate:
-        import soxr
-
-        log.warning("%s: sample rate %d Hz, resampling to %d Hz", path, sr, sample_rate)
-        wav = soxr.resample(wav, sr, sample_rate).astype(np.float32)
-    if len(wav) < min_seconds * sample_rate:
-        raise AudioError(f"{path}: audio is {len(wav) / sample_rate:.3f} s long, expected at least {min_seconds} s")
-    if not np.isfinite(wav).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    return to_mono(wav, sr, str(path), sample_rate, min_seconds)
 
 
 def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

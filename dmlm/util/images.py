@@ -56,6 +56,24 @@ def fit_square(img: Image.Image, size: int, where: str = "image") -> Image.Image
     return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
 
 
+def to_image(image, size: int | None = 64, where: str = "image") -> np.ndarray:
+    """A PIL image or a uint8 array (H, W), (H, W, 3) or (H, W, 4) -> RGB uint8 (size, size, 3),
+    converted like a file (`load_image`)."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ImageError(f"{where}: expected a uint8 array (H, W), (H, W, 3) or (H, W, 4), "
+                             f"got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"{where}: expected an image path, a PIL image or a uint8 array, got {type(image).__name__}")
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"{where}: image is empty ({image.width}x{image.height})")
+    img = to_rgb(image, where)
+    if size is not None:
+        img = fit_square(img, size, where)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
 def load_image(path: str | Path, size: int | None = 64) -> np.ndarray:
     """Read `path` as RGB uint8, (size, size, 3); `size=None` keeps the file's own size."""
     path = Path(path)
@@ -67,12 +85,7 @@ def load_image(path: str | Path, size: int | None = 64) -> np.ndarray:
             img = f.copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow raises all four
         raise ImageError(f"{path}: not a readable image ({e})") from None
-    if img.width == 0 or img.height == 0:
-        raise ImageError(f"{path}: image is empty ({img.width}x{img.height})")
-    img = to_rgb(img, str(path))
-    if size is not None:
-        img = fit_square(img, size, str(path))
-    return np.asarray(img, dtype=np.uint8).copy()
+    return to_image(img, size, str(path))
 
 
 def save_image(path: str | Path, image: np.ndarray | Image.Image) -> Path:
