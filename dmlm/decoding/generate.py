@@ -11,9 +11,8 @@ Design decisions:
   gives up bitwise equality for speed: matmuls and the cache in bf16 (`dmlm.decoding.greedy.for_compute`).
 - T2S can rerank (`rerank=N`): N candidates per text (the first by `strategy`, the others
   sampled) and the one the same model's ASR task finds likeliest to say the input text,
-  log P(text | units), is kept (`dmlm.inference.run_task`). Sampling alone is worse than greedy,
-  but the best of 32 by the model's own ASR took the demo model's T2S from 45.8 to 31.5 %
-  Whisper WER (README, "Speech out"); no other model is involved, so the judge stays independent.
+  log P(text | units), is kept (`dmlm.inference.run_task`). No other model is involved, so the
+  judge of the audio stays independent (measurements: docs/experiments.md, "Speech out").
 - Prompts are exactly the task's rendered prefix (`Task.prompt`), batched left-padded and
   sorted by length so batches waste little padding; results come back in input order.
 """

@@ -63,7 +63,7 @@ class DemoConfig:
     """Per-rank batch of the ASR-only comparison model (same steps as `run`); 0: no comparison model."""
     asr_only_loss: str = ""
     """Loss of the ASR-only model ("": the mixture's). Each model should get its own best loss: an ASR-only model
-    learns from the speech it reads (`length_normalized`), the mixture does better without it (README, session 10)."""
+    learns from the speech it reads (`length_normalized`), the mixture does better without it (docs/experiments.md, "Loss")."""
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     vocoder_minutes: float = 4.0
     """Training budget of the unit vocoder (0: no vocoder, no audio-level T2S scores)."""
@@ -73,7 +73,7 @@ class DemoConfig:
     """Test sentences synthesized by T2S, and test clips per voice group resynthesized, for judging by ear."""
     resynthesis_voice_clips: int = -1
     """Test clips in the vocoder's own voice resynthesized and judged as their group (-1: every one in
-    the test split; the ~50 among the first `t2s_eval` read low twice, README "Speech out")."""
+    the test split; the ~50 among the first `t2s_eval` are too few to read reliably)."""
     t2s_decoding: DecodingOptions = field(default_factory=DecodingOptions)
     """How T2S is decoded for judging by ear; with rerank > 1 greedy decoding is judged by Whisper too (greedy_wer)."""
     eval_limit: int = 0

@@ -44,7 +44,7 @@ class CodebookSettings:
     layer: int | None = -1
     """Encoder layer; -1 is the last (the paper's choice)."""
     k: int = 1000
-    """Number of units (1000 beat 500 on mini-world; README, "Codebook ablation")."""
+    """Number of units (chosen by measured WER: docs/experiments.md, "Codebook ablation")."""
     dedup: bool = False
     """Collapse runs of repeated units (shorter sequences, but an irregular time axis: worse WER here)."""
     pooling: int = 2

@@ -1,6 +1,6 @@
 """The unit vocoder: speech units -> log-mel envelope -> Griffin-Lim -> 16 kHz waveform.
 
-Design decisions (numbers: README "Speech out", measured on the demo's 34 espeak-ng voices):
+Design decisions (measurements: docs/experiments.md, "Speech out"):
 - Units are *content* (k-means of Whisper's last layer); pitch and timbre must be invented.
   The vocoder regresses a log spectrogram with an L1 loss and Griffin-Lim inverts it
   (`dmlm.vocoder.spectrogram`): it trains in minutes on 2 CPU cores and is embarrassingly
@@ -33,13 +33,13 @@ Design decisions (numbers: README "Speech out", measured on the demo's 34 espeak
   nearest real frames *of the same unit* in the output voice's training clips (the matching set,
   `matching.safetensors`, built at the end of training from the cached targets; in the spirit of
   kNN-VC, Baas et al. 2023, with the unit as the key that keeps the content). It costs no training
-  and cut resynthesis WER from 16.0 to 14.2 % (k=8) on the demo (README, "Speech out").
+  and lowers resynthesis WER on the demo (docs/experiments.md, "Speech out").
 - Matching with context (`knn_context`): a frame alone is a poor key, since the net's frames are
   blurred toward the unit's mean, but the shape of its surroundings is not. The distance compares
   the frames `knn_stride` apart on each side too, in the prediction and around each real frame
   (the set keeps each frame's neighbours in its clip: `prev`/`next`), and the mean of the `knn`
   real *centre* frames is taken. Still no training; it mostly picks real frames whose
-  coarticulation matches the prediction's (README, "Speech out", for the measured gain).
+  coarticulation matches the prediction's (docs/experiments.md, "Speech out", for the measured gain).
 - A vocoder is tied to the codebook it was trained for: `config.json` records the codebook's
   fingerprint, k and frame rate, and loading it for another codebook raises `CodebookMismatch`.
   In a checkpoint it lives in `<model>/vocoder/`.

@@ -7,7 +7,7 @@ Design decisions:
   update torchaudio uses), batched: every clip of a batch runs the same STFT/ISTFT calls,
   padded frames carry zero magnitude and the waveforms are cut to each clip's length.
   It needs no training and is deterministic (zero initial phase). 16 iterations (the default)
-  judged as well as 32 by both ASR judges on the demo (README, "Speech out") at half the cost.
+  judged as well as 32 by both ASR judges on the demo (docs/experiments.md, "Speech out") at half the cost.
 - Magnitudes can be raised to a power > 1 before inversion (Tacotron's trick): it sharpens
   the harmonics a regression model smears and reduces Griffin-Lim's "phasiness".
 """
