@@ -252,36 +252,36 @@ class DMLM:
     def transcribe(self, audio: Any, *, lang: str = "en", sample_rate: int | None = None, return_details: bool = False,
                    options: DecodingOptions | None = None, **decoding) -> str | Result | list:
         """Speech -> text in `lang` (the ASR task)."""
-        from dmlm.tasks import Sample
+        from dmlm.tasks import get_task
 
         self._check_task("asr")
         items, single = _batch(audio)
         opts = self._options(options, decoding)
-        samples = [Sample(id=str(i), units=u, src_lang=lang, tgt_lang=lang) for i, u in enumerate(self.units(items, sample_rate))]
+        samples = [get_task("asr").make_sample(str(i), u, lang) for i, u in enumerate(self.units(items, sample_rate))]
         out = self._decode("asr", samples, opts, return_details, text_out=True)
         return out[0] if single else out
 
     def translate(self, audio: Any, *, to: str, src: str = "en", sample_rate: int | None = None,
                   return_details: bool = False, options: DecodingOptions | None = None, **decoding) -> str | Result | list:
         """Speech in `src` -> text in `to` (the S2TT task)."""
-        from dmlm.tasks import Sample
+        from dmlm.tasks import get_task
 
         self._check_task("s2tt", to)
         items, single = _batch(audio)
         opts = self._options(options, decoding)
-        samples = [Sample(id=str(i), units=u, src_lang=src, tgt_lang=to) for i, u in enumerate(self.units(items, sample_rate))]
+        samples = [get_task("s2tt").make_sample(str(i), u, src, to) for i, u in enumerate(self.units(items, sample_rate))]
         out = self._decode("s2tt", samples, opts, return_details, text_out=True)
         return out[0] if single else out
 
     def caption(self, image: Any, *, lang: str = "en", return_details: bool = False,
                 options: DecodingOptions | None = None, **decoding) -> str | Result | list:
         """Image -> caption in `lang` (the I2T task)."""
-        from dmlm.tasks import Sample
+        from dmlm.tasks import get_task
 
         self._check_task("i2t")
         items, single = _batch(image)
         opts = self._options(options, decoding)
-        samples = [Sample(id=str(i), image_codes=c, src_lang=lang, tgt_lang=lang) for i, c in enumerate(self.codes(items))]
+        samples = [get_task("i2t").make_sample(str(i), c, lang) for i, c in enumerate(self.codes(items))]
         out = self._decode("i2t", samples, opts, return_details, text_out=True)
         return out[0] if single else out
 
@@ -289,7 +289,7 @@ class DMLM:
                          options: DecodingOptions | None = None, **decoding) -> np.ndarray | Result | list:
         """Text -> speech units (the T2S task); `rerank=N` keeps the best of N by the model's own ASR."""
         from dmlm.inference import encode_text
-        from dmlm.tasks import Sample
+        from dmlm.tasks import get_task
 
         self._check_task("t2s")
         items, single = _batch(text)
@@ -297,8 +297,7 @@ class DMLM:
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise UserError(f"text input {i}: expected a string, got {type(t).__name__}")
-        samples = [Sample(id=str(i), text_ids=encode_text(self.checkpoint, t), src_lang=lang, tgt_lang=lang)
-                   for i, t in enumerate(items)]
+        samples = [get_task("t2s").make_sample(str(i), encode_text(self.checkpoint, t), lang) for i, t in enumerate(items)]
         out = self._decode("t2s", samples, opts, return_details, text_out=False)
         return out[0] if single else out
 

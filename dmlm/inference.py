@@ -89,26 +89,26 @@ def image_codes(codebook, images: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def transcribe_units(ck: Checkpoint, units: Sequence[np.ndarray], lang: str = "en",
                      opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
-    samples = [Sample(id=str(i), units=np.asarray(u), src_lang=lang, tgt_lang=lang) for i, u in enumerate(units)]
+    samples = [get_task("asr").make_sample(str(i), u, lang) for i, u in enumerate(units)]
     return [decode_text(ck, o) for o in run_task(ck, "asr", samples, opts, progress)]
 
 
 def translate_units(ck: Checkpoint, units: Sequence[np.ndarray], tgt_lang: str, src_lang: str = "en",
                     opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
-    samples = [Sample(id=str(i), units=np.asarray(u), src_lang=src_lang, tgt_lang=tgt_lang) for i, u in enumerate(units)]
+    samples = [get_task("s2tt").make_sample(str(i), u, src_lang, tgt_lang) for i, u in enumerate(units)]
     return [decode_text(ck, o) for o in run_task(ck, "s2tt", samples, opts, progress)]
 
 
 def caption_codes(ck: Checkpoint, codes: Sequence[np.ndarray], lang: str = "en",
                   opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
-    samples = [Sample(id=str(i), image_codes=np.asarray(c), src_lang=lang, tgt_lang=lang) for i, c in enumerate(codes)]
+    samples = [get_task("i2t").make_sample(str(i), c, lang) for i, c in enumerate(codes)]
     return [decode_text(ck, o) for o in run_task(ck, "i2t", samples, opts, progress)]
 
 
 def synthesize_units(ck: Checkpoint, texts: Sequence[str], opts: DecodingOptions = DecodingOptions(),
                      lang: str = "en", progress: bool = False) -> list[np.ndarray]:
     """Text -> speech units (the checkpoint codebook's ids) with the t2s task."""
-    samples = [Sample(id=str(i), text_ids=encode_text(ck, t), src_lang=lang, tgt_lang=lang) for i, t in enumerate(texts)]
+    samples = [get_task("t2s").make_sample(str(i), encode_text(ck, t), lang) for i, t in enumerate(texts)]
     outs = run_task(ck, "t2s", samples, opts, progress)
     return [np.asarray(ck.vocab.ids_to_units(o), dtype=np.int64) for o in outs]
 
@@ -141,8 +141,7 @@ def asr_log_likelihood(ck: Checkpoint, units: Sequence[np.ndarray], text_ids: Se
     task, vocab = get_task("asr"), ck.vocab
     langs = [lang] * len(units) if isinstance(lang, str) else list(lang)
     todo = [i for i, u in enumerate(units) if len(u)]
-    prompts = [task.prompt(Sample(id=str(i), units=np.asarray(units[i]), src_lang=langs[i], tgt_lang=langs[i]), vocab)
-               for i in todo]
+    prompts = [task.prompt(task.make_sample(str(i), units[i], langs[i]), vocab) for i in todo]
     targets = [list(text_ids[i]) + [vocab.close("text")] for i in todo]
     scores = target_log_likelihood(ck.model, prompts, targets, vocab.pad, batch_size)
     out = [float("-inf")] * len(units)

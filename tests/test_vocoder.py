@@ -308,29 +308,6 @@ def test_target_cache_and_bf16_training(corpus, tmp_path):
     assert _bf16("fp32", "cpu") is False and _bf16("bf16", "cpu") is True and isinstance(_bf16("auto", "cpu"), bool)
 
 
-def test_unit_noise_corrupts_inputs_not_targets(corpus):
-    import random
-
-    from dmlm.vocoder.train import _Data
-
-    cb = Codebook.load(corpus.codebook)
-
-    def batch(noise):
-        cfg = replace(VocoderConfig(**{**TINY_MEL, "batch_size": 4, "unit_noise": noise}), k=cb.k,
-                      frame_rate=cb.settings.frame_rate, dedup=cb.settings.dedup)
-        return _Data([(Path(corpus.tiny), None)], cb, cfg).batch(random.Random(0))
-
-    clean, noisy, all_ = batch(0.0), batch(0.3), batch(1.0)
-    assert torch.equal(clean["target"], noisy["target"]) and torch.equal(clean["mask"], noisy["mask"])
-    changed = (clean["units"] != noisy["units"])[clean["mask"]].float().mean()
-    assert 0.1 < changed < 0.5, changed  # about 30 % (a random id can equal the true one: 1/k)
-    assert (all_["units"] != clean["units"])[clean["mask"]].float().mean() > 0.9
-    assert torch.equal(noisy["units"][~clean["mask"]], clean["units"][~clean["mask"]])  # padding untouched
-
-
-# ------------------------------------------------------------------------------ bad input
-
-
 def test_bad_units_are_clear_errors():
     voc = Vocoder(tiny_cfg())
     with pytest.raises(ValueError, match=r"unit id 16 is outside \[0, 16\).*k=16"):

@@ -113,27 +113,6 @@ def baseline_hypothesis(ck: Checkpoint, spec: str, train_manifest: str | Path | 
     return trivial_baseline(targets) if targets else None
 
 
-def prompt_sample(task, record, sources: Sources, lang: str | None) -> Sample | None:
-    """The source side of a record, all a prompt needs (decoding has no target); None if absent."""
-    rec_lang = record.lang or "en"
-    if task.name == "s2tt" and not lang:
-        raise UserError("task s2tt needs a target language: write it as s2tt:LANG, e.g. s2tt:es")
-    tgt = lang or rec_lang
-    if task.source == "speech":
-        if record.audio is None:
-            return None
-        return Sample(id=record.id, units=sources.units(record), src_lang=rec_lang, tgt_lang=tgt)
-    if task.source == "image":
-        if record.image is None:
-            return None
-        return Sample(id=record.id, image_codes=sources.codes(record), src_lang=tgt, tgt_lang=tgt)
-    if task.source == "text":
-        if not (record.text or "").strip():
-            return None
-        return Sample(id=record.id, text_ids=sources.encode(record, record.text, "'text'"), src_lang=tgt, tgt_lang=tgt)
-    raise UserError(f"task {task.name} has no source to prompt with; it is scored teacher-forced (dmlm evaluate)")
-
-
 def decode_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path, opts: DecodingOptions = DecodingOptions(),
                 units: str | Path | None = None, progress: bool = True) -> list[dict]:
     """[{"id", "hyp"}] for every record of `manifest` the task can read; needs no references."""
@@ -146,7 +125,7 @@ def decode_task(model: str | Path | Checkpoint, spec: str, manifest: str | Path,
         raise UserError(f"task {name} is not decoded; choose one of {', '.join(GENERATION_TASKS)}")
     records = read_manifest(manifest)
     src = sources_for(ck, manifest, records, units, {m for m in (task.source, task.target) if m in ("speech", "image")})
-    pairs = [(r, prompt_sample(task, r, src, lang)) for r in records]
+    pairs = [(r, task.source_sample(r, src, lang)) for r in records]
     pairs = [(r, s) for r, s in pairs if s is not None]
     outs = run_task(ck, name, [s for _, s in pairs], opts, progress=progress)
     return [{"id": r.id, "hyp": ck.vocab.ids_to_units(o) if task.target == "speech" else decode_text(ck, o)}
@@ -191,7 +170,7 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
         raise UserError(f"{manifest}: no record has what task {spec} needs")
     src = sources_for(ck, manifest, records, units, need)
     if name in GENERATION_TASKS:
-        pairs = [(r, prompt_sample(task, r, src, lang)) for r in records]
+        pairs = [(r, task.source_sample(r, src, lang)) for r in records]
         for r, _ in pairs:
             task.reference(r, src, lang)  # a record without its reference is an error naming it, before decoding
     else:

@@ -14,15 +14,16 @@ Design decisions:
   loss variants choose which marks to use (see `dmlm.training.loss`).
 - A task also knows which manifest fields it reads (`sample(record, sources, lang)`: None when
   the record lacks the modality the task is about, an error naming the record when it has
-  half of a pair) and how it is scored (`evaluate(rows)`), so adding a task is one file and
-  one entry in `TASKS`.
+  half of a pair), the source half a prompt needs (`source_sample`), and how it is scored
+  (`evaluate(rows)`). The four paired tasks are rows of one table (`dmlm.tasks.paired`); an
+  unpaired LM task is a small class (`dmlm.tasks.lm`).
 - A task spec is `name` or `name:lang` (`s2tt:es`, `text_lm:es`): the language of the text
   side the task reads or writes. Mixtures are lists of specs with weights (`dmlm.data.mixture`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,13 +38,13 @@ class Sample:
     """What a task renders: already-tokenized pieces in each tokenizer's own id range."""
 
     id: str
-    units: np.ndarray | None = None  # speech units, [0, K_speech)
-    text_ids: list[int] | None = None  # transcript / caption / LM text, text-tokenizer ids
+    units: np.ndarray | None = None  # speech units, [0, K_speech): ASR/S2TT source, T2S target, speech_lm
+    text_ids: list[int] | None = None  # the record's text in its own language, text-tokenizer ids:
+    #                                    ASR transcript, T2S input, I2T caption, text_lm text
     src_lang: str = "en"
     tgt_lang: str = "en"
-    target_text_ids: list[int] | None = None  # translation
+    target_text_ids: list[int] | None = None  # text in another language: the S2TT translation
     image_codes: np.ndarray | None = None  # image codes, [0, K_image)
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -142,14 +143,12 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]()
+    return TASKS[name]
 
 
-from dmlm.tasks.asr import ASR  # noqa: E402
-from dmlm.tasks.i2t import I2T  # noqa: E402
 from dmlm.tasks.lm import ImageLM, SpeechLM, TextLM  # noqa: E402
-from dmlm.tasks.s2tt import S2TT  # noqa: E402
-from dmlm.tasks.t2s import T2S  # noqa: E402
+from dmlm.tasks.paired import PAIRED, PairedTask  # noqa: E402
 
-TASKS: dict[str, type] = {"asr": ASR, "t2s": T2S, "s2tt": S2TT, "i2t": I2T,
-                          "text_lm": TextLM, "speech_lm": SpeechLM, "image_lm": ImageLM}
+TASKS: dict[str, Task] = {**{t.name: t for t in PAIRED}, "text_lm": TextLM(), "speech_lm": SpeechLM(),
+                          "image_lm": ImageLM()}
+"""Every registered task by name: the four paired tasks (rows of `dmlm.tasks.paired.PAIRED`) and the LM tasks."""

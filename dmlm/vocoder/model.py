@@ -81,6 +81,10 @@ MATCHING_FIELDS = ("matching_clips",)
 """VocoderConfig fields that shape only the matching set: a new value rebuilds it, not the network."""
 
 
+REMOVED_FIELDS = {"unit_noise": 0.0}
+"""Former settings and their neutral values (docs/experiments.md, "Speech out": no gain measured)."""
+
+
 @dataclass
 class VocoderConfig:
     # -- architecture
@@ -145,9 +149,6 @@ class VocoderConfig:
     """Fraction of training (by steps or by time, whichever bound is nearer) spent in linear warmup."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    unit_noise: float = 0.0
-    """Training: this share of input units is replaced by random ones (the targets stay), so the network
-    learns to lean on context rather than memorize each unit's frames; it also meets noisy T2S units."""
     max_seconds: float = 8.0
     """Training clips are cut to a random window of at most this many seconds."""
     speakers: list[str] | None = None
@@ -208,6 +209,8 @@ class VocoderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> VocoderConfig:
         known = {f.name for f in fields(cls)}
+        # settings measured as not helping were removed; a vocoder saved at their neutral value loads as before
+        d = {k: v for k, v in d.items() if not (k in REMOVED_FIELDS and v == REMOVED_FIELDS[k])}
         unknown = set(d) - known - {"format_version"}
         if unknown:
             raise UserError(f"unknown vocoder config fields {sorted(unknown)}")

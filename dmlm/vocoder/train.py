@@ -137,10 +137,6 @@ class _Data:
             units.append(u[start : start + n])
             specs.append(spec[start * self.r : (start + n) * self.r])
         ids, mask = pad_batch(units)
-        if c.unit_noise > 0:  # corrupt inputs only: the targets are the clean clip's frames
-            g = torch.Generator().manual_seed(rng.getrandbits(63))
-            hit = (torch.rand(ids.shape, generator=g) < c.unit_noise) & mask
-            ids = torch.where(hit, torch.randint(0, c.k, ids.shape, generator=g), ids)
         target = torch.zeros(len(specs), ids.shape[1] * self.r, c.n_bins)
         for i, s in enumerate(specs):
             target[i, : len(s)] = s

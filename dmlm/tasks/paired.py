@@ -1,0 +1,165 @@
+"""The four paired tasks as rows of one table (ESPnet-SpeechLM's tasks-as-data idea).
+
+```
+asr   <bos> <|asr|>  <|en|> <|speech|> s s … <|/speech|> <|en|> <|text|>   t t … <|/text|>   <eos>
+s2tt  <bos> <|s2tt|> <|en|> <|speech|> s s … <|/speech|> <|es|> <|text|>   t t … <|/text|>   <eos>
+t2s   <bos> <|t2s|>  <|en|> <|text|>   t t … <|/text|>   <|en|> <|speech|> s s … <|/speech|> <eos>
+i2t   <bos> <|i2t|>  <|en|> <|image|>  i i … <|/image|>  <|en|> <|text|>   t t … <|/text|>   <eos>
+```
+
+A row says which modality goes in and out, which manifest field holds the target text, and
+how hypotheses are scored; prompt, target, sample and reference are the same code for all
+four. The task owns the prompt side: `source_sample` is the source half of a record (what
+decoding needs) and `make_sample` wraps tokens a caller already has (inference), so nothing
+outside this module builds a `Sample` for a paired task.
+
+Language tags: the source tag is the record's language (`lang`); the target tag is the
+spec's (`s2tt:es`) or the record's, and a transcript's is always the language spoken. Images have no language, so I2T's source tag is the
+caption's: every task keeps the one sequence format (a tag the model reads, never a target).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dmlm.tasks import Sample, Sources, modality_ids, span
+from dmlm.util.errors import UserError
+from dmlm.vocab import Vocab
+
+# which Sample field holds a side's tokens, by modality and side
+_SOURCE_FIELD = {"speech": "units", "image": "image_codes", "text": "text_ids"}
+
+
+@dataclass(frozen=True)
+class PairedTask:
+    name: str
+    source: str  # modality read
+    target: str  # modality written
+    label: str  # how errors name the task
+    target_text: str | None = None  # text target: "text", "translation" or "caption"; None for speech
+    metric: str = ""  # scorer of decoded rows, a function in dmlm.metrics
+
+    # -- sequences ---------------------------------------------------------------------------
+    def _source_lang(self, sample: Sample) -> str:
+        return sample.tgt_lang if self.source == "image" else sample.src_lang
+
+    def _target_lang(self, sample: Sample) -> str:
+        # a transcript is in the language spoken; the other targets carry their own language
+        return sample.src_lang if self.target_text == "text" else sample.tgt_lang
+
+    def prompt(self, sample: Sample, vocab: Vocab) -> list[int]:
+        src = modality_ids(vocab, sample, self.source, sample.text_ids if self.source == "text" else None, self.label)
+        return [vocab.bos, vocab.task(self.name)] + span(vocab, self.source, src, self._source_lang(sample)) + [
+            vocab.lang(self._target_lang(sample)), vocab.open(self.target)]
+
+    def target_ids(self, sample: Sample, vocab: Vocab) -> list[int]:
+        if self.target == "speech":
+            return modality_ids(vocab, sample, "speech", None, self.label)
+        ids = sample.target_text_ids if self.target_text == "translation" else sample.text_ids
+        if not ids:
+            what = {"text": "transcript"}.get(self.target_text, self.target_text)
+            raise UserError(f"record {sample.id!r}: {self.label} needs a {what}, got none")
+        return list(ids)
+
+    def make_sample(self, sample_id: str, tokens: Any, src_lang: str = "en", tgt_lang: str | None = None) -> Sample:
+        """A prompt-only sample from source tokens (units, image codes or text ids)."""
+        value = list(tokens) if self.source == "text" else np.asarray(tokens)
+        return Sample(id=sample_id, src_lang=src_lang, tgt_lang=tgt_lang or src_lang,
+                      **{_SOURCE_FIELD[self.source]: value})
+
+    # -- records -----------------------------------------------------------------------------
+    def _langs(self, record, lang: str | None) -> tuple[str, str]:
+        rec = record.lang or "en"
+        if self.target_text == "translation":
+            if not lang:
+                raise UserError(f"task {self.name} needs a target language: write it as {self.name}:LANG, "
+                                f"e.g. {self.name}:es")
+            return rec, lang
+        lang = lang or rec
+        return lang, lang
+
+    def _has_source(self, record) -> bool:
+        if self.source == "speech":
+            return record.audio is not None
+        if self.source == "image":
+            return record.image is not None
+        return bool((record.text or "").strip())
+
+    def _source_tokens(self, record, sources: Sources):
+        if self.source == "speech":
+            return sources.units(record)
+        if self.source == "image":
+            return sources.codes(record)
+        return sources.encode(record, record.text, "'text' to speak")
+
+    def source_sample(self, record, sources: Sources, lang: str | None) -> Sample | None:
+        """The source half of `record` (all a prompt needs; decoding has no target); None if it lacks the source."""
+        src_lang, tgt_lang = self._langs(record, lang)
+        if not self._has_source(record):
+            return None
+        return self.make_sample(record.id, self._source_tokens(record, sources), src_lang, tgt_lang)
+
+    def sample(self, record, sources: Sources, lang: str | None) -> Sample | None:
+        """The training pair of `record`; None when it lacks the modality the task reads (T2S: the audio
+        it writes), an error naming the record when it has half of the pair."""
+        if (record.audio is None) if "speech" in (self.source, self.target) else not self._has_source(record):
+            return None
+        src_lang, tgt_lang = self._langs(record, lang)
+        s = Sample(id=record.id, src_lang=src_lang, tgt_lang=tgt_lang)
+        # the target first: a record without its reference is named before its tokens are looked up
+        if self.target_text == "translation":
+            s.target_text_ids = sources.text.encode(self.reference(record, sources, lang))
+        elif self.target_text == "caption":
+            s.text_ids = sources.text.encode(self.reference(record, sources, lang)[0])
+        if self.source == "speech":
+            s.units = sources.units(record)
+        elif self.source == "image":
+            s.image_codes = sources.codes(record)
+        if self.target == "speech":
+            s.units = sources.units(record)
+            s.text_ids = sources.encode(record, record.text, "'text' to speak")
+        elif self.target_text == "text":
+            s.text_ids = sources.encode(record, record.text, "'text' (transcript)")
+        return s
+
+    def reference(self, record, sources: Sources, lang: str | None) -> Any:
+        """What a hypothesis is scored against: the transcript, the translation, every caption
+        (`caption` plus `custom.captions`, COCO has five), or the reference units."""
+        if self.target == "speech":
+            return sources.units(record).tolist()
+        if self.target_text == "translation":
+            _, lang = self._langs(record, lang)
+            tr = record.translations or {}
+            if not tr.get(lang, "").strip():
+                have = ", ".join(sorted(tr)) or "none"
+                raise UserError(f"{sources.manifest}: record {record.id!r} has no '{lang}' translation "
+                                f"(translations it has: {have})")
+            return tr[lang]
+        if self.target_text == "caption":
+            caps = [c for c in [record.caption, *record.custom.get("captions", [])] if c and c.strip()]
+            if not caps:
+                raise UserError(f"{sources.manifest}: record {record.id!r} has an image but no 'caption'")
+            return list(dict.fromkeys(caps))
+        if not (record.text or "").strip():
+            raise UserError(f"{sources.manifest}: record {record.id!r} has no reference 'text' to score against")
+        return record.text
+
+    def evaluate(self, rows: list[dict]) -> dict:
+        import dmlm.metrics as metrics
+
+        if self.metric == "caption_scores":
+            from dmlm.metrics.captioning import caption_scores as score
+        else:
+            score = getattr(metrics, self.metric)
+        return score([r["ref"] for r in rows], [r["hyp"] for r in rows])
+
+
+PAIRED = (
+    PairedTask("asr", "speech", "text", "ASR", target_text="text", metric="error_rates"),
+    PairedTask("s2tt", "speech", "text", "S2TT", target_text="translation", metric="translation_scores"),
+    PairedTask("t2s", "text", "speech", "T2S", metric="unit_scores"),
+    PairedTask("i2t", "image", "text", "I2T", target_text="caption", metric="caption_scores"),
+)
