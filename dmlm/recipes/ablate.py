@@ -18,10 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from dmlm.training.config import RunConfig
-from dmlm.util.config import load_config
+from dmlm.util.config import ConfigError, load_config
+from dmlm.util.errors import MissingFileError
 from dmlm.data.manifest import read_manifest
 from dmlm.util.io import atomic_write_text
 from dmlm.data.shards import build_store
+from dmlm.data.split import store_prefix
 from dmlm.tokenizers.tokenize import load_record_audio
 from dmlm.tokenizers.features import build_features
 from dmlm.tokenizers.speech import Codebook, CodebookSettings, fit_codebook
@@ -29,8 +31,8 @@ from dmlm.tokenizers.speech import Codebook, CodebookSettings, fit_codebook
 
 @dataclass
 class AblateConfig:
-    data: str = "runs/demo/data"
-    """A prepared corpus folder (train/dev/test.jsonl)."""
+    data: str = ""
+    """A prepared corpus folder (train/dev/test.jsonl), e.g. runs/demo/data after `make demo`."""
     out: str = "runs/ablate"
     variants: list[str] = field(default_factory=lambda: ["k=500", "k=250", "k=1000", "k=500,pooling=2", "backend=mel,model=,layer=-1,k=500"])
     """Codebook variants, each a comma-separated list of CodebookSettings overrides."""
@@ -57,9 +59,14 @@ def run_ablation(cfg: AblateConfig) -> list[dict]:
     from dmlm.evaluation.tasks import evaluate_task
     from dmlm.training.train import train
 
+    if not cfg.data:
+        raise ConfigError("ablate: set data=FOLDER, a prepared corpus (train/dev/test.jsonl; e.g. runs/demo/data)")
+    manifests = {s: Path(cfg.data) / f"{s}.jsonl" for s in ("train", "dev", "test")}
+    missing = [str(p) for p in manifests.values() if not p.is_file()]
+    if missing:
+        raise MissingFileError(f"ablate: {', '.join(missing)} not found (prepare the corpus first: dmlm prepare mini-world)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifests = {s: Path(cfg.data) / f"{s}.jsonl" for s in ("train", "dev", "test")}
     results_path = out / "ablate.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = {r["variant"] for r in results}
@@ -84,7 +91,7 @@ def run_ablation(cfg: AblateConfig) -> list[dict]:
         cb.save(vdir / "codebook.safetensors")
         for split, m in manifests.items():
             build_store(read_manifest(m), lambda chunk: [cb.frames_to_units(feats[r.id].astype(np.float32)).tolist() for r in chunk],
-                        vdir / "units" / split, {"fingerprint": cb.fingerprint, "manifest": str(m), "modality": "speech"},
+                        store_prefix(vdir / "units", m), {"fingerprint": cb.fingerprint, "manifest": str(m), "modality": "speech"},
                         chunk_size=4096, desc=f"assign {split}")
         run = load_config(None, [], cls=RunConfig)
         run.model, run.train = cfg.run.model, cfg.run.train
@@ -92,10 +99,10 @@ def run_ablation(cfg: AblateConfig) -> list[dict]:
         run.data.units, run.data.codebook = str(vdir / "units"), str(vdir / "codebook.safetensors")
         run.train.out, run.train.max_minutes = str(vdir / "model"), cfg.minutes
         train(run)
-        rep = evaluate_task(vdir / "model", "asr", manifests["test"], vdir / "eval_test.json", units=vdir / "units" / "test")
+        rep = evaluate_task(vdir / "model", "asr", manifests["test"], vdir / "eval_test.json", units=vdir / "units")
         from dmlm.data.shards import TokenStore
 
-        store = TokenStore(vdir / "units" / "train")
+        store = TokenStore(store_prefix(vdir / "units", manifests["train"]))
         dur = sum(r.duration or 0 for r in read_manifest(manifests["train"]))
         log = [json.loads(x) for x in (vdir / "model.log.jsonl").read_text().splitlines()]
         results.append({
