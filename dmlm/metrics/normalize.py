@@ -1,6 +1,6 @@
 """Text normalization applied to references and hypotheses before WER/CER.
 
-The documented rule (docs/design/metrics.md): Unicode NFKC, lowercase, apostrophes kept inside
+The documented rule (docs/design/evaluation.md): Unicode NFKC, lowercase, apostrophes kept inside
 words, every other punctuation mark and symbol replaced by a space, whitespace collapsed.
 It is deliberately simple and language-neutral (no number or spelling rewriting): the
 same text always scores the same, and the rule is easy to reproduce elsewhere.
