@@ -34,6 +34,13 @@ from dmlm.vocab import Vocab
 
 DMLM_JSON = "dmlm.json"
 FORMAT_VERSION = 1
+VOCODER_DIR = "vocoder"
+CODEBOOKS_DIR = "codebooks"
+
+
+def vocoder_dir(path: str | Path) -> Path:
+    """Where a checkpoint folder keeps its vocoder (whether or not the folder is complete yet)."""
+    return Path(path) / VOCODER_DIR
 
 
 class CheckpointFiles:
@@ -84,11 +91,11 @@ class CheckpointFiles:
         return dict(vocab.get("fingerprints") or {})
 
     def codebook_path(self, modality: str = "speech") -> Path:
-        return self.path / "codebooks" / f"{modality}.safetensors"
+        return self.path / CODEBOOKS_DIR / f"{modality}.safetensors"
 
     @property
     def vocoder_dir(self) -> Path:
-        return self.path / "vocoder"
+        return vocoder_dir(self.path)
 
     @property
     def has_vocoder(self) -> bool:
@@ -126,12 +133,12 @@ def save_checkpoint(
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         hf_tokenizer.save_pretrained(tmp)
-        cb_dir = tmp / "codebooks"
+        cb_dir = tmp / CODEBOOKS_DIR
         cb_dir.mkdir()
         for modality, path in (codebooks or {}).items():
             shutil.copy2(path, cb_dir / f"{modality}.safetensors")
-        if (out / "vocoder").is_dir():  # trained separately (`dmlm vocoder train`): survives re-saves
-            shutil.copytree(out / "vocoder", tmp / "vocoder")
+        if vocoder_dir(out).is_dir():  # trained separately (`dmlm vocoder train`): survives re-saves
+            shutil.copytree(vocoder_dir(out), vocoder_dir(tmp))
         info = {"format_version": FORMAT_VERSION, "vocab": vocab.to_dict(), **meta}
         (tmp / DMLM_JSON).write_text(json.dumps(info, indent=1, default=str))
     return out

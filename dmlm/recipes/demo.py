@@ -37,6 +37,7 @@ from dmlm.util.io import atomic_write_text
 from dmlm.data.prepare import PrepareConfig, prepare
 from dmlm.data.split import store_prefix
 from dmlm.decoding import DecodingOptions
+from dmlm.modeling import CheckpointFiles, vocoder_dir
 from dmlm.evaluation.headline import SPEECH_OUT_KEYS, headline
 from dmlm.tokenizers.image import ImageCodebookSettings
 from dmlm.tokenizers.speech import CodebookSettings
@@ -229,7 +230,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         if "asr_only" in models:
             reports["asr_only"] = _cached(evals / "asr_only.json", models["asr_only"], lambda: evaluate_task(
                 models["asr_only"], "asr", manifests["test"], evals / "asr_only.json", units=out / "units"))
-        if (out / "model" / "vocoder").is_dir():
+        if vocoder_dir(out / "model").is_dir():
             reports.update(evaluate_speech_out(cfg, out, manifests["test"]))
     for name, path in models.items():
         log_path = path.with_name(path.name + ".log.jsonl")
@@ -271,7 +272,7 @@ def _stamp(model_dir: Path, vocoder: bool = False, judge: Path | None = None) ->
     checkpoint's weights. A text task's report survives a new vocoder or matching set."""
     parts = [model_dir / "model.safetensors"]
     if vocoder:  # synthesis settings and the matching set can change without retraining
-        parts += [model_dir / "vocoder" / f for f in ("model.safetensors", "config.json", "matching.safetensors")]
+        parts += [vocoder_dir(model_dir) / f for f in ("model.safetensors", "config.json", "matching.safetensors")]
     if judge is not None:
         parts.append(judge / "model.safetensors")
     return ";".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in parts if p.is_file())
@@ -300,7 +301,7 @@ def train_demo_vocoder(cfg: DemoConfig, manifests: Sequence[Path], out: Path) ->
     from dmlm.vocoder.model import MATCHING, MatchingSet
     from dmlm.vocoder.train import add_matching_set, train_vocoder
 
-    target = out / "model" / "vocoder"
+    target = vocoder_dir(out / "model")
     stores = [store_prefix(out / "units", m) for m in manifests]
     if (target / "config.json").is_file():
         saved = json.loads((target / "config.json").read_text())
@@ -349,7 +350,7 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
         return parts["ck"]
 
     judges = {"whisper": lambda: WhisperJudge(cfg.judge)}
-    if (out / "model_asr" / "dmlm.json").is_file():
+    if CheckpointFiles.is_checkpoint(out / "model_asr"):
         judges["asr_only"] = lambda: CheckpointJudge(out / "model_asr")
     reports: dict[str, dict] = {}
     units: dict = {}  # T2S units, generated once for both judges
@@ -406,8 +407,8 @@ def train_summary(model_dir: Path) -> dict:
     rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.is_file() else []
     steps_logged = [r for r in rows if "loss" in r]
     speed = [r for r in rows if "tokens_per_s" in r]
-    meta = json.loads((model_dir / "dmlm.json").read_text())
-    saved = meta.get("config", {})  # the run config the model was trained with
+    files = CheckpointFiles(model_dir)
+    meta, saved = files.meta, files.config  # saved: the run config the model was trained with
     state = model_dir.with_name(model_dir.name + ".state") / "progress.json"
     n = max(1, len(steps_logged))
     per_step = {k.removeprefix("tokens_"): round(sum(r.get(k, 0) for r in steps_logged) / n)

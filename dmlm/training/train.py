@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from dmlm.training.config import RunConfig
 from dmlm.util.config import dump_config
+from dmlm.util.io import atomic_dir
 from dmlm.data.manifest import read_manifest
 from dmlm.training.packing import check_packing, collate_packed, packed_attention_mask, packed_batches, packed_padding_share, row_length
 from dmlm.data.shards import TokenStore
@@ -442,16 +442,12 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         meta = {"tasks": cfg.data.tasks, "config": asdict(cfg), "step": progress.step, "model_summary": info}
         codebooks = {m: Path(p) for m, p in (("speech", cfg.data.codebook), ("image", cfg.data.image_codebook)) if p}
         save_checkpoint(out, acc.unwrap_model(model), hf_tok, S.vocab, meta, codebooks)
-        tmp = state_dir.with_name(state_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                   tmp / "rng.pt")
-        (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
-        (tmp / "config.yaml").write_text(dump_config(cfg))
-        shutil.rmtree(state_dir, ignore_errors=True)
-        tmp.rename(state_dir)
+        with atomic_dir(state_dir) as tmp:
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                       tmp / "rng.pt")
+            (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
+            (tmp / "config.yaml").write_text(dump_config(cfg))
 
     if progress.step > 0 and frac() >= 1.0:  # a finished run, resumed: nothing to do, nothing rewritten
         log.info("%s: already trained (%d steps)", out, progress.step)

@@ -94,7 +94,10 @@ def load_config(path: str | Path | None, overrides: list[str], cls: type) -> Any
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at the top")
         cfg = _fill(cfg, values)
@@ -107,7 +110,10 @@ def load_config(path: str | Path | None, overrides: list[str], cls: type) -> Any
         parts = key.split(".")
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
-        cur[parts[-1]] = yaml.safe_load(value) if value else value
+        try:
+            cur[parts[-1]] = yaml.safe_load(value) if value else value
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
         cfg = _fill(cfg, nested)
     return cfg
 
