@@ -55,6 +55,18 @@ def test_tiny_demo_without_vocoder(tmp_path):
     assert "](data/img/" in md  # captions shown next to their images
     assert "loss target_length_normalized" in md and "loss length_normalized" in md  # each model's loss is stated
     assert (out / "loss.png").is_file() and (out / "loss_asr_only.png").is_file()
+    # `dmlm report RUN` renders the results page from report.json alone
+    from dmlm.cli import main
+
+    (out / "report.md").unlink()
+    assert main(["report", str(out), "--results", str(tmp_path / "results.md")]) == 0
+    assert (out / "report.md").read_text() == md
+    res = (tmp_path / "results.md").read_text()
+    assert f"dmlm report {out}" in res and "| S2TT en→es |" in res and f"BLEU {tasks['s2tt']['bleu']:.2f}" in res
+    assert "Wall time" in res and "mixture model: 6 steps" in res
+    import dmlm
+
+    assert dmlm.load(out / "model").tasks == ["asr", "s2tt:es", "t2s", "i2t", "text_lm", "text_lm:es", "speech_lm", "image_lm"]
     # a re-run resumes: nothing is trained again, the report is rebuilt
     mtime = (out / "model" / "model.safetensors").stat().st_mtime_ns
     evals = {p.name: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
