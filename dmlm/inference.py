@@ -5,7 +5,8 @@ Design decisions:
   the task's target modality (`dmlm.decoding.generate`, which masks every other modality).
 - The task-named helpers take tokens (units, image codes, text ids) and return decoded text or
   units; turning files and waveforms into tokens is `dmlm.api.DMLM`'s (one owner of input forms).
-  Every helper takes the checkpoint first, then its inputs, then keywords (`lang`, `opts`).
+  Every helper takes the checkpoint, then its inputs, then keyword-only settings (`lang`/`to`,
+  `opts`, `progress`): the same order and names as the `DMLM` methods.
 - T2S can rerank (`opts.rerank`): candidates from `opts.strategy` and sampling, the one the same
   model's ASR task scores likeliest to say the text (`asr_log_likelihood`) is kept.
 - Speech out is units -> the checkpoint's vocoder; `speech_parts` reads only the codebook and
@@ -87,26 +88,26 @@ def image_codes(codebook, images: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(c, dtype=np.int64) for c in codebook.encode_batch(list(images))]
 
 
-def transcribe_units(ck: Checkpoint, units: Sequence[np.ndarray], lang: str = "en",
+def transcribe_units(ck: Checkpoint, units: Sequence[np.ndarray], *, lang: str = "en",
                      opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
     samples = [get_task("asr").make_sample(str(i), u, lang) for i, u in enumerate(units)]
     return [decode_text(ck, o) for o in run_task(ck, "asr", samples, opts, progress)]
 
 
-def translate_units(ck: Checkpoint, units: Sequence[np.ndarray], tgt_lang: str, src_lang: str = "en",
+def translate_units(ck: Checkpoint, units: Sequence[np.ndarray], *, to: str, src: str = "en",
                     opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
-    samples = [get_task("s2tt").make_sample(str(i), u, src_lang, tgt_lang) for i, u in enumerate(units)]
+    samples = [get_task("s2tt").make_sample(str(i), u, src, to) for i, u in enumerate(units)]
     return [decode_text(ck, o) for o in run_task(ck, "s2tt", samples, opts, progress)]
 
 
-def caption_codes(ck: Checkpoint, codes: Sequence[np.ndarray], lang: str = "en",
+def caption_codes(ck: Checkpoint, codes: Sequence[np.ndarray], *, lang: str = "en",
                   opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
     samples = [get_task("i2t").make_sample(str(i), c, lang) for i, c in enumerate(codes)]
     return [decode_text(ck, o) for o in run_task(ck, "i2t", samples, opts, progress)]
 
 
-def synthesize_units(ck: Checkpoint, texts: Sequence[str], opts: DecodingOptions = DecodingOptions(),
-                     lang: str = "en", progress: bool = False) -> list[np.ndarray]:
+def synthesize_units(ck: Checkpoint, texts: Sequence[str], *, lang: str = "en",
+                     opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[np.ndarray]:
     """Text -> speech units (the checkpoint codebook's ids) with the t2s task."""
     samples = [get_task("t2s").make_sample(str(i), encode_text(ck, t), lang) for i, t in enumerate(texts)]
     outs = run_task(ck, "t2s", samples, opts, progress)
@@ -197,13 +198,13 @@ def vocode(vocoder, units: Sequence[np.ndarray], texts: Sequence[str] | None = N
     return vocoder.synthesize_batch([np.asarray(u) for u in units])
 
 
-def speak_batch(ck: Checkpoint | str | Path, texts: Sequence[str], opts: DecodingOptions | None = None,
-                vocoder=None, lang: str = "en") -> list[np.ndarray]:
+def speak_batch(ck: Checkpoint | str | Path, texts: Sequence[str], *, lang: str = "en",
+                opts: DecodingOptions | None = None, vocoder=None) -> list[np.ndarray]:
     """Texts -> DMLM units (t2s task) -> vocoder; 16 kHz float32 each."""
     from dmlm.modeling import load_checkpoint
 
     if not isinstance(ck, Checkpoint):
         ck = load_checkpoint(ck)
     voc = vocoder or ck.vocoder()
-    units = synthesize_units(ck, list(texts), opts or DecodingOptions(), lang)
+    units = synthesize_units(ck, list(texts), lang=lang, opts=opts or DecodingOptions())
     return vocode(voc, units, texts)

@@ -220,13 +220,13 @@ def test_t2s_rerank_keeps_the_candidate_the_models_asr_likes_best(multitask_mode
 
     words = [r.text for r in recs]
     greedy = synthesize_units(ck, words)
-    assert all(np.array_equal(a, b) for a, b in zip(synthesize_units(ck, words, DecodingOptions(rerank=1)), greedy))
+    assert all(np.array_equal(a, b) for a, b in zip(synthesize_units(ck, words, opts=DecodingOptions(rerank=1)), greedy))
     opts = DecodingOptions(rerank=4, temperature=1.5, seed=1)
-    best = synthesize_units(ck, words, opts)
+    best = synthesize_units(ck, words, opts=opts)
     assert all(len(u) for u in best)
     # greedy is one of the candidates, so the kept one scores at least as well under the model's ASR
     assert all(b >= g - 1e-4 for b, g in zip(asr_log_likelihood(ck, best, texts), asr_log_likelihood(ck, greedy, texts)))
-    again = synthesize_units(ck, words, opts)
+    again = synthesize_units(ck, words, opts=opts)
     assert all(np.array_equal(a, b) for a, b in zip(again, best))  # seeded: reproducible
 
     with pytest.raises(ValueError, match="reranking is for t2s"):
@@ -235,4 +235,4 @@ def test_t2s_rerank_keeps_the_candidate_the_models_asr_likes_best(multitask_mode
         DecodingOptions(rerank=-1)
     ck.meta["tasks"] = ["t2s"]
     with pytest.raises(ValueError, match="ASR task"):
-        synthesize_units(ck, words[:1], opts)
+        synthesize_units(ck, words[:1], opts=opts)

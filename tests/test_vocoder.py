@@ -408,12 +408,12 @@ def test_speak_through_synthesize_units(vocoder_dir, corpus, codebook, tmp_path,
     from dmlm.inference import speak_batch
 
     def speak(ck, text, opts=None):
-        return speak_batch(ck, [text], opts)[0]
+        return speak_batch(ck, [text], opts=opts)[0]
 
     store_units = {r.text: codebook.encode(load_audio(r.audio_path(corpus.tiny))) for r in read_manifest(corpus.tiny)}
     seen = {}
 
-    def fake(ck, texts, opts, lang="en"):
+    def fake(ck, texts, *, lang="en", opts=None):
         seen["opts"] = opts
         return [np.asarray(store_units.get(t, [1, 2, 3])) for t in texts]
 
@@ -427,7 +427,7 @@ def test_speak_through_synthesize_units(vocoder_dir, corpus, codebook, tmp_path,
     write_wav(tmp_path / "speak.wav", wav)
     assert len(load_audio(tmp_path / "speak.wav")) == len(wav)
 
-    _patch_synthesize_units(monkeypatch, lambda ck, texts, opts, lang="en": [np.zeros(0, np.int64) for _ in texts])
+    _patch_synthesize_units(monkeypatch, lambda ck, texts, *, lang="en", opts=None: [np.zeros(0, np.int64) for _ in texts])
     with pytest.raises(ValueError, match="no speech units"):
         speak(ck, text)
 
@@ -524,7 +524,7 @@ def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, 
 
     calls = []
 
-    def fake(ck, texts, opts):
+    def fake(ck, texts, *, lang="en", opts=None):
         calls.append(len(texts))
         return [np.array([1, 2, 3, 4] * 5) if i % 2 else np.zeros(0, np.int64) for i, _ in enumerate(texts)]
 

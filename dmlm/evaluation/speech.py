@@ -261,7 +261,7 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
     if units_cache is not None and key in units_cache:
         units = units_cache[key]
     else:
-        units = synthesize_units(ck, [r.text for r in recs], opts)
+        units = synthesize_units(ck, [r.text for r in recs], opts=opts)
         if units_cache is not None:
             units_cache[key] = units
     keep = [i for i, u in enumerate(units) if len(u)]
