@@ -142,7 +142,6 @@ def _image(i: int):
 
 @pytest.fixture(scope="session")
 def mixed(corpus, tmp_path_factory):
-    import numpy as np
 
     from dmlm.data.manifest import Record, read_manifest, write_manifest
     from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook

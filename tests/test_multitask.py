@@ -8,9 +8,6 @@ import numpy as np
 import pytest
 
 from dmlm.data.manifest import Record, read_manifest, write_manifest
-from dmlm.util.images import save_image
-from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
-from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
 
 from conftest import TASKS  # noqa: E402  (the fixtures `mixed` and `multitask_model` live in conftest)
 

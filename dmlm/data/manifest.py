@@ -16,8 +16,6 @@ from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_text
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path

@@ -28,7 +28,6 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from dmlm.decoding.greedy import for_compute, greedy
 from dmlm.decoding.options import DecodingOptions
 from dmlm.vocab import Vocab
-from dmlm.util.errors import UserError
 
 
 class ModalityFilter(LogitsProcessor):

@@ -32,7 +32,7 @@ from dmlm.evaluation.grouping import is_heldout_voice, limit_per_group, voice_gr
 from dmlm.evaluation.judge import Judge, judge_normalizer, transcribe
 from dmlm.inference import speech_parts
 from dmlm.vocoder.model import Vocoder
-from dmlm.util.errors import MissingFileError, UserError
+from dmlm.util.errors import UserError
 
 N_EXAMPLES = 4  # wavs and plot rows written per evaluation
 

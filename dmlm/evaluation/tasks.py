@@ -32,8 +32,8 @@ from dmlm.data.split import Split
 from dmlm.decoding import DecodingOptions
 from dmlm.evaluation.grouping import limit_per_group, voice_groups
 from dmlm.modeling import Checkpoint, load_checkpoint
-from dmlm.tasks import Sample, Sources, get_task, parse_spec, render
-from dmlm.util.errors import MissingFileError, UserError
+from dmlm.tasks import Sources, get_task, parse_spec, render
+from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
 

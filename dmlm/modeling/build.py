@@ -12,13 +12,12 @@ Design decisions:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from dmlm.vocab import Vocab
-from dmlm.util.errors import MissingFileError, UserError
+from dmlm.util.errors import UserError
 
 @dataclass
 class ModelConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from dmlm.data.shards import build_store
 from dmlm.data.split import store_prefix
 from dmlm.tokenizers.tokenize import load_record_audio
 from dmlm.tokenizers.features import build_features
-from dmlm.tokenizers.speech import Codebook, CodebookSettings, fit_codebook
+from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
 
 
 @dataclass

@@ -43,7 +43,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -52,9 +51,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
 
-from dmlm.tokenizers.speech import CodebookMismatch
+from dmlm.tokenizers.kmeans import KMeansCodebook
 from dmlm.util.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
@@ -108,7 +106,7 @@ class ImageCodebookSettings:
         return d
 
 
-class ImageCodebook:
+class ImageCodebook(KMeansCodebook):
     modality = "image"
 
     def __init__(self, centroids: np.ndarray | None, settings: ImageCodebookSettings):
@@ -123,9 +121,7 @@ class ImageCodebook:
         if centroids is None or centroids.shape != (s.k, dim):
             raise UserError(f"centroids must be (k={s.k}, patch*patch*3={dim}), "
                              f"got {None if centroids is None else centroids.shape}")
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # (k, P*P*3), pixels in [0, 1]
-        self._c = torch.from_numpy(self.centroids)
-        self._c_sq = (self._c**2).sum(1)
+        self._set_centroids(centroids)  # (k, P*P*3), pixels in [0, 1]
 
     @classmethod
     def external(cls, k: int, name: str, image_size: int = 64) -> ImageCodebook:
@@ -136,53 +132,13 @@ class ImageCodebook:
     def is_external(self) -> bool:
         return self.settings.backend == "external"
 
-    @property
-    def k(self) -> int:
-        return self.settings.k
-
-    @property
-    def vocab_size(self) -> int:
-        return self.k
-
-    @property
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(b"" if self.centroids is None else self.centroids.tobytes())
-        h.update(json.dumps(self.settings.reproducing(), sort_keys=True).encode())
-        return h.hexdigest()[:16]
-
-    # -- persistence ---------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        from dmlm.util.io import atomic_file
-
-        path = Path(path)
-        meta = {"modality": "image", "settings": json.dumps(asdict(self.settings)), "fingerprint": self.fingerprint}
-        # an external codebook stores an empty (0, 0) tensor: safetensors files hold at least one
-        centroids = self.centroids if self.centroids is not None else np.zeros((0, 0), np.float32)
-        with atomic_file(path) as tmp:
-            save_file({"centroids": centroids}, str(tmp), metadata=meta)
-        return path
-
     @classmethod
     def load(cls, path: str | Path) -> ImageCodebook:
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"{path}: image codebook not found")
-        try:
-            with safe_open(str(path), "np") as f:
-                meta = f.metadata() or {}
-        except Exception as e:  # safetensors raises its own error type for a non-safetensors file
-            raise UserError(f"{path}: not a codebook file ({e})") from None
-        modality = meta.get("modality", "speech")  # speech codebooks before the key existed are speech
-        if modality != "image":
-            raise CodebookMismatch(f"{path}: this is a codebook for {modality}, not for images "
-                                   f"(metadata modality {modality!r}, expected 'image')")
-        settings = ImageCodebookSettings(**json.loads(meta["settings"]))
-        centroids = load_file(str(path))["centroids"]
+        centroids, settings = cls._read(path)
+        stored = settings.pop("_fingerprint")
+        settings = ImageCodebookSettings(**settings)
         cb = cls(None if settings.backend == "external" else centroids, settings)
-        if meta.get("fingerprint") and meta["fingerprint"] != cb.fingerprint:
-            raise CodebookMismatch(f"{path}: stored fingerprint {meta['fingerprint']} != computed {cb.fingerprint}")
+        cb._check_stored(path, stored)
         return cb
 
     # -- encoding ------------------------------------------------------------------------
@@ -207,10 +163,7 @@ class ImageCodebook:
     def assign(self, patches: np.ndarray | torch.Tensor) -> np.ndarray:
         """Nearest centroid of each (N, P*P*3) patch; (N,) int64."""
         self._require_centroids("encode")
-        x = torch.as_tensor(patches, dtype=torch.float32)
-        c, c_sq = self._c.to(x.device), self._c_sq.to(x.device)
-        out = [torch.argmin(c_sq[None] - 2.0 * chunk @ c.T, dim=1) for chunk in x.split(8192)]  # ||x||² const per row
-        return torch.cat(out).cpu().numpy()
+        return self.nearest(patches)
 
     def encode(self, image: np.ndarray) -> list[int]:
         return self.encode_batch([image])[0]
@@ -234,13 +187,6 @@ class ImageCodebook:
         g, p = s.grid, s.patch
         x = centroids[c].reshape(g, g, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(s.image_size, s.image_size, 3)
         return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-    def check(self, fingerprint: str | None, what: str) -> None:
-        """Raise if `what` (a token store, a checkpoint) was made with another codebook."""
-        if fingerprint is not None and fingerprint != self.fingerprint:
-            raise CodebookMismatch(
-                f"{what} was made with image codebook {fingerprint}, but the codebook given is {self.fingerprint}"
-            )
 
 
 def fit_image_codebook(images: Iterable[np.ndarray], settings: ImageCodebookSettings,

@@ -14,8 +14,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,16 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
 
+from dmlm.tokenizers.kmeans import CodebookMismatch, KMeansCodebook  # noqa: F401  (CodebookMismatch: re-exported)
 from dmlm.tokenizers.features import FeatureExtractor, build_features
-from dmlm.util.errors import MissingFileError, UserError
+from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-class CodebookMismatch(UserError):
-    """Units or a model made with another codebook than the one given."""
 
 
 @dataclass
@@ -70,54 +64,22 @@ class CodebookSettings:
         return d
 
 
-class Codebook:
+class Codebook(KMeansCodebook):
     modality = "speech"
 
     def __init__(self, centroids: np.ndarray, settings: CodebookSettings):
         if centroids.ndim != 2 or centroids.shape[0] != settings.k:
             raise UserError(f"centroids must be (k={settings.k}, D), got {centroids.shape}")
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.settings = settings
         self._features: FeatureExtractor | None = None
-        self._c = torch.from_numpy(self.centroids)
-        self._c_sq = (self._c**2).sum(1)
-
-    @property
-    def k(self) -> int:
-        return self.settings.k
-
-    @property
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(self.centroids.tobytes())
-        h.update(json.dumps(self.settings.reproducing(), sort_keys=True).encode())
-        return h.hexdigest()[:16]
-
-    # -- persistence ---------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        from dmlm.util.io import atomic_file
-
-        path = Path(path)
-        meta = {"modality": "speech", "settings": json.dumps(asdict(self.settings)), "fingerprint": self.fingerprint}
-        with atomic_file(path) as tmp:
-            save_file({"centroids": self.centroids}, str(tmp), metadata=meta)
-        return path
+        self._set_centroids(centroids)
 
     @classmethod
     def load(cls, path: str | Path) -> Codebook:
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"{path}: codebook not found")
-        with safe_open(str(path), "np") as f:
-            meta = f.metadata() or {}
-        modality = meta.get("modality", "speech")  # files from before the key was written are speech
-        if modality != "speech":
-            raise CodebookMismatch(f"{path}: this is a codebook for {modality}, not for speech "
-                                   f"(metadata modality {modality!r}, expected 'speech')")
-        cb = cls(load_file(str(path))["centroids"], CodebookSettings(**json.loads(meta["settings"])))
-        if meta.get("fingerprint") and meta["fingerprint"] != cb.fingerprint:
-            raise CodebookMismatch(f"{path}: stored fingerprint {meta['fingerprint']} != computed {cb.fingerprint}")
+        centroids, settings = cls._read(path)
+        stored = settings.pop("_fingerprint")
+        cb = cls(centroids, CodebookSettings(**settings))
+        cb._check_stored(path, stored)
         return cb
 
     # -- encoding ------------------------------------------------------------------------
@@ -131,14 +93,9 @@ class Codebook:
 
     def assign(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """Nearest centroid of each (T, D) frame; (T,) int64."""
-        x = torch.as_tensor(frames, dtype=torch.float32)
-        if x.shape[-1] != self.centroids.shape[1]:
-            raise UserError(f"frames have dim {x.shape[-1]}, codebook expects {self.centroids.shape[1]}")
-        c, c_sq = self._c.to(x.device), self._c_sq.to(x.device)
-        out = []
-        for chunk in x.split(8192):
-            out.append(torch.argmin(c_sq[None] - 2.0 * chunk @ c.T, dim=1))  # ||x||² is constant per row
-        return torch.cat(out).cpu().numpy()
+        if frames.shape[-1] != self.centroids.shape[1]:
+            raise UserError(f"frames have dim {frames.shape[-1]}, codebook expects {self.centroids.shape[1]}")
+        return self.nearest(frames)
 
     def frames_to_units(self, frames: np.ndarray) -> np.ndarray:
         units = self.assign(pool_frames(frames, self.settings.pooling))
@@ -156,17 +113,6 @@ class Codebook:
         if len(u) and (u.min() < 0 or u.max() >= self.k):
             raise UserError(f"unit ids must be in [0, {self.k}), got range [{u.min()}, {u.max()}]")
         return self.centroids[u]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.k
-
-    def check(self, fingerprint: str | None, what: str) -> None:
-        """Raise if `what` (a token store, a checkpoint) was made with another codebook."""
-        if fingerprint is not None and fingerprint != self.fingerprint:
-            raise CodebookMismatch(
-                f"{what} was made with speech codebook {fingerprint}, but the codebook given is {self.fingerprint}"
-            )
 
 
 def pool_frames(frames: np.ndarray, pooling: int) -> np.ndarray:
