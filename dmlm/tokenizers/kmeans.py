@@ -91,7 +91,7 @@ class KMeansCodebook:
         modality = meta.get("modality", "speech")  # files from before the key was written are speech
         if modality != cls.modality:
             plural = {"image": "images"}
-            raise CodebookMismatch(f"{path}: this is a codebook for {plural.get(modality, modality)}, not for "
+            raise CodebookMismatch(f"{path}: this is a codebook for {modality}, not for "
                                    f"{plural.get(cls.modality, cls.modality)} "
                                    f"(metadata modality {modality!r}, expected {cls.modality!r})")
         return load_file(str(path))["centroids"], {**json.loads(meta["settings"]), "_fingerprint": meta.get("fingerprint")}
