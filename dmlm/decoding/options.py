@@ -21,9 +21,10 @@ class DecodingOptions:
     strategy: str = "greedy"
     """greedy, beam or sample."""
     engine: str = "dmlm"
-    """Greedy loop: dmlm (lean, same ids) or transformers (`generate`); beam and sample always use `generate`."""
+    """Benchmark knob, set in Python only: the greedy loop, dmlm (lean, the same ids) or transformers (`generate`),
+    to compare the two (`bench/decode_speed.py`); beam and sample always use `generate`."""
     compute_type: str = "float32"
-    """dmlm engine: float32 (bitwise `generate`'s logits) or bfloat16 (matmuls in bf16: faster, ids may differ at near-ties)."""
+    """Greedy decoding: float32 (bitwise `generate`'s logits) or bfloat16 (matmuls in bf16: faster, ids may differ at near-ties)."""
     beam_size: int = 4
     """Beams for strategy=beam."""
     max_new_tokens: int = 256
