@@ -1,6 +1,6 @@
 """End-to-end ASR speed (real-time factor): audio file in, text out; dmlm vs. Whisper-base.
 
-dmlm does what `dmlm.inference.transcribe_files` does: read the wav, run the checkpoint's codebook
+dmlm does what `dmlm.load(MODEL).transcribe(path)` does: read the wav, run the checkpoint's codebook
 (Whisper encoder on the clip's own length, k-means units), decode greedily with the small
 LM, detokenize. The baseline is Whisper-base itself through CTranslate2 (int8, greedy): the
 log-mel padded to 30 s as Whisper requires, encoder and decoder, detokenized with the
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         opts = DecodingOptions(strategy="greedy", max_new_tokens=max_new, batch_size=args.batch_size)
 
         def dmlm_asr(batch: list[Path]) -> list[str]:
-            # the body of dmlm.inference.transcribe_files, with the codebook (and its encoder) loaded once
+            # what DMLM.transcribe does for a path, with the codebook (and its encoder) loaded once
             units = [np.asarray(u) for u in cb.encode_batch([load_audio(q) for q in batch])]
             return transcribe_units(ck, units, opts=opts)
 

@@ -260,3 +260,26 @@ def test_a_training_config_without_data_paths_is_a_clear_error(tmp_path, capsys)
     assert main(["train", "train.steps=1"]) == 2
     err = capsys.readouterr().err
     assert "data.train" in err and "train.out" in err and "Traceback" not in err
+
+
+def test_the_readme_python_block_uses_the_api_as_it_is():
+    """Every `m.<name>` the README's Python block calls exists on DMLM, and every keyword it passes is accepted."""
+    import ast
+    import inspect
+    import re
+    from pathlib import Path
+
+    from dmlm.api import DMLM
+    from dmlm.decoding import SPEECH_OUT_FIELDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Python API\s+```python\n(.*?)```", readme, re.S).group(1)
+    calls = [n for n in ast.walk(ast.parse(block)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and isinstance(n.func.value, ast.Name) and n.func.value.id == "m"]
+    assert {c.func.attr for c in calls} >= {"transcribe", "translate", "caption", "speak", "evaluate"}
+    for c in calls:
+        method = getattr(DMLM, c.func.attr)
+        params = inspect.signature(method).parameters
+        for kw in c.keywords:
+            assert kw.arg in params or kw.arg in SPEECH_OUT_FIELDS, f"README: m.{c.func.attr}({kw.arg}=...)"
+    assert "dmlm.load(" in block

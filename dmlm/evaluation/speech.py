@@ -167,7 +167,7 @@ def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: 
 
 
 def _flatten(report: dict, scores: dict, prefix: str = "") -> None:
-    """evaluate_asr's layout: seen-voice (or all) wer/cer at top, held-out voice as wer_heldout_voice."""
+    """ASR evaluation's layout: seen-voice (or all) wer/cer at top, held-out voice as wer_heldout_voice."""
     if "all" in scores:
         report[f"{prefix}wer"], report[f"{prefix}cer"] = scores["all"]["wer"], scores["all"]["cer"]
     if "seen" in scores:
