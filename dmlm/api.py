@@ -63,10 +63,12 @@ class Codes:
 
 @dataclass
 class Audio:
-    """Mono float32 speech: `samples` (N,) at `sample_rate` Hz."""
+    """Mono float32 speech: `samples` (N,) at `sample_rate` Hz; `details`: how it was made (`speak(...,
+    return_details=True)`: the units, their log-probability and the seconds taken)."""
 
     samples: np.ndarray
     sample_rate: int = SAMPLE_RATE
+    details: Result | None = None
 
     @property
     def seconds(self) -> float:
@@ -313,11 +315,9 @@ class DMLM:
         per = (time.perf_counter() - t0) / len(items)
         out = []
         for r, w in zip(results, wavs):
-            audio = Audio(np.asarray(w, dtype=np.float32), SAMPLE_RATE)
             if return_details:
                 r.seconds += per
-                audio.details = r  # type: ignore[attr-defined]
-            out.append(audio)
+            out.append(Audio(np.asarray(w, dtype=np.float32), SAMPLE_RATE, r if return_details else None))
         return out[0] if single else out
 
     def resynthesize(self, audio: Any, *, sample_rate: int | None = None) -> Audio | list[Audio]:
