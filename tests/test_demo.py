@@ -62,8 +62,9 @@ def test_tiny_demo_without_vocoder(tmp_path):
     assert main(["report", str(out), "--results", str(tmp_path / "results.md")]) == 0
     assert (out / "report.md").read_text() == md
     res = (tmp_path / "results.md").read_text()
-    assert f"dmlm report {out}" in res and "| S2TT en→es |" in res and f"BLEU {tasks['s2tt']['bleu']:.2f}" in res
+    assert f"dmlm report {out}" in res and "| S2TT en→es |" in res and f"| BLEU | {tasks['s2tt']['bleu']:.2f} |" in res
     assert "Wall time" in res and "mixture model: 6 steps" in res
+    assert json.loads((tmp_path / "results.json").read_text())["tasks"] == tasks
     import dmlm
 
     assert dmlm.load(out / "model").tasks == ["asr", "s2tt:es", "t2s", "i2t", "text_lm", "text_lm:es", "speech_lm", "image_lm"]

@@ -22,6 +22,12 @@ from typing import Any
 from dmlm.util.errors import OutputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _output_error(path: Path, e: OSError) -> OutputError:
     why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
     return OutputError(f"cannot write {path}: {why}")
@@ -41,6 +47,7 @@ def atomic_file(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise _output_error(path, e) from None
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; an output gets the usual permissions
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
