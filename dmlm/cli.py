@@ -109,7 +109,7 @@ def cmd_train(args) -> None:
     from dmlm.training.train import train
     from dmlm.util.config import load_config
 
-    print(train(load_config(args.config, args.overrides, RunConfig), resume=args.resume))
+    print(train(load_config(args.config, args.overrides, RunConfig), resume=args.resume, overwrite=args.overwrite))
 
 
 def cmd_decode(args) -> None:
@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a DMLM from a YAML config")
     s.add_argument("config", nargs="?")
     s.add_argument("overrides", nargs="*", help="e.g. train.steps=100 model.layers=2")
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue the run in train.out from its last saved step")
+    s.add_argument("--overwrite", action="store_true", help="train.out holds a model: train again from scratch, replacing it")
     s.set_defaults(fn=cmd_train)
 
     for verb, fn, helptext in (("decode", cmd_decode, "decode a manifest to hyps.jsonl"),

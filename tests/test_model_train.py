@@ -153,3 +153,63 @@ def test_lr_schedule():
     assert lr_factor(1.0, 0.1, 0.05) == pytest.approx(0.05)
     xs = [lr_factor(x / 100, 0.1, 0.05) for x in range(10, 101)]
     assert all(a >= b for a, b in zip(xs, xs[1:]))
+
+
+class _Exploit:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_rng_state_round_trips_as_json():
+    import random
+
+    import numpy as np
+
+    from dmlm.training.train import rng_state, set_rng_state
+
+    torch.manual_seed(3), np.random.seed(4), random.seed(5)
+    saved = json.loads(json.dumps(rng_state()))  # plain JSON values only
+    a = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
+    set_rng_state(saved)
+    b = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
+
+
+def test_a_crafted_rng_pickle_is_refused_not_run(run_config, tmp_path):
+    """A state folder whose RNG state is a pickle (as older versions wrote) is never unpickled on --resume."""
+    from dmlm.training.train import RNG_FILE
+    from dmlm.util.errors import UserError
+
+    cfg = run_config(tmp_path / "model", "train.steps=4", "train.batch_tokens=400", "train.save_every=100")
+    train(cfg, stop_at=2)
+    state = tmp_path / "model.state"
+    assert (state / RNG_FILE).is_file() and not (state / "rng.pt").exists()
+    (state / RNG_FILE).unlink()
+    marker = tmp_path / "marker"
+    torch.save({"torch": _Exploit(str(marker))}, state / "rng.pt")
+    with pytest.raises(UserError, match="rng.pt: training state in a pickle file"):
+        train(cfg, resume=True)
+    assert not marker.exists()
+    (state / RNG_FILE).write_text('{"torch": [1, 2]}')
+    (state / "rng.pt").unlink()
+    with pytest.raises(UserError, match="not a valid RNG state"):
+        train(cfg, resume=True)
+
+
+def test_training_into_a_trained_folder_needs_resume_or_overwrite(run_config, tmp_path, capsys):
+    from dmlm.util.errors import UserError
+
+    cfg = run_config(tmp_path / "model", "train.steps=2", "train.batch_tokens=400", "train.save_every=100")
+    out = train(cfg)
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    log = Path(f"{out}.log.jsonl").read_text()
+    with pytest.raises(UserError, match="--resume to continue it or --overwrite"):
+        train(cfg)
+    assert (out / "model.safetensors").stat().st_mtime_ns == before and Path(f"{out}.log.jsonl").read_text() == log
+    assert train(cfg, resume=True) == out  # finished: nothing to do
+    assert train(cfg, overwrite=True) == out and (out / "model.safetensors").stat().st_mtime_ns != before

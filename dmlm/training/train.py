@@ -33,19 +33,19 @@ from tqdm import tqdm
 
 from dmlm.training.config import RunConfig
 from dmlm.util.config import dump_config
-from dmlm.util.io import atomic_dir
+from dmlm.util.io import atomic_dir, atomic_write_json
 from dmlm.data.manifest import read_manifest
 from dmlm.training.packing import check_packing, collate_packed, packed_attention_mask, packed_batches, packed_padding_share, row_length
 from dmlm.data.shards import TokenStore
 from dmlm.data.split import Split
 from dmlm.training.loss import loss_counts, loss_weights, multimodal_loss
-from dmlm.modeling import build_model, load_checkpoint, model_summary, save_checkpoint
+from dmlm.modeling import CheckpointFiles, build_model, load_checkpoint, model_summary, save_checkpoint
 from dmlm.data.mixture import Mixture
 from dmlm.tasks import Rendered, Sample, Sources, get_task, parse_spec, render
 from dmlm.tokenizers.speech import Codebook
 from dmlm.tokenizers.text import TextTokenizer, unified_hf_tokenizer
 from dmlm.vocab import Vocab
-from dmlm.util.errors import UserError
+from dmlm.util.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -354,14 +354,55 @@ def _finished(cfg: RunConfig, state_dir: Path) -> bool:
     return saved == dump_config(cfg) and progress.step > 0 and _fraction(progress, cfg) >= 1.0
 
 
-def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> Path:
-    """Train; returns the checkpoint folder. `stop_at` simulates an interruption (tests)."""
+RNG_FILE = "rng.json"
+
+
+def rng_state() -> dict:
+    """The torch, numpy and Python RNG states as plain JSON values (no pickle: loading it cannot run code)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state().tolist(),
+            "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(gauss)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+
+
+def restore_rng_state(state_dir: Path) -> None:
+    """Set the RNGs to the saved state; a state folder with only a pickled `rng.pt` is refused, never unpickled."""
+    path = state_dir / RNG_FILE
+    if not path.is_file():
+        if (state_dir / "rng.pt").is_file():
+            raise UserError(f"{state_dir}/rng.pt: training state in a pickle file, which could run code when "
+                            f"loaded; dmlm reads only {RNG_FILE}. Resume this run with the dmlm that wrote it, or "
+                            "train it again without --resume")
+        raise MissingFileError(f"{path}: the training state has no RNG state; cannot resume exactly")
+    try:
+        set_rng_state(json.loads(path.read_text()))  # torch, numpy and random check every field's shape and type
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{path}: not a valid RNG state ({type(e).__name__}: {e})") from None
+
+
+def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, overwrite: bool = False) -> Path:
+    """Train; returns the checkpoint folder. A folder that already holds a checkpoint or training state
+    needs `resume` (continue it) or `overwrite` (start again, replacing it). `stop_at` simulates an
+    interruption (tests)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     cfg.validate()
     out = Path(cfg.train.out)
     state_dir = out.with_name(out.name + ".state")
+    if not resume and not overwrite and (CheckpointFiles.is_checkpoint(out) or state_dir.is_dir()):
+        raise UserError(f"{out} already holds a trained model (or its training state {state_dir}); pass --resume "
+                        "to continue it or --overwrite to train it again from scratch")
     precision = cfg.train.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
@@ -403,10 +444,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
     model, opt = acc.prepare(model, opt)
     if progress.step > 0:
         opt.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True))
-        rng = torch.load(state_dir / "rng.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        restore_rng_state(state_dir)
 
     progress.world_size, progress.grad_accum = acc.num_processes, cfg.train.grad_accum
     packing = cfg.train.packing
@@ -444,8 +482,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None) -> P
         save_checkpoint(out, acc.unwrap_model(model), hf_tok, S.vocab, meta, codebooks)
         with atomic_dir(state_dir) as tmp:
             torch.save(opt.state_dict(), tmp / "optimizer.pt")
-            torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                       tmp / "rng.pt")
+            atomic_write_json(tmp / RNG_FILE, rng_state())
             (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
             (tmp / "config.yaml").write_text(dump_config(cfg))
 
