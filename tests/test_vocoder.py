@@ -564,3 +564,12 @@ def test_changed_settings_sorts_settings_by_what_they_need():
     assert new.changed_settings(saved, "matching") == ["matching_clips"]
     with pytest.raises(ValueError, match="kind"):
         new.changed_settings(saved, "other")
+
+
+def test_record_ids_never_choose_where_example_files_go():
+    from dmlm.evaluation.speech import safe_name
+
+    assert safe_name("mw-test-000001") == "mw-test-000001"
+    for rid in ("../../etc/x", "/abs/path", "a/b\\c", "..", "x" * 300):
+        name = safe_name(rid)
+        assert "/" not in name and "\\" not in name and not name.startswith(".") and 0 < len(name) <= 120

@@ -136,7 +136,8 @@ def synthesize(text: str, voice: Voice, espeak: str = "espeak-ng") -> np.ndarray
         return synthesize_neural(text, voice)
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         subprocess.run(
-            [espeak, "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", tmp.name, text],
+            # "--": a text that starts with "-" is spoken, not read as an option (the same audio otherwise)
+            [espeak, "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", tmp.name, "--", text],
             check=True,
             capture_output=True,
         )

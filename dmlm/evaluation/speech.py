@@ -18,6 +18,7 @@ Design decisions:
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -35,6 +36,13 @@ from dmlm.vocoder.model import Vocoder
 from dmlm.util.errors import UserError
 
 N_EXAMPLES = 4  # wavs and plot rows written per evaluation
+
+
+def safe_name(record_id: str) -> str:
+    """A record id as a file name inside the output folder: no separators, no leading dots, at most 120 characters
+    (a manifest's ids must not choose where files are written)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", record_id).lstrip(".")[:120]
+    return name or "record"
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -157,8 +165,9 @@ def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: 
     ex = ([i for i in ex if not recs[i].custom.get("heldout_voice")][: N_EXAMPLES // 2]
           + [i for i in ex if recs[i].custom.get("heldout_voice")][: N_EXAMPLES // 2]) or ex[:N_EXAMPLES]
     for i in ex:
-        write_wav(out_dir / "examples" / f"{recs[i].id}.{right}.wav", wavs[i])
-        write_wav(out_dir / "examples" / f"{recs[i].id}.original.wav", refs_audio[i])
+        name = safe_name(recs[i].id)
+        write_wav(out_dir / "examples" / f"{name}.{right}.wav", wavs[i])
+        write_wav(out_dir / "examples" / f"{name}.original.wav", refs_audio[i])
     if ex:
         plot_spectrograms([(recs[i].text, hyps[i], refs_audio[i], wavs[i]) for i in ex],
                           out_dir / "spectrograms.png", right)

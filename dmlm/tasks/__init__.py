@@ -129,7 +129,8 @@ class Sources:
     def codes(self, record: Any) -> np.ndarray:
         if self.image is None:
             raise UserError(f"{self.manifest}: record {record.id!r} has an image but no image token store was given "
-                             "(run `dmlm tokenize --modality image` on this manifest)")
+                             "(run `dmlm tokenize IMAGE_CODEBOOK MANIFEST --out DIR` with an image codebook from "
+                             "`dmlm codebook fit MANIFEST -o CB --modality image`, and give DIR as the units folder)")
         return self.image.get(record.id)
 
 
