@@ -35,7 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from dmlm.decoding import SPEECH_OUT_FIELDS, USER_FIELDS, DecodingOptions, Result, make_options
+from dmlm.decoding import (
+    SPEECH_OUT_FIELDS,
+    USER_FIELDS,
+    DecodingOptions,
+    Result,
+    make_options,
+)
 from dmlm.modeling import Checkpoint, load_checkpoint
 from dmlm.util.audio import SAMPLE_RATE, load_audio, to_mono, write_wav
 from dmlm.util.errors import UserError
@@ -309,15 +315,16 @@ class DMLM:
         from dmlm.inference import vocode
 
         items, single = _batch(text)
-        results = self.synthesize_units(items, lang=lang, return_details=True, options=options, **decoding)
+        results = self.synthesize_units(items, lang=lang, return_details=return_details, options=options, **decoding)
         t0 = time.perf_counter()
-        wavs = vocode(self.vocoder, [r.units for r in results], items)
+        wavs = vocode(self.vocoder, [r.units for r in results] if return_details else results, items)
         per = (time.perf_counter() - t0) / len(items)
         out = []
-        for r, w in zip(results, wavs):
-            if return_details:
-                r.seconds += per
-            out.append(Audio(np.asarray(w, dtype=np.float32), SAMPLE_RATE, r if return_details else None))
+        for i, w in enumerate(wavs):
+            details = results[i] if return_details else None
+            if details is not None:
+                details.seconds += per
+            out.append(Audio(np.asarray(w, dtype=np.float32), SAMPLE_RATE, details))
         return out[0] if single else out
 
     def resynthesize(self, audio: Any, *, sample_rate: int | None = None) -> Audio | list[Audio]:

@@ -257,7 +257,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_ablate(args) -> None:
-    from dmlm.recipes.ablate import load_ablate_config, run_ablation, render
+    from dmlm.recipes.ablate import load_ablate_config, render, run_ablation
 
     print(render(run_ablation(load_ablate_config(args.config, args.overrides))))
 

@@ -19,11 +19,11 @@ Design decisions:
 
 from __future__ import annotations
 
-from dmlm.util.errors import UserError
-
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from dmlm.util.errors import UserError
 
 SPECIAL_BLOCK = 256
 PAD_MULTIPLE = 64
@@ -201,9 +201,9 @@ class Vocab:
         return v
 
     def save(self, path: str | Path) -> None:
-        from dmlm.util.io import atomic_write_text
+        from dmlm.util.io import atomic_write_json
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:

@@ -48,10 +48,10 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from dmlm.util.assets import cache_root
 from dmlm.data.corpus import Sentence
-from dmlm.util.io import atomic_write_text
+from dmlm.util.assets import cache_root
 from dmlm.util.errors import UserError
+from dmlm.util.io import write_jsonl
 
 ENGLISH_MODULE = "engWEB2015eb"
 SPANISH_MODULE = "spaRV1909eb"
@@ -400,7 +400,7 @@ def aligned_verses() -> list[dict]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             pass  # an unreadable cache is rebuilt, not trusted
     rows = extract()
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(path, rows)
     return rows
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)

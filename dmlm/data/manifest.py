@@ -12,14 +12,14 @@ Design decisions:
 
 from __future__ import annotations
 
-from dmlm.util.errors import UserError
-from dmlm.util.io import atomic_write_text
-
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from dmlm.util.errors import UserError
+from dmlm.util.io import atomic_write_text
 
 SPLITS = ("train", "dev", "test")
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from dmlm.util.errors import UserError
 
 
 class Mixture:
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int = 0, names: Sequence[str] = ()):
         if len(sizes) != len(weights):
-            raise UserError(f"mixture: {len(sizes)} tasks but {len(weights)} weights")
+            raise ValueError(f"mixture: {len(sizes)} tasks but {len(weights)} weights")
         names = list(names) or [str(i) for i in range(len(sizes))]
         for n, s, w in zip(names, sizes, weights):
             if w < 0:

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from dmlm.data.corpus import Sentence
 from dmlm.data.manifest import Record, read_manifest, write_manifest
-from dmlm.util.io import atomic_write_text
 from dmlm.data.synth import Voice, draw_voice, synthesize_many
 from dmlm.util.errors import UserError
+from dmlm.util.io import atomic_write_json
 
 
 @dataclass
@@ -103,7 +103,7 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
                 f"{settings_path}: this folder was prepared with other settings ({old}); "
                 f"use another output folder or delete it"
             )
-    atomic_write_text(settings_path, json.dumps(settings, indent=2))
+    atomic_write_json(settings_path, settings, indent=2)
 
     manifests = {s: out / f"{s}.jsonl" for s in ("train", "dev", "test")}
     if cfg.corpus in IMAGE_CORPORA:

@@ -42,8 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dmlm.data.manifest import Record
-from dmlm.util.io import atomic_write_text
 from dmlm.util.errors import MissingFileError, UserError
+from dmlm.util.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,8 @@ made it (`codebook.check(fingerprint, what)`; any object with that method) befor
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 
-from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.shards import TokenStore, store_file
 from dmlm.util.errors import MissingFileError
 
@@ -41,10 +39,6 @@ class Split:
 
     def __repr__(self) -> str:
         return f"Split({str(self.manifest)!r}, stores={str(self.stores) if self.stores else None!r})"
-
-    @cached_property
-    def records(self) -> list[Record]:
-        return read_manifest(self.manifest)
 
     def prefix(self, modality: str = "speech") -> Path:
         if self.stores is None:

@@ -53,6 +53,7 @@ from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
 from dmlm.util.errors import UserError
 
 MIN_ROWS = 4
@@ -330,7 +331,7 @@ class _BlockLayer(_BufferLayer):
         if not self.is_initialized or self.packing is not None:  # the prompt pass
             return super().update(key_states, value_states, *args, **kwargs)
         if key_states.shape[-2] != 1:
-            raise UserError("a bf16 decoding cache takes one token per step after the prompt")
+            raise ValueError("a bf16 decoding cache takes one token per step after the prompt")
         at = (self.length - self.k_buf.shape[2]) % STEP_BLOCK  # position in the last block
         if at == 0:
             b, h, _, d = key_states.shape

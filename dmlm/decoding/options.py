@@ -7,7 +7,7 @@ set in Python only; `rerank` applies to T2S alone, so only the speech-out verbs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -91,7 +91,6 @@ class Result:
     seconds: float
     text: str | None = None
     units: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.text if self.text is not None else " ".join(map(str, [] if self.units is None else self.units))

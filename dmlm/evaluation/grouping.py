@@ -15,8 +15,10 @@ GROUPS = ("seen", "heldout_voice")
 
 
 def is_heldout_voice(record: Any) -> bool:
-    custom = record.get("custom", {}) if isinstance(record, dict) else getattr(record, "custom", {}) or {}
-    return bool(custom.get("heldout_voice"))
+    """A manifest record (`custom.heldout_voice`) or an evaluation row (`heldout_voice`)."""
+    if isinstance(record, dict):
+        return bool(record.get("heldout_voice"))
+    return bool((record.custom or {}).get("heldout_voice"))
 
 
 def voice_groups(records: Sequence[Any]) -> dict[str, list[int]]:

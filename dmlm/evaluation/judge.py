@@ -153,7 +153,7 @@ def transcribe(wavs: Sequence[np.ndarray], judge: Judge) -> list[str]:
     """`judge`'s transcripts of `wavs`, one per clip (checked)."""
     hyps = judge.transcribe(list(wavs))
     if len(hyps) != len(wavs):
-        raise UserError(f"the judge returned {len(hyps)} transcripts for {len(wavs)} clips")
+        raise ValueError(f"the judge returned {len(hyps)} transcripts for {len(wavs)} clips")
     return hyps
 
 
@@ -161,7 +161,7 @@ def judge(wavs: Sequence[np.ndarray], refs: Sequence[str], judge: Judge) -> dict
     """Transcribe `wavs` with `judge` and score against `refs` with the judge's normalizer:
     error_rates(...) plus "hyps"."""
     if len(wavs) != len(refs):
-        raise UserError(f"{len(wavs)} clips but {len(refs)} references")
+        raise ValueError(f"{len(wavs)} clips but {len(refs)} references")
     hyps = transcribe(wavs, judge)
     return {**error_rates(list(refs), hyps, normalizer=judge_normalizer(judge)), "hyps": hyps}
 
@@ -184,10 +184,8 @@ class CheckpointJudge:
         self.batch_size = batch_size
 
     def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:
-        from dmlm.inference import transcribe_units
         from dmlm.decoding import DecodingOptions
-
-        from dmlm.inference import speech_units
+        from dmlm.inference import speech_units, transcribe_units
 
         units = speech_units(self.ck.codebook("speech"), _check_wavs(wavs))
         return transcribe_units(self.ck, units, opts=DecodingOptions(batch_size=self.batch_size))

@@ -18,8 +18,6 @@ from dmlm.tasks import parse_spec
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json
 
-SPEECH_OUT = ("resynthesis",)
-
 
 def evaluate(model: Checkpoint | str | Path, task: str, manifest: str | Path, *, units: str | Path | None = None,
              out: str | Path | None = None, limit: int | None = None, judge: Any = None,
@@ -30,8 +28,6 @@ def evaluate(model: Checkpoint | str | Path, task: str, manifest: str | Path, *,
     from dmlm.evaluation.speech import evaluate_resynthesis, evaluate_t2s_audio
     from dmlm.evaluation.tasks import evaluate_task
 
-    if not Path(manifest).is_file():
-        raise UserError(f"{manifest}: manifest not found")
     name = task.split(":")[0]
     if name != "resynthesis":
         parse_spec(task)  # an unknown task is an error naming the registered ones

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlm.util.audio import load_audio, write_wav
 from dmlm.data.manifest import Record, read_manifest
-from dmlm.util.io import atomic_file, atomic_write_text
 from dmlm.evaluation.grouping import is_heldout_voice, limit_per_group, voice_groups
 from dmlm.evaluation.judge import Judge, judge_normalizer, transcribe
 from dmlm.inference import speech_parts
-from dmlm.vocoder.model import Vocoder
+from dmlm.util.audio import load_audio, write_wav
 from dmlm.util.errors import UserError
+from dmlm.util.io import atomic_file, atomic_write_json, write_jsonl
+from dmlm.vocoder.model import Vocoder
 
 N_EXAMPLES = 4  # wavs and plot rows written per evaluation
 
@@ -159,7 +159,7 @@ def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: 
     rows = [{"id": r.id, "ref": r.text, "hyp": h, "heldout_voice": bool(r.custom.get("heldout_voice")),
              **({"vocoder_voice_only": True} if i >= grouped else {}),
              **({"hyp_original": ref_hyps[i]} if ref_hyps else {})} for i, (r, h) in enumerate(zip(recs, hyps))]
-    atomic_write_text(out_dir / "hyps.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+    write_jsonl(out_dir / "hyps.jsonl", rows)
     ex = [i for i, w in enumerate(wavs) if w is not None]
     # examples from both voice groups
     ex = ([i for i in ex if not recs[i].custom.get("heldout_voice")][: N_EXAMPLES // 2]
@@ -172,7 +172,7 @@ def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: 
         plot_spectrograms([(recs[i].text, hyps[i], refs_audio[i], wavs[i]) for i in ex],
                           out_dir / "spectrograms.png", right)
     report["examples"] = [{"id": recs[i].id, "ref": recs[i].text, "hyp": hyps[i]} for i in ex]
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=str))
+    atomic_write_json(out_dir / "report.json", report)
 
 
 def _flatten(report: dict, scores: dict, prefix: str = "") -> None:
@@ -205,7 +205,6 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     there (`pick_records`). `original`: also judge the original recordings (the judge's ceiling).
     """
     from dmlm.data.shards import TokenStore
-
     from dmlm.inference import speech_units
 
     t_start = time.time()

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -27,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from dmlm.data.manifest import read_manifest
-from dmlm.util.io import atomic_write_text
 from dmlm.data.split import Split
 from dmlm.decoding import DecodingOptions
 from dmlm.evaluation.grouping import limit_per_group, voice_groups
 from dmlm.modeling import Checkpoint, load_checkpoint
 from dmlm.tasks import Sources, get_task, parse_spec, render
 from dmlm.util.errors import UserError
+from dmlm.util.io import atomic_write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def sources_for(ck: Checkpoint, manifest: str | Path, records: list, units: str 
 
 
 def _group_scores(task, rows: list[dict]) -> dict:
-    groups = voice_groups([{"custom": {"heldout_voice": r.get("heldout_voice")}} for r in rows])
+    groups = voice_groups(rows)
     seen = [rows[i] for i in groups.get("seen", [])]
     unseen = [rows[i] for i in groups.get("heldout_voice", [])]
     out = task.evaluate(seen) if seen else {}
@@ -212,7 +211,7 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
     report["seconds"] = round(time.time() - t0, 1)
     if out:
         out = Path(out)
-        atomic_write_text(out, json.dumps(report, indent=1, default=str))
+        atomic_write_json(out, report)
         if name in GENERATION_TASKS:
-            atomic_write_text(out.with_suffix(".hyps.jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            write_jsonl(out.with_suffix(".hyps.jsonl"), rows)
     return report

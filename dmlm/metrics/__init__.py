@@ -26,7 +26,7 @@ def error_rates(refs: Sequence[str], hyps: Sequence[str], normalizer: str = "bas
     """Corpus-level WER and CER (%) over normalized text (`dmlm.metrics.normalize.NORMALIZERS`);
     empty hypotheses count as deletions."""
     if len(refs) != len(hyps):
-        raise UserError(f"{len(refs)} references but {len(hyps)} hypotheses")
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     if not refs:
         raise UserError("no utterances to score")
     norm = get_normalizer(normalizer)
@@ -50,7 +50,7 @@ def error_rates(refs: Sequence[str], hyps: Sequence[str], normalizer: str = "bas
 
 def _check_pairs(refs: Sequence[object], hyps: Sequence[object], what: str) -> None:
     if len(refs) != len(hyps):
-        raise UserError(f"{len(refs)} references but {len(hyps)} hypotheses")
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     if not refs:
         raise UserError(f"no {what} to score")
 

@@ -64,7 +64,7 @@ def _length(counts: Counter[NGram]) -> int:
 
 def _check(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> None:
     if len(refs) != len(hyps):
-        raise UserError(f"{len(refs)} reference sets but {len(hyps)} hypotheses")
+        raise ValueError(f"{len(refs)} reference sets but {len(hyps)} hypotheses")
     if not refs:
         raise UserError("no captions to score")
     if any(isinstance(r, str) for r in refs):

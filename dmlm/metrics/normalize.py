@@ -18,6 +18,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Callable
+
 from dmlm.util.errors import UserError
 
 _PUNCT = re.compile(r"[^\w\s']|_")

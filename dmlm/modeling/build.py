@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from dmlm.vocab import Vocab
 from dmlm.util.errors import UserError
+from dmlm.vocab import Vocab
+
 
 @dataclass
 class ModelConfig:

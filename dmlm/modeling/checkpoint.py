@@ -56,15 +56,17 @@ class CheckpointFiles:
         return (Path(path) / DMLM_JSON).is_file()
 
     @cached_property
+    def _json(self) -> dict[str, Any]:
+        return json.loads((self.path / DMLM_JSON).read_text())
+
+    @property
     def meta(self) -> dict[str, Any]:
         """`dmlm.json` without its vocabulary layout (that is `vocab`)."""
-        meta = json.loads((self.path / DMLM_JSON).read_text())
-        meta.pop("vocab", None)
-        return meta
+        return {k: v for k, v in self._json.items() if k != "vocab"}
 
     @cached_property
     def vocab(self) -> Vocab:
-        return Vocab.from_dict(json.loads((self.path / DMLM_JSON).read_text())["vocab"])
+        return Vocab.from_dict(self._json["vocab"])
 
     @property
     def tasks(self) -> list[str]:
@@ -87,8 +89,7 @@ class CheckpointFiles:
     @property
     def fingerprints(self) -> dict[str, str]:
         """Codebook fingerprint per modality, as the vocabulary was built (read without building the layout)."""
-        vocab = json.loads((self.path / DMLM_JSON).read_text()).get("vocab") or {}
-        return dict(vocab.get("fingerprints") or {})
+        return dict((self._json.get("vocab") or {}).get("fingerprints") or {})
 
     def codebook_path(self, modality: str = "speech") -> Path:
         return self.path / CODEBOOKS_DIR / f"{modality}.safetensors"

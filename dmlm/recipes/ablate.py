@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dmlm.data.manifest import read_manifest
+from dmlm.data.shards import build_store
+from dmlm.data.split import store_prefix
+from dmlm.tokenizers.features import build_features
+from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
+from dmlm.tokenizers.tokenize import load_record_audio
 from dmlm.training.config import RunConfig
 from dmlm.util.config import ConfigError, load_config
 from dmlm.util.errors import MissingFileError
-from dmlm.data.manifest import read_manifest
-from dmlm.util.io import atomic_write_text
-from dmlm.data.shards import build_store
-from dmlm.data.split import store_prefix
-from dmlm.tokenizers.tokenize import load_record_audio
-from dmlm.tokenizers.features import build_features
-from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
+from dmlm.util.io import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -110,7 +110,7 @@ def run_ablation(cfg: AblateConfig) -> list[dict]:
             "wer": rep["wer"], "cer": rep["cer"], "wer_heldout_voice": rep.get("wer_heldout_voice"),
             "steps": log[-1]["step"], "train_minutes": cfg.minutes, "seconds": round(time.time() - t0, 1),
         })
-        atomic_write_text(results_path, json.dumps(results, indent=1))
+        atomic_write_json(results_path, results)
         atomic_write_text(out / "ablate.md", render(results))
     return results
 

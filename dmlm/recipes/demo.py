@@ -30,19 +30,19 @@ from pathlib import Path
 
 import torch
 
-from dmlm.training.config import RunConfig
-from dmlm.util.config import ConfigError, dump_config, load_config
 from dmlm.data.manifest import read_manifest
-from dmlm.util.io import atomic_write_text
 from dmlm.data.prepare import PrepareConfig, prepare
 from dmlm.data.split import store_prefix
 from dmlm.decoding import DecodingOptions
-from dmlm.modeling import CheckpointFiles, vocoder_dir
 from dmlm.evaluation.headline import SPEECH_OUT_KEYS, headline
+from dmlm.modeling import CheckpointFiles, vocoder_dir
 from dmlm.tokenizers.image import ImageCodebookSettings
 from dmlm.tokenizers.speech import CodebookSettings
-from dmlm.vocoder.model import VocoderConfig
+from dmlm.training.config import RunConfig
+from dmlm.util.config import ConfigError, dump_config, load_config
 from dmlm.util.errors import UserError
+from dmlm.util.io import atomic_write_json, atomic_write_text
+from dmlm.vocoder.model import VocoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ def machine() -> dict:
 
 
 def fit_demo_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
-    from dmlm.tokenizers.tokenize import load_record_audio
     from dmlm.tokenizers.speech import Codebook, fit_codebook
+    from dmlm.tokenizers.tokenize import load_record_audio
 
     want = CodebookSettings(**asdict(cfg.codebook))
     if path.is_file():
@@ -124,8 +124,8 @@ def fit_demo_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
 
 
 def fit_demo_image_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
-    from dmlm.util.images import load_image
     from dmlm.tokenizers.image import ImageCodebook, fit_image_codebook
+    from dmlm.util.images import load_image
 
     want = ImageCodebookSettings(**asdict(cfg.image_codebook))
     if path.is_file():
@@ -249,7 +249,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "models": {k: str(v.resolve()) for k, v in models.items()},
         "config": asdict(cfg),
     }
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=str))
+    atomic_write_json(out / "report.json", report)
     from dmlm.recipes.report import write_reports
 
     write_reports(out, results=None)
@@ -262,7 +262,7 @@ def _accumulate_stages(path: Path, seconds: dict[str, float]) -> dict:
     total["invocations"] += 1
     for k, v in seconds.items():
         total["stages_seconds"][k] = round(total["stages_seconds"].get(k, 0.0) + v, 1)
-    atomic_write_text(path, json.dumps(total, indent=1))
+    atomic_write_json(path, total)
     return {"all_invocations": {**total, "minutes": round(sum(total["stages_seconds"].values()) / 60, 2)}}
 
 
@@ -291,7 +291,7 @@ def _cached(path: Path, model_dir: Path, evaluate, settings: object = None, voco
             return rep
     rep = evaluate()
     rep["model_stamp"] = stamp
-    atomic_write_text(path, json.dumps(rep, indent=1, default=str))
+    atomic_write_json(path, rep)
     return rep
 
 
@@ -319,7 +319,7 @@ def train_demo_vocoder(cfg: DemoConfig, manifests: Sequence[Path], out: Path) ->
         if new:
             log.info("vocoder: new settings without retraining %s", new)
             saved.update(new)
-            atomic_write_text(target / "config.json", json.dumps(saved, indent=1))
+            atomic_write_json(target / "config.json", saved)
         # the old set is of other clips, or lacks the frame order that matching with context needs
         if "matching_clips" in new or (cfg.vocoder.knn_context and not MatchingSet.saved_with_context(target)):
             (target / MATCHING).unlink(missing_ok=True)
@@ -339,8 +339,8 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
     hears through the same codebook, so it rewards audio that maps back to the right units).
     """
     from dmlm.evaluation.judge import CheckpointJudge, WhisperJudge
-    from dmlm.modeling import load_checkpoint
     from dmlm.evaluation.speech import evaluate_resynthesis, evaluate_t2s_audio
+    from dmlm.modeling import load_checkpoint
 
     parts: dict = {}
 

@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dmlm.vocab import Vocab
 from dmlm.util.errors import UserError
+from dmlm.vocab import Vocab
 
 
 @dataclass
@@ -148,7 +148,7 @@ def get_task(name: str) -> Task:
 
 
 from dmlm.tasks.lm import ImageLM, SpeechLM, TextLM  # noqa: E402
-from dmlm.tasks.paired import PAIRED, PairedTask  # noqa: E402
+from dmlm.tasks.paired import PAIRED  # noqa: E402
 
 TASKS: dict[str, Task] = {**{t.name: t for t in PAIRED}, "text_lm": TextLM(), "speech_lm": SpeechLM(),
                           "image_lm": ImageLM()}

@@ -20,11 +20,14 @@ caption's: every task keeps the one sequence format (a tag the model reads, neve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from dmlm.metrics import error_rates, translation_scores, unit_scores
+from dmlm.metrics.captioning import caption_scores
 from dmlm.tasks import Sample, Sources, modality_ids, span
 from dmlm.util.errors import UserError
 from dmlm.vocab import Vocab
@@ -40,7 +43,7 @@ class PairedTask:
     target: str  # modality written
     label: str  # how errors name the task
     target_text: str | None = None  # text target: "text", "translation" or "caption"; None for speech
-    metric: str = ""  # scorer of decoded rows, a function in dmlm.metrics
+    metric: Callable[[list, list], dict] | None = None  # scores hypotheses against references
 
     # -- sequences ---------------------------------------------------------------------------
     def _source_lang(self, sample: Sample) -> str:
@@ -148,18 +151,12 @@ class PairedTask:
         return record.text
 
     def evaluate(self, rows: list[dict]) -> dict:
-        import dmlm.metrics as metrics
-
-        if self.metric == "caption_scores":
-            from dmlm.metrics.captioning import caption_scores as score
-        else:
-            score = getattr(metrics, self.metric)
-        return score([r["ref"] for r in rows], [r["hyp"] for r in rows])
+        return self.metric([r["ref"] for r in rows], [r["hyp"] for r in rows])
 
 
 PAIRED = (
-    PairedTask("asr", "speech", "text", "ASR", target_text="text", metric="error_rates"),
-    PairedTask("s2tt", "speech", "text", "S2TT", target_text="translation", metric="translation_scores"),
-    PairedTask("t2s", "text", "speech", "T2S", metric="unit_scores"),
-    PairedTask("i2t", "image", "text", "I2T", target_text="caption", metric="caption_scores"),
+    PairedTask("asr", "speech", "text", "ASR", target_text="text", metric=error_rates),
+    PairedTask("s2tt", "speech", "text", "S2TT", target_text="translation", metric=translation_scores),
+    PairedTask("t2s", "text", "speech", "T2S", metric=unit_scores),
+    PairedTask("i2t", "image", "text", "I2T", target_text="caption", metric=caption_scores),
 )

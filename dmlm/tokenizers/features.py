@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+
 from dmlm.util.errors import UserError
 
 SAMPLE_RATE = 16_000

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmlm.tokenizers.kmeans import CodebookMismatch, KMeansCodebook  # noqa: F401  (CodebookMismatch: re-exported)
 from dmlm.tokenizers.features import FeatureExtractor, build_features
+from dmlm.tokenizers.kmeans import CodebookMismatch, KMeansCodebook  # noqa: F401  (CodebookMismatch: re-exported)
 from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from dmlm.util.audio import AudioError, load_audio
 from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.shards import TokenStore, build_store
 from dmlm.data.split import store_prefix
-from dmlm.util.images import ImageError, load_image
 from dmlm.tokenizers.image import ImageCodebook, read_external_codes
 from dmlm.tokenizers.speech import Codebook
+from dmlm.util.audio import AudioError, load_audio
 from dmlm.util.errors import MissingFileError, UserError
+from dmlm.util.images import ImageError, load_image
 
 
 def load_record_audio(manifest: str | Path, r: Record):
@@ -98,11 +98,6 @@ def codebook_modality(path: str | Path) -> str:
         raise MissingFileError(f"{path}: codebook file not found")
     with safe_open(str(path), "np") as fh:
         return (fh.metadata() or {}).get("modality", "speech")
-
-
-def load_codebook(path: str | Path) -> Codebook | ImageCodebook:
-    """A speech or image codebook file, by the modality it declares."""
-    return ImageCodebook.load(path) if codebook_modality(path) == "image" else Codebook.load(path)
 
 
 def tokenize(codebook: str | Path, manifest: str | Path, out_dir: str | Path, shard: int = 0, num_shards: int = 1,

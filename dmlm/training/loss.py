@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dmlm.vocab import MODALITIES
 from dmlm.util.errors import UserError
+from dmlm.vocab import MODALITIES
 
 LOSSES = ("full", "target", "length_normalized", "target_length_normalized")
 PER_MODALITY = ("length_normalized", "target_length_normalized")  # one mean per modality

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from transformers import PreTrainedModel
+
 from dmlm.util.errors import UserError
 
 if TYPE_CHECKING:

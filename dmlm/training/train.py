@@ -31,21 +31,34 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmlm.training.config import RunConfig
-from dmlm.util.config import dump_config
-from dmlm.util.io import atomic_dir, atomic_write_json
 from dmlm.data.manifest import read_manifest
-from dmlm.training.packing import check_packing, collate_packed, packed_attention_mask, packed_batches, packed_padding_share, row_length
+from dmlm.data.mixture import Mixture
 from dmlm.data.shards import TokenStore
 from dmlm.data.split import Split
-from dmlm.training.loss import loss_counts, loss_weights, multimodal_loss
-from dmlm.modeling import CheckpointFiles, build_model, load_checkpoint, model_summary, save_checkpoint
-from dmlm.data.mixture import Mixture
+from dmlm.modeling import (
+    CheckpointFiles,
+    build_model,
+    load_checkpoint,
+    model_summary,
+    save_checkpoint,
+)
 from dmlm.tasks import Rendered, Sample, Sources, get_task, parse_spec, render
 from dmlm.tokenizers.speech import Codebook
 from dmlm.tokenizers.text import TextTokenizer, unified_hf_tokenizer
-from dmlm.vocab import Vocab
+from dmlm.training.config import RunConfig
+from dmlm.training.loss import loss_counts, loss_weights, multimodal_loss
+from dmlm.training.packing import (
+    check_packing,
+    collate_packed,
+    packed_attention_mask,
+    packed_batches,
+    packed_padding_share,
+    row_length,
+)
+from dmlm.util.config import dump_config
 from dmlm.util.errors import MissingFileError, UserError
+from dmlm.util.io import atomic_dir, atomic_write_json
+from dmlm.vocab import Vocab
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from dmlm.util.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,13 @@ Design decisions:
 
 from __future__ import annotations
 
-from dmlm.util.errors import UserError
-
 import logging
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from dmlm.util.errors import UserError
 
 SAMPLE_RATE = 16_000
 log = logging.getLogger(__name__)

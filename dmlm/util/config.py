@@ -9,8 +9,6 @@ Design decisions:
 
 from __future__ import annotations
 
-from dmlm.util.errors import UserError
-
 import dataclasses
 import typing
 from dataclasses import asdict
@@ -19,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from dmlm.util.errors import UserError
 
 
 class ConfigError(UserError):

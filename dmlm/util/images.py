@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
 from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)

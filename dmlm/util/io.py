@@ -22,10 +22,13 @@ from typing import Any
 from dmlm.util.errors import OutputError
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask has no read-only form, and setting it races other threads
 
 
 def _output_error(path: Path, e: OSError) -> OutputError:
@@ -47,7 +50,7 @@ def atomic_file(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise _output_error(path, e) from None
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; an output gets the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; an output gets the usual permissions
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)

@@ -58,8 +58,8 @@ import torch
 from torch import nn
 
 from dmlm.tokenizers.speech import CodebookMismatch
-from dmlm.vocoder.spectrogram import SAMPLE_RATE, from_mel, griffin_lim, to_mel
 from dmlm.util.errors import MissingFileError, UserError
+from dmlm.vocoder.spectrogram import SAMPLE_RATE, from_mel, griffin_lim, to_mel
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -176,7 +176,7 @@ class VocoderConfig:
         sets that shape the network), "synthesis" (SYNTHESIS_FIELDS) or "matching" (MATCHING_FIELDS)."""
         groups = {"synthesis": SYNTHESIS_FIELDS, "matching": MATCHING_FIELDS}
         if kind not in (*groups, "training"):
-            raise UserError(f"kind must be training, synthesis or matching, got {kind!r}")
+            raise ValueError(f"kind must be training, synthesis or matching, got {kind!r}")
         other = set(TRAINING_FIELDS) | set(SYNTHESIS_FIELDS) | set(MATCHING_FIELDS)
         names = [f.name for f in fields(self)
                  if (f.name in groups[kind] if kind in groups else f.name not in other)]
@@ -285,7 +285,7 @@ class UnitToSpec(nn.Module):
         x = self.emb(units)  # (B, T, D)
         if self.speaker is not None:
             if speaker is None:
-                raise UserError("this vocoder is speaker-conditioned: pass speaker ids")
+                raise ValueError("this vocoder is speaker-conditioned: pass speaker ids")
             x = x + self.speaker(speaker)[:, None]
         x = x.transpose(1, 2) * m  # (B, D, T)
         for b in self.unit_blocks:
@@ -339,9 +339,9 @@ class MatchingSet:
     def __init__(self, frames: torch.Tensor, bounds: torch.Tensor, voice: str | None = None,
                  prev: torch.Tensor | None = None, next: torch.Tensor | None = None):  # noqa: A002
         if bounds.ndim != 1 or int(bounds[-1]) != len(frames):
-            raise UserError(f"matching set: bounds end at {int(bounds[-1])} but there are {len(frames)} frames")
+            raise ValueError(f"matching set: bounds end at {int(bounds[-1])} but there are {len(frames)} frames")
         if (prev is None) != (next is None) or (prev is not None and (len(prev) != len(frames) or len(next) != len(frames))):
-            raise UserError("matching set: prev and next must both be given, one row per frame")
+            raise ValueError("matching set: prev and next must both be given, one row per frame")
         self.frames, self.bounds, self.voice = frames, bounds.long(), voice
         self.prev = None if prev is None else prev.long()
         self.next = None if next is None else next.long()
@@ -393,7 +393,7 @@ class MatchingSet:
         if context:
             lengths = torch.as_tensor([len(out)] if lengths is None else list(lengths))
             if int(lengths.sum()) != len(out):
-                raise UserError(f"matching: clip lengths sum to {int(lengths.sum())}, but there are {len(out)} frames")
+                raise ValueError(f"matching: clip lengths sum to {int(lengths.sum())}, but there are {len(out)} frames")
             start, end = _clip_edges(lengths.to(out.device))
             t = torch.arange(len(out), device=out.device)
             query = torch.cat([out[torch.clamp(t + o, start, end - 1)] for o in offsets], 1)  # (T, W * bins)
@@ -460,7 +460,7 @@ class Vocoder:
 
     def __init__(self, cfg: VocoderConfig, net: UnitToSpec | None = None, matching: MatchingSet | None = None):
         if cfg.k <= 0:
-            raise UserError("VocoderConfig.k (the codebook size) must be set")
+            raise ValueError("VocoderConfig.k (the codebook size) must be set")
         self.cfg = cfg
         self.net = (net or UnitToSpec(cfg)).eval()
         self.matching = matching
@@ -589,7 +589,7 @@ class Vocoder:
         """Each unit sequence -> float32 16 kHz waveform of len(units_expanded) / frame_rate seconds.
         `voice`: a training speaker of a speaker-conditioned vocoder (default: `cfg.voice`)."""
         if isinstance(batch, np.ndarray) and batch.ndim == 1:
-            raise UserError("synthesize_batch takes a list of unit sequences; use synthesize for one")
+            raise ValueError("synthesize_batch takes a list of unit sequences; use synthesize for one")
         seqs = [self._validate(u, i) for i, u in enumerate(batch)]
         seqs = self.expand(seqs)
         c = self.cfg

@@ -15,7 +15,6 @@ Design decisions:
 from __future__ import annotations
 
 import torch
-from dmlm.util.errors import UserError
 
 SAMPLE_RATE = 16_000
 
@@ -38,7 +37,7 @@ def griffin_lim(log_mag: torch.Tensor, n_fft: int, hop: int, win_length: int, n_
     """(B, T, F) log magnitudes -> (B, T * hop) waveforms; `lengths` (B,) frames (the rest is padding)."""
     B, T, F = log_mag.shape
     if F != n_fft // 2 + 1:
-        raise UserError(f"spectrogram has {F} bins, n_fft={n_fft} needs {n_fft // 2 + 1}")
+        raise ValueError(f"spectrogram has {F} bins, n_fft={n_fft} needs {n_fft // 2 + 1}")
     mag = (log_mag.float() * power).exp().transpose(1, 2)  # (B, F, T)
     if lengths is not None:
         valid = torch.arange(T, device=mag.device)[None] < lengths.to(mag.device)[:, None]

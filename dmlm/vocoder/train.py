@@ -39,16 +39,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmlm.util.audio import load_audio
 from dmlm.data.manifest import Record, read_manifest
-from dmlm.util.io import atomic_write_text
 from dmlm.data.shards import TokenStore
 from dmlm.tokenizers.speech import Codebook, pool_frames
+from dmlm.util.audio import load_audio
+from dmlm.util.errors import UserError
+from dmlm.util.io import atomic_write_json
 from dmlm.vocoder.model import (
-    MATCHING, MatchingSet, UnitToSpec, Vocoder, VocoderConfig, lr_scale, pad_batch, run_lengths,
+    MATCHING,
+    MatchingSet,
+    UnitToSpec,
+    Vocoder,
+    VocoderConfig,
+    lr_scale,
+    pad_batch,
+    run_lengths,
 )
 from dmlm.vocoder.spectrogram import log_magnitude
-from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
 UNKNOWN_VOICE = "unknown"  # records without a speaker share one embedding
@@ -192,7 +199,7 @@ def add_matching_set(vocoder_dir: str | Path, manifest: Manifests, units_store_p
     out = m.save(vocoder_dir) if m is not None else Path(vocoder_dir) / MATCHING
     if clips is not None:
         config = Path(vocoder_dir) / "config.json"
-        atomic_write_text(config, json.dumps({**json.loads(config.read_text()), "matching_clips": clips}, indent=1))
+        atomic_write_json(config, {**json.loads(config.read_text()), "matching_clips": clips})
     return out
 
 
