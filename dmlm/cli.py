@@ -18,7 +18,8 @@
     dmlm vocoder match MODEL [--clips N]          (re)build its matching set of real frames
     dmlm report RUN                               RUN/report.md and docs/results.md from RUN/report.json
     dmlm demo [CONFIG.yaml] [key=value ...]        the whole pipeline on mini-world, offline
-    dmlm ablate [CONFIG.yaml] [key=value ...]      codebook variants compared by WER
+    dmlm study CONFIG.yaml [key=value ...]         arms x seeds, compared with bootstrap intervals
+    dmlm study report                             docs/studies.md from the summaries in docs/studies/
 
 Errors a user can fix (dmlm's own `UserError` types: bad manifest, audio, config, codebook
 mismatch, missing file) print one line and exit with status 2; anything else is a bug and shows
@@ -256,10 +257,23 @@ def cmd_demo(args) -> None:
     print(f"Report: {cfg.out}/report.md")
 
 
-def cmd_ablate(args) -> None:
-    from dmlm.recipes.ablate import load_ablate_config, render, run_ablation
+def cmd_study(args) -> None:
+    if args.config == "report":
+        from dmlm.recipes.study_summary import write_studies_doc
 
-    print(render(run_ablation(load_ablate_config(args.config, args.overrides))))
+        docs = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("docs=")), "docs/studies")
+        target = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("out=")), "docs/studies.md")
+        print(write_studies_doc(docs, target))
+        return
+    from dmlm.recipes.study import load_study_config, run_study
+
+    cfg = load_study_config(args.config, args.overrides)
+    summary = run_study(cfg)
+    print(f"Study {cfg.name}: verdict {summary['verdict']}")
+    for c in summary["comparisons"]:
+        print(f"  {c['arm']} vs {c['reference']}  {c['metric']:24s} {c['delta']:+7.2f} "
+              f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]  {c['verdict']}")
+    print(f"Summary: {cfg.out_dir / (cfg.name + '.md')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,10 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_demo)
 
-    s = sub.add_parser("ablate", help="compare speech codebooks by WER at a fixed training budget")
-    s.add_argument("config", nargs="?")
+    s = sub.add_parser("study", help="compare arms over seeds (configs/studies/*.yaml); `dmlm study report` writes docs/studies.md")
+    s.add_argument("config", help="a study YAML, or `report` (options docs=FOLDER out=FILE)")
     s.add_argument("overrides", nargs="*")
-    s.set_defaults(fn=cmd_ablate)
+    s.set_defaults(fn=cmd_study)
     return p
 
 

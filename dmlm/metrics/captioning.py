@@ -78,6 +78,13 @@ def cider(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:
 
     See the module docstring for the definition; the idf comes from `refs` itself.
     """
+    scores = cider_items(refs, hyps)
+    return math.fsum(scores) / len(scores)
+
+
+def cider_items(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> list[float]:
+    """Each item's CIDEr-D (the corpus score is their mean), with the idf of the whole of `refs`:
+    what a bootstrap over items resamples."""
     _check(refs, hyps)
     ref_counts = [[_ngram_counts(r) for r in item] for item in refs]
     df: Counter[NGram] = Counter()
@@ -106,7 +113,7 @@ def cider(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:
                 sims.append(penalty * dot / (h_norm[n] * r_norm))
             per_ref.append(math.fsum(sims) / MAX_ORDER)
         item_scores.append(10.0 * math.fsum(per_ref) / len(per_ref))
-    return math.fsum(item_scores) / len(item_scores)
+    return item_scores
 
 
 def caption_scores(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> dict[str, float | str]:

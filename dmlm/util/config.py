@@ -49,6 +49,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, inner, key) for v in value]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # e.g. an item of a list of dataclasses
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _fill(tp(), value, f"{key}.")
     if origin is dict:
         kt, vt = typing.get_args(tp)
         if isinstance(value, str):
@@ -100,6 +104,11 @@ def load_config(path: str | Path | None, overrides: list[str], cls: type) -> Any
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at the top")
         cfg = _fill(cfg, values)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """`cfg` (a dataclass) with `a.b=value` overrides applied; values are YAML."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")

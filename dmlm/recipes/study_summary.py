@@ -1,0 +1,275 @@
+"""A study's summary: per-arm means and seed spread, bootstrap intervals, paired comparisons, verdicts, plots.
+
+Reads the rows of `OUT/runs.jsonl` and the per-utterance hypotheses each run's evaluation wrote,
+and writes `OUT/NAME.json` (the schema below), `OUT/NAME.md`, `OUT/NAME_metrics.png` (each
+metric per arm with its 95 % interval and the seeds as dots) and `OUT/NAME_dev_loss.png`
+(dev loss per arm against steps, the mean over seeds with their range shaded). `dmlm study
+report` collects the committed summaries into docs/studies.md.
+
+Schema of NAME.json:
+`{"study", "finding", "reference", "method", "arms": [{"name", "overrides", "runs": [{"seed",
+"metrics", "steps", "tokens", "seconds"}], "mean", "std", "ci95": {metric: [lo, hi]}}],
+"comparisons": [{"arm", "reference", "metric", "delta", "ci95", "verdict", "expect"}], "verdict"}`.
+
+Method (`dmlm.metrics.bootstrap`): an arm's score is the corpus metric over its test utterances
+pooled across seeds; its `ci95` and each comparison's come from a (paired) bootstrap over test
+utterances, pooled across seeds; `std` is the standard deviation of the seeds' own scores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from dmlm.evaluation.grouping import is_heldout_voice
+from dmlm.metrics.bootstrap import LOWER_IS_BETTER, base_metric, interval, paired_difference, resample_counts, score
+from dmlm.metrics.bootstrap import utterance_stats
+from dmlm.util.io import atomic_write_json, atomic_write_text
+
+METHOD = ("Per arm: the mean and standard deviation of the seeds' scores; a 95 % percentile interval from "
+          "a bootstrap over test utterances pooled across seeds (each utterance's metric statistics summed over "
+          "the seeds). Per comparison: arm minus reference on the pooled corpus metric, with a paired bootstrap "
+          "over the same utterances (Koehn, 2004); 'better'/'worse' when the interval excludes zero.")
+
+VERDICTS = {"reproduced", "not reproduced", "mixed", "no claim"}
+
+
+def _read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def _pooled_stats(runs: list[dict], metric: str) -> dict[str, np.ndarray]:
+    """Utterance id -> the metric's statistics summed over the arm's seeds (ids every seed scored)."""
+    task, key = metric.split(".")
+    per_seed = []
+    for run in runs:
+        path = run.get("hyps", {}).get(task)
+        if not path or not Path(path).is_file():
+            return {}
+        rows = _read_jsonl(path)
+        heldout = key.endswith("_heldout_voice")
+        rows = [r for r in rows if is_heldout_voice(r) == heldout]
+        if not rows:
+            return {}
+        stats = utterance_stats(key, [r["ref"] for r in rows], [r["hyp"] for r in rows])
+        per_seed.append({r["id"]: s for r, s in zip(rows, stats)})
+    common = set.intersection(*(set(d) for d in per_seed)) if per_seed else set()
+    return {i: sum(d[i] for d in per_seed) for i in sorted(common)}
+
+
+def summarize(study: str, finding: str, reference: str, arms: list, runs: list[dict], metrics: list[str],
+              primary: str, draws: int, reference_of) -> dict:
+    """The summary dict (module docstring) from runs.jsonl rows."""
+    by_arm: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        by_arm[r["arm"]].append(r)
+    pooled = {(a.name, m): _pooled_stats(sorted(by_arm[a.name], key=lambda r: r["seed"]), m)
+              for a in arms for m in metrics}
+    out_arms = []
+    for a in arms:
+        rs = sorted(by_arm[a.name], key=lambda r: r["seed"])
+        entry = {"name": a.name, "overrides": list(a.overrides),
+                 "runs": [{"seed": r["seed"], "metrics": r["metrics"], "steps": r["steps"], "tokens": r["tokens"],
+                           "seconds": r["seconds"], "final_dev_loss": r.get("final_dev_loss")} for r in rs],
+                 "mean": {}, "std": {}, "ci95": {}, "pooled": {}}
+        for m in metrics:
+            vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
+            if not vals:
+                continue
+            entry["mean"][m] = float(np.mean(vals))
+            entry["std"][m] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            st = pooled[(a.name, m)]
+            if st:
+                mat = np.stack(list(st.values()))
+                entry["pooled"][m] = score(base_metric(m.split(".")[1]), mat.sum(0))
+                entry["ci95"][m] = list(interval(m.split(".")[1], mat, resample_counts(len(mat), draws, seed=1)))
+        out_arms.append(entry)
+    comparisons = []
+    for a in arms:
+        ref = reference_of(a)
+        if ref is None:
+            continue
+        for m in metrics:
+            sa, sr = pooled[(a.name, m)], pooled[(ref, m)]
+            ids = sorted(set(sa) & set(sr))
+            if not ids:
+                continue
+            counts = resample_counts(len(ids), draws, seed=2)
+            key = m.split(".")[1]
+            d = paired_difference(key, np.stack([sa[i] for i in ids]), np.stack([sr[i] for i in ids]), counts)
+            comparisons.append({"arm": a.name, "reference": ref, "metric": m, **d, "utterances": len(ids),
+                                "expect": a.expect or None, "primary": m == primary})
+    return {"study": study, "finding": finding, "reference": reference, "method": METHOD, "primary": primary,
+            "metrics": metrics, "arms": out_arms, "comparisons": comparisons,
+            "verdict": finding_verdict(comparisons)}
+
+
+def finding_verdict(comparisons: list[dict]) -> str:
+    """reproduced: every comparison the paper makes a claim about goes its way on the primary metric;
+    not reproduced: none does; mixed: some do. 'no claim' when the study makes none."""
+    claims = [c for c in comparisons if c.get("primary") and c.get("expect")]
+    if not claims:
+        return "no claim"
+    hits = sum(c["verdict"] == c["expect"] for c in claims)
+    return "reproduced" if hits == len(claims) else "not reproduced" if hits == 0 else "mixed"
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def render(summary: dict, command: str) -> str:
+    metrics = summary["metrics"]
+    lines = [f"# Study `{summary['study']}`", "", f"**Finding tested:** {summary['finding'] or '–'}", "",
+             f"**Verdict:** {summary['verdict']} (primary metric `{summary['primary']}`, reference arm "
+             f"`{summary['reference']}`)", "", f"Command: `{command}`", "", f"Method: {summary['method']}", "",
+             "| arm | " + " | ".join(metrics) + " | steps | train s (mean) |",
+             "|---|" + "---|" * (len(metrics) + 2)]
+    for a in summary["arms"]:
+        cells = []
+        for m in metrics:
+            if m not in a["mean"]:
+                cells.append("–")
+                continue
+            ci = a["ci95"].get(m)
+            cells.append(f"{_fmt(a['mean'][m])} ± {_fmt(a['std'][m])}" + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""))
+        steps = sorted({r["steps"] for r in a["runs"]})
+        secs = np.mean([r["seconds"] for r in a["runs"]]) if a["runs"] else None
+        lines.append(f"| {a['name']} | " + " | ".join(cells) + f" | {','.join(map(str, steps))} | {_fmt(secs, 0)} |")
+    lines += ["", "Cells: mean ± standard deviation over seeds [95 % bootstrap interval of the pooled score]. "
+              f"Seeds: {', '.join(str(r['seed']) for r in summary['arms'][0]['runs']) if summary['arms'] else '–'}.",
+              "", "| arm | against | metric | difference | 95 % interval | verdict | paper expects |",
+              "|---|---|---|---|---|---|---|"]
+    for c in summary["comparisons"]:
+        lines.append(f"| {c['arm']} | {c['reference']} | {c['metric']}{' (primary)' if c['primary'] else ''} | "
+                     f"{c['delta']:+.2f} | [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] | {c['verdict']} | "
+                     f"{c['expect'] or '–'} |")
+    lines += ["", "Lower is better for WER, CER and unit error rate; higher for BLEU, chrF, CIDEr and unit accuracy. "
+              "Plots: metrics with intervals, dev loss per arm.", "",
+              f"![metrics]({summary['study']}_metrics.png)", "", f"![dev loss]({summary['study']}_dev_loss.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_metrics(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in summary["metrics"] if any(m in a["mean"] for a in summary["arms"])]
+    if not metrics:
+        return
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
+    names = [a["name"] for a in summary["arms"]]
+    for ax, m in zip(axes[0], metrics):
+        for i, a in enumerate(summary["arms"]):
+            if m not in a["mean"]:
+                continue
+            y = a["pooled"].get(m, a["mean"][m])
+            ci = a["ci95"].get(m, [y, y])
+            ax.bar(i, y, color=f"C{i}", alpha=0.6)
+            ax.errorbar(i, y, yerr=[[y - ci[0]], [ci[1] - y]], color="black", capsize=4)
+            seeds = [r["metrics"][m] for r in a["runs"] if m in r["metrics"]]
+            ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        arrow = "↓" if LOWER_IS_BETTER[base_metric(m.split(".")[1])] else "↑"
+        ax.set_title(f"{m} {arrow}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"study {summary['study']}: pooled score, 95 % interval, seeds as dots", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_dev_loss(summary: dict, runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for i, a in enumerate(summary["arms"]):
+        curves = [r.get("dev_curve") or [] for r in runs if r["arm"] == a["name"]]
+        steps = sorted(set.intersection(*(set(p["step"] for p in c) for c in curves))) if curves and all(curves) else []
+        if not steps:
+            continue
+        ys = np.array([[next(p["dev_loss"] for p in c if p["step"] == s) for s in steps] for c in curves])
+        ax.plot(steps, ys.mean(0), "-o", ms=3, color=f"C{i}", label=a["name"])
+        ax.fill_between(steps, ys.min(0), ys.max(0), color=f"C{i}", alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("dev loss (nats per target token)")
+    ax.set_title(f"study {summary['study']}: mean over seeds, range shaded", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_summary(cfg, runs: list[dict]) -> dict:
+    """NAME.json, NAME.md and the plots in the study's folder, copied to `cfg.docs`."""
+    summary = summarize(cfg.name, cfg.finding, cfg.reference_arm, cfg.arms, runs, cfg.metrics,
+                        cfg.primary or cfg.metrics[0], cfg.bootstrap, cfg.reference_of)
+    summary["seeds"] = list(cfg.seeds)
+    summary["base"] = {"prepare": runs[0]["config"]["prepare"] if runs else None,
+                       "model": runs[0]["config"]["run"]["model"] if runs else None,
+                       "train": runs[0]["config"]["run"]["train"] if runs else None,
+                       "tasks": runs[0]["config"]["run"]["data"]["tasks"] if runs else None,
+                       "machine": runs[0].get("machine") if runs else None}
+    out = cfg.out_dir
+    atomic_write_json(out / f"{cfg.name}.json", summary)
+    atomic_write_text(out / f"{cfg.name}.md", render(summary, f"dmlm study configs/studies/{cfg.name}.yaml"))
+    plot_metrics(summary, out / f"{cfg.name}_metrics.png")
+    plot_dev_loss(summary, runs, out / f"{cfg.name}_dev_loss.png")
+    if cfg.docs:
+        docs = Path(cfg.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        for suffix in (".json", ".md", "_metrics.png", "_dev_loss.png"):
+            src = out / f"{cfg.name}{suffix}"
+            if src.is_file():
+                shutil.copyfile(src, docs / src.name)
+    return summary
+
+
+FINDING_ORDER = ("loss", "init", "supervision", "codebook")
+
+
+def write_studies_doc(docs: str | Path = "docs/studies", target: str | Path = "docs/studies.md") -> Path:
+    """docs/studies.md from the committed summaries: each finding, its measured result and verdict.
+
+    A `NAME.reading.md` beside a summary (written by whoever ran the study) is included as the reading.
+    """
+    docs = Path(docs)
+    summaries = {p.stem: json.loads(p.read_text()) for p in sorted(docs.glob("*.json"))}
+    order = [n for n in FINDING_ORDER if n in summaries] + sorted(set(summaries) - set(FINDING_ORDER))
+    lines = ["# The paper's findings, measured", "",
+             "Generated by `dmlm study report` from the summaries in [studies/](studies/); each study's page "
+             "has its full table, every comparison and the plots. Method: " + METHOD, "",
+             "| study | the paper's finding | verdict | primary metric: arm vs reference, difference [95 % interval] |",
+             "|---|---|---|---|"]
+    for n in order:
+        s = summaries[n]
+        prim = [c for c in s["comparisons"] if c["primary"]]
+        cells = "; ".join(f"{c['arm']} vs {c['reference']}: {c['delta']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+                          f" ({c['verdict']})" for c in prim) or "–"
+        lines.append(f"| [{n}](studies/{n}.md) | {s['finding']} | **{s['verdict']}** | {s['primary']}: {cells} |")
+    missing = [n for n in FINDING_ORDER if n not in summaries]
+    if missing:
+        lines += ["", "Not yet run to completion (no committed summary): " + ", ".join(f"`{n}`" for n in missing) + "."]
+    for n in order:
+        s = summaries[n]
+        base = s.get("base") or {}
+        lines += ["", f"## `{n}`", "", f"**Paper:** {s['finding']}", "", f"**Measured:** verdict *{s['verdict']}*. "
+                  f"Seeds {s.get('seeds')}; corpus {((base.get('prepare') or {}).get('corpus'))}; "
+                  f"{(base.get('train') or {}).get('steps')} steps per run. Table and plots: [studies/{n}.md](studies/{n}.md).", ""]
+        reading = docs / f"{n}.reading.md"
+        if reading.is_file():
+            lines += [reading.read_text().strip(), ""]
+    target = Path(target)
+    atomic_write_text(target, "\n".join(lines).rstrip() + "\n")
+    return target

@@ -1,0 +1,177 @@
+"""`dmlm study`: a tiny study end to end (incl. a kill and a resume), the summary schema, bootstrap
+intervals and verdicts on data with a known answer, and every committed study config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmlm.metrics.bootstrap import interval, paired_difference, resample_counts, score, utterance_stats, verdict
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "studies"
+
+TINY_BASE = [
+    "base.prepare.n_train=40", "base.prepare.n_dev=4", "base.prepare.n_test=6", "base.prepare.n_unpaired=0",
+    "base.prepare.images=false", "base.codebook.backend=mel",
+    "base.codebook.k=16", "base.codebook.pooling=1", "base.codebook_fit_utts=40", "base.processes=1",
+    "base.run.data.tasks=[asr]", "base.run.data.bpe_vocab_size=300",
+    "base.run.model.hidden_size=32", "base.run.model.layers=1", "base.run.model.heads=2",
+    "base.run.model.intermediate_size=64", "base.run.train.steps=8", "base.run.train.batch_tokens=1500",
+    "base.run.train.eval_every=4", "base.run.train.save_every=4", "base.run.train.warmup_steps=1",
+    "base.run.train.log_every=1",
+]
+ARMS = "arms=[{name: full, overrides: [run.train.loss=full]}, {name: ln, overrides: [run.train.loss=length_normalized], expect: better}]"
+
+
+def _tiny_args(out: Path) -> list[str]:
+    return ["name=tiny", f"out={out}", "seeds=[0, 1]", "docs=", "bootstrap=200", ARMS,
+            "metrics=[asr.wer, asr.cer, asr.wer_heldout_voice]", *TINY_BASE]
+
+
+# -- bootstrap on data with a known answer ---------------------------------------------------------
+
+def test_stats_reproduce_the_corpus_metric():
+    from dmlm.metrics import error_rates, translation_scores
+
+    refs = ["the red cat runs", "a big dog sees the cat", "the dog"]
+    hyps = ["the red cat run", "a big dog sees cat", "the dog"]
+    er, ts = error_rates(refs, hyps), translation_scores(refs, hyps)
+    for m, want in (("wer", er["wer"]), ("cer", er["cer"]), ("bleu", ts["bleu"]), ("chrf", ts["chrf"])):
+        assert score(m, utterance_stats(m, refs, hyps).sum(0)) == pytest.approx(want)
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    n = 400
+    words = rng.integers(5, 15, size=n).astype(float)
+    base_err = rng.binomial(words.astype(int), 0.2).astype(float)
+    better_err = np.maximum(base_err - rng.binomial(1, 0.5, size=n), 0)  # about half an error less per utterance
+    ref = np.stack([base_err, words], 1)
+    arm = np.stack([better_err, words], 1)
+    counts = resample_counts(n, 1000, seed=0)
+    d = paired_difference("wer", arm, ref, counts)
+    assert d["delta"] < 0 and d["ci95"][1] < 0 and d["verdict"] == "better"
+    assert paired_difference("wer", ref, arm, counts)["verdict"] == "worse"
+    # the same system against a relabelled copy of itself: no difference, and the interval straddles zero
+    same = paired_difference("wer", ref.copy(), ref, counts)
+    assert same["verdict"] == "no difference" and same["ci95"][0] <= 0 <= same["ci95"][1]
+    lo, hi = interval("wer", ref, counts)
+    assert lo < score("wer", ref.sum(0)) < hi
+
+
+def test_verdict_follows_the_metric_direction():
+    assert verdict("bleu", 0.5, 2.0) == "better" and verdict("wer", 0.5, 2.0) == "worse"
+    assert verdict("wer_heldout_voice", -2.0, -0.1) == "better" and verdict("cider", -1, 1) == "no difference"
+
+
+def test_finding_verdict():
+    from dmlm.recipes.study_summary import finding_verdict
+
+    claim = {"primary": True, "expect": "better"}
+    assert finding_verdict([{**claim, "verdict": "better"}]) == "reproduced"
+    assert finding_verdict([{**claim, "verdict": "no difference"}]) == "not reproduced"
+    assert finding_verdict([{**claim, "verdict": "better"}, {**claim, "verdict": "worse"}]) == "mixed"
+    assert finding_verdict([{"primary": True, "expect": None, "verdict": "better"}]) == "no claim"
+
+
+# -- configs ------------------------------------------------------------------------------------------
+
+def test_every_study_config_loads_and_validates():
+    from dmlm.recipes.study import load_study_config
+
+    names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    assert {"loss", "init", "supervision", "codebook"} <= set(names)
+    for name in names:
+        cfg = load_study_config(str(CONFIGS / f"{name}.yaml"), [])
+        assert cfg.name == name.removesuffix("-gpu") and len(cfg.arms) >= 2 and cfg.finding
+        for arm in cfg.arms:  # one factor: an arm's resolved training budget is the base's
+            assert cfg.arm_config(arm).run.train.steps == cfg.base.run.train.steps
+
+
+def test_bad_study_configs_name_the_problem():
+    from dmlm.recipes.study import load_study_config
+    from dmlm.util.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no arms"):
+        load_study_config(None, ["name=x"])
+    with pytest.raises(ConfigError, match="unknown config key 'run.train.los'"):
+        load_study_config(None, ["name=x", "arms=[{name: a, overrides: [run.train.los=full]}]"])
+    with pytest.raises(ConfigError, match="unknown metrics"):
+        load_study_config(None, ["name=x", "arms=[{name: a}]", "metrics=[asr.bleu]"])
+    with pytest.raises(ConfigError, match="reference 'b' is not an arm"):
+        load_study_config(None, ["name=x", "arms=[{name: a, reference: b}]"])
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+
+def test_tiny_study_end_to_end_with_kill_and_resume(tmp_path):
+    out = tmp_path / "study"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dmlm.cli", "study", "none", *_tiny_args(out)]
+    cmd[cmd.index("none")] = str(_write_empty(tmp_path))
+    # kill the study while the second run trains (the first run's row is written by then)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "(run 2/4): train" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert [(r["arm"], r["seed"]) for r in runs] == [("full", 0)], "".join(lines)
+    first_model = out / "runs" / "full" / "seed0" / "model" / "model.safetensors"
+    mtime = first_model.stat().st_mtime_ns
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "arm full, seed 0" not in done.stdout  # the finished run is skipped, not redone
+    assert "ETA" in done.stdout and "arm ln, seed 1 (run 4/4)" in done.stdout
+    assert first_model.stat().st_mtime_ns == mtime
+    runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [("full", 0), ("full", 1), ("ln", 0), ("ln", 1)]
+    assert len(list((out / "shared").glob("codebook-*.safetensors"))) == 1  # shared work done once
+    assert all(r["steps"] == 8 and r["tokens"] > 0 and r["config"]["run"]["train"]["seed"] == r["seed"] for r in runs)
+
+    s = json.loads((out / "tiny.json").read_text())
+    assert set(s) >= {"study", "reference", "arms", "comparisons", "verdict", "method"}
+    assert s["study"] == "tiny" and s["reference"] == "full"
+    for arm in s["arms"]:
+        assert set(arm) >= {"name", "overrides", "runs", "mean", "std", "ci95"}
+        assert [r["seed"] for r in arm["runs"]] == [0, 1]
+        assert set(arm["runs"][0]) >= {"seed", "metrics", "steps", "tokens", "seconds"}
+        for m in ("asr.wer", "asr.wer_heldout_voice"):
+            lo, hi = arm["ci95"][m]
+            assert lo <= arm["pooled"][m] <= hi
+            assert arm["mean"][m] == pytest.approx(np.mean([r["metrics"][m] for r in arm["runs"]]))
+    comps = {(c["arm"], c["metric"]): c for c in s["comparisons"]}
+    assert set(comps) == {("ln", m) for m in ("asr.wer", "asr.cer", "asr.wer_heldout_voice")}
+    for c in comps.values():
+        assert c["verdict"] in ("better", "worse", "no difference") and c["ci95"][0] <= c["delta"] <= c["ci95"][1]
+    assert s["verdict"] in ("reproduced", "not reproduced", "mixed")
+    md = (out / "tiny.md").read_text()
+    assert "| ln | full | asr.wer (primary) |" in md and "±" in md
+    assert (out / "tiny_metrics.png").stat().st_size > 1000 and (out / "tiny_dev_loss.png").stat().st_size > 1000
+
+    # the report page from the summaries
+    from dmlm.recipes.study_summary import write_studies_doc
+
+    docs = tmp_path / "docs" / "studies"
+    docs.mkdir(parents=True)
+    (docs / "tiny.json").write_text((out / "tiny.json").read_text())
+    (docs / "tiny.reading.md").write_text("A tiny reading.")
+    page = write_studies_doc(docs, tmp_path / "docs" / "studies.md").read_text()
+    assert "[tiny](studies/tiny.md)" in page and f"**{s['verdict']}**" in page and "A tiny reading." in page
+    assert "Not yet run to completion" in page and "`loss`" in page
+
+
+def _write_empty(tmp_path: Path) -> Path:
+    p = tmp_path / "study.yaml"
+    p.write_text("# every setting comes from the overrides\n")
+    return p
