@@ -40,13 +40,6 @@ def test_frozen_options_are_replaced_and_validated():
         load_demo_config(None, ["asr_only_loss=mean"])
 
 
-def test_ablate_config():
-    from dmlm.recipes.ablate import load_ablate_config
-
-    cfg = load_ablate_config(str(CONFIGS / "ablate.yaml"), [])
-    assert len(cfg.variants) >= 5
-
-
 def test_base_config():
     cfg = load_config(CONFIGS / "base.yaml", [], RunConfig)
     assert isinstance(cfg, RunConfig) and cfg.model.init == "pretrained"
