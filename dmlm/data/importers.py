@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import soundfile as sf
-from tqdm import tqdm
+from dmlm.util.progress import tqdm
 
 from dmlm.data.manifest import ManifestError, Record, write_manifest
 

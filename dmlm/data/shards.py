@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from dmlm.util.progress import tqdm
 
 from dmlm.data.manifest import Record
 from dmlm.util.errors import MissingFileError, UserError

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-from tqdm import tqdm
+from dmlm.util.progress import tqdm
 
 from dmlm.util.audio import SAMPLE_RATE, write_wav
 from dmlm.util.errors import UserError

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm import tqdm
+from dmlm.util.progress import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from dmlm.decoding.greedy import for_compute, greedy

@@ -193,7 +193,7 @@ def fit_image_codebook(images: Iterable[np.ndarray], settings: ImageCodebookSett
                        total: int | None = None) -> ImageCodebook:
     """Fit k-means on patches of `images` ((S, S, 3) uint8 arrays), at most `settings.max_patches`."""
     from sklearn.cluster import MiniBatchKMeans
-    from tqdm import tqdm
+    from dmlm.util.progress import tqdm
 
     if settings.backend != "patch-kmeans":
         raise UserError(f"only patch-kmeans codebooks are fitted; {settings.backend!r} codes are made elsewhere")

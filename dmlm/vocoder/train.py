@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from dmlm.util.progress import tqdm
 
 from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.shards import TokenStore

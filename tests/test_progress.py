@@ -1,0 +1,33 @@
+"""Progress bars in a log file: plain lines at an interval and a final count, no carriage returns."""
+
+from __future__ import annotations
+
+import io
+
+from dmlm.util.progress import tqdm
+
+
+def test_a_bar_written_to_a_file_is_plain_lines(monkeypatch):
+    monkeypatch.setenv("DMLM_PROGRESS_SECONDS", "3600")
+    log = io.StringIO()
+    for _ in tqdm(range(500), desc="tokenize", file=log):
+        pass
+    with tqdm(total=10, desc="partial", file=log) as bar:
+        bar.update(4)
+    text = log.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    # an hour's interval: each bar's final count (or where it stopped), once, and nothing in between
+    assert len(lines) == 2
+    assert lines[0].startswith("tokenize: 100% 500/500") and lines[1].startswith("partial:  40% 4/10")
+
+
+def test_a_bar_on_a_terminal_is_tqdms_own():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    for _ in tqdm(range(3), desc="t", file=out):
+        pass
+    assert "\r" in out.getvalue()
