@@ -93,7 +93,7 @@ def test_train_with_overrides(corpus, tmp_path, capsys):
     info = json.loads((out_dir / "dmlm.json").read_text())
     assert info["step"] == 2 and info["config"]["model"]["hidden_size"] == 64
     assert info["config"]["train"]["steps"] == 2
-    assert (tmp_path / "model.state" / "config.yaml").is_file()
+    assert (out_dir / "training_state" / "config.yaml").is_file()
     # without a YAML file: the first key=value is an override, not a config path
     _ok(["train", f"data.train={corpus.tiny}", "data.dev=", f"data.units={corpus.units}",
          f"data.codebook={corpus.codebook}", f"train.out={tmp_path / 'm2'}", "train.steps=1", "model.layers=1",

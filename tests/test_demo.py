@@ -35,8 +35,8 @@ def test_tiny_demo_without_vocoder(tmp_path):
     rep = run_demo(_tiny_demo(tmp_path, "vocoder_minutes=0", "prepare.neural_extra=2",
                               f"run.data.speakers={json.dumps({'t2s': training_voices()})}", *losses))
     out = tmp_path / "demo"
-    assert "loss: target_length_normalized" in (out / "model.state" / "config.yaml").read_text()
-    assert "loss: length_normalized" in (out / "model_asr.state" / "config.yaml").read_text()
+    assert "loss: target_length_normalized" in (out / "model" / "training_state" / "config.yaml").read_text()
+    assert "loss: length_normalized" in (out / "model_asr" / "training_state" / "config.yaml").read_text()
     assert (rep["train"]["mixture"]["loss"], rep["train"]["asr_only"]["loss"]) == ("target_length_normalized", "length_normalized")
     from dmlm.data.shards import TokenStore
 

@@ -31,10 +31,11 @@ def test_resume_with_another_world_size_is_refused(run_config, tmp_path):
     cfg = run_config(tmp_path / "model", "train.steps=4", "train.batch_tokens=400", "train.save_every=2",
                      "train.eval_every=100")
     train(cfg, stop_at=2)
-    state = tmp_path / "model.state" / "progress.json"
+    state = tmp_path / "model" / "training_state" / "progress.json"
     progress = json.loads(state.read_text())
     assert progress["world_size"] == 1 and progress["grad_accum"] == 1
     state.write_text(json.dumps({**progress, "world_size": 2}))  # as if 2 ranks had trained it
+    (tmp_path / "model" / "checksums.json").unlink()  # (else the edit is refused as a damaged file)
     with pytest.raises(ValueError, match="2 process"):
         train(cfg, resume=True)
 

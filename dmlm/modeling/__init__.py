@@ -7,14 +7,19 @@ from dmlm.modeling.build import (
                                       model_summary,
 )
 from dmlm.modeling.checkpoint import (
+                                      CHECKSUMS_JSON,
                                       DMLM_JSON,
                                       FORMAT_VERSION,
+                                      STATE_DIR,
                                       Checkpoint,
                                       CheckpointFiles,
+                                      fault_point,
                                       load_checkpoint,
+                                      recover_interrupted_save,
                                       save_checkpoint,
                                       vocoder_dir,
 )
 
 __all__ = ["ModelConfig", "build_model", "extend_embeddings", "model_summary", "DMLM_JSON", "FORMAT_VERSION",
-           "Checkpoint", "CheckpointFiles", "load_checkpoint", "save_checkpoint", "vocoder_dir"]
+           "Checkpoint", "CheckpointFiles", "load_checkpoint", "save_checkpoint", "vocoder_dir", "CHECKSUMS_JSON",
+           "STATE_DIR", "fault_point", "recover_interrupted_save"]

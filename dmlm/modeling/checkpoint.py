@@ -13,29 +13,111 @@ Design decisions:
   the codebook and vocoder).
 - `Checkpoint` adds the loaded LM and tokenizer; codebooks and the vocoder load on first use and
   are checked against the fingerprints the vocabulary was built with.
-- Saving writes a temp folder and renames it into place (`dmlm.util.io.atomic_dir`), so a
-  killed save never leaves half a checkpoint; a vocoder already in the folder survives re-saves.
+- Crash consistency: a save writes everything (model, tokenizer, codebooks, `dmlm.json` and,
+  from `dmlm train`, the optimizer/RNG/data position in `training_state/`) into one temp folder,
+  then `checksums.json` (sha256 of every file, and the step) last, then renames the folder into
+  place. Model and training state therefore become visible together or not at all: a kill -9 at
+  any point leaves the previous complete checkpoint (or, killed between the two renames of the
+  swap, both folders complete; `recover_interrupted_save` finishes the swap). The vocoder, trained
+  separately into the folder (`dmlm vocoder train`), is copied across re-saves and not summed.
+- Every load verifies the checksums of the files it reads (a flipped byte or a truncated file is
+  an error naming it) and that the parts agree on the step; a folder without `checksums.json`
+  (written before dmlm had them, or by another tool) loads unverified.
+- Write errors become `OutputError`s saying what failed (a full disk says "no space"), whichever
+  library raised them (safetensors reports ENOSPC as a `SafetensorError`, not an `OSError`).
+- `DMLM_FAULT=STAGE[@STEP]` makes the process SIGKILL itself at that stage of a save (`model`,
+  `between`, `state`, `commit`, `swap`): the crash tests kill real training runs at each stage.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
+import os
 import shutil
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from dmlm.util.errors import MissingFileError, UserError
-from dmlm.util.io import atomic_dir
+from dmlm.util.errors import MissingFileError, OutputError, UserError
 from dmlm.vocab import Vocab
+
+log = logging.getLogger(__name__)
 
 DMLM_JSON = "dmlm.json"
 FORMAT_VERSION = 1
 VOCODER_DIR = "vocoder"
 CODEBOOKS_DIR = "codebooks"
+STATE_DIR = "training_state"  # optimizer, RNG and data position of `dmlm train` (exact resume)
+CHECKSUMS_JSON = "checksums.json"  # written last: a folder that has it is complete
+FAULT_ENV = "DMLM_FAULT"
+
+
+def fault_point(stage: str, step: int | None = None) -> None:
+    """SIGKILL this process here if `DMLM_FAULT` is `stage` or `stage@step` (crash tests only).
+
+    A real kill -9 at a chosen point of a save, so tests check what a crash there leaves behind."""
+    want = os.environ.get(FAULT_ENV)
+    if want and want in (stage, f"{stage}@{step}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _summed_files(folder: Path) -> list[str]:
+    """Files of a checkpoint folder that `checksums.json` covers: all but itself and the vocoder."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.name != CHECKSUMS_JSON and p.relative_to(folder).parts[0] != VOCODER_DIR)
+
+
+def _swap_paths(out: Path) -> tuple[Path, Path]:
+    """The temp folder a save writes and where it moves the previous checkpoint during the swap."""
+    return out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
+
+
+def recover_interrupted_save(path: str | Path) -> bool:
+    """Finish a save killed between its two renames (the old folder moved aside, the new one not yet
+    in place): the complete new folder goes into place, else the old one goes back. True if it did.
+
+    Only the writer (`dmlm train`, holding the run's lock) calls this: a reader never moves folders."""
+    out = Path(path)
+    tmp, old = _swap_paths(out)
+    if out.exists() or not old.is_dir():
+        return False
+    if (tmp / CHECKSUMS_JSON).is_file():  # written last: the new folder is complete
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        log.warning("%s: a save was interrupted after it was complete; finished it", out)
+    else:
+        old.rename(out)
+        log.warning("%s: a save was interrupted; the previous checkpoint is back in place", out)
+    return True
+
+
+def _output_error(path: Path, e: BaseException) -> OutputError | None:
+    """An `OutputError` for a write error from any writer, or None if `e` is not one."""
+    text = str(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in text or "code: 28" in text:
+        why = "no space left on the device"
+    elif isinstance(e, OSError):
+        why = e.strerror or text
+    else:
+        return None
+    return OutputError(f"cannot write {path}: {why}; the previous checkpoint (if any) is unchanged")
 
 
 def vocoder_dir(path: str | Path) -> Path:
@@ -48,8 +130,13 @@ class CheckpointFiles:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if not self.path.exists() and _swap_paths(self.path)[1].is_dir():
+            raise MissingFileError(f"{self.path}: a save was interrupted while swapping folders (the previous "
+                                   f"checkpoint is in {_swap_paths(self.path)[1]}); `dmlm train --resume` "
+                                   "finishes it")
         if not (self.path / DMLM_JSON).is_file():
             raise MissingFileError(f"{self.path}: not a dmlm checkpoint (no {DMLM_JSON})")
+        self._verified: set[bool] = set()  # verify(state) already passed for these values of `state`
 
     @staticmethod
     def is_checkpoint(path: str | Path) -> bool:
@@ -57,7 +144,13 @@ class CheckpointFiles:
 
     @cached_property
     def _json(self) -> dict[str, Any]:
-        return json.loads((self.path / DMLM_JSON).read_text())
+        try:
+            info = json.loads((self.path / DMLM_JSON).read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.path / DMLM_JSON}: not valid JSON ({e}); the checkpoint is damaged") from None
+        if not isinstance(info, dict):
+            raise UserError(f"{self.path / DMLM_JSON}: expected a JSON object, got {type(info).__name__}")
+        return info
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -102,11 +195,68 @@ class CheckpointFiles:
     def has_vocoder(self) -> bool:
         return (self.vocoder_dir / "config.json").is_file()
 
+    @property
+    def state_dir(self) -> Path:
+        """The training state saved with the model (`training_state/`); older runs kept it in `OUT.state/`."""
+        inside = self.path / STATE_DIR
+        legacy = self.path.with_name(self.path.name + ".state")
+        return legacy if not inside.is_dir() and legacy.is_dir() else inside
+
+    @cached_property
+    def checksums(self) -> dict[str, Any] | None:
+        """`checksums.json` ({"step", "sha256": {file: digest}}), or None for a folder written without one."""
+        path = self.path / CHECKSUMS_JSON
+        if not path.is_file():
+            return None
+        try:
+            sums = json.loads(path.read_text())
+            assert isinstance(sums.get("sha256"), dict)
+        except (ValueError, AssertionError, AttributeError) as e:
+            raise UserError(f"{path}: not a valid checksum list ({e or 'no sha256 table'})") from None
+        return sums
+
+    def verify(self, state: bool = False) -> None:
+        """Check every file `checksums.json` lists (the training state's only with `state`) and that
+        `dmlm.json` and the training state name the same step; a folder without checksums passes."""
+        if state in self._verified or True in self._verified:
+            return
+        sums = self.checksums or {"sha256": {}}
+        for rel, digest in sums["sha256"].items():
+            if Path(rel).parts[0] == STATE_DIR and not state:
+                continue
+            path = self.path / rel
+            if not path.is_file():
+                raise UserError(f"{path}: missing from checkpoint {self.path} (listed in {CHECKSUMS_JSON}); "
+                                "the checkpoint is incomplete")
+            if sha256_file(path) != digest:
+                raise UserError(f"{path}: checksum mismatch (the file changed or is damaged since it was saved "
+                                f"at step {sums.get('step')}); refusing checkpoint {self.path}")
+        steps = {DMLM_JSON: self._json.get("step")}
+        if self.checksums is not None:
+            steps[CHECKSUMS_JSON] = sums.get("step")
+        progress = self.state_dir / "progress.json"
+        if state and progress.is_file():
+            try:
+                steps[str(progress)] = json.loads(progress.read_text()).get("step")
+            except ValueError as e:
+                raise UserError(f"{progress}: not valid JSON ({e})") from None
+        if len(set(steps.values())) > 1:
+            raise UserError(f"{self.path}: its parts disagree on the step ({', '.join(f'{k}: {v}' for k, v in steps.items())}); "
+                            "a checkpoint mixed from two saves is refused, not resumed")
+        self._verified.add(state)
+
+    def check_file(self, rel: str) -> None:
+        """Verify one listed file (e.g. a codebook read without loading the LM)."""
+        digest = (self.checksums or {}).get("sha256", {}).get(rel)
+        if digest is not None and sha256_file(self.path / rel) != digest:
+            raise UserError(f"{self.path / rel}: checksum mismatch (the file changed or is damaged since it was saved)")
+
     def load_codebook(self, modality: str = "speech"):
         """The checkpoint's codebook of `modality`, checked against the vocabulary's fingerprint."""
         path = self.codebook_path(modality)
         if not path.is_file():
             raise MissingFileError(f"{self.path}: checkpoint has no {modality} codebook ({path})")
+        self.check_file(f"{CODEBOOKS_DIR}/{modality}.safetensors")
         if modality == "image":
             from dmlm.tokenizers.image import ImageCodebook
 
@@ -127,12 +277,19 @@ class CheckpointFiles:
 
 def save_checkpoint(
     out_dir: str | Path, model: PreTrainedModel, hf_tokenizer, vocab: Vocab, meta: dict,
-    codebooks: dict[str, Path] | None = None,
+    codebooks: dict[str, Path] | None = None, write_state: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write a complete checkpoint folder atomically (temp folder + rename)."""
+    """Write a complete checkpoint folder atomically: a temp folder with every file and, last,
+    `checksums.json`, renamed into place. `write_state(folder)` writes the training state into
+    `training_state/` of the same temp folder, so model and state are published together."""
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    tmp, old = _swap_paths(out)
+    step = meta.get("step")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed save's leftovers
+        tmp.mkdir(parents=True)
         model.save_pretrained(tmp, safe_serialization=True)
+        fault_point("model", step)  # inside the model write: weights written, tokenizer and meta not
         hf_tokenizer.save_pretrained(tmp)
         cb_dir = tmp / CODEBOOKS_DIR
         cb_dir.mkdir()
@@ -142,6 +299,32 @@ def save_checkpoint(
             shutil.copytree(vocoder_dir(out), vocoder_dir(tmp))
         info = {"format_version": FORMAT_VERSION, "vocab": vocab.to_dict(), **meta}
         (tmp / DMLM_JSON).write_text(json.dumps(info, indent=1, default=str))
+        fault_point("between", step)  # the model complete, the training state not begun
+        if write_state is not None:
+            write_state(tmp / STATE_DIR)
+        sums = {"step": step, "sha256": {rel: sha256_file(tmp / rel) for rel in _summed_files(tmp)}}
+        with open(tmp / CHECKSUMS_JSON, "w") as f:
+            f.write(json.dumps(sums, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point("commit", step)  # complete but not in place
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        fault_point("swap", step)  # between the renames: `recover_interrupted_save` finishes it
+        tmp.rename(out)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir() and not out.exists():
+            old.rename(out)
+        err = _output_error(out, e)
+        if err is None:
+            raise
+        raise err from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -183,12 +366,21 @@ class Checkpoint:
         return self._vocoder
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path | CheckpointFiles, device: str = "cpu") -> Checkpoint:
+    """The checkpoint at `path`, its files verified against `checksums.json` first."""
     from transformers import AutoTokenizer
 
-    files = CheckpointFiles(path)
+    files = path if isinstance(path, CheckpointFiles) else CheckpointFiles(path)
+    files.verify()
     vocab = files.vocab
-    model = AutoModelForCausalLM.from_pretrained(files.path).to(device).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(files.path).to(device).eval()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a truncated or damaged file
+        if not isinstance(e, UserError) and any(files.path.glob("*.safetensors")):
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{files.path}: cannot read the model weights ({type(e).__name__}: {why}); "
+                            "the file is truncated or damaged") from None
+        raise
     tok = AutoTokenizer.from_pretrained(files.path)
     if len(tok) != vocab.size:
         raise UserError(f"{files.path}: tokenizer has {len(tok)} ids, {DMLM_JSON} layout says {vocab.size}")

@@ -409,7 +409,7 @@ def train_summary(model_dir: Path) -> dict:
     speed = [r for r in rows if "tokens_per_s" in r]
     files = CheckpointFiles(model_dir)
     meta, saved = files.meta, files.config  # saved: the run config the model was trained with
-    state = model_dir.with_name(model_dir.name + ".state") / "progress.json"
+    state = files.state_dir / "progress.json"
     n = max(1, len(steps_logged))
     per_step = {k.removeprefix("tokens_"): round(sum(r.get(k, 0) for r in steps_logged) / n)
                 for k in ("tokens", "tokens_text", "tokens_speech", "tokens_image")}

@@ -43,7 +43,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     out: str = ""
-    """Checkpoint folder (a Hugging Face model dir); training state lives in OUT.state/."""
+    """Checkpoint folder (a Hugging Face model dir); training state lives in OUT/training_state/."""
     steps: int = 3000
     """Optimizer steps (the LR schedule's length)."""
     max_minutes: float = 0.0

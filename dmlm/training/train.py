@@ -12,17 +12,25 @@ Design decisions:
 - The LR schedule (linear warmup, cosine to `min_lr_ratio`) runs on a progress fraction,
   which is step/steps, or, with a time budget, the larger of that and elapsed/max_minutes:
   the demo anneals fully within its budget on any machine.
-- Checkpoint = Hugging Face model dir (`dmlm.modeling.save_checkpoint`); training state lives in
-  `OUT.state/`, written to a temp folder and renamed.
+- Checkpoint = Hugging Face model dir (`dmlm.modeling.save_checkpoint`) with the training state
+  (optimizer, RNG, data position, config) in its `training_state/`: one temp folder, checksummed
+  and renamed into place, so a kill -9 anywhere in a save resumes from the previous or the new
+  step, never from a mix. Resume verifies the checksums and that the parts name one step, and cuts
+  the log back to that step, so a resumed run is bitwise the uninterrupted one.
+- One writer per run folder: `OUT.lock` (flock; the OS drops it when the holder dies however it
+  dies, so a killed run's lock never blocks a rerun) refuses a second `dmlm train` naming its pid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,13 +41,16 @@ from tqdm import tqdm
 
 from dmlm.data.manifest import read_manifest
 from dmlm.data.mixture import Mixture
-from dmlm.data.shards import TokenStore
+from dmlm.data.shards import TokenStore, exclusive_lock
 from dmlm.data.split import Split
 from dmlm.modeling import (
+    STATE_DIR,
     CheckpointFiles,
     build_model,
+    fault_point,
     load_checkpoint,
     model_summary,
+    recover_interrupted_save,
     save_checkpoint,
 )
 from dmlm.tasks import Rendered, Sample, Sources, get_task, parse_spec, render
@@ -57,7 +68,7 @@ from dmlm.training.packing import (
 )
 from dmlm.util.config import dump_config
 from dmlm.util.errors import MissingFileError, UserError
-from dmlm.util.io import atomic_dir, atomic_write_json
+from dmlm.util.io import write_jsonl
 from dmlm.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -357,6 +368,36 @@ def _fraction(progress: Progress, cfg: RunConfig) -> float:
     return f
 
 
+def state_dir_of(out: Path) -> Path:
+    """Where the training state of the run in `out` is (`out/training_state/`, or an older run's `OUT.state/`)."""
+    if CheckpointFiles.is_checkpoint(out):
+        return CheckpointFiles(out).state_dir
+    legacy = out.with_name(out.name + ".state")
+    return legacy if legacy.is_dir() else out / STATE_DIR
+
+
+def lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def save_optimizer_state(opt: torch.optim.Optimizer, path: Path) -> None:
+    """The optimizer state in torch's format (tensors and numbers: it loads with weights_only=True),
+    written by Python, so a full disk is an OSError (ENOSPC), not torch's "unexpected pos"."""
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    path.write_bytes(buf.getbuffer())
+
+
+def _cut_log(log_path: Path, step: int) -> None:
+    """Drop log rows after `step`: a run killed between saves logged steps it will train again."""
+    if not log_path.is_file():
+        return
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) < len(rows):
+        write_jsonl(log_path, kept)
+
+
 def _finished(cfg: RunConfig, state_dir: Path) -> bool:
     """A saved run of exactly this config whose budget is spent (anything else goes the full resume path)."""
     try:
@@ -406,14 +447,28 @@ def restore_rng_state(state_dir: Path) -> None:
 def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, overwrite: bool = False) -> Path:
     """Train; returns the checkpoint folder. A folder that already holds a checkpoint or training state
     needs `resume` (continue it) or `overwrite` (start again, replacing it). `stop_at` simulates an
-    interruption (tests)."""
+    interruption (tests). Only one process at a time trains into a folder (`OUT.lock`)."""
+    cfg.validate()
+    out = Path(cfg.train.out)
+    if int(os.environ.get("RANK", "0")) != 0:  # only the main process writes (torchrun / accelerate launch)
+        return _train(cfg, resume, stop_at, overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"train.out={out}: cannot create its folder ({e.strerror or e})") from None
+    with exclusive_lock(lock_path(out), f"{out}: training"):
+        recover_interrupted_save(out)
+        return _train(cfg, resume, stop_at, overwrite)
+
+
+def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    cfg.validate()
     out = Path(cfg.train.out)
-    state_dir = out.with_name(out.name + ".state")
-    if not resume and not overwrite and (CheckpointFiles.is_checkpoint(out) or state_dir.is_dir()):
+    state_dir = state_dir_of(out)
+    legacy_state = out.with_name(out.name + ".state")
+    if not resume and not overwrite and (CheckpointFiles.is_checkpoint(out) or legacy_state.is_dir()):
         raise UserError(f"{out} already holds a trained model (or its training state {state_dir}); pass --resume "
                         "to continue it or --overwrite to train it again from scratch")
     precision = cfg.train.precision
@@ -427,7 +482,9 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, over
     S = setup(cfg)
     progress = Progress()
     if resume and (state_dir / "progress.json").is_file():
-        ck = load_checkpoint(out)
+        files = CheckpointFiles(out)
+        files.verify(state=True)  # checksums of model and state, and one step in all parts
+        ck = load_checkpoint(files)
         if ck.vocab.to_dict() != S.vocab.to_dict():
             raise UserError(f"{out}: checkpoint vocabulary differs from this config's; cannot resume")
         model = ck.model.train()
@@ -445,7 +502,7 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, over
     else:
         if resume:
             log.warning("--resume given but %s has no training state; starting fresh", state_dir)
-        model = build_model(cfg.model, S.vocab, seed=cfg.train.seed)
+        model = build_model(cfg.model, S.vocab, seed=cfg.train.seed, text_rows=S.text.source_ids)
     hf_tok = unified_hf_tokenizer(S.text, S.vocab)
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -474,6 +531,8 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, over
         writer = SummaryWriter(str(out.with_name(out.name + ".tb")))
         if progress.step == 0:
             log_path.unlink(missing_ok=True)
+        else:
+            _cut_log(log_path, progress.step)
     info = model_summary(cfg.model, acc.unwrap_model(model))
     info["padding_share"] = pad_share
     log.info("padding share of micro-batches: %.1f %% length-bucketed vs %.1f %% in random order",
@@ -487,17 +546,22 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, over
     def frac() -> float:
         return _fraction(progress, cfg)
 
+    def write_state(folder: Path) -> None:
+        folder.mkdir()
+        save_optimizer_state(opt, folder / "optimizer.pt")
+        fault_point("state", progress.step)  # inside the state write: the optimizer written, the rest not
+        (folder / RNG_FILE).write_text(json.dumps(rng_state()))
+        (folder / "progress.json").write_text(json.dumps(asdict(progress)))
+        (folder / "config.yaml").write_text(dump_config(cfg))
+
     def save() -> None:
         if not acc.is_main_process:
             return
         meta = {"tasks": cfg.data.tasks, "config": asdict(cfg), "step": progress.step, "model_summary": info}
         codebooks = {m: Path(p) for m, p in (("speech", cfg.data.codebook), ("image", cfg.data.image_codebook)) if p}
-        save_checkpoint(out, acc.unwrap_model(model), hf_tok, S.vocab, meta, codebooks)
-        with atomic_dir(state_dir) as tmp:
-            torch.save(opt.state_dict(), tmp / "optimizer.pt")
-            atomic_write_json(tmp / RNG_FILE, rng_state())
-            (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
-            (tmp / "config.yaml").write_text(dump_config(cfg))
+        save_checkpoint(out, acc.unwrap_model(model), hf_tok, S.vocab, meta, codebooks, write_state=write_state)
+        if legacy_state.is_dir():  # an older run's state, superseded by the one inside the checkpoint
+            shutil.rmtree(legacy_state, ignore_errors=True)
 
     if progress.step > 0 and frac() >= 1.0:  # a finished run, resumed: nothing to do, nothing rewritten
         log.info("%s: already trained (%d steps)", out, progress.step)
