@@ -2,7 +2,10 @@
 
 Data paths have no defaults: a run names its manifests, token stores, codebooks and output
 folder (a recipe such as `dmlm demo` fills them), and a missing one is an error naming the key
-(`RunConfig.validate`), never a silent read of some other run's folder.
+(`RunConfig.validate`), never a silent read of some other run's folder. Values that type-check
+but cannot train (zero or negative steps, `save_every: 0`, heads that do not divide the hidden
+size, an unknown precision, a negative learning rate) are refused there too, by key, before any
+work starts.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class TrainConfig:
     """auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."""
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -88,3 +94,41 @@ class RunConfig:
         if missing:
             raise ConfigError(f"the run config does not set {', '.join(missing)} (e.g. {missing[0]}=PATH): "
                               "a training run names its own data and output folder")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Values that type-check but cannot train (a zero step count divides by zero, a negative one
+        trains forever, an unknown precision would run as fp32): an error naming the key."""
+        from dmlm.training.loss import LOSSES
+
+        t, m, d = self.train, self.model, self.data
+        positive = {"train.steps": t.steps, "train.batch_tokens": t.batch_tokens, "train.grad_accum": t.grad_accum,
+                    "train.eval_every": t.eval_every, "train.save_every": t.save_every, "train.log_every": t.log_every,
+                    "train.lr": t.lr, "train.clip": t.clip, "data.bpe_vocab_size": d.bpe_vocab_size}
+        if m.init == "scratch":  # a pretrained LLM brings its own sizes
+            positive.update({"model.hidden_size": m.hidden_size, "model.layers": m.layers, "model.heads": m.heads,
+                             "model.intermediate_size": m.intermediate_size, "model.max_positions": m.max_positions})
+        non_negative = {"train.max_minutes": t.max_minutes, "train.warmup_steps": t.warmup_steps,
+                        "train.weight_decay": t.weight_decay, "train.pack_tokens": t.pack_tokens,
+                        "model.dropout": m.dropout}
+        for key, v in positive.items():
+            if not v > 0:  # (also catches NaN)
+                raise ConfigError(f"{key}: must be > 0, got {v!r}")
+        for key, v in non_negative.items():
+            if not v >= 0:
+                raise ConfigError(f"{key}: must be >= 0, got {v!r}")
+        if not 0 <= t.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio!r}")
+        if not 0 <= m.dropout < 1:
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout!r}")
+        if t.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+        if t.loss not in LOSSES:
+            raise ConfigError(f"train.loss: expected one of {', '.join(LOSSES)}, got {t.loss!r}")
+        if len(t.lambdas) != 3 or not all(x >= 0 for x in t.lambdas):
+            raise ConfigError(f"train.lambdas: expected 3 weights >= 0 (text, speech, image), got {t.lambdas!r}")
+        if d.weights and (not all(w >= 0 for w in d.weights) or not sum(d.weights) > 0):
+            raise ConfigError(f"data.weights: expected weights >= 0 with a positive sum, got {d.weights!r}")
+        if m.init == "scratch" and m.hidden_size % m.heads:
+            raise ConfigError(f"model.heads: {m.heads} does not divide model.hidden_size={m.hidden_size} "
+                              "(each head gets hidden_size / heads dimensions)")
