@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dmlm.decoding import DecodingOptions, generate, target_log_likelihood
+from dmlm.decoding.generate import check_positions
 from dmlm.modeling import Checkpoint, CheckpointFiles
 from dmlm.tasks import Sample, get_task
 from dmlm.util.errors import UserError
@@ -46,6 +47,7 @@ def run_task(ck: Checkpoint, task_name: str, samples: Sequence[Sample], opts: De
     task = get_task(task_name)
     check_can_do(ck, task_name)
     prompts = [task.prompt(s, ck.vocab) for s in samples]
+    check_positions(ck.model, prompts, [s.id for s in samples], task_name)
     out = generate(ck.model, prompts, ck.vocab, task.target, replace(opts, rerank=0), progress=progress)
     return _rerank_t2s(ck, samples, out, opts, progress) if opts.rerank > 1 else out
 

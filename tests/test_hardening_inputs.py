@@ -31,3 +31,91 @@ def test_a_bad_config_value_exits_2_before_any_work(corpus, tmp_path, capsys):
                  f"train.out={out}", "train.save_every=0"])
     assert code == 2 and "train.save_every: must be > 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- long inputs ------------------------------------------------------------------------------
+
+def test_clips_past_the_whisper_window_are_encoded_in_30s_windows():
+    """A 35 s clip: the encoder never sees more than 30 s; frames = those of the 30 s window then the 5 s rest."""
+    import numpy as np
+    import torch
+
+    from dmlm.tokenizers.features import SAMPLE_RATE, WINDOW_S, _WhisperBase, n_frames
+
+    class Encoder(_WhisperBase):  # Whisper's shape rules without its weights: frames = pairs of mel frames
+        name, n_mels = "fake", 80
+
+        def __init__(self):
+            super().__init__("fake", -1, pad_quantum=0.5, batch_size=4)
+
+        def _encode_batch(self, mels: torch.Tensor) -> np.ndarray:
+            if mels.shape[-1] > 2 * 1500:
+                raise RuntimeError(f"encoder input of {mels.shape[-1]} mel frames exceeds 3000")
+            b, d, t = mels.shape
+            return mels[..., : t // 2 * 2].reshape(b, d, t // 2, 2).mean(-1).transpose(1, 2).numpy()
+
+    rng = np.random.default_rng(0)
+    wav = rng.standard_normal(35 * SAMPLE_RATE).astype(np.float32) * 0.1
+    short = wav[: 3 * SAMPLE_RATE]
+    enc = Encoder()
+    long_f, short_f = enc([wav, short])
+    cut = WINDOW_S * SAMPLE_RATE
+    head, tail = enc([wav[:cut]])[0], enc([wav[cut:]])[0]
+    assert len(long_f) == n_frames(len(wav)) == len(head) + len(tail) == 1750
+    assert np.array_equal(long_f, np.concatenate([head, tail]))
+    assert np.array_equal(short_f, enc([short])[0])  # a clip that fits: as before, whatever its batch mates
+
+
+@pytest.fixture(scope="module")
+def ck(trained):
+    from dmlm.modeling import load_checkpoint
+
+    return load_checkpoint(trained)
+
+
+def test_inputs_past_the_models_positions_are_refused_naming_the_input(ck, trained, corpus, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    from dmlm.inference import synthesize_units, transcribe_units
+    from dmlm.util.audio import load_audio
+    from dmlm.util.errors import UserError
+
+    assert ck.model.config.max_position_embeddings == 1024
+    with pytest.raises(UserError, match=r"asr input '1': its prompt is \d+ tokens but the model has 1024 positions"):
+        transcribe_units(ck, [np.arange(10) % 16, np.arange(2000) % 16])
+    with pytest.raises(UserError, match=r"t2s input '0': its prompt is \d+ tokens but the model has 1024 positions"):
+        synthesize_units(ck, [" ".join(["the red cat sees a big dog"] * 180)])  # ~5,000 characters
+    # a 2-minute clip through the 50 Hz log-mel codebook, from the command line
+    clip = load_audio(corpus.root / "wav" / "utt00.wav")
+    reps = int(np.ceil(120 * 16000 / len(clip)))
+    long_wav = tmp_path / "two-minutes.wav"
+    sf.write(long_wav, np.tile(clip, reps)[: 120 * 16000], 16000)
+    assert main(["transcribe", str(trained), str(long_wav)]) == 2
+    assert "its prompt is" in capsys.readouterr().err
+
+
+def test_outputs_are_cut_at_the_models_positions_and_reported(ck, corpus, caplog, monkeypatch):
+    from dmlm.inference import prompts_for, transcribe_units
+    from dmlm.tasks import get_task
+    from dmlm.tokenizers.speech import Codebook
+    from dmlm.util.audio import load_audio
+
+    units = Codebook.load(corpus.codebook).encode_batch([load_audio(corpus.root / "wav" / "utt00.wav")])
+    full = transcribe_units(ck, units)[0]  # "the red cat runs": more than 2 tokens
+    prompt = prompts_for(ck, "asr", [get_task("asr").make_sample("0", units[0], "en")])[0]
+    monkeypatch.setattr(ck.model.config, "max_position_embeddings", len(prompt) + 2)  # room for 2 tokens
+    with caplog.at_level("WARNING"):
+        cut = transcribe_units(ck, units)[0]
+    assert len(ck.tokenizer.encode(full, add_special_tokens=False)) > 2
+    assert len(ck.tokenizer.encode(cut, add_special_tokens=False)) <= 2 and full.startswith(cut)
+    assert f"1 of 1 text outputs reached the model's {len(prompt) + 2} positions" in caplog.text
+
+
+def test_training_examples_past_the_models_positions_are_refused(run_config, tmp_path):
+    from dmlm.training.train import train
+    from dmlm.util.errors import UserError
+
+    cfg = run_config(tmp_path / "model", "model.max_positions=16", "train.steps=2")
+    with pytest.raises(UserError, match=r"training example\(s\) are longer than the model's 16 positions"):
+        train(cfg)

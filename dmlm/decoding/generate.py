@@ -15,11 +15,17 @@ Design decisions:
   judge of the audio stays independent (measurements: docs/experiments.md, "Speech out").
 - Prompts are exactly the task's rendered prefix (`Task.prompt`), batched left-padded and
   sorted by length so batches waste little padding; results come back in input order.
+- Nothing runs past the model's positions (`model.max_positions`): a prompt that does not fit
+  is refused (`check_positions`, naming the input), and a batch's `max_new_tokens` is cut to the
+  positions left after its longest prompt; outputs that reach that cut are reported (a warning
+  with their count), since they stop before their close tag.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from dmlm.util.progress import tqdm
@@ -27,7 +33,22 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from dmlm.decoding.greedy import for_compute, greedy
 from dmlm.decoding.options import DecodingOptions
+from dmlm.modeling.checkpoint import model_positions
+from dmlm.util.errors import UserError
 from dmlm.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+
+def check_positions(model: PreTrainedModel, prompts: Sequence[Sequence[int]], names: Sequence[str], what: str) -> None:
+    """Refuse prompts that leave the model no position to answer in, naming the first such input."""
+    limit = model_positions(model)
+    if limit is None:
+        return
+    for name, p in zip(names, prompts):
+        if len(p) >= limit:
+            raise UserError(f"{what} input {name!r}: its prompt is {len(p)} tokens but the model has {limit} "
+                            "positions (model.max_positions); shorten or split it (e.g. shorter clips or texts)")
 
 
 class ModalityFilter(LogitsProcessor):
@@ -108,13 +129,22 @@ def generate(
     batches = [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
     out: list[list[int]] = [[] for _ in prompts]
     run = for_compute(model, opts.compute_type) if lean else model
+    limit = model_positions(model)
+    cut = 0  # outputs stopped by the model's positions, not by their close tag
     for idx in tqdm(batches, desc="decode", unit="batch", disable=not progress):
         ids, mask = _left_pad([prompts[i] for i in idx], vocab.pad)
         ids, mask = ids.to(device), mask.to(device)
+        n_new = opts.max_new_tokens if limit is None else max(0, min(opts.max_new_tokens, limit - ids.shape[1]))
         if lean:
-            gen = greedy(run, ids, mask, allowed, close, opts.max_new_tokens)
+            gen = greedy(run, ids, mask, allowed, close, n_new)
         else:
-            gen = _generate_hf(model, ids, mask, filt, close, vocab.pad, opts)
+            gen = _generate_hf(model, ids, mask, filt, close, vocab.pad, replace(opts, max_new_tokens=n_new)) \
+                if n_new else [[] for _ in idx]
+        if n_new < opts.max_new_tokens:
+            cut += sum(len(seq) >= n_new for seq in gen)
         for i, seq in zip(idx, gen):
             out[i] = seq
+    if cut:
+        log.warning("%d of %d %s outputs reached the model's %d positions (prompt + output) before their close tag: "
+                    "they are cut there", cut, len(prompts), target, limit)
     return out

@@ -15,6 +15,7 @@ from dmlm.modeling.checkpoint import (
                                       CheckpointFiles,
                                       fault_point,
                                       load_checkpoint,
+                                      model_positions,
                                       recover_interrupted_save,
                                       save_checkpoint,
                                       vocoder_dir,
@@ -22,4 +23,4 @@ from dmlm.modeling.checkpoint import (
 
 __all__ = ["ModelConfig", "build_model", "extend_embeddings", "model_summary", "DMLM_JSON", "FORMAT_VERSION",
            "Checkpoint", "CheckpointFiles", "load_checkpoint", "save_checkpoint", "vocoder_dir", "CHECKSUMS_JSON",
-           "STATE_DIR", "fault_point", "recover_interrupted_save"]
+           "STATE_DIR", "fault_point", "model_positions", "recover_interrupted_save"]

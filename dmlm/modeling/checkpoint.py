@@ -275,6 +275,19 @@ class CheckpointFiles:
         return Vocoder.load(self.vocoder_dir, codebook=codebook)
 
 
+def model_positions(model: PreTrainedModel) -> int | None:
+    """How many positions the model was built for (`model.max_positions`; a pretrained LLM's own), or None.
+
+    Past them a learned position table has no rows and rotary positions were never trained:
+    inputs that do not fit are refused and outputs are cut there, never run into garbage."""
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions"):
+        n = getattr(cfg, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
 def save_checkpoint(
     out_dir: str | Path, model: PreTrainedModel, hf_tokenizer, vocab: Vocab, meta: dict,
     codebooks: dict[str, Path] | None = None, write_state: Callable[[Path], None] | None = None,

@@ -7,6 +7,12 @@ Design decisions:
   pads audio, and its output is sliced back to its own frames. Because the padding of a clip
   depends only on its own length, a clip's features do not depend on its batch mates:
   tokenization is deterministic whatever the batch size.
+- Clips longer than the encoder's window (`WINDOW_S` = 30 s, 1500 positions) are cut into
+  consecutive, non-overlapping 30 s windows (the last one shorter), each encoded as a clip of
+  its own, and their frames concatenated in order: a 35 s LibriSpeech utterance gives 1500 + 250
+  frames, as many as one pass would. No overlap, so no frame is counted twice; the cost is that
+  frames at a window edge see no context across it. (The codebook's later stages, pooling and
+  assignment, are per frame, so units of windowed clips concatenate the same way.)
 - Two Whisper engines give the same features: CTranslate2 (fast, int8, last layer only) and
   `transformers` (any layer). The backend name in the codebook records which one made it.
 - `mel`: 80 log-mel bins at 100 Hz, stacked in pairs to 160 dims at 50 Hz (Whisper's encoder
@@ -29,6 +35,7 @@ from dmlm.util.errors import UserError
 SAMPLE_RATE = 16_000
 HOP = 160  # 10 ms mel hop; Whisper encoder frames are 2 hops = 20 ms
 N_FFT = 400
+WINDOW_S = 30  # Whisper's encoder input: 30 s of audio, 1500 positions
 
 
 @lru_cache(maxsize=4)
@@ -71,9 +78,18 @@ class FeatureExtractor(Protocol):
 
 
 def _pad_to_quantum(wav: np.ndarray, quantum_s: float) -> np.ndarray:
+    """Zero-padded to a multiple of `quantum_s`, but never past the encoder's window."""
     q = int(quantum_s * SAMPLE_RATE)
     target = max(q, math.ceil(len(wav) / q) * q)
+    if len(wav) <= WINDOW_S * SAMPLE_RATE:
+        target = min(target, WINDOW_S * SAMPLE_RATE)
     return np.pad(wav, (0, target - len(wav)))
+
+
+def windows(wav: np.ndarray) -> list[np.ndarray]:
+    """`wav` cut into consecutive non-overlapping `WINDOW_S` windows (one, for a clip that fits)."""
+    n = WINDOW_S * SAMPLE_RATE
+    return [wav[i : i + n] for i in range(0, max(len(wav), 1), n)]
 
 
 class _WhisperBase:
@@ -86,6 +102,19 @@ class _WhisperBase:
         raise NotImplementedError
 
     def __call__(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        pieces: list[np.ndarray] = []
+        owner: list[int] = []
+        for k, w in enumerate(wavs):  # a clip past the window: its windows, encoded as clips of their own
+            for piece in windows(w):
+                pieces.append(piece)
+                owner.append(k)
+        parts: list[list[np.ndarray]] = [[] for _ in wavs]
+        for k, f in zip(owner, self._encode_clips(pieces)):
+            parts[k].append(f)
+        return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
+
+    def _encode_clips(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Features of clips that each fit the encoder's window."""
         padded = [_pad_to_quantum(w, self.pad_quantum) for w in wavs]
         order = sorted(range(len(wavs)), key=lambda i: len(padded[i]))
         out: list[np.ndarray | None] = [None] * len(wavs)

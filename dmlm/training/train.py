@@ -49,6 +49,7 @@ from dmlm.modeling import (
     build_model,
     fault_point,
     load_checkpoint,
+    model_positions,
     model_summary,
     recover_interrupted_save,
     save_checkpoint,
@@ -337,6 +338,19 @@ def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) 
     sums: dict[str, list[float]] = {}
     for idx in bucket_batches(np.array([len(r.ids) for r in rendered]), cfg.train.batch_tokens, 0, 0):
         items = [rendered[i] for i in idx]
+def check_fits(model, S: Setup) -> None:
+    """Refuse examples longer than the model's positions (past them it would train on positions it
+    cannot represent, or crash), counting them and naming the longest."""
+    limit = model_positions(model)
+    for split, rendered in (("training", S.train), ("dev", S.dev)):
+        over = [r for r in rendered if limit is not None and len(r.ids) > limit]
+        if over:
+            worst = max(over, key=lambda r: len(r.ids))
+            raise UserError(f"{len(over)} {split} example(s) are longer than the model's {limit} positions "
+                            f"(model.max_positions): the longest, a {worst.task} example, has {len(worst.ids)} "
+                            "tokens; raise model.max_positions or leave out the longest records")
+
+
         b = {k: v.to(device) for k, v in collate(items, pad).items()}
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["input_ids"][:, 1:],
@@ -526,6 +540,7 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
     writer = None
     log_path = out.with_name(out.name + ".log.jsonl")
     if acc.is_main_process:
+    check_fits(model, S)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out.with_name(out.name + ".tb")))
