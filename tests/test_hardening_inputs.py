@@ -119,3 +119,89 @@ def test_training_examples_past_the_models_positions_are_refused(run_config, tmp
     cfg = run_config(tmp_path / "model", "model.max_positions=16", "train.steps=2")
     with pytest.raises(UserError, match=r"training example\(s\) are longer than the model's 16 positions"):
         train(cfg)
+
+
+# -- damaged records and files ------------------------------------------------------------------
+
+def test_evaluate_names_a_record_without_text_and_reports_one_without_audio(trained, corpus, tmp_path, caplog):
+    import json
+
+    from dmlm.data.manifest import Record, read_manifest, write_manifest
+    from dmlm.evaluation.run import evaluate
+    from dmlm.util.errors import UserError
+
+    recs = read_manifest(corpus.tiny)
+    wav = recs[0].audio_path(corpus.tiny)
+    base = [Record(**{**r.__dict__, "audio": str(r.audio_path(corpus.tiny))}) for r in recs]
+    no_text = tmp_path / "no_text.jsonl"
+    write_manifest(no_text, base[:2] + [Record(id="mute/../x", lang="en", audio=str(wav))])
+    with pytest.raises(UserError, match=r"'mute/../x'.*text"):
+        evaluate(trained, "asr", no_text, progress=False)
+    no_audio = tmp_path / "no_audio.jsonl"
+    write_manifest(no_audio, base + [Record(id="textonly", lang="en", text="the red cat runs")])
+    with caplog.at_level("WARNING"):
+        rep = evaluate(trained, "asr", no_audio, out=tmp_path / "rep.json", progress=False)
+    assert rep["records"] == 4 and rep["skipped"] == {"reason": "no 'audio'", "count": 1, "ids": ["textonly"]}
+    assert "1 record(s) without 'audio' are not scored" in caplog.text
+    assert json.loads((tmp_path / "rep.json").read_text())["skipped"]["count"] == 1
+
+
+def test_truncated_safetensors_are_one_line_errors_naming_the_file(trained, tmp_path, capsys):
+    import shutil
+
+    from dmlm.modeling import load_checkpoint
+    from dmlm.tokenizers.speech import Codebook
+    from dmlm.util.errors import UserError
+    from dmlm.vocoder.model import Vocoder
+
+    ck = tmp_path / "model"
+    shutil.copytree(trained, ck)
+    (ck / "checksums.json").unlink()  # unverified (an older checkpoint): the reader itself must say it
+    w = ck / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"model: cannot read the model weights .*truncated or damaged"):
+        load_checkpoint(ck)
+    cb = ck / "codebooks" / "speech.safetensors"
+    cb.write_bytes(cb.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"speech.safetensors: not a codebook file"):
+        Codebook.load(cb)
+    voc = tmp_path / "vocoder"
+    voc.mkdir()
+    (voc / "config.json").write_text("{}")
+    from dmlm.vocoder import model as vm
+
+    (voc / vm.WEIGHTS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    with pytest.raises(UserError, match=rf"{vm.WEIGHTS}: cannot read it"):
+        Vocoder.load(voc)
+
+
+def test_an_oversized_image_is_a_clear_error(tmp_path):
+    from PIL import Image
+
+    from dmlm.util.images import MAX_PIXELS, ImageError, load_image
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (9000, 9000)).save(path)  # 81 Mpx of zeros: a small file
+    assert 9000 * 9000 > MAX_PIXELS and path.stat().st_size < 1_000_000
+    with pytest.raises(ImageError, match=r"huge.png: image is 9000x9000 pixels, more than dmlm reads"):
+        load_image(path)
+
+
+def test_silent_and_truncated_audio_pass_with_a_warning_naming_the_file(tmp_path, caplog):
+    import numpy as np
+    import soundfile as sf
+
+    from dmlm.util.audio import load_audio
+
+    sf.write(tmp_path / "silence.wav", np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    sf.write(tmp_path / "full.wav", np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype(np.float32), 16000,
+             subtype="PCM_16")
+    data = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING"):
+        assert len(load_audio(tmp_path / "silence.wav")) == 16000
+        assert 7000 < len(load_audio(tmp_path / "cut.wav")) < 9000
+        load_audio(tmp_path / "full.wav")
+    assert "silence.wav: the audio is silent" in caplog.text
+    assert "cut.wav: the file is truncated" in caplog.text
+    assert "full.wav" not in caplog.text

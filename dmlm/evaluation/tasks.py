@@ -14,6 +14,9 @@
   checkpoint's codebooks), else are computed here with the checkpoint's codebooks.
 - The JSON report names the model, manifest, codebook fingerprints, decoding options and
   normalizer; `*.hyps.jsonl` beside it holds every hypothesis.
+- Nothing leaves the score silently: a record without the modality the task reads (no `audio`
+  for ASR) is counted in the report's `skipped` with its id and a warning; a record without its
+  reference (no `text` for ASR) is an error naming it, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -162,7 +165,10 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
     need = {m for m in (task.source, task.target) if m in ("speech", "image")}
     # keep only the records this task reads (so on-the-fly tokenization does no extra work)
     key = "audio" if "speech" in need else "image" if "image" in need else None
-    if key:
+    skipped = [r.id for r in records if key and getattr(r, key) is None]
+    if skipped:
+        log.warning("%s: %d record(s) without '%s' are not scored for %s (e.g. %s)", manifest, len(skipped), key,
+                    spec, ", ".join(map(repr, skipped[:5])))
         records = [r for r in records if getattr(r, key) is not None]
     records = limit_per_group(records, limit)
     if not records:
@@ -181,6 +187,8 @@ def evaluate_task(model: str | Path | Checkpoint, spec: str, manifest: str | Pat
         "task": spec, "model": str(Path(ck.path).resolve()), "manifest": str(Path(manifest).resolve()),
         "codebook_fingerprints": dict(ck.vocab.fingerprints), "records": len(pairs),
     }
+    if skipped:
+        report["skipped"] = {"reason": f"no '{key}'", "count": len(skipped), "ids": skipped[:100]}
     if name not in GENERATION_TASKS:
         rows = _lm_rows(ck, spec, [s for _, s in pairs], opts.batch_size)
         report.update(task.evaluate(rows))

@@ -5,12 +5,16 @@ Design decisions:
 - Stereo is downmixed and other rates are resampled, with a warning that names the file, so
   a user learns their corpus is not what they thought; unreadable, empty or silent-length
   audio raises `AudioError` naming the file.
+- Audio that reads but is probably not what was meant gets a warning naming the file: a silent
+  clip (peak below -80 dBFS) and a truncated file (its header declares more samples than it
+  holds: libsndfile reads what is there, so a killed download would otherwise pass unnoticed).
 - Writes are atomic: a wav appears complete or not at all.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ import soundfile as sf
 from dmlm.util.errors import UserError
 
 SAMPLE_RATE = 16_000
+SILENCE_PEAK = 1e-4  # -80 dBFS: below a 16-bit file's quietest step but a few
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +79,24 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: fl
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for corrupt files
         raise AudioError(f"{path}: cannot read audio ({e})") from None
-    return to_mono(wav, sr, str(path), sample_rate, min_seconds)
+    _warn_if_truncated(path)
+    out = to_mono(wav, sr, str(path), sample_rate, min_seconds)
+    peak = float(np.abs(out).max())
+    if peak < SILENCE_PEAK:
+        log.warning("%s: the audio is silent (peak %.1g, below -80 dBFS)", path, peak)
+    return out
+
+
+def _warn_if_truncated(path: Path) -> None:
+    """Warn when the file's header declares more sample data than the file holds (WAV-like formats)."""
+    try:
+        extra = sf.info(str(path)).extra_info
+    except Exception:  # noqa: BLE001  (read above; info is only a check)
+        return
+    m = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", extra, re.M)
+    if m and int(m[2]) < int(m[1]):
+        log.warning("%s: the file is truncated (its header declares %s bytes of samples, it holds %s); "
+                    "reading what is there", path, m[1], m[2])
 
 
 def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

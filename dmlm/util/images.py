@@ -6,7 +6,7 @@ Design decisions:
 - Like `dmlm.util.audio`, input that is usable but not what was expected is converted with a
   warning that names the file and says what was done (grayscale/palette -> RGB, alpha
   composited on white, other sizes centre-cropped to a square and resized); input that is
-  unusable (missing, not an image, truncated) raises `ImageError` naming the file.
+  unusable (missing, not an image, truncated, over `MAX_PIXELS`) raises `ImageError` naming the file.
 - Non-square images are centre-cropped, not squashed: the aspect ratio of what is drawn
   survives (the CLIP preprocessing convention); the cropped margins are lost.
 - Writes are atomic (temp file in the same folder + rename): an image appears complete or
@@ -24,6 +24,10 @@ from PIL import Image, UnidentifiedImageError
 from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+MAX_PIXELS = 64_000_000  # 8000x8000: every dmlm image is downscaled to tens of pixels; larger is a mistake
+# (or a decompression bomb: a few kB of PNG that decode to gigabytes)
 
 
 class ImageError(UserError):
@@ -82,8 +86,13 @@ def load_image(path: str | Path, size: int | None = 64) -> np.ndarray:
         raise ImageError(f"{path}: image file not found")
     try:
         with Image.open(path) as f:
+            if f.width * f.height > MAX_PIXELS:  # before decoding: a small file can hold a huge image
+                raise ImageError(f"{path}: image is {f.width}x{f.height} pixels, more than dmlm reads "
+                                 f"({MAX_PIXELS:,} pixels); resize it first")
             f.load()  # decode now: a truncated file fails here, inside the try
             img = f.copy()
+    except Image.DecompressionBombError as e:  # Pillow's own guard, hit while opening
+        raise ImageError(f"{path}: image too large ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow raises all four
         raise ImageError(f"{path}: not a readable image ({e})") from None
     return to_image(img, size, str(path))

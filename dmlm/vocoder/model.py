@@ -495,8 +495,17 @@ class Vocoder:
         d = json.loads((path / CONFIG).read_text())
         d.pop("training", None)
         cfg = VocoderConfig.from_dict(d)
-        voc = cls(cfg, matching=MatchingSet.load(path) if matching else None)
-        voc.net.load_state_dict(load_file(str(path / WEIGHTS)))
+        from safetensors import SafetensorError
+
+        name = MATCHING
+        try:  # a truncated or damaged file: one line naming it, not safetensors' traceback
+            match = MatchingSet.load(path) if matching else None
+            name = WEIGHTS
+            weights = load_file(str(path / WEIGHTS))
+        except SafetensorError as e:
+            raise UserError(f"{path / name}: cannot read it ({e}); the file is truncated or damaged") from None
+        voc = cls(cfg, matching=match)
+        voc.net.load_state_dict(weights)
         voc.net.to(device)
         if codebook is not None:
             voc.check(codebook)
