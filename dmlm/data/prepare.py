@@ -63,6 +63,13 @@ class PrepareConfig:
     """mini-world: also speak the first this many unpaired sentences (so n_unpaired must be at least as large)
     in the neural voice, into neural_extra.jsonl (`custom.vocoder_only`): more audio in the output voice for
     the vocoder alone (`dmlm vocoder train --manifest`); no training task reads it."""
+    n_unpaired_speech: int = 0
+    """mini-world: speak the last this many of the `n_unpaired` sentences (drawn training voices) into
+    unpaired_speech.jsonl, audio only, no text: unpaired speech for mixed supervision (speech_lm), disjoint from
+    every paired split. They leave unpaired.jsonl, so no modality of theirs is paired with another."""
+    n_unpaired_images: int = 0
+    """mini-world: draw the scenes of the this many unpaired sentences before those into unpaired_images.jsonl,
+    images only, no caption: unpaired images (image_lm). They leave unpaired.jsonl too."""
 
 
 def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
@@ -92,9 +99,14 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
         raise UserError(f"unknown corpus {cfg.corpus!r}; expected one of: {', '.join(CORPORA)}")
     if not 0.0 <= cfg.neural_share <= 1.0:
         raise UserError(f"prepare.neural_share must be within [0, 1], got {cfg.neural_share}")
-    if not 0 <= cfg.neural_extra <= cfg.n_unpaired:
-        raise UserError(f"prepare.neural_extra speaks unpaired sentences, so it must be within [0, n_unpaired = "
-                         f"{cfg.n_unpaired}], got {cfg.neural_extra}")
+    media = cfg.n_unpaired_speech + cfg.n_unpaired_images
+    if min(cfg.n_unpaired_speech, cfg.n_unpaired_images) < 0 or media > cfg.n_unpaired:
+        raise UserError(f"prepare.n_unpaired_speech + n_unpaired_images take unpaired sentences, so they must be "
+                        f">= 0 and sum to at most n_unpaired = {cfg.n_unpaired}, got {cfg.n_unpaired_speech} + "
+                        f"{cfg.n_unpaired_images}")
+    if not 0 <= cfg.neural_extra <= cfg.n_unpaired - media:
+        raise UserError(f"prepare.neural_extra speaks unpaired text sentences, so it must be within [0, n_unpaired - "
+                         f"n_unpaired_speech - n_unpaired_images = {cfg.n_unpaired - media}], got {cfg.neural_extra}")
     if settings_path.is_file():
         old = {**asdict(PrepareConfig()), **json.loads(settings_path.read_text())}  # keys added since: defaults
         if {k: v for k, v in old.items() if k not in _RERUN_FREE} != {k: v for k, v in settings.items()
@@ -119,6 +131,7 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
                     write_manifest(path, with_images)
         if cfg.n_unpaired:
             manifests["unpaired"] = _write_unpaired(cfg, out)
+            manifests.update(_write_unpaired_media(cfg, out))
         if cfg.neural_extra:
             manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
         return manifests
@@ -152,6 +165,7 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
         write_manifest(manifests[split], records)
     if cfg.n_unpaired:
         manifests["unpaired"] = _write_unpaired(cfg, out, unpaired)
+        manifests.update(_write_unpaired_media(cfg, out, unpaired))
     if cfg.neural_extra:
         manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
     return manifests
@@ -159,17 +173,59 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
 
 def _write_unpaired(cfg: PrepareConfig, out: Path, sentences: list[Sentence] | None = None) -> Path:
     """unpaired.jsonl: text-only records (English + translations) for text_lm tasks."""
+    path = out / "unpaired.jsonl"
+    n_text = cfg.n_unpaired - cfg.n_unpaired_speech - cfg.n_unpaired_images
+    if path.is_file() and sum(1 for _ in path.open()) == n_text:
+        return path
+    sentences = sentences if sentences is not None else _unpaired_sentences(cfg)
+    write_manifest(path, [Record(id=s.id, split="train", lang="en", text=s.text, translations=dict(s.translations),
+                                 custom={"unpaired": True}) for s in sentences[:n_text]])
+    return path
+
+
+def _unpaired_sentences(cfg: PrepareConfig) -> list[Sentence]:
+    """A folder prepared before: the splits drawn again (deterministic) for their unpaired part."""
     from dmlm.data import miniworld
 
-    path = out / "unpaired.jsonl"
-    if path.is_file() and sum(1 for _ in path.open()) == cfg.n_unpaired:
-        return path
-    if sentences is None:  # a folder prepared before: draw the splits again (deterministic) for their unpaired part
-        sentences = miniworld.generate_splits(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed,
-                                              n_unpaired=cfg.n_unpaired)["unpaired"]
-    write_manifest(path, [Record(id=s.id, split="train", lang="en", text=s.text, translations=dict(s.translations),
-                                 custom={"unpaired": True}) for s in sentences])
-    return path
+    return miniworld.generate_splits(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed,
+                                     n_unpaired=cfg.n_unpaired)["unpaired"]
+
+
+def _write_unpaired_media(cfg: PrepareConfig, out: Path, sentences: list[Sentence] | None = None) -> dict[str, Path]:
+    """unpaired_speech.jsonl (audio only) and unpaired_images.jsonl (images only) from the unpaired sentences
+    after the text-only ones: each sentence in one modality alone. Resumes like the splits."""
+    from dmlm.data.scenes import draw_scene, is_visual
+    from dmlm.util.images import save_image
+
+    n_text = cfg.n_unpaired - cfg.n_unpaired_speech - cfg.n_unpaired_images
+    paths: dict[str, Path] = {}
+    if cfg.n_unpaired_images:
+        path = paths["unpaired_images"] = out / "unpaired_images.jsonl"
+        if not path.is_file():
+            sentences = sentences if sentences is not None else _unpaired_sentences(cfg)
+            records = []
+            for s in sentences[n_text : n_text + cfg.n_unpaired_images]:
+                scene = s.custom.get("scene")
+                if not scene or not is_visual(scene):
+                    continue
+                rel = f"img/{s.id}-ui.png"
+                if not (out / rel).is_file():
+                    save_image(out / rel, draw_scene(scene, 64))
+                records.append(Record(id=f"{s.id}-ui", split="train", image=rel, custom={"unpaired": True}))
+            write_manifest(path, records)
+    if cfg.n_unpaired_speech:
+        path = paths["unpaired_speech"] = out / "unpaired_speech.jsonl"
+        if not path.is_file():
+            sentences = sentences if sentences is not None else _unpaired_sentences(cfg)
+            rng = random.Random(cfg.seed + 3)  # its own draws: the splits' voices are untouched
+            rows = [(s, draw_voice(rng, neural_share=cfg.neural_share), f"{s.id}-us")
+                    for s in sentences[cfg.n_unpaired - cfg.n_unpaired_speech :]]
+            jobs = [(s.text, v, out / "wav" / f"{uid}.wav") for s, v, uid in rows]
+            durations = synthesize_many(jobs, workers=cfg.workers, desc="synthesize unpaired speech")
+            write_manifest(path, [Record(id=uid, split="train", lang="en", audio=f"wav/{uid}.wav", duration=round(d, 3),
+                                         speaker=v.speaker, custom={"voice": asdict(v), "unpaired": True})
+                                  for (s, v, uid), d in zip(rows, durations)])
+    return paths
 
 
 def _write_neural_extra(cfg: PrepareConfig, out: Path, unpaired: Path) -> Path:

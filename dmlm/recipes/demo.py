@@ -197,8 +197,9 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
                 tokenize_images(icb, manifests[split], out / "units")
         if "neural_extra" in manifests:  # the vocoder's extra audio: speech units only
             tokenize_manifest(cb, manifests["neural_extra"], out / "units")
+        tokenize_unpaired(cb, icb, manifests, out / "units")
     run.data.train, run.data.dev = str(manifests["train"]), str(manifests["dev"])
-    run.data.unpaired = [str(manifests["unpaired"])] if "unpaired" in manifests else []
+    run.data.unpaired = unpaired_manifests(manifests)
     run.data.units, run.data.codebook = str(out / "units"), str(out / "codebook.safetensors")
     run.data.image_codebook = str(out / "image_codebook.safetensors") if icb is not None else ""
     run.train.out = str(out / "model")
@@ -254,6 +255,25 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
 
     write_reports(out, results=None)
     return report
+
+
+UNPAIRED = ("unpaired", "unpaired_speech", "unpaired_images")
+"""The prepared manifests of unpaired data: text only, audio only, images only (`PrepareConfig.n_unpaired*`)."""
+
+
+def unpaired_manifests(manifests: dict[str, Path]) -> list[str]:
+    """`run.data.unpaired`: every unpaired manifest the corpus has."""
+    return [str(manifests[k]) for k in UNPAIRED if k in manifests]
+
+
+def tokenize_unpaired(cb, icb, manifests: dict[str, Path], units: Path) -> None:
+    """Units of the unpaired audio and codes of the unpaired images (unpaired text needs no store)."""
+    from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
+
+    if "unpaired_speech" in manifests:
+        tokenize_manifest(cb, manifests["unpaired_speech"], units)
+    if "unpaired_images" in manifests and icb is not None:
+        tokenize_images(icb, manifests["unpaired_images"], units)
 
 
 def _accumulate_stages(path: Path, seconds: dict[str, float]) -> dict:

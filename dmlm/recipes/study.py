@@ -37,7 +37,7 @@ from pathlib import Path
 from dmlm.data.manifest import read_manifest
 from dmlm.data.prepare import prepare
 from dmlm.recipes.demo import (DemoConfig, _cached, _train, fit_demo_codebook, fit_demo_image_codebook, machine,
-                               train_summary)
+                               tokenize_unpaired, train_summary, unpaired_manifests)
 from dmlm.util.config import ConfigError, apply_overrides, dump_config, load_config
 from dmlm.util.io import atomic_write_text
 
@@ -82,6 +82,9 @@ class StudyConfig:
     """Bootstrap resamples for every interval."""
     docs: str = "docs/studies"
     """Where the summary (NAME.json, NAME.md, plots) is copied for the docs ("": nowhere)."""
+    shared: str = ""
+    """Folder of corpora, codebooks and token stores ("": OUT/shared). Its entries are named by a hash of what
+    made them, so studies can share one folder safely and reuse each other's corpora."""
 
     def validate(self) -> None:
         import re
@@ -167,6 +170,7 @@ class Shared:
             tokenize_manifest(cb, manifests[split], folder)
             if icb is not None:
                 tokenize_images(icb, manifests[split], folder)
+        tokenize_unpaired(cb, icb, manifests, folder)
         return folder
 
 
@@ -199,7 +203,7 @@ def run_study(cfg: StudyConfig, summarize: bool = True) -> dict | None:
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "study.yaml", dump_config(cfg))
-    shared = Shared(out / "shared")
+    shared = Shared(Path(cfg.shared) if cfg.shared else out / "shared")
     runs_path = out / "runs.jsonl"
     plan = [(a, s) for a in cfg.arms for s in cfg.seeds]
     keys = {(a.name, s): _hash(asdict(cfg.arm_config(a, s))) for a, s in plan}
@@ -239,7 +243,7 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
     units = shared.units(data_key, ckey, cb, ikey, icb, manifests)
     run = base.run
     run.data.train, run.data.dev = str(manifests["train"]), str(manifests["dev"])
-    run.data.unpaired = [str(manifests["unpaired"])] if "unpaired" in manifests else []
+    run.data.unpaired = unpaired_manifests(manifests)
     run.data.units, run.data.codebook = str(units), str(shared.root / f"{ckey}.safetensors")
     run.data.image_codebook = str(shared.root / f"{ikey}.safetensors") if icb is not None else ""
     run.train.out = str(folder / "model")

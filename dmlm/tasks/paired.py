@@ -107,7 +107,10 @@ class PairedTask:
 
     def sample(self, record, sources: Sources, lang: str | None) -> Sample | None:
         """The training pair of `record`; None when it lacks the modality the task reads (T2S: the audio
-        it writes), an error naming the record when it has half of the pair."""
+        it writes), an error naming the record when it has half of the pair. A record marked unpaired
+        (`custom.unpaired`: audio, an image or text alone, by design) is never a pair."""
+        if (record.custom or {}).get("unpaired"):
+            return None
         if (record.audio is None) if "speech" in (self.source, self.target) else not self._has_source(record):
             return None
         src_lang, tgt_lang = self._langs(record, lang)

@@ -38,6 +38,9 @@ class DataConfig:
     """Task specs of the mixture: asr, t2s, s2tt:LANG, i2t, text_lm[:LANG], speech_lm, image_lm."""
     weights: list[float] = field(default_factory=list)
     """Sampling weight of each task (a share of examples); empty: equal weights."""
+    unpaired_only: list[str] = field(default_factory=list)
+    """Task specs that read only the `unpaired` manifests, not `train` (e.g. [text_lm, speech_lm, image_lm]): the
+    unpaired data of mixed supervision as more data, not the paired records' text, audio or images reused."""
     speakers: dict[str, list[str]] = field(default_factory=dict)
     """Task spec -> the only speakers whose records it trains on, e.g. {t2s: [piper:en_US-joe-medium]}: a TTS
     voice learned from one speaker while ASR hears them all (tasks not named use every record)."""
