@@ -192,6 +192,9 @@ class ImageCodebook(KMeansCodebook):
 def fit_image_codebook(images: Iterable[np.ndarray], settings: ImageCodebookSettings,
                        total: int | None = None) -> ImageCodebook:
     """Fit k-means on patches of `images` ((S, S, 3) uint8 arrays), at most `settings.max_patches`."""
+    from dmlm.tokenizers.kmeans import check_fit_settings
+
+    check_fit_settings(settings)
     from sklearn.cluster import MiniBatchKMeans
     from dmlm.util.progress import tqdm
 

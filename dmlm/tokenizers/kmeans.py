@@ -21,6 +21,17 @@ from safetensors.numpy import load_file, save_file
 from dmlm.util.errors import MissingFileError, UserError
 
 
+def check_fit_settings(settings: Any) -> None:
+    """Counts a fit cannot use (k=0 would reach scikit-learn's own error), named by key."""
+    for key in ("k", "pooling", "patch", "image_size", "max_frames", "max_patches", "n_init"):
+        v = getattr(settings, key, None)
+        if v is not None and not v >= 1:
+            raise UserError(f"codebook setting {key}: must be >= 1, got {v!r}")
+    q = getattr(settings, "pad_quantum", None)
+    if q is not None and not q > 0:
+        raise UserError(f"codebook setting pad_quantum: must be > 0 seconds, got {q!r}")
+
+
 class CodebookMismatch(UserError):
     """Tokens, a checkpoint or a file made with another codebook than the one given."""
 

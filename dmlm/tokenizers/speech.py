@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dmlm.tokenizers.features import FeatureExtractor, build_features
-from dmlm.tokenizers.kmeans import CodebookMismatch, KMeansCodebook  # noqa: F401  (CodebookMismatch: re-exported)
+from dmlm.tokenizers.kmeans import CodebookMismatch, KMeansCodebook, check_fit_settings  # noqa: F401  (re-exported)
 from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def fit_codebook(
     total: int | None = None,
 ) -> Codebook:
     """Fit k-means on frames sampled from `wavs` (an iterable of 16 kHz clips)."""
+    check_fit_settings(settings)
     from sklearn.cluster import MiniBatchKMeans
     from tqdm import tqdm
 

@@ -116,6 +116,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         nested: dict = {}
         cur = nested
         parts = key.split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"override {item!r}: {key!r} is not a key (expected key.sub=value, e.g. train.steps=100)")
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
         try:
