@@ -221,3 +221,29 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_stale_lock_is_taken_
     # a lock file left by a killed run (its pid is dead, so is its flock): taken over
     lock_path(out).write_text("pid 999999999 on elsewhere since 2020-01-01 00:00:00")
     assert train(cfg) == out and not lock_path(out).exists()
+
+
+def test_a_full_disk_in_codebook_fit_and_wav_writes_is_one_line_saying_no_space(corpus, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from safetensors import SafetensorError
+
+    from dmlm.util.audio import write_wav
+
+    def full_st(*a, **k):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr("safetensors.numpy.save_file", full_st)
+    monkeypatch.setattr("dmlm.tokenizers.kmeans.save_file", full_st)
+    out = tmp_path / "cb.safetensors"
+    assert main(["codebook", "fit", str(corpus.tiny), "-o", str(out), "backend=mel", "k=4", "pooling=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dmlm codebook: error: cannot write") and "no space left on the device" in err
+    assert not out.exists() and not list(tmp_path.glob(".cb.*"))
+
+    def full_sf(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("soundfile.write", full_sf)
+    with pytest.raises(OutputError, match="x.wav: no space left on the device"):
+        write_wav(tmp_path / "x.wav", np.zeros(1600, np.float32))

@@ -48,6 +48,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from dmlm.util.errors import MissingFileError, OutputError, UserError
+from dmlm.util.io import says_no_space
 from dmlm.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,10 @@ def recover_interrupted_save(path: str | Path) -> bool:
 
 def _output_error(path: Path, e: BaseException) -> OutputError | None:
     """An `OutputError` for a write error from any writer, or None if `e` is not one."""
-    text = str(e)
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in text or "code: 28" in text:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or says_no_space(e):
         why = "no space left on the device"
     elif isinstance(e, OSError):
-        why = e.strerror or text
+        why = e.strerror or str(e)
     else:
         return None
     return OutputError(f"cannot write {path}: {why}; the previous checkpoint (if any) is unchanged")

@@ -36,6 +36,13 @@ def _output_error(path: Path, e: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {why}")
 
 
+def says_no_space(e: BaseException) -> bool:
+    """A full disk reported by a writer that does not raise OSError (safetensors' `SafetensorError`
+    carries the OS error in its text; torch's writer says only "unexpected pos")."""
+    text = str(e)
+    return isinstance(e, Exception) and ("No space left" in text or "os error 28" in text or "code: 28" in text)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; on a clean exit it replaces `path`, else it is removed.
@@ -55,8 +62,10 @@ def atomic_file(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise _output_error(path, e) from None
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if says_no_space(e):
+            raise _output_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
         raise
 
 
@@ -100,7 +109,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _output_error(out, e) from None
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if says_no_space(e):
+            raise _output_error(out, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
         raise
     shutil.rmtree(old, ignore_errors=True)
