@@ -250,7 +250,7 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
     stage(f"train ({run.train.steps} steps)")
     t_train = time.time()
     _train(run, folder, "train", base.processes, resume=True)
-    train_seconds = time.time() - t_train
+    train_seconds = _add_seconds(folder / "train_seconds.json", time.time() - t_train)
     specs = {t.split(":")[0]: t for t in run.data.tasks}
     metrics: dict[str, float] = {}
     evals: dict[str, str] = {}
@@ -261,7 +261,7 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
         path = folder / "eval" / f"{task}.json"
         rep = _cached(path, folder / "model", lambda task=task, path=path: evaluate_task(
             folder / "model", specs[task], manifests["test"], path, units=units,
-            limit=base.eval_limit or None, progress=False))
+            limit=base.eval_limit or None, progress=False), {"limit": base.eval_limit, "manifest": str(manifests["test"])})
         evals[task] = str(path.with_suffix(".hyps.jsonl"))
         for m in cfg.metrics:
             t, key = m.split(".")
@@ -272,7 +272,17 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
     return {"arm": arm.name, "seed": seed, "overrides": list(arm.overrides), "metrics": metrics,
             "steps": summary["steps"], "tokens": summary["tokens"], "seconds": round(train_seconds, 1),
             "final_dev_loss": summary["final_dev_loss"], "dev_curve": curve, "hyps": evals,
+            "tokens_per_step": summary["tokens_per_step"], "example_share": summary["example_share"],
             "test_records": len(read_manifest(manifests["test"])), "machine": machine(), "config": asdict(base)}
+
+
+def _add_seconds(path: Path, seconds: float) -> float:
+    """Training wall seconds summed over the invocations that trained this run (a resumed run trains in parts)."""
+    from dmlm.util.io import atomic_write_json
+
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    atomic_write_json(path, {"seconds": round(total, 1)})
+    return total
 
 
 def load_study_config(path: str | None, overrides: list[str]) -> StudyConfig:
