@@ -171,7 +171,7 @@ def test_rng_state_round_trips_as_json():
 
     import numpy as np
 
-    from dmlm.training.train import rng_state, set_rng_state
+    from dmlm.training.state import rng_state, set_rng_state
 
     torch.manual_seed(3), np.random.seed(4), random.seed(5)
     saved = json.loads(json.dumps(rng_state()))  # plain JSON values only
@@ -183,7 +183,7 @@ def test_rng_state_round_trips_as_json():
 
 def test_a_crafted_rng_pickle_is_refused_not_run(run_config, tmp_path):
     """A state folder whose RNG state is a pickle (as older versions wrote) is never unpickled on --resume."""
-    from dmlm.training.train import RNG_FILE
+    from dmlm.training.state import RNG_FILE
     from dmlm.util.errors import UserError
 
     cfg = run_config(tmp_path / "model", "train.steps=4", "train.batch_tokens=400", "train.save_every=100")

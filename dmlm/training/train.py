@@ -16,7 +16,8 @@ Design decisions:
   (optimizer, RNG, data position, config) in its `training_state/`: one temp folder, checksummed
   and renamed into place, so a kill -9 anywhere in a save resumes from the previous or the new
   step, never from a mix. Resume verifies the checksums and that the parts name one step, and cuts
-  the log back to that step, so a resumed run is bitwise the uninterrupted one.
+  the log back to that step, so a resumed run is bitwise the uninterrupted one. What the state
+  holds and how it is read: `dmlm.training.state`.
 - One writer per run folder: `OUT.lock` (flock; the OS drops it when the holder dies however it
   dies, so a killed run's lock never blocks a rerun) refuses a second `dmlm train` naming its pid.
 """
@@ -24,12 +25,10 @@ Design decisions:
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -44,7 +43,6 @@ from dmlm.data.mixture import Mixture
 from dmlm.data.shards import TokenStore, exclusive_lock
 from dmlm.data.split import Split
 from dmlm.modeling import (
-    STATE_DIR,
     CheckpointFiles,
     build_model,
     fault_point,
@@ -67,9 +65,17 @@ from dmlm.training.packing import (
     packed_padding_share,
     row_length,
 )
+from dmlm.training.state import (
+    RNG_FILE,
+    cut_log,
+    lock_path,
+    restore_rng_state,
+    rng_state,
+    save_optimizer_state,
+    state_dir_of,
+)
 from dmlm.util.config import dump_config
-from dmlm.util.errors import MissingFileError, UserError
-from dmlm.util.io import write_jsonl
+from dmlm.util.errors import UserError
 from dmlm.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -316,6 +322,19 @@ def setup(cfg: RunConfig) -> Setup:
     return Setup(vocab, text, codebook, image_cb, rendered, pools, mixture, dev, dev_samples)
 
 
+def check_fits(model, S: Setup) -> None:
+    """Refuse examples longer than the model's positions (past them it would train on positions it
+    cannot represent, or crash), counting them and naming the longest."""
+    limit = model_positions(model)
+    for split, rendered in (("training", S.train), ("dev", S.dev)):
+        over = [r for r in rendered if limit is not None and len(r.ids) > limit]
+        if over:
+            worst = max(over, key=lambda r: len(r.ids))
+            raise UserError(f"{len(over)} {split} example(s) are longer than the model's {limit} positions "
+                            f"(model.max_positions): the longest, a {worst.task} example, has {len(worst.ids)} "
+                            "tokens; raise model.max_positions or leave out the longest records")
+
+
 # -- loop -----------------------------------------------------------------------------------
 
 def _forward(model, batch: dict):
@@ -338,19 +357,6 @@ def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) 
     sums: dict[str, list[float]] = {}
     for idx in bucket_batches(np.array([len(r.ids) for r in rendered]), cfg.train.batch_tokens, 0, 0):
         items = [rendered[i] for i in idx]
-def check_fits(model, S: Setup) -> None:
-    """Refuse examples longer than the model's positions (past them it would train on positions it
-    cannot represent, or crash), counting them and naming the longest."""
-    limit = model_positions(model)
-    for split, rendered in (("training", S.train), ("dev", S.dev)):
-        over = [r for r in rendered if limit is not None and len(r.ids) > limit]
-        if over:
-            worst = max(over, key=lambda r: len(r.ids))
-            raise UserError(f"{len(over)} {split} example(s) are longer than the model's {limit} positions "
-                            f"(model.max_positions): the longest, a {worst.task} example, has {len(worst.ids)} "
-                            "tokens; raise model.max_positions or leave out the longest records")
-
-
         b = {k: v.to(device) for k, v in collate(items, pad).items()}
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["input_ids"][:, 1:],
@@ -382,36 +388,6 @@ def _fraction(progress: Progress, cfg: RunConfig) -> float:
     return f
 
 
-def state_dir_of(out: Path) -> Path:
-    """Where the training state of the run in `out` is (`out/training_state/`, or an older run's `OUT.state/`)."""
-    if CheckpointFiles.is_checkpoint(out):
-        return CheckpointFiles(out).state_dir
-    legacy = out.with_name(out.name + ".state")
-    return legacy if legacy.is_dir() else out / STATE_DIR
-
-
-def lock_path(out: Path) -> Path:
-    return out.with_name(out.name + ".lock")
-
-
-def save_optimizer_state(opt: torch.optim.Optimizer, path: Path) -> None:
-    """The optimizer state in torch's format (tensors and numbers: it loads with weights_only=True),
-    written by Python, so a full disk is an OSError (ENOSPC), not torch's "unexpected pos"."""
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    path.write_bytes(buf.getbuffer())
-
-
-def _cut_log(log_path: Path, step: int) -> None:
-    """Drop log rows after `step`: a run killed between saves logged steps it will train again."""
-    if not log_path.is_file():
-        return
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if r.get("step", 0) <= step]
-    if len(kept) < len(rows):
-        write_jsonl(log_path, kept)
-
-
 def _finished(cfg: RunConfig, state_dir: Path) -> bool:
     """A saved run of exactly this config whose budget is spent (anything else goes the full resume path)."""
     try:
@@ -420,42 +396,6 @@ def _finished(cfg: RunConfig, state_dir: Path) -> bool:
     except (OSError, ValueError, TypeError):
         return False
     return saved == dump_config(cfg) and progress.step > 0 and _fraction(progress, cfg) >= 1.0
-
-
-RNG_FILE = "rng.json"
-
-
-def rng_state() -> dict:
-    """The torch, numpy and Python RNG states as plain JSON values (no pickle: loading it cannot run code)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state().tolist(),
-            "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                      "cached_gaussian": float(gauss)},
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
-
-
-def restore_rng_state(state_dir: Path) -> None:
-    """Set the RNGs to the saved state; a state folder with only a pickled `rng.pt` is refused, never unpickled."""
-    path = state_dir / RNG_FILE
-    if not path.is_file():
-        if (state_dir / "rng.pt").is_file():
-            raise UserError(f"{state_dir}/rng.pt: training state in a pickle file, which could run code when "
-                            f"loaded; dmlm reads only {RNG_FILE}. Resume this run with the dmlm that wrote it, or "
-                            "train it again without --resume")
-        raise MissingFileError(f"{path}: the training state has no RNG state; cannot resume exactly")
-    try:
-        set_rng_state(json.loads(path.read_text()))  # torch, numpy and random check every field's shape and type
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise UserError(f"{path}: not a valid RNG state ({type(e).__name__}: {e})") from None
 
 
 def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, overwrite: bool = False) -> Path:
@@ -516,8 +456,9 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
     else:
         if resume:
             log.warning("--resume given but %s has no training state; starting fresh", state_dir)
-        model = build_model(cfg.model, S.vocab, seed=cfg.train.seed, text_rows=S.text.source_ids)
+        model = build_model(cfg.model, S.vocab, seed=cfg.train.seed)
     hf_tok = unified_hf_tokenizer(S.text, S.vocab)
+    check_fits(model, S)
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -540,14 +481,13 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
     writer = None
     log_path = out.with_name(out.name + ".log.jsonl")
     if acc.is_main_process:
-    check_fits(model, S)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out.with_name(out.name + ".tb")))
         if progress.step == 0:
             log_path.unlink(missing_ok=True)
         else:
-            _cut_log(log_path, progress.step)
+            cut_log(log_path, progress.step)
     info = model_summary(cfg.model, acc.unwrap_model(model))
     info["padding_share"] = pad_share
     log.info("padding share of micro-batches: %.1f %% length-bucketed vs %.1f %% in random order",
