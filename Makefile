@@ -37,6 +37,7 @@ test: install sysdeps
 bench: install sysdeps
 	$(BIN)/python -m bench.tokenize_speed
 	$(BIN)/python -m bench.train_speed
+	$(BIN)/python -m bench.pretrained_speed
 	$(BIN)/python -m bench.decode_speed
 	$(BIN)/python -m bench.asr_rtf
 	$(BIN)/python -m bench.memory

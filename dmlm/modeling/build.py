@@ -3,9 +3,19 @@
 Design decisions:
 - Any Hugging Face causal-LM family works (Llama/SmolLM2, OPT, GPT-2): from pretrained
   weights (a preset, hub id or local dir) or randomly initialized from a small config.
+- `init=random` is the pretrained LLM's exact architecture and tokenizer with fresh weights:
+  the control arm that isolates what the pretrained *weights* bring. Every option that changes
+  the pretrained shape (`keep_layers`, `trim_vocab`) applies to it the same way, so the two arms
+  of an init study differ only in their starting values.
+- For a CPU-sized pretrained start (measured in bench/pretrained_speed.py): `keep_layers` keeps
+  the first N decoder layers (the config is cut before loading, so only those are read), and
+  `trim_vocab` keeps the embedding rows of the text ids the corpus uses
+  (`dmlm.tokenizers.trim`), in the trimmed tokenizer's order. The result is still a plain
+  model of its family: `from_pretrained` loads the checkpoint without dmlm.
 - New embedding rows (specials, units, codes) start at the mean of the pretrained rows plus
   small noise: a neutral start that does not disturb the LM's output distribution, the
-  usual practice when extending a vocabulary (Hewitt, 2021).
+  usual practice when extending a vocabulary (Hewitt, 2021). With init=random they are drawn by
+  the model's own init like every other row: that arm is a model trained from scratch.
 - Saving and loading, and the checkpoint folder's layout, are `dmlm.modeling.checkpoint`'s.
 """
 
@@ -14,7 +24,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+import contextlib
+from collections.abc import Sequence
+
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from dmlm.util.errors import UserError
 from dmlm.vocab import Vocab
@@ -23,9 +36,15 @@ from dmlm.vocab import Vocab
 @dataclass
 class ModelConfig:
     init: str = "scratch"
-    """scratch (random init from the size fields below) or pretrained (weights of `llm`)."""
+    """scratch (random init from the size fields below), pretrained (weights of `llm`) or random (`llm`'s
+    architecture and tokenizer, randomly initialized: the control arm of a pretrained start)."""
     llm: str = "smollm2-135m"
-    """Pretrained LLM: a dmlm preset, hub id or local directory (init=pretrained)."""
+    """Pretrained LLM: a dmlm preset, hub id or local directory (init=pretrained or random)."""
+    keep_layers: int = 0
+    """init=pretrained/random: keep only the first N decoder layers of `llm` (0: all); a CPU-sized LLM."""
+    trim_vocab: bool = False
+    """init=pretrained/random: keep only the text tokens the training texts use, closed under BPE merges, and
+    their embedding rows; the tokenizer still encodes and decodes any text exactly (dmlm.tokenizers.trim)."""
     family: str = "llama"
     """Architecture for init=scratch: llama, gpt2 or opt."""
     hidden_size: int = 256
@@ -35,6 +54,21 @@ class ModelConfig:
     max_positions: int = 1024
     dropout: float = 0.0
     tie_embeddings: bool = True
+
+    @property
+    def from_llm(self) -> bool:
+        """Whether the architecture and text tokenizer are `llm`'s (init=pretrained or random)."""
+        return self.init in ("pretrained", "random")
+
+    def validate(self) -> None:
+        if self.init not in ("scratch", "pretrained", "random"):
+            raise UserError(f"model.init must be scratch, pretrained or random, got {self.init!r}")
+        if self.keep_layers < 0:
+            raise UserError(f"model.keep_layers must be >= 0 (0: all layers), got {self.keep_layers}")
+        if not self.from_llm and (self.keep_layers or self.trim_vocab):
+            raise UserError("model.keep_layers and model.trim_vocab cut a pretrained LLM; they need "
+                            "model.init=pretrained or random (size a scratch model with model.layers and "
+                            "data.bpe_vocab_size)")
 
 
 def _scratch_config(cfg: ModelConfig, vocab: Vocab):
@@ -69,29 +103,91 @@ def _scratch_config(cfg: ModelConfig, vocab: Vocab):
     raise UserError(f"unknown model family {cfg.family!r}; expected llama, gpt2 or opt")
 
 
-def build_model(cfg: ModelConfig, vocab: Vocab, seed: int = 0) -> PreTrainedModel:
-    torch.manual_seed(seed)
-    if cfg.init == "scratch":
-        model = AutoModelForCausalLM.from_config(_scratch_config(cfg, vocab))
-        return model
-    if cfg.init != "pretrained":
-        raise UserError(f"model.init must be scratch or pretrained, got {cfg.init!r}")
+def llm_config(cfg: ModelConfig):
+    """The config of `cfg.llm`, cut to `cfg.keep_layers` decoder layers."""
     from dmlm.util.assets import llm_dir
 
-    model = AutoModelForCausalLM.from_pretrained(llm_dir(cfg.llm), torch_dtype=torch.float32)
-    extend_embeddings(model, vocab)
+    config = AutoConfig.from_pretrained(llm_dir(cfg.llm))
+    if cfg.keep_layers:
+        total = config.num_hidden_layers
+        if cfg.keep_layers > total:
+            raise UserError(f"model.keep_layers={cfg.keep_layers} but {cfg.llm} has {total} layers")
+        config.num_hidden_layers = cfg.keep_layers
+        if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (newer configs)
+            config.layer_types = config.layer_types[: cfg.keep_layers]
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_load(quiet: bool):
+    """transformers' loading report (a 40-line table of the unused layers) silenced while `quiet`."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+def build_model(cfg: ModelConfig, vocab: Vocab, seed: int = 0, text_rows: Sequence[int] | None = None) -> PreTrainedModel:
+    """The LM for `vocab`. With `cfg.trim_vocab`, `text_rows[i]` is the LLM id whose embedding row text id i
+    keeps (`TextTokenizer.source_ids` of the trimmed tokenizer)."""
+    cfg.validate()
+    torch.manual_seed(seed)
+    if cfg.init == "scratch":
+        return AutoModelForCausalLM.from_config(_scratch_config(cfg, vocab))
+    from dmlm.util.assets import llm_dir
+
+    config = llm_config(cfg)
+    if cfg.init == "pretrained":
+        with _quiet_load(bool(cfg.keep_layers)):  # the dropped layers' weights are skipped by design: no report
+            model = AutoModelForCausalLM.from_pretrained(llm_dir(cfg.llm), config=config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if cfg.trim_vocab:
+        if text_rows is None or len(text_rows) != vocab.text_size:
+            raise ValueError(f"model.trim_vocab needs the {vocab.text_size} kept LLM ids of the trimmed tokenizer, "
+                             f"got {None if text_rows is None else len(text_rows)}")
+        keep_rows(model, text_rows)
+    extend_embeddings(model, vocab, mean_init=cfg.init == "pretrained")
     return model
 
 
 @torch.no_grad()
-def extend_embeddings(model: PreTrainedModel, vocab: Vocab) -> None:
-    """Grow input (and untied output) embeddings to vocab.size; new rows = mean + noise."""
+def keep_rows(model: PreTrainedModel, rows: Sequence[int]) -> None:
+    """Shrink the input (and untied output) embeddings to `rows` of the old ones, in that order."""
+    w_in = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    untied = head is not None and head.weight is not w_in
+    if max(rows) >= w_in.shape[0]:
+        raise ValueError(f"row {max(rows)} is past the model's {w_in.shape[0]} embedding rows")
+    idx = torch.as_tensor(list(rows), dtype=torch.long)
+    kept_in = w_in[idx].clone()
+    kept_out = head.weight[idx].clone() if untied else None
+    kept_bias = head.bias[idx].clone() if untied and getattr(head, "bias", None) is not None else None
+    model.resize_token_embeddings(len(idx), mean_resizing=False)  # re-ties a tied head
+    model.get_input_embeddings().weight.copy_(kept_in)
+    if untied:
+        model.get_output_embeddings().weight.copy_(kept_out)
+        if kept_bias is not None:
+            model.get_output_embeddings().bias.copy_(kept_bias)
+    model.config.vocab_size = len(idx)
+
+
+@torch.no_grad()
+def extend_embeddings(model: PreTrainedModel, vocab: Vocab, mean_init: bool = True) -> None:
+    """Grow input (and untied output) embeddings to vocab.size; new rows = mean + noise, or with `mean_init`
+    False the model's own random init (a randomly initialized LLM: every row random, as from scratch)."""
     old = model.get_input_embeddings().weight.shape[0]
     if old > vocab.text_size:
         # the model has spare rows past its tokenizer (common padding); they become ours
         old = vocab.text_size
-    model.resize_token_embeddings(vocab.size, mean_resizing=False)
-    for emb in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}.values():
+    model.resize_token_embeddings(vocab.size, mean_resizing=False)  # new rows: the model's `_init_weights`
+    embeddings = {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}
+    for emb in embeddings.values() if mean_init else ():
         w = emb.weight
         mean, std = w[:old].mean(0), w[:old].std(0)
         w[old:] = mean + 0.02 * std * torch.randn_like(w[old:])

@@ -3,6 +3,8 @@
 Design decisions:
 - Starting from a pretrained LLM, its tokenizer is used untouched so its embeddings stay
   aligned with their ids (the unified vocabulary appends after it).
+- `model.trim_vocab` keeps only the pretrained tokens a corpus uses (`dmlm.tokenizers.trim`);
+  `source_ids` then says which pretrained id each trimmed id was, so its embedding row is kept.
 - From scratch, a byte-level BPE (Hugging Face `tokenizers`) trained on the training text
   only: byte-level means no input character is ever unknown. It is saved as a
   `PreTrainedTokenizerFast`, so checkpoints load with `AutoTokenizer`.
@@ -21,8 +23,9 @@ from dmlm.util.errors import UserError
 class TextTokenizer:
     modality = "text"
 
-    def __init__(self, hf: PreTrainedTokenizerBase):
+    def __init__(self, hf: PreTrainedTokenizerBase, source_ids: list[int] | None = None):
         self.hf = hf
+        self.source_ids = source_ids  # trimmed: the id each of its ids had in the tokenizer it was cut from
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "TextTokenizer":

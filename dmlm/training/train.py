@@ -235,12 +235,25 @@ def training_texts(manifests: list[str]) -> list[str]:
 
 
 def build_text_tokenizer(cfg: RunConfig) -> TextTokenizer:
+    """data.text_tokenizer if set; else the LLM's own (init=pretrained/random; with model.trim_vocab cut to the
+    training texts, a pure function of them, so a resumed run rebuilds the same one); else a BPE trained on them."""
+    cfg.model.validate()
     if cfg.data.text_tokenizer:
+        if cfg.model.trim_vocab:
+            raise UserError("model.trim_vocab trims the LLM's own tokenizer (its ids name the embedding rows kept); "
+                            f"unset data.text_tokenizer ({cfg.data.text_tokenizer}) or model.trim_vocab")
         return TextTokenizer.load(cfg.data.text_tokenizer)
-    if cfg.model.init == "pretrained":
+    if cfg.model.from_llm:
         from dmlm.util.assets import llm_dir
 
-        return TextTokenizer.load(llm_dir(cfg.model.llm))
+        text = TextTokenizer.load(llm_dir(cfg.model.llm))
+        if cfg.model.trim_vocab:
+            from dmlm.tokenizers.trim import trim_tokenizer
+
+            full = text.vocab_size
+            text = trim_tokenizer(text, training_texts([cfg.data.train, *cfg.data.unpaired]))
+            log.info("text vocabulary trimmed to the training texts: %d of %d tokens", text.vocab_size, full)
+        return text
     texts = training_texts([cfg.data.train, *cfg.data.unpaired])
     if not texts:
         raise UserError(f"{cfg.data.train}: no 'text', 'translations' or 'caption' in any record to train the BPE on")
@@ -456,7 +469,7 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
     else:
         if resume:
             log.warning("--resume given but %s has no training state; starting fresh", state_dir)
-        model = build_model(cfg.model, S.vocab, seed=cfg.train.seed)
+        model = build_model(cfg.model, S.vocab, seed=cfg.train.seed, text_rows=S.text.source_ids)
     hf_tok = unified_hf_tokenizer(S.text, S.vocab)
     check_fits(model, S)
 
