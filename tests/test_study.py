@@ -90,7 +90,7 @@ def test_every_study_config_loads_and_validates():
     assert {"loss", "init", "supervision", "codebook"} <= set(names)
     for name in names:
         cfg = load_study_config(str(CONFIGS / f"{name}.yaml"), [])
-        assert cfg.name == name.removesuffix("-gpu") and len(cfg.arms) >= 2 and cfg.finding
+        assert cfg.name == name and len(cfg.arms) >= 2 and cfg.finding
         for arm in cfg.arms:  # one factor: an arm's resolved training budget is the base's
             assert cfg.arm_config(arm).run.train.steps == cfg.base.run.train.steps
 

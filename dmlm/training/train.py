@@ -285,6 +285,11 @@ def setup(cfg: RunConfig) -> Setup:
     specs = cfg.data.tasks
     if not specs:
         raise UserError("data.tasks is empty: name at least one task, e.g. data.tasks=[asr]")
+    stray = sorted(set(cfg.data.unpaired_only) - set(specs))
+    if stray:
+        raise UserError(f"data.unpaired_only names tasks {stray} that are not in data.tasks {specs}")
+    if cfg.data.unpaired_only and not cfg.data.unpaired:
+        raise UserError(f"data.unpaired_only {cfg.data.unpaired_only}: those tasks read only data.unpaired, which is empty")
     stray = sorted(set(cfg.data.speakers) - set(specs))
     if stray:
         raise UserError(f"data.speakers names tasks {stray} that are not in data.tasks {specs}")
@@ -321,9 +326,13 @@ def setup(cfg: RunConfig) -> Setup:
     for spec in specs:
         task = get_task(parse_spec(spec)[0])
         start = len(rendered)
-        for src in train_sources:
+        for k, src in enumerate(train_sources):
+            if k == 0 and spec in cfg.data.unpaired_only:  # train_sources[0] is data.train
+                continue
             rendered += [render(task, s, vocab, spec) for s in task_samples(spec, src, cfg.data.speakers.get(spec))]
         pools[spec] = (start, len(rendered))
+        if start == len(rendered) and spec in cfg.data.unpaired_only:
+            raise UserError(f"task {spec} (data.unpaired_only): no record it can read in data.unpaired {cfg.data.unpaired}")
         if start == len(rendered) and spec in cfg.data.speakers:
             raise UserError(f"task {spec}: no training record of speakers {cfg.data.speakers[spec]} "
                              f"(data.speakers) in {[s.manifest for s in train_sources]}")
