@@ -99,7 +99,7 @@ def test_prepare_speaks_unpaired_sentences_for_the_vocoder(tmp_path):
     assert not split_texts & {r.text for r in extra}  # never a sentence of any split
     assert read_manifest(plain["train"]) == read_manifest(more["train"])  # the splits are untouched
     assert read_manifest(prepare(PrepareConfig(**{**cfg.__dict__, "neural_extra": 3}), tmp_path)["neural_extra"]) == extra
-    with pytest.raises(ValueError, match=r"neural_extra.*n_unpaired = 5\], got 6"):
+    with pytest.raises(ValueError, match=r"neural_extra.*n_unpaired_images = 5\], got 6"):
         prepare(PrepareConfig(**{**cfg.__dict__, "neural_extra": 6}), tmp_path / "bad")
 
 
