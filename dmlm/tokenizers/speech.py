@@ -139,7 +139,7 @@ def fit_codebook(
     """Fit k-means on frames sampled from `wavs` (an iterable of 16 kHz clips)."""
     check_fit_settings(settings)
     from sklearn.cluster import MiniBatchKMeans
-    from tqdm import tqdm
+    from dmlm.util.progress import tqdm
 
     feats = features or build_features(settings.backend, settings.model, settings.layer,
                                        compute_type=settings.compute_type, pad_quantum=settings.pad_quantum)
