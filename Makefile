@@ -19,12 +19,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# Debian tools the demo and the tests need (espeak-ng: speech synthesis)
+# Debian tools the demo and the tests need (espeak-ng: speech synthesis; chromium: the browser
+# test of `dmlm serve`'s page, driven by Playwright with this system browser)
 sysdeps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 	  echo "installing espeak-ng (Debian)"; \
 	  (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null || \
 	  { echo "could not install espeak-ng; run: apt-get install espeak-ng"; exit 1; }; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
+	  { echo "could not install chromium; run: apt-get install chromium"; exit 1; }; }
 
 demo: install sysdeps
 	$(BIN)/dmlm assets whisper-base
@@ -42,6 +47,7 @@ bench: install sysdeps
 	$(BIN)/python -m bench.asr_rtf
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.vocoder_speed
+	$(BIN)/python -m bench.serve_load
 
 clean:
 	rm -rf runs/ .pytest_cache

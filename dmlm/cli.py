@@ -18,6 +18,7 @@
     dmlm vocoder match MODEL [--clips N]          (re)build its matching set of real frames
     dmlm report RUN                               RUN/report.md and docs/results.md from RUN/report.json
     dmlm demo [CONFIG.yaml] [key=value ...]        the whole pipeline on mini-world, offline
+    dmlm serve MODEL [--port 8000] [--api-key KEY] HTTP API (+ OpenAI audio routes) and a web page
     dmlm study CONFIG.yaml [key=value ...]         arms x seeds, compared with bootstrap intervals
     dmlm study report                             docs/studies.md from the summaries in docs/studies/
 
@@ -257,6 +258,12 @@ def cmd_demo(args) -> None:
     print(f"Report: {cfg.out}/report.md")
 
 
+def cmd_serve(args) -> None:
+    from dmlm.serve import config_from_args, serve
+
+    serve(args.model, config_from_args(args))
+
+
 def cmd_study(args) -> None:
     if args.config == "report":
         from dmlm.recipes.study_summary import write_studies_doc
@@ -411,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", help="YAML (default: built-in demo settings)")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_demo)
+
+    from dmlm.serve.config import add_arguments as serve_arguments
+
+    s = sub.add_parser("serve", help="serve a model over HTTP: dmlm and OpenAI-compatible routes, a web page")
+    s.add_argument("model")
+    serve_arguments(s)
+    s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("study", help="compare arms over seeds (configs/studies/*.yaml); `dmlm study report` writes docs/studies.md")
     s.add_argument("config", help="a study YAML, or `report` (options docs=FOLDER out=FILE)")

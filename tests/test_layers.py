@@ -1,6 +1,6 @@
 """The package's dependencies point one way: a lower layer never imports a higher one.
 
-cli / recipes -> api -> inference, evaluation, training -> tasks, modeling, decoding
+cli / recipes / serve -> api -> inference, evaluation, training -> tasks, modeling, decoding
 -> tokenizers, vocab, vocoder, metrics -> data -> util. Imports inside functions count too
 (a lazy import is still a dependency). Modules of one layer may import each other.
 """
@@ -21,7 +21,7 @@ LAYERS = [  # lowest first; a module belongs to the first entry its name starts 
     ["dmlm.tasks", "dmlm.modeling", "dmlm.decoding"],
     ["dmlm.inference", "dmlm.evaluation", "dmlm.training"],
     ["dmlm.api"],
-    ["dmlm.recipes", "dmlm.cli"],
+    ["dmlm.recipes", "dmlm.cli", "dmlm.serve"],
 ]
 
 

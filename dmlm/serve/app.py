@@ -1,0 +1,315 @@
+"""The FastAPI app of `dmlm serve`: dmlm's routes, the OpenAI-compatible ones, the web page.
+
+    GET  /health                  model path, tasks, fingerprints, vocoder, version, limits
+    POST /v1/transcribe           multipart `audio` (+ `lang`, decoding fields) -> {"text", "duration", "seconds"}
+    POST /v1/translate            multipart `audio`, `to` (+ `src`) -> {"text", "duration", "seconds"}
+    POST /v1/caption              multipart `image` -> {"text", "seconds"}
+    POST /v1/synthesize-units     JSON {"text", ...} -> {"units", "seconds"}
+    POST /v1/speak                JSON {"text", ...} -> audio/wav
+    /v1/audio/..., /v1/models     OpenAI's audio API (`dmlm.serve.openai_routes`)
+    GET  /                        the page (`static/`), /docs and /openapi.json (FastAPI's)
+
+Design decisions:
+- Every route exists whatever the model was trained for (the schema does not change with the
+  model); a route whose task the model lacks answers 400 `task_not_trained`, and the page shows
+  only what /health says the model can do.
+- One error shape for everything that can go wrong with a request (ours, FastAPI's validation,
+  Starlette's 404/405/400): OpenAI's `{"error": {...}}` (see `dmlm.serve.media`). A bug still
+  answers 500, with a message and a logged traceback, never a closed connection.
+- The body-size limit is an ASGI middleware in front of everything: a request that declares a
+  larger Content-Length gets 413 before a byte is read; one without (chunked) is read up to the
+  limit and no further.
+- `--api-key` guards `/v1` only: the page, /health and the docs stay readable, and the page asks
+  for the key when /health says one is needed.
+- Decoding (CPU-heavy, on the model thread) never runs on the event loop, and neither does
+  reading audio or images (the threadpool), so /health answers during a long batch.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dmlm.api import DMLM
+from dmlm.serve.batching import Busy
+from dmlm.serve.config import ServeConfig
+from dmlm.serve.media import RequestError, encode_audio, read_audio, read_image, read_text, read_upload
+from dmlm.serve.service import Service
+from dmlm.util.errors import UserError
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("dmlm.serve")
+
+# what a missing field should have been, for the 422 message
+EXPECTED = {"audio": "an audio file (multipart field 'audio')", "file": "an audio file (multipart field 'file')",
+            "image": "an image file (multipart field 'image')", "text": "the text (a JSON string)",
+            "input": "the text to speak (a JSON string)", "to": "a target language code, e.g. es"}
+
+
+# -- request bodies -------------------------------------------------------------------------------
+class Decoding(BaseModel):
+    """The decoding options a request may set (`dmlm.decoding.DecodingOptions`, bounded)."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    beam_size: int = Field(4, ge=1, le=16)
+    max_new_tokens: int = Field(256, ge=1, le=2048)
+    temperature: float = Field(1.0, gt=0, le=10)
+    top_k: int = Field(0, ge=0, le=100_000)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+
+
+class TextIn(Decoding):
+    text: str = Field(description="the text to speak")
+    lang: str = Field("en", description="its language code")
+    rerank: int = Field(0, ge=0, description="T2S candidates; the one the model's own ASR finds likeliest is kept")
+
+
+def form_decoding(strategy: Annotated[Literal["greedy", "beam", "sample"], Form()] = "greedy",
+                  beam_size: Annotated[int, Form(ge=1, le=16)] = 4,
+                  max_new_tokens: Annotated[int, Form(ge=1, le=2048)] = 256,
+                  temperature: Annotated[float, Form(gt=0, le=10)] = 1.0,
+                  top_k: Annotated[int, Form(ge=0, le=100_000)] = 0,
+                  top_p: Annotated[float, Form(gt=0, le=1)] = 1.0,
+                  seed: Annotated[int, Form()] = 0) -> dict:
+    """The decoding fields of a multipart request (the same bounds as `Decoding`)."""
+    return {"strategy": strategy, "beam_size": beam_size, "max_new_tokens": max_new_tokens,
+            "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def _error(status: int, message: str, param: str | None = None, code: str | None = None,
+           kind: str = "invalid_request_error") -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status, headers)
+
+
+def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    parts, first = [], None
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "header")]
+        name = ".".join(loc) or "body"
+        first = first or (loc[-1] if loc else None)
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "missing" and loc and loc[-1] in EXPECTED:
+            msg += f"; expected {EXPECTED[loc[-1]]}"
+        elif e.get("type") == "json_invalid":
+            msg = "the body is not valid JSON; expected a JSON object"
+        parts.append(f"{name}: {msg}")
+    return "; ".join(parts), first
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError):
+        return _error(e.status, str(e), e.param, e.code, e.kind)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, e: UserError):  # the model refused an input (e.g. no units made)
+        return _error(400, str(e))
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, e: Busy):
+        r = _error(503, f"the server is busy: {e}; retry shortly", None, "busy", "server_busy")
+        r.headers["Retry-After"] = "1"
+        return r
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        message, param = _validation_message(e.errors())
+        return _error(422, message, param, "invalid_field")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        message = e.detail if isinstance(e.detail, str) else json.dumps(e.detail)
+        if e.status_code == 404:
+            message = f"{request.url.path}: no such route (the routes are listed at /docs)"
+        return _error(e.status_code, message, None, None, "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, f"internal error ({type(e).__name__}); this is a bug in dmlm serve, see the server log",
+                      None, None, "server_error")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes` (see the module docstring)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                return await self._reply(send, 400, "Content-Length is not a number", None)
+            if size > self.max_bytes:
+                return await self._reply(send, 413, *_too_large(size, self.max_bytes))
+            return await self.app(scope, receive, send)
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await self.app(scope, receive, send)
+        chunks, total = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return  # the client went away
+            chunks.append(msg.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_bytes:
+                return await self._reply(send, 413, *_too_large(total, self.max_bytes, "at least "))
+            if not msg.get("more_body"):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reply(send, status: int, message: str, code: str | None) -> None:
+        r = _error(status, message, None, code)
+        await send({"type": "http.response.start", "status": status, "headers": r.raw_headers})
+        await send({"type": "http.response.body", "body": r.body})
+
+
+def _too_large(size: int, limit: int, prefix: str = "") -> tuple[str, str]:
+    return (f"the request body is {prefix}{size} bytes, more than this server accepts ({limit}; max_upload_bytes, set "
+            "with `dmlm serve --max-upload-bytes`)", "max_upload_bytes")
+
+
+# -- the app ---------------------------------------------------------------------------------------
+def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
+    """The app over a loaded model; run it with uvicorn (`dmlm.serve.server.serve`) or a test client."""
+    import dmlm
+
+    cfg = cfg or ServeConfig()
+    svc = Service(model, cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await svc.start()
+        yield
+        await svc.stop()  # uvicorn has let the requests in flight finish first
+
+    app = FastAPI(title="dmlm serve", version=dmlm.__version__, lifespan=lifespan,
+                  description="A dmlm model's tasks over HTTP, with OpenAI-compatible audio routes.")
+    app.state.service = svc
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_upload_bytes)
+    install_error_handlers(app)
+
+    async def auth(request: Request) -> None:
+        if not cfg.api_key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), cfg.api_key.encode()):
+            raise RequestError("a missing or wrong API key: send `Authorization: Bearer KEY` with the key given to "
+                               "`dmlm serve --api-key`", 401, None, "invalid_api_key", "authentication_error")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+
+    @app.get("/health", summary="What the server holds")
+    async def health() -> dict:
+        info = svc.info
+        return {"status": "ok", "version": dmlm.__version__, "model": str(model.path), "model_name": cfg.model_name,
+                "tasks": model.tasks, "routes": svc.routes(), "targets": svc.targets, "languages": svc.languages,
+                "fingerprints": info["fingerprints"], "vocoder": svc.has_vocoder, "params": info["params"],
+                "auth": bool(cfg.api_key), "limits": cfg.limits(),
+                "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
+                             "calls": svc.batcher.calls, "largest": svc.batcher.largest,
+                             "pending": svc.batcher.pending}}
+
+    @v1.post("/transcribe", summary="Speech -> text (ASR)")
+    async def transcribe(audio: Annotated[UploadFile, File(description="wav, flac, ogg or mp3; any rate and channels")],
+                         decoding: Annotated[dict, Depends(form_decoding)], lang: Annotated[str, Form()] = "en") -> dict:
+        t0 = time.perf_counter()
+        svc.require("transcribe")
+        lang, decoding = svc.check_lang(lang, "lang"), svc.check_decoding(decoding)
+        wav, seconds = await run_in_threadpool(read_audio, await read_upload(audio), "audio", cfg.max_audio_seconds)
+        done = await svc.transcribe(wav, lang, decoding)
+        return {"text": done.value, "duration": round(seconds, 3), "seconds": round(time.perf_counter() - t0, 4),
+                "batch_size": done.batch_size}
+
+    @v1.post("/translate", summary="Speech -> text in another language (S2TT)")
+    async def translate(audio: Annotated[UploadFile, File(description="wav, flac, ogg or mp3; any rate and channels")],
+                        decoding: Annotated[dict, Depends(form_decoding)], to: Annotated[str | None, Form()] = None,
+                        src: Annotated[str, Form()] = "en") -> dict:
+        t0 = time.perf_counter()
+        svc.require("translate")
+        to = svc.check_lang(to or svc.targets[0], "to", targets=True)
+        src, decoding = svc.check_lang(src, "src"), svc.check_decoding(decoding)
+        wav, seconds = await run_in_threadpool(read_audio, await read_upload(audio), "audio", cfg.max_audio_seconds)
+        done = await svc.translate(wav, to, src, decoding)
+        return {"text": done.value, "to": to, "duration": round(seconds, 3),
+                "seconds": round(time.perf_counter() - t0, 4), "batch_size": done.batch_size}
+
+    @v1.post("/caption", summary="Image -> caption (I2T)")
+    async def caption(image: Annotated[UploadFile, File(description="png, jpeg, gif, bmp or webp")],
+                      decoding: Annotated[dict, Depends(form_decoding)], lang: Annotated[str, Form()] = "en") -> dict:
+        t0 = time.perf_counter()
+        svc.require("caption")
+        lang, decoding = svc.check_lang(lang, "lang"), svc.check_decoding(decoding)
+        img = await run_in_threadpool(read_image, await read_upload(image), "image", cfg.max_image_pixels)
+        done = await svc.caption(img, lang, decoding)
+        return {"text": done.value, "width": img.width, "height": img.height,
+                "seconds": round(time.perf_counter() - t0, 4), "batch_size": done.batch_size}
+
+    def text_request(body: TextIn) -> tuple[str, str, dict]:
+        text = read_text(body.text, "text", cfg.max_text_chars)
+        decoding = svc.check_decoding(body.model_dump(exclude={"text", "lang"}), speech_out=True)
+        return text, svc.check_lang(body.lang, "lang"), decoding
+
+    @v1.post("/synthesize-units", summary="Text -> speech units (T2S)")
+    async def synthesize_units(body: TextIn) -> dict:
+        t0 = time.perf_counter()
+        svc.require("synthesize-units")
+        done = await svc.synthesize_units(*text_request(body))
+        return {"units": [int(u) for u in done.value], "seconds": round(time.perf_counter() - t0, 4),
+                "batch_size": done.batch_size}
+
+    @v1.post("/speak", summary="Text -> speech (T2S + the vocoder), audio/wav",
+             responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM wav, 16 kHz mono"}})
+    async def speak(body: TextIn) -> Response:
+        t0 = time.perf_counter()
+        svc.require("speak")
+        done = await svc.speak(*text_request(body))
+        data, mime = await run_in_threadpool(encode_audio, done.value.samples, done.value.sample_rate, "wav")
+        return Response(data, media_type=mime, headers={
+            "X-Dmlm-Seconds": f"{time.perf_counter() - t0:.4f}", "X-Dmlm-Duration": f"{done.value.seconds:.3f}",
+            "X-Dmlm-Batch-Size": str(done.batch_size), "Content-Disposition": 'inline; filename="speech.wav"'})
+
+    from dmlm.serve.openai_routes import openai_router
+
+    v1.include_router(openai_router(svc))
+    app.include_router(v1)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    return app

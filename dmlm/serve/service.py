@@ -1,0 +1,134 @@
+"""The model's tasks as the routes call them: checked, batched, run on the model thread.
+
+Design decisions:
+- The routes (dmlm's and the OpenAI-compatible ones) share this one object, so both kinds of
+  request for a task fall into the same batches.
+- What a request asks for is checked before it queues (the task was trained, the language is
+  in the vocabulary, the decoding options are valid, the model has a vocoder), so a batch holds
+  only items that can run and the errors name the field.
+- At start the codebooks and the vocoder the tasks need are loaded (on the model thread): the
+  first request is not the slow one, and a broken checkpoint fails at start, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from dmlm.api import DMLM
+from dmlm.decoding import SPEECH_OUT_FIELDS, USER_FIELDS, DecodingOptions, make_options
+from dmlm.serve.batching import Batcher, Done
+from dmlm.serve.config import ServeConfig
+from dmlm.serve.media import RequestError
+from dmlm.util.errors import UserError
+
+# routes -> the trained task each needs (`speak` needs a vocoder too)
+ROUTE_TASKS = {"transcribe": "asr", "translate": "s2tt", "caption": "i2t", "synthesize-units": "t2s", "speak": "t2s"}
+
+
+class Service:
+    def __init__(self, model: DMLM, cfg: ServeConfig):
+        self.model, self.cfg = model, cfg
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmlm-model")
+        self.batcher = Batcher(self.executor, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_pending)
+        self.task_names = {t.split(":")[0] for t in model.tasks}
+        self.targets = [t.split(":")[1] for t in model.tasks if t.startswith("s2tt:")]
+        """Languages the model translates into."""
+        self.languages = sorted({"en", *(t.split(":")[1] for t in model.tasks if ":" in t)})
+        """Languages named by the model's tasks (the page offers these)."""
+        info = model.info
+        self.has_vocoder = bool(info["vocoder"])
+        self.info = info
+
+    # -- life -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        def warm() -> None:
+            if self.task_names & {"asr", "s2tt", "t2s"}:
+                self.model.codebook("speech")
+            if "i2t" in self.task_names:
+                self.model.codebook("image")
+            if self.has_vocoder and "t2s" in self.task_names:
+                self.model.vocoder  # noqa: B018 (loads it)
+
+        await asyncio.get_running_loop().run_in_executor(self.executor, warm)
+
+    async def stop(self) -> None:
+        await self.batcher.close()
+        self.executor.shutdown(wait=True)
+
+    # -- what the page and /health show ------------------------------------------------------
+    def routes(self) -> dict[str, bool]:
+        """Route -> whether this model can serve it."""
+        return {r: t in self.task_names and (r != "speak" or self.has_vocoder) for r, t in ROUTE_TASKS.items()}
+
+    # -- checks ----------------------------------------------------------------------------------
+    def require(self, route: str) -> None:
+        task = ROUTE_TASKS[route]
+        if task not in self.task_names:
+            raise RequestError(f"/v1/{route}: the model ({self.model.path}) was not trained for {task} "
+                               f"(its tasks: {', '.join(self.model.tasks)})", 400, None, "task_not_trained")
+        if route == "speak" and not self.has_vocoder:
+            raise RequestError(f"/v1/{route}: the model ({self.model.path}) has no vocoder, so it cannot make speech; "
+                               f"train one with `dmlm vocoder train {self.model.path}` (or ask /v1/synthesize-units "
+                               "for the units)", 400, None, "no_vocoder")
+
+    def check_lang(self, lang: str, param: str, targets: bool = False) -> str:
+        """`lang` if the vocabulary has its tag (and, for `targets`, the model translates into it)."""
+        if targets and lang not in self.targets:
+            raise RequestError(f"{param}: the model translates into {', '.join(self.targets) or 'no language'}, "
+                               f"not {lang!r}", 400, param)
+        try:
+            self.model.vocab.lang(lang)
+        except UserError:
+            raise RequestError(f"{param}: language {lang!r} is not in the model's vocabulary; expected a language code "
+                               f"such as {', '.join(self.languages)}", 400, param) from None
+        return lang
+
+    def check_decoding(self, decoding: dict, speech_out: bool = False) -> dict:
+        """The non-default decoding keywords of a request, validated (400 naming the field)."""
+        if decoding.get("rerank", 0) > self.cfg.max_rerank:
+            from dmlm.serve.media import limit_error
+
+            raise limit_error("rerank", decoding["rerank"], "max_rerank", self.cfg.max_rerank, "rerank")
+        defaults = DecodingOptions()
+        decoding = {k: v for k, v in decoding.items() if v is not None and v != getattr(defaults, k)}
+        try:
+            make_options(None, SPEECH_OUT_FIELDS if speech_out else USER_FIELDS, **decoding)
+        except UserError as e:
+            raise RequestError(str(e), 400, next(iter(decoding), None)) from None
+        return decoding
+
+    # -- tasks (each awaits its batch) -------------------------------------------------------
+    async def _submit(self, key: tuple, fn, item: Any) -> Done:
+        return await self.batcher.submit(key, fn, item)
+
+    async def transcribe(self, wav, lang: str, decoding: dict) -> Done:
+        self.require("transcribe")
+        key = ("asr", lang, _frozen(decoding))
+        return await self._submit(key, lambda items: self.model.transcribe(items, lang=lang, **decoding), wav)
+
+    async def translate(self, wav, to: str, src: str, decoding: dict) -> Done:
+        self.require("translate")
+        key = ("s2tt", src, to, _frozen(decoding))
+        return await self._submit(key, lambda items: self.model.translate(items, to=to, src=src, **decoding), wav)
+
+    async def caption(self, image, lang: str, decoding: dict) -> Done:
+        self.require("caption")
+        key = ("i2t", lang, _frozen(decoding))
+        return await self._submit(key, lambda items: self.model.caption(items, lang=lang, **decoding), image)
+
+    async def synthesize_units(self, text: str, lang: str, decoding: dict) -> Done:
+        self.require("synthesize-units")
+        key = ("t2s-units", lang, _frozen(decoding))
+        return await self._submit(key, lambda items: self.model.synthesize_units(items, lang=lang, **decoding), text)
+
+    async def speak(self, text: str, lang: str, decoding: dict) -> Done:
+        self.require("speak")
+        key = ("t2s-speech", lang, _frozen(decoding))
+        return await self._submit(key, lambda items: self.model.speak(items, lang=lang, **decoding), text)
+
+
+def _frozen(decoding: dict) -> tuple:
+    return tuple(sorted(decoding.items()))
+
