@@ -79,6 +79,11 @@ def test_finding_verdict():
     assert finding_verdict([{**claim, "verdict": "no difference"}]) == "not reproduced"
     assert finding_verdict([{**claim, "verdict": "better"}, {**claim, "verdict": "worse"}]) == "mixed"
     assert finding_verdict([{"primary": True, "expect": None, "verdict": "better"}]) == "no claim"
+    # met on the primary metric, contradicted on another: mixed; a secondary 'no difference' is no contradiction
+    other = {"primary": False, "expect": "better"}
+    assert finding_verdict([{**claim, "verdict": "better"}, {**other, "verdict": "worse"}]) == "mixed"
+    assert finding_verdict([{**claim, "verdict": "better"}, {**other, "verdict": "no difference"}]) == "reproduced"
+    assert finding_verdict([{**claim, "verdict": "worse"}, {**other, "verdict": "better"}]) == "not reproduced"
 
 
 # -- configs ------------------------------------------------------------------------------------------

@@ -109,13 +109,24 @@ def summarize(study: str, finding: str, reference: str, arms: list, runs: list[d
 
 
 def finding_verdict(comparisons: list[dict]) -> str:
-    """reproduced: every comparison the paper makes a claim about goes its way on the primary metric;
-    not reproduced: none does; mixed: some do. 'no claim' when the study makes none."""
-    claims = [c for c in comparisons if c.get("primary") and c.get("expect")]
-    if not claims:
+    """The finding's verdict from the comparisons the paper makes a claim about (`expect`).
+
+    reproduced: every claim goes its way on the primary metric and no claimed comparison goes the
+    opposite way on any other metric; not reproduced: no claim goes its way on the primary metric;
+    mixed: the rest (a claim met on the primary metric but contradicted on another, e.g. a loss
+    that helps ASR and hurts the other tasks, or only some arms meeting it). 'no claim' when the
+    study makes none. 'no difference' on a secondary metric does not contradict a claim.
+    """
+    claims = [c for c in comparisons if c.get("expect")]
+    primary = [c for c in claims if c.get("primary")]
+    if not primary:
         return "no claim"
-    hits = sum(c["verdict"] == c["expect"] for c in claims)
-    return "reproduced" if hits == len(claims) else "not reproduced" if hits == 0 else "mixed"
+    hits = sum(c["verdict"] == c["expect"] for c in primary)
+    opposite = {"better": "worse", "worse": "better"}
+    contradicted = any(c["verdict"] == opposite.get(c["expect"]) for c in claims if not c.get("primary"))
+    if hits == 0:
+        return "not reproduced"
+    return "reproduced" if hits == len(primary) and not contradicted else "mixed"
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
