@@ -48,6 +48,7 @@ bench: install sysdeps
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.vocoder_speed
 	$(BIN)/python -m bench.serve_load
+	$(BIN)/python -m bench.under_load
 
 clean:
 	rm -rf runs/ .pytest_cache

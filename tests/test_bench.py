@@ -18,6 +18,7 @@ BENCHES = [
     ("bench.train_speed", ["train_speed_demo.json"]),
     ("bench.memory", ["memory_train.json", "memory_tokenize.json", "scaling.json"]),
     ("bench.vocoder_speed", ["vocoder_speed.json"]),
+    ("bench.under_load", [f"under_load_{s}.json" for s in ("synthesis", "tokenize", "train", "evaluate")]),
 ]
 
 

