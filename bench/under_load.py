@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             extra.update(sentences=4 if q else 48, workers=2)
             unit = "utterances/s"
         elif stage == "tokenize":
-            kernel, facts = tokenize_kernel(4 if q else 48)
+            kernel, facts = tokenize_kernel(4 if q else 96)
             m, unit = quiet_and_busy(kernel, repeats), "x real time"
             extra.update(facts)
         elif stage == "train":
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             m, unit = quiet_and_busy(kernel, repeats), "tokens/s"
             extra.update(facts)
         else:
-            kernel, facts = evaluate_kernel(4 if q else 16, 8 if q else 48)
+            kernel, facts = evaluate_kernel(4 if q else 32, 8 if q else 64)
             m, unit = quiet_and_busy(kernel, repeats), "tokens/s"
             extra.update(facts)
         res = write_result(f"under_load_{stage}", f"{stage} throughput beside a busy process", unit, m["busy"],

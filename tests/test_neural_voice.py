@@ -12,6 +12,7 @@ from dmlm.data.synth import HELDOUT_VOICE, NEURAL_VOICE, Voice, draw_voice, synt
 from dmlm.evaluation.judge import judge
 from dmlm.metrics import error_rates
 from dmlm.metrics.normalize import get_normalizer, normalize, whisper_english
+from dmlm.util.errors import UserError
 
 TEXT = "the small yellow sheep is behind a lamp"
 
@@ -172,3 +173,24 @@ def test_available_cores_follows_the_affinity_mask():
     code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
            "from dmlm.util.cores import available_cores; print(available_cores())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"
+
+
+def test_neural_synthesis_workers_run_from_any_script_and_report_failures(tmp_path):
+    """Workers are subprocesses: a caller without a `__main__` guard (here `python -c`) works, and a
+    worker that cannot write its wav is a UserError naming the worker, with the other wavs kept."""
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from dmlm.data.synth import NEURAL_VOICE, Voice, synthesize_many; "
+            f"d = synthesize_many([(t, Voice(NEURAL_VOICE, 0, 0), Path({str(tmp_path)!r}) / f'{{i}}.wav') "
+            "for i, t in enumerate(['a red car', 'a big dog', 'the blue cup'])], workers=2); print(len(d), min(d) > 0.3)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[-2:] == ["3", "True"], out.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("*.wav")) == ["0.wav", "1.wav", "2.wav"]
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    jobs = [("a red car", _neural(), tmp_path / "ok.wav"), ("a big dog", _neural(), blocker / "bad.wav")]
+    with pytest.raises(UserError, match="worker process"):
+        synthesize_many(jobs, workers=2)
+    assert (tmp_path / "ok.wav").is_file()

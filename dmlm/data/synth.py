@@ -17,22 +17,27 @@ Design decisions:
   Both its accent and its variant occur in training in other combinations, as a new speaker
   of a known dialect would.
 - Synthesis is resumable: each wav is written atomically, an existing wav is kept.
-- Neural-voice jobs run in `workers` spawned processes, each with a one-thread ONNX session that
-  does not spin, rather than one session whose intra-op pool spans every core: VITS runs many
+- Neural-voice jobs run in `workers` worker processes (`python -m dmlm.data.synth JOBS.jsonl`),
+  each with a one-thread ONNX session that does not spin, rather than one session whose intra-op pool spans every core: VITS runs many
   small ops, so one thread per process wastes nothing on synchronisation, and a pool that spins
   while it waits steals the core of any other busy process (docs/performance.md, "Under load").
+  Workers are plain subprocesses, not a multiprocessing pool: a spawned pool re-imports the
+  caller's main script (which breaks scripts without a `__main__` guard, and stdin), and a forked
+  one inherits the parent's locks and thread pools.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -188,13 +193,62 @@ def _synthesize_job(job: tuple[str, Voice, Path], espeak: str) -> float:
     return len(wav) / SAMPLE_RATE
 
 
-def _neural_worker_init() -> None:
+def _neural_in_workers(jobs: list[tuple[str, Voice, Path]], indices: list[int], processes: int,
+                       done) -> dict[int, float]:
+    """Synthesize the neural jobs `indices` in `processes` worker processes; {index: duration}.
+
+    Each worker gets every `processes`-th job (similar lengths on average), writes its wavs and
+    prints "INDEX DURATION" per job; `done()` is called once per finished job.
+    """
+    durations: dict[int, float] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def run(share: list[int], tmp: Path) -> None:
+        spec, log = tmp / "jobs.jsonl", tmp / "stderr.txt"
+        spec.write_text("".join(json.dumps({"index": i, "text": jobs[i][0], "voice": asdict(jobs[i][1]),
+                                            "path": str(jobs[i][2])}) + "\n" for i in share))
+        with open(log, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "dmlm.data.synth", str(spec)], stdout=subprocess.PIPE,
+                                    stderr=err, text=True, env=env)
+            for line in proc.stdout:
+                i, d = line.split()
+                with lock:
+                    durations[int(i)] = float(d)
+                    done()
+            rc = proc.wait()
+        if rc != 0:
+            tail = log.read_text().strip().splitlines()[-1:] or ["(no message)"]
+            failures.append(f"exit status {rc}: {tail[0]}")
+
+    import os
+
+    # the workers import this dmlm, wherever the caller found it
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="dmlm-synth-") as tmp:
+        folders = [Path(tmp) / str(w) for w in range(processes)]
+        threads = []
+        for w, folder in enumerate(folders):
+            folder.mkdir()
+            threads.append(threading.Thread(target=run, args=(indices[w::processes], folder), daemon=True))
+            threads[-1].start()
+        for t in threads:
+            t.join()
+    if failures:
+        raise UserError("neural-voice synthesis failed in a worker process (" + "; ".join(failures) + "); "
+                        "the wavs written so far are kept and a re-run continues")
+    return durations
+
+
+def _worker_main(spec: str) -> None:
+    """A synthesis worker: speak every job of the JSONL file `spec` with a one-thread neural voice."""
     global _NEURAL_THREADS
     _NEURAL_THREADS = 1
-
-
-def _neural_job(job: tuple[str, Voice, Path]) -> float:
-    return _synthesize_job(job, "espeak-ng")
+    for line in Path(spec).read_text().splitlines():
+        job = json.loads(line)
+        d = _synthesize_job((job["text"], Voice(**job["voice"]), Path(job["path"])), "espeak-ng")
+        print(job["index"], d, flush=True)
 
 
 def synthesize_many(jobs: list[tuple[str, Voice, Path]], workers: int = 2, desc: str = "synthesize") -> list[float]:
@@ -219,14 +273,15 @@ def synthesize_many(jobs: list[tuple[str, Voice, Path]], workers: int = 2, desc:
             durations[i] = _synthesize_job(jobs[i], espeak)
             bar.update()
         if processes > 1:
-            # spawn, not fork: the parent may hold torch's or ONNX Runtime's thread pools
-            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_neural_worker_init) as pool:
-                for i, d in zip(neural, pool.map(_neural_job, [jobs[i] for i in neural], chunksize=4)):
-                    durations[i] = d
-                    bar.update()
+            durations_of = _neural_in_workers(jobs, neural, processes, bar.update)
+            for i in neural:
+                durations[i] = durations_of[i]
         else:
             for i in neural:
                 durations[i] = _synthesize_job(jobs[i], espeak)
                 bar.update()
     return durations
+
+
+if __name__ == "__main__":  # a worker of synthesize_many
+    _worker_main(sys.argv[1])
