@@ -177,3 +177,29 @@ def multitask_model(mixed, run_config):
                      f"data.tasks={json.dumps(TASKS)}", "data.weights=[1,1,1,1,0.5,0.5,0.5]", "model.hidden_size=96",
                      train=manifest, dev=manifest)
     return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def speaking_model(multitask_model, mixed, tmp_path_factory):
+    """A copy of `multitask_model` with a (barely trained, 3-step) vocoder: speech out runs end to end."""
+    import shutil
+
+    from dmlm.vocoder.model import VocoderConfig
+    from dmlm.vocoder.train import train_vocoder
+
+    root, manifest = mixed
+    model = tmp_path_factory.mktemp("speaking") / "model"
+    shutil.copytree(multitask_model, model)
+    train_vocoder([manifest], [root / "units" / "mixed"], model / "codebooks" / "speech.safetensors",
+                  VocoderConfig(dim=32, frame_dim=32, batch_size=2), model / "vocoder", steps=3, progress=False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def first_record(mixed):
+    """(wav path, text, Spanish translation, image path) of the mixed corpus's first record."""
+    from dmlm.data.manifest import read_manifest
+
+    root, manifest = mixed
+    r = read_manifest(manifest)[0]
+    return r.audio_path(manifest), r.text, r.translations["es"], root / r.image

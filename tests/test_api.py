@@ -7,7 +7,6 @@ trained into a copy of it for the speech-out methods.
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -41,18 +40,8 @@ def m(multitask_model):
 
 
 @pytest.fixture(scope="module")
-def speaking(multitask_model, mixed, tmp_path_factory):
-    """A copy of the model with a (barely trained) vocoder: speech out runs end to end."""
-    from dmlm.vocoder.model import VocoderConfig
-    from dmlm.vocoder.train import train_vocoder
-
-    root, manifest = mixed
-    model = tmp_path_factory.mktemp("speaking") / "model"
-    shutil.copytree(multitask_model, model)
-    cfg = VocoderConfig(dim=32, frame_dim=32, batch_size=2)
-    train_vocoder([manifest], [root / "units" / "mixed"], model / "codebooks" / "speech.safetensors", cfg,
-                  model / "vocoder", steps=3, progress=False)
-    return dmlm.load(model)
+def speaking(speaking_model):
+    return dmlm.load(speaking_model)
 
 
 @pytest.fixture(scope="module")

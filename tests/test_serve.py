@@ -2,7 +2,7 @@
 the API key, and the batcher on its own.
 
 The model is conftest's tiny every-task model (`multitask_model`) with a 3-step vocoder trained
-into a copy of it (as in tests/test_api.py), so speech out runs end to end. The live server (a
+into a copy of it (conftest's `speaking_model`, shared with tests/test_api.py), so speech out runs end to end. The live server (a
 real process: the `openai` client, the browser, load, SIGTERM) is tests/test_serve_live.py.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
 import tempfile
 import wave
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import dmlm
-from dmlm.data.manifest import read_manifest
 from dmlm.serve import ServeConfig, create_app
 from dmlm.serve.batching import Batcher, Busy
 from dmlm.util.errors import UserError
@@ -33,21 +31,8 @@ LIMITS = dict(max_audio_seconds=5.0, max_text_chars=60, max_image_pixels=64 * 64
 
 
 @pytest.fixture(scope="module")
-def speaking_path(multitask_model, mixed, tmp_path_factory):
-    from dmlm.vocoder.model import VocoderConfig
-    from dmlm.vocoder.train import train_vocoder
-
-    root, manifest = mixed
-    model = tmp_path_factory.mktemp("serve") / "model"
-    shutil.copytree(multitask_model, model)
-    train_vocoder([manifest], [root / "units" / "mixed"], model / "codebooks" / "speech.safetensors",
-                  VocoderConfig(dim=32, frame_dim=32, batch_size=2), model / "vocoder", steps=3, progress=False)
-    return model
-
-
-@pytest.fixture(scope="module")
-def m(speaking_path):
-    return dmlm.load(speaking_path)
+def m(speaking_model):
+    return dmlm.load(speaking_model)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +42,8 @@ def client(m):
 
 
 @pytest.fixture(scope="module")
-def rec(mixed):
-    """(wav path, text, translation, image path) of the first training record."""
-    root, manifest = mixed
-    r = read_manifest(manifest)[0]
-    return r.audio_path(manifest), r.text, r.translations["es"], root / r.image
+def rec(first_record):
+    return first_record
 
 
 def _error(r, status: int, *, param: str | None = None, code: str | None = None, says: str = "") -> dict:

@@ -11,7 +11,7 @@
 - SIGTERM while requests wait in a batch queue: each still gets its answer, then the server
   stops (uvicorn exits by the signal it caught, status -15, after a clean shutdown).
 
-The model is the tests' tiny every-task model with a 3-step vocoder (as in tests/test_serve.py).
+The model is the tests' tiny every-task model with a 3-step vocoder (conftest's `speaking_model`).
 """
 
 from __future__ import annotations
@@ -29,37 +29,21 @@ import pytest
 import soundfile as sf
 
 from bench.serve_load import load, server_log, start_server, stop_server
-from dmlm.data.manifest import read_manifest
 
 RSS_BOUND = 48 * 2**20
 """Most the server's resident memory may grow over 200 requests after a warm-up of 48."""
 
 
 @pytest.fixture(scope="module")
-def speaking_path(multitask_model, mixed, tmp_path_factory):
-    from dmlm.vocoder.model import VocoderConfig
-    from dmlm.vocoder.train import train_vocoder
-
-    root, manifest = mixed
-    model = tmp_path_factory.mktemp("serve_live") / "model"
-    shutil.copytree(multitask_model, model)
-    train_vocoder([manifest], [root / "units" / "mixed"], model / "codebooks" / "speech.safetensors",
-                  VocoderConfig(dim=32, frame_dim=32, batch_size=2), model / "vocoder", steps=3, progress=False)
-    return model
+def rec(first_record):
+    return first_record
 
 
 @pytest.fixture(scope="module")
-def rec(mixed):
-    root, manifest = mixed
-    r = read_manifest(manifest)[0]
-    return r.audio_path(manifest), r.text, r.translations["es"], root / r.image
-
-
-@pytest.fixture(scope="module")
-def server(speaking_path, tmp_path_factory):
+def server(speaking_model, tmp_path_factory):
     """(url, process, its TMPDIR) of `dmlm serve` on the model; stopped with SIGTERM."""
     tmp = tmp_path_factory.mktemp("serve_tmpdir")
-    proc, url = start_server(speaking_path, "--max-wait-ms", "20", "--log-level", "info",
+    proc, url = start_server(speaking_model, "--max-wait-ms", "20", "--log-level", "info",
                              env={**os.environ, "TMPDIR": str(tmp)})
     yield url, proc, tmp
     if proc.poll() is None:  # the SIGTERM test stops it; a run of only some tests does not
