@@ -1,9 +1,9 @@
 """`dmlm serve`'s app in process (Starlette's test client): every route, every limit and bad input,
 the API key, and the batcher on its own.
 
-The model is conftest's tiny every-task model (`multitask_model`) with a 3-step vocoder trained
-into a copy of it (conftest's `speaking_model`, shared with tests/test_api.py), so speech out runs end to end. The live server (a
-real process: the `openai` client, the browser, load, SIGTERM) is tests/test_serve_live.py.
+The model is conftest's `speaking_model`: the tiny every-task model with a 3-step vocoder, so
+speech out runs end to end. The live server (a real process: the `openai` client, the browser,
+load, SIGTERM) is tests/test_serve_live.py.
 """
 
 from __future__ import annotations
