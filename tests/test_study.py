@@ -103,6 +103,7 @@ def test_every_study_config_loads_and_validates():
 def test_bad_study_configs_name_the_problem():
     from dmlm.recipes.study import load_study_config
     from dmlm.util.config import ConfigError
+    from dmlm.util.errors import UserError
 
     with pytest.raises(ConfigError, match="no arms"):
         load_study_config(None, ["name=x"])
@@ -112,6 +113,11 @@ def test_bad_study_configs_name_the_problem():
         load_study_config(None, ["name=x", "arms=[{name: a}]", "metrics=[asr.bleu]"])
     with pytest.raises(ConfigError, match="reference 'b' is not an arm"):
         load_study_config(None, ["name=x", "arms=[{name: a, reference: b}]"])
+    # a codebook no backend can make fails when the study is loaded (before any run), naming the key
+    with pytest.raises(UserError, match="codebook.layer=3.*whisper-hf"):
+        load_study_config(None, ["name=x", "arms=[{name: a, overrides: [codebook.layer=3]}]"])
+    with pytest.raises(UserError, match="codebook.backend must be one of"):
+        load_study_config(None, ["name=x", "arms=[{name: a, overrides: [codebook.backend=hubert]}]"])
 
 
 # -- end to end ---------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ class DemoConfig:
 
         if self.asr_only_loss and self.asr_only_loss not in LOSSES:
             raise UserError(f"asr_only_loss must be one of {LOSSES} or empty (the mixture's), got {self.asr_only_loss!r}")
+        self.codebook.check()  # before hours of corpus making, not at the codebook stage
 
 
 def machine() -> dict:

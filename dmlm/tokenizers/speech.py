@@ -56,6 +56,17 @@ class CodebookSettings:
     frame_rate: float = field(default=50.0)
     """Frames per second after pooling (set by fit)."""
 
+    def check(self) -> None:
+        """Settings that no feature backend can honour, caught before any corpus or fit is made."""
+        backends = ("whisper", "whisper-hf", "mel")
+        if self.backend not in backends:
+            raise UserError(f"codebook.backend must be one of {', '.join(backends)}, got {self.backend!r}")
+        if self.backend == "whisper" and self.layer not in (-1, None):
+            raise UserError(f"codebook.layer={self.layer}: the CTranslate2 Whisper engine (codebook.backend=whisper) "
+                            "gives the last layer only; use codebook.backend=whisper-hf for other layers")
+        if self.backend != "mel" and not self.model:
+            raise UserError(f"codebook.backend={self.backend} needs codebook.model (a Whisper preset, folder or hub id)")
+
     def reproducing(self) -> dict:
         """The settings that determine units (not fit-time knobs like max_frames)."""
         d = asdict(self)
