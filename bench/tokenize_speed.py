@@ -17,11 +17,29 @@ import time
 import numpy as np
 
 
+def espeak_clips(n: int, seed: int = 1) -> list[np.ndarray]:
+    """`n` mini-world sentences spoken by drawn espeak-ng voices (16 kHz)."""
+    import random
+
+    from dmlm.data import miniworld
+    from dmlm.data.synth import draw_voice, synthesize
+
+    rng = random.Random(0)
+    return [synthesize(s.text, draw_voice(rng)) for s in miniworld.generate_splits(n, 0, 0, seed=seed)["train"]]
+
+
+def random_codebook(feats, wav: np.ndarray, model: str):
+    """A codebook of the default k and pooling with random centroids: centroids don't change the cost."""
+    from dmlm.tokenizers.speech import Codebook, CodebookSettings
+
+    settings = CodebookSettings(model=model)
+    dim = feats([wav])[0].shape[1]
+    return Codebook(np.random.default_rng(0).standard_normal((settings.k, dim)).astype(np.float32), settings)
+
+
 def main(argv: list[str] | None = None) -> dict:
     from bench.common import write_result
-    from dmlm.data.synth import draw_voice, synthesize
     from dmlm.tokenizers.features import WhisperCT2Features, n_frames
-    from dmlm.tokenizers.speech import Codebook, CodebookSettings
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--clips", type=int, default=64)
@@ -30,20 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     n = 8 if args.quick else args.clips
 
-    import random
-
-    from dmlm.data import miniworld
-
-    rng = random.Random(0)
-    sents = miniworld.generate_splits(n, 0, 0, seed=1)["train"]
-    wavs = [synthesize(s.text, draw_voice(rng)) for s in sents]
+    wavs = espeak_clips(n)
     audio_s = sum(len(w) for w in wavs) / 16000
 
     feats = WhisperCT2Features(args.model)
     padded = WhisperCT2Features(args.model, pad_quantum=30.0)  # every clip padded to 30 s
-    dim = feats([wavs[0]])[0].shape[1]
-    settings = CodebookSettings(model=args.model)  # the default k and pooling; centroids don't change the cost
-    cb = Codebook(np.random.default_rng(0).standard_normal((settings.k, dim)).astype(np.float32), settings)
+    cb = random_codebook(feats, wavs[0], args.model)
 
     def run(fx) -> float:
         t = time.perf_counter()

@@ -102,21 +102,13 @@ def synthesis_kernels(n: int) -> dict[str, Callable[[], float]]:
 
 
 def tokenize_kernel(n: int, model: str = "whisper-base") -> tuple[Callable[[], float], dict]:
-    import random
-
-    import numpy as np
-
-    from dmlm.data.synth import draw_voice, synthesize
+    from bench.tokenize_speed import espeak_clips, random_codebook
     from dmlm.tokenizers.features import WhisperCT2Features
-    from dmlm.tokenizers.speech import Codebook, CodebookSettings
 
-    rng = random.Random(0)
-    wavs = [synthesize(t, draw_voice(rng)) for t in _sentences(n)]
+    wavs = espeak_clips(n, seed=3)
     audio_s = sum(len(w) for w in wavs) / 16000
     feats = WhisperCT2Features(model)
-    settings = CodebookSettings(model=model)
-    dim = feats([wavs[0]])[0].shape[1]
-    cb = Codebook(np.random.default_rng(0).standard_normal((settings.k, dim)).astype(np.float32), settings)
+    cb = random_codebook(feats, wavs[0], model)
 
     def kernel() -> float:
         for f in feats(wavs):
