@@ -53,6 +53,9 @@ def test_tiny_demo_without_vocoder(tmp_path):
     for row in ("ASR (mixture model)", "ASR (ASR-only model)", "S2TT en→es", "I2T captioning", "T2S", "## I2T examples"):
         assert row in md
     assert "](data/img/" in md  # captions shown next to their images
+    # where the time went: wall and CPU seconds of every stage (the training ran in this process)
+    assert set(rep["stages_cpu_seconds"]) == set(rep["stages_seconds"]) and rep["stages_cpu_seconds"]["train"] > 0
+    assert "| stage | wall s | CPU s | cores busy |" in md and "| train_asr_only |" in md
     assert "loss target_length_normalized" in md and "loss length_normalized" in md  # each model's loss is stated
     assert (out / "loss.png").is_file() and (out / "loss_asr_only.png").is_file()
     # `dmlm report RUN` renders the results page from report.json alone
@@ -82,9 +85,10 @@ def test_stage_times_add_up_over_invocations(tmp_path):
     from dmlm.recipes.demo import _accumulate_stages
 
     p = tmp_path / "stages.json"
-    _accumulate_stages(p, {"train": 10.0, "evaluate": 2.0})
-    a = _accumulate_stages(p, {"train": 0.5, "vocoder": 4.0})["all_invocations"]
+    _accumulate_stages(p, {"train": 10.0, "evaluate": 2.0}, {"train": 19.0, "evaluate": 1.0})
+    a = _accumulate_stages(p, {"train": 0.5, "vocoder": 4.0}, {"train": 1.0, "vocoder": 7.5})["all_invocations"]
     assert a["invocations"] == 2 and a["stages_seconds"] == {"train": 10.5, "evaluate": 2.0, "vocoder": 4.0}
+    assert a["stages_cpu_seconds"] == {"train": 20.0, "evaluate": 1.0, "vocoder": 7.5}
     assert a["minutes"] == round(16.5 / 60, 2)
 
 

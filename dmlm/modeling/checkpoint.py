@@ -31,6 +31,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -288,6 +289,19 @@ def model_positions(model: PreTrainedModel) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def _no_hf_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def save_checkpoint(
     out_dir: str | Path, model: PreTrainedModel, hf_tokenizer, vocab: Vocab, meta: dict,
     codebooks: dict[str, Path] | None = None, write_state: Callable[[Path], None] | None = None,
@@ -301,7 +315,8 @@ def save_checkpoint(
     try:
         shutil.rmtree(tmp, ignore_errors=True)  # a killed save's leftovers
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        with _no_hf_progress_bars():  # a one-shard bar per save: noise, and `\r` spam in a log file
+            model.save_pretrained(tmp, safe_serialization=True)
         fault_point("model", step)  # inside the model write: weights written, tokenizer and meta not
         hf_tokenizer.save_pretrained(tmp)
         cb_dir = tmp / CODEBOOKS_DIR

@@ -141,24 +141,36 @@ def fit_demo_image_codebook(cfg: DemoConfig, train_manifest: Path, path: Path):
     return cb
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its finished children (torchrun ranks,
+    synthesis workers): against wall seconds it says how much of the machine a stage used."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class _Stages:
-    """Times each stage; prints a banner so the demo log reads as the pipeline."""
+    """Times each stage (wall and CPU seconds); prints a banner so the demo log reads as the pipeline."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
 
     def __call__(self, name: str):
         stages = self
 
         class _S:
             def __enter__(self):
-                self.t = time.time()
+                self.t, self.cpu = time.time(), _cpu_seconds()
                 print(f"\n== {name} ==", flush=True)
 
             def __exit__(self, *exc):
-                stages.seconds[name] = round(time.time() - self.t, 1)
+                wall = stages.seconds[name] = round(time.time() - self.t, 1)
+                cpu = stages.cpu_seconds[name] = round(_cpu_seconds() - self.cpu, 1)
                 if exc[0] is None:
-                    print(f"== {name}: {stages.seconds[name]:.0f} s", flush=True)
+                    print(f"== {name}: {wall:.0f} s wall, {cpu:.0f} CPU s ({cpu / max(wall, 1e-9):.2f} cores busy)",
+                          flush=True)
 
         return _S()
 
@@ -244,7 +256,8 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "machine": machine(),
         "minutes": round((time.time() - t_all) / 60, 2),
         "stages_seconds": stage.seconds,
-        **_accumulate_stages(out / "stages.json", stage.seconds),
+        "stages_cpu_seconds": stage.cpu_seconds,
+        **_accumulate_stages(out / "stages.json", stage.seconds, stage.cpu_seconds),
         "train": {name: train_summary(path) for name, path in models.items()},
         "codebook": {"fingerprint": cb.fingerprint, **cb.settings.reproducing()},
         "image_codebook": {"fingerprint": icb.fingerprint, **asdict(icb.settings)} if icb is not None else None,
@@ -278,12 +291,14 @@ def tokenize_unpaired(cb, icb, manifests: dict[str, Path], units: Path) -> None:
         tokenize_images(icb, manifests["unpaired_images"], units)
 
 
-def _accumulate_stages(path: Path, seconds: dict[str, float]) -> dict:
+def _accumulate_stages(path: Path, seconds: dict[str, float], cpu_seconds: dict[str, float]) -> dict:
     """Stage times summed over every invocation on this folder (a resumed demo did its work in parts)."""
     total = json.loads(path.read_text()) if path.is_file() else {"invocations": 0, "stages_seconds": {}}
     total["invocations"] += 1
-    for k, v in seconds.items():
-        total["stages_seconds"][k] = round(total["stages_seconds"].get(k, 0.0) + v, 1)
+    total.setdefault("stages_cpu_seconds", {})
+    for key, new in (("stages_seconds", seconds), ("stages_cpu_seconds", cpu_seconds)):
+        for k, v in new.items():
+            total[key][k] = round(total[key].get(k, 0.0) + v, 1)
     atomic_write_json(path, total)
     return {"all_invocations": {**total, "minutes": round(sum(total["stages_seconds"].values()) / 60, 2)}}
 
@@ -452,8 +467,9 @@ def train_distributed(run: RunConfig, config_path: Path, processes: int, resume:
     """`dmlm train` under torchrun with `processes` ranks (one thread each on CPU)."""
     import os
     import socket
-    import subprocess
     import sys
+
+    from dmlm.util.children import run_child
 
     atomic_write_text(config_path, dump_config(run))
     with socket.socket() as sock:  # a free port for the rendezvous
@@ -465,7 +481,7 @@ def train_distributed(run: RunConfig, config_path: Path, processes: int, resume:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "dmlm.cli", "train", str(config_path)] + (["--resume"] if resume else [])
     print(" ".join(cmd), flush=True)
-    rc = subprocess.run(cmd, env=env).returncode
+    rc = run_child(cmd, env)  # a SIGTERM to this process stops the ranks too
     if rc != 0:
         raise UserError(f"training under torchrun failed (exit status {rc}); the ranks' errors are printed above")
 

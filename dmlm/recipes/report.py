@@ -27,6 +27,21 @@ def _all_runs(report: dict) -> str:
             f"({', '.join(f'{k} {v:.0f} s' for k, v in a['stages_seconds'].items())}).")
 
 
+def _stage_profile(report: dict) -> list[str]:
+    """Where this invocation's time went: wall and CPU seconds per stage (CPU ÷ wall = cores kept busy)."""
+    cpu = report.get("stages_cpu_seconds")
+    if not cpu:
+        return []
+    cores = report["machine"].get("cores") or 1
+    lines = ["", f"Time per stage, this invocation (CPU seconds of this process and its workers; {cores} cores):", "",
+             "| stage | wall s | CPU s | cores busy |", "|---|---|---|---|"]
+    for k, wall in report["stages_seconds"].items():
+        c = cpu.get(k)
+        lines.append(f"| {k} | {wall:.0f} | {'–' if c is None else f'{c:.0f}'} | "
+                     f"{'–' if c is None or wall <= 0 else f'{c / wall:.2f}'} |")
+    return lines
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
@@ -42,6 +57,7 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
         "All scores on the held-out test split (sentences never seen in training; 40 % of them hold a colour–object "
         "pair never seen in training). Baselines predict the most frequent training target for every input.", "",
         *_table(tasks),
+        *_stage_profile(report),
     ]
     lines.append("")
     tr = report["train"]

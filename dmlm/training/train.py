@@ -476,8 +476,10 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
             )
         log.info("resuming from step %d", progress.step)
     else:
-        if resume:
-            log.warning("--resume given but %s has no training state; starting fresh", state_dir)
+        if resume and acc.is_main_process:  # a first run under --resume (studies, the demo) is normal; a
+            # checkpoint without its state is not: that one is worth a warning
+            (log.warning if CheckpointFiles.is_checkpoint(out) else log.info)(
+                "--resume given but %s has no training state; starting fresh", state_dir)
         model = build_model(cfg.model, S.vocab, seed=cfg.train.seed, text_rows=S.text.source_ids)
     hf_tok = unified_hf_tokenizer(S.text, S.vocab)
     check_fits(model, S)
