@@ -138,8 +138,8 @@ def render(summary: dict, command: str) -> str:
     lines = [f"# Study `{summary['study']}`", "", f"**Finding tested:** {summary['finding'] or '–'}", "",
              f"**Verdict:** {summary['verdict']} (primary metric `{summary['primary']}`, reference arm "
              f"`{summary['reference']}`)", "", f"Command: `{command}`", "", f"Method: {summary['method']}", "",
-             "| arm | " + " | ".join(metrics) + " | steps | train s (mean) |",
-             "|---|" + "---|" * (len(metrics) + 2)]
+             "| arm | " + " | ".join(metrics) + " | steps | train s (mean) | final dev loss (mean) |",
+             "|---|" + "---|" * (len(metrics) + 3)]
     for a in summary["arms"]:
         cells = []
         for m in metrics:
@@ -150,7 +150,9 @@ def render(summary: dict, command: str) -> str:
             cells.append(f"{_fmt(a['mean'][m])} ± {_fmt(a['std'][m])}" + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""))
         steps = sorted({r["steps"] for r in a["runs"]})
         secs = np.mean([r["seconds"] for r in a["runs"]]) if a["runs"] else None
-        lines.append(f"| {a['name']} | " + " | ".join(cells) + f" | {','.join(map(str, steps))} | {_fmt(secs, 0)} |")
+        dev = [r["final_dev_loss"] for r in a["runs"] if r.get("final_dev_loss") is not None]
+        lines.append(f"| {a['name']} | " + " | ".join(cells) + f" | {','.join(map(str, steps))} | {_fmt(secs, 0)} | "
+                     f"{_fmt(float(np.mean(dev)) if dev else None, 3)} |")
     lines += ["", "Cells: mean ± standard deviation over seeds [95 % bootstrap interval of the pooled score]. "
               f"Seeds: {', '.join(str(r['seed']) for r in summary['arms'][0]['runs']) if summary['arms'] else '–'}.",
               "", "| arm | against | metric | difference | 95 % interval | verdict | paper expects |",
