@@ -31,9 +31,12 @@ sysdeps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
 	  { echo "could not install chromium; run: apt-get install chromium"; exit 1; }; }
 
+# `make demo QUICK=1`: every task end to end on a slice of the work (configs/demo-quick.yaml)
+DEMO_CONFIG := $(if $(QUICK),configs/demo-quick.yaml,configs/demo.yaml)
+
 demo: install sysdeps
 	$(BIN)/dmlm assets whisper-base
-	$(BIN)/dmlm demo configs/demo.yaml
+	$(BIN)/dmlm demo $(DEMO_CONFIG)
 
 test: install sysdeps
 	$(BIN)/python -m pytest -q

@@ -25,7 +25,7 @@ def test_demo_config():
     assert len(cfg.run.data.weights) == len(cfg.run.data.tasks)
     assert cfg.run.train.max_minutes == 0 and cfg.asr_only_batch_tokens > 0 and cfg.vocoder_minutes > 0
     assert cfg.t2s_decoding.rerank > 1 and cfg.vocoder.knn > 0
-    # each model its own best loss (README, session 10)
+    # each model its own best loss (docs/experiments.md, "Mixture and ASR-only")
     assert (cfg.run.train.loss, cfg.asr_only_loss) == ("target_length_normalized", "length_normalized")
 
 
@@ -59,3 +59,22 @@ def test_asr_only_demo_config():
 
     cfg = load_demo_config(str(CONFIGS / "demo-asr.yaml"), [])
     assert cfg.run.data.tasks == ["asr"] and cfg.run.train.max_minutes > 0 and cfg.out == "runs/demo-asr"
+
+
+def test_quick_demo_differs_from_the_full_one_only_in_size():
+    from dataclasses import asdict
+
+    from dmlm.recipes.demo import load_demo_config
+
+    full = load_demo_config(str(CONFIGS / "demo.yaml"), [])
+    quick = load_demo_config(str(CONFIGS / "demo-quick.yaml"), [])
+    assert quick.out != full.out  # a quick run never overwrites the full demo's folder
+    # what each task is and how it is modelled, tokenized, trained and decoded is the full demo's
+    assert asdict(quick.run.data) == asdict(full.run.data) and asdict(quick.run.model) == asdict(full.run.model)
+    assert asdict(quick.codebook) == asdict(full.codebook) and asdict(quick.image_codebook) == asdict(full.image_codebook)
+    assert (quick.run.train.loss, quick.run.train.lr, quick.run.train.batch_tokens) == (
+        full.run.train.loss, full.run.train.lr, full.run.train.batch_tokens)
+    assert quick.prepare.corpus == full.prepare.corpus and quick.prepare.neural_share == full.prepare.neural_share
+    # ... on less of it
+    assert quick.prepare.n_train < full.prepare.n_train and quick.run.train.steps < full.run.train.steps
+    assert 0 < quick.vocoder_minutes < full.vocoder_minutes and quick.asr_only_batch_tokens == 0
