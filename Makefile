@@ -52,6 +52,7 @@ bench: install sysdeps
 	$(BIN)/python -m bench.vocoder_speed
 	$(BIN)/python -m bench.serve_load
 	$(BIN)/python -m bench.under_load
+	$(BIN)/python -m bench.stage_scaling
 
 clean:
 	rm -rf runs/ .pytest_cache

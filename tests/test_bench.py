@@ -19,6 +19,7 @@ BENCHES = [
     ("bench.memory", ["memory_train.json", "memory_tokenize.json", "scaling.json"]),
     ("bench.vocoder_speed", ["vocoder_speed.json"]),
     ("bench.under_load", [f"under_load_{s}.json" for s in ("synthesis", "tokenize", "train", "evaluate")]),
+    ("bench.stage_scaling", ["stage_scaling.json"]),
 ]
 
 
@@ -39,6 +40,20 @@ def test_bench_quick_writes_its_result(module, files, tmp_path, monkeypatch):
         if name == "scaling.json":
             assert res  # rows of (size, seconds)
             continue
+        if name == "stage_scaling.json":  # a line fitted to every stage's points
+            assert set(res["stages"]) == {"prepare", "tokenize", "train"}
+            assert all(len(st["rows"]) == 3 and st["fit"]["predicted_largest_s"] for st in res["stages"].values())
+            assert (tmp_path / "stage_scaling.png").stat().st_size > 1000
         assert KEYS <= res.keys(), name
         assert res["dmlm"] > 0 and res["baseline"] > 0
         assert res["ratio"] == pytest.approx(res["dmlm"] / res["baseline"])
+
+
+def test_stage_scaling_fit_recovers_a_line_and_flags_faster_growth():
+    from bench.stage_scaling import fit_line
+
+    f = fit_line([1000, 2000, 4000, 8000], [30 + 0.1 * n for n in (1000, 2000, 4000, 8000)])
+    assert f["fixed_s"] == pytest.approx(30) and f["per_unit_s"] == pytest.approx(0.1)
+    assert f["linearity"] == pytest.approx(1.0)
+    quadratic = fit_line([1, 2, 4, 8], [n * n for n in (1, 2, 4, 8)])
+    assert quadratic["linearity"] > 1.5  # 64 s measured where the line through the others predicts ~36
