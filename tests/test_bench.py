@@ -20,6 +20,7 @@ BENCHES = [
     ("bench.vocoder_speed", ["vocoder_speed.json"]),
     ("bench.under_load", [f"under_load_{s}.json" for s in ("synthesis", "tokenize", "train", "evaluate")]),
     ("bench.stage_scaling", ["stage_scaling.json"]),
+    ("bench.pretrained_cut", ["pretrained_cut.json"]),
 ]
 
 
