@@ -402,7 +402,8 @@ def load_checkpoint(path: str | Path | CheckpointFiles, device: str = "cpu") -> 
     files.verify()
     vocab = files.vocab
     try:
-        model = AutoModelForCausalLM.from_pretrained(files.path).to(device).eval()
+        with _no_hf_progress_bars():  # a bar per load: noise in every evaluation's log
+            model = AutoModelForCausalLM.from_pretrained(files.path).to(device).eval()
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a truncated or damaged file
         if not isinstance(e, UserError) and any(files.path.glob("*.safetensors")):
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
