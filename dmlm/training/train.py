@@ -549,6 +549,7 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
     bar = tqdm(total=None if budget else cfg.train.steps, initial=progress.step, desc=f"train{budget}", unit="step",
                disable=not acc.is_main_process)
     model.train()
+    dev_at = saved_at = None  # the steps of the last dev pass and the last save in this invocation
     while frac() < 1.0 and (stop_at is None or progress.step < stop_at):
         t0 = time.time()
         # every rank walks the same global order; rank r takes micro-batches r, r+world, …
@@ -598,6 +599,7 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
             rec.update({f"examples_{t}": n for t, n in zip(S.pools, task_counts)})
         if progress.step % cfg.train.eval_every == 0 and S.dev:
             rec.update(_dev_record(dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device)))
+            dev_at = progress.step
         if acc.is_main_process and (progress.step % cfg.train.log_every == 0 or "dev_loss" in rec):
             tok_s = progress.tokens / max(progress.elapsed, 1e-9)
             rec["tokens_per_s"] = tok_s
@@ -609,12 +611,15 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
                     writer.add_scalar(f"dev/{k[4:]}" if k.startswith("dev_") else f"train/{k}", v, progress.step)
         if progress.step % cfg.train.save_every == 0:
             save()
+            saved_at = progress.step
     bar.close()
-    if S.dev and acc.is_main_process:
+    # the end of training: a dev pass and a save, unless the last step has just had them
+    if S.dev and acc.is_main_process and dev_at != progress.step:
         with log_path.open("a") as fh:
             fh.write(json.dumps({"step": progress.step, **_dev_record(dev_loss(acc.unwrap_model(model), S.dev, cfg, S.vocab.pad, acc.device)),
                                  "elapsed": progress.elapsed}) + "\n")
-    save()
+    if saved_at != progress.step:
+        save()
     if writer:
         writer.close()
     acc.wait_for_everyone()
