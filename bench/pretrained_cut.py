@@ -15,7 +15,11 @@ under `variants`.
 Sentences: the first `--sentences` of the init study's test splits of mini-world and of `bible` (the
 same sizes and seed), in their written form (the transcripts its ASR arms learn to write).
 
-    python -m bench.pretrained_cut [--layers 6] [--variants 30,12,6,3] [--sentences 200] [--quick]
+    python -m bench.pretrained_cut [--layers 6] [--variants 30,12,6,3] [--sentences 200] [--with-last] [--quick]
+
+`--with-last` adds, for every cut of N layers, the pretrained model's first N-1 layers plus its last
+one (`pretrained+last` rows): the same depth and cost, with the head reading the state it was
+trained on.
 
 `--quick` (CI smoke): a tiny stand-in LLM saved to a temp folder, 2 sentences per corpus.
 """
@@ -71,6 +75,20 @@ def build(llm: str, layers: int, init: str):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
+def keep_first_and_last(model, layers: int):
+    """The pretrained model with its first `layers - 1` decoder layers and its last one (a variant no
+    `ModelConfig` offers yet): the head then reads the state of the layer it was trained under."""
+    blocks = model.model.layers
+    idx = list(range(layers - 1)) + [len(blocks) - 1]
+    model.model.layers = torch.nn.ModuleList(blocks[i] for i in idx)
+    for new, block in enumerate(model.model.layers):
+        block.self_attn.layer_idx = new  # the KV cache is indexed by position in the stack
+    model.config.num_hidden_layers = layers
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = [model.config.layer_types[i] for i in idx]
+    return model
+
+
 def _tiny_llm(folder: Path) -> str:
     """A random 4-layer Llama with a BPE, saved as an LLM folder (the --quick stand-in)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -94,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layers", type=int, default=6, help="the cut the result's ratio reports (the init study's)")
     ap.add_argument("--variants", default="30,12,6,3", help="layer counts to score, pretrained and random")
     ap.add_argument("--sentences", type=int, default=200, help="sentences per corpus")
+    ap.add_argument("--with-last", action="store_true",
+                    help="also score each cut as its first N-1 layers plus the last one (pretrained+last)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: a tiny stand-in LLM, 2 sentences per corpus")
     args = ap.parse_args(argv)
     from transformers import AutoTokenizer
@@ -109,16 +129,20 @@ def main(argv: list[str] | None = None) -> dict:
         full = max(variants)
         rows = []
         for k in sorted(set(variants) | {layers}, reverse=True):
-            for init in ("pretrained", "random"):
+            kinds = ("pretrained", "random") + (("pretrained+last",) if args.with_last and 1 < k < full else ())
+            for init in kinds:
                 t = time.perf_counter()
-                model = build(llm, 0 if k == full else k, init)
+                if init == "pretrained+last":
+                    model = keep_first_and_last(build(llm, 0, "pretrained"), k)
+                else:
+                    model = build(llm, 0 if k == full else k, init)
                 row = {"layers": k, "init": init, "seconds": 0.0}
                 for name, sents in texts.items():
                     nll, count = mean_nll(model, tokenizer, sents)
                     row[name] = {"nll": nll, "perplexity": math.exp(nll), "tokens": count}
                 row["seconds"] = round(time.perf_counter() - t, 1)
                 rows.append(row)
-                print(f"{init:>10} {k:>2} layers: " + ", ".join(
+                print(f"{init:>15} {k:>2} layers: " + ", ".join(
                     f"{c} ppl {row[c]['perplexity']:.1f}" for c in texts), flush=True)
                 del model
     ppl = {(r["layers"], r["init"]): r["bible"]["perplexity"] for r in rows}

@@ -58,3 +58,23 @@ def test_stage_scaling_fit_recovers_a_line_and_flags_faster_growth():
     assert f["linearity"] == pytest.approx(1.0)
     quadratic = fit_line([1, 2, 4, 8], [n * n for n in (1, 2, 4, 8)])
     assert quadratic["linearity"] > 1.5  # 64 s measured where the line through the others predicts ~36
+
+
+def test_keep_first_and_last_keeps_the_last_layer_and_still_runs():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.pretrained_cut import keep_first_and_last
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=5,
+                      num_attention_heads=2, num_key_value_heads=2)
+    model = LlamaForCausalLM(cfg).eval()
+    first, last = model.model.layers[0], model.model.layers[4]
+    cut = keep_first_and_last(model, 3)
+    assert len(cut.model.layers) == 3 and cut.config.num_hidden_layers == 3
+    assert cut.model.layers[0] is first and cut.model.layers[2] is last
+    assert [b.self_attn.layer_idx for b in cut.model.layers] == [0, 1, 2]
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        out = cut.generate(ids, max_new_tokens=3, do_sample=False)  # the KV cache works on the new stack
+    assert out.shape == (1, 6)
