@@ -46,7 +46,7 @@ bench: install sysdeps
 	$(BIN)/python -m bench.tokenize_speed
 	$(BIN)/python -m bench.train_speed
 	$(BIN)/python -m bench.pretrained_speed
-	$(BIN)/python -m bench.pretrained_cut
+	$(BIN)/python -m bench.pretrained_cut --with-last
 	$(BIN)/python -m bench.decode_speed
 	$(BIN)/python -m bench.asr_rtf
 	$(BIN)/python -m bench.memory
