@@ -4,9 +4,10 @@ first N layers, before any training.
 bench/pretrained_speed.py measures what cutting layers buys (tokens/s); this measures what it costs.
 The init study (configs/studies/init.yaml) compares a pretrained start with a random one of the
 same cut architecture; if the cut model has lost what the LLM knew about English, that study
-cannot show the paper's effect however it is run. Each variant is built by `dmlm.modeling.build_model`
-(the path `dmlm train` takes) with `model.keep_layers` = N, untrimmed vocabulary (trimming keeps the
-pretrained rows; the softmax over fewer rows would only lower these numbers), and scored on plain
+cannot show the paper's effect however it is run. Each variant is `dmlm.modeling.build.llm_body`,
+the LLM body `dmlm train` starts from, with `model.keep_layers` = N and the untrimmed vocabulary
+(trimming keeps the pretrained rows; the softmax over fewer rows would only lower these numbers),
+without the speech rows `build_model` then adds; each is scored on plain
 sentences with the LLM's own tokenizer: per-token negative log-likelihood of every token after the
 first, exp'd to a perplexity. `ratio` = perplexity of the `--layers` cut ÷ the full model's (the
 baseline, 30 layers); rows for every variant, and for the same architecture randomly initialized,
@@ -60,19 +61,11 @@ def mean_nll(model, tokenizer, sentences: list[str]) -> tuple[float, int]:
 
 
 def build(llm: str, layers: int, init: str):
-    """SmolLM2 cut to `layers` (0: all), pretrained or random, as `dmlm train` builds the LLM body."""
-    from transformers import AutoModelForCausalLM
+    """SmolLM2 cut to `layers` (0: all), pretrained or random: `dmlm train`'s LLM body (`llm_body`)."""
+    from dmlm.modeling.build import ModelConfig, llm_body
 
-    from dmlm.modeling.build import ModelConfig, _quiet_load, llm_config
-    from dmlm.util.assets import llm_dir
-
-    cfg = ModelConfig(init=init, llm=llm, keep_layers=layers)
-    config = llm_config(cfg)
     torch.manual_seed(0)
-    if init == "pretrained":
-        with _quiet_load(bool(layers)):
-            return AutoModelForCausalLM.from_pretrained(llm_dir(llm), config=config, dtype=torch.float32).eval()
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return llm_body(ModelConfig(init=init, llm=llm, keep_layers=layers)).eval()
 
 
 def keep_first_and_last(model, layers: int):

@@ -62,7 +62,7 @@ def _demo_config(quick: bool, out: Path, n_train: int):
                  "run.data.bpe_vocab_size=300",
                  "run.model.hidden_size=32", "run.model.layers=1", "run.model.heads=2",
                  "run.model.intermediate_size=64", "run.train.batch_tokens=800", "run.train.warmup_steps=1"]
-    return load_demo_config("configs/demo.yaml", over)
+    return load_demo_config(str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), over)
 
 
 def measure(sizes: list[int], steps: list[int], quick: bool, work: Path) -> dict:

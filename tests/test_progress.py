@@ -31,3 +31,22 @@ def test_a_bar_on_a_terminal_is_tqdms_own():
     for _ in tqdm(range(3), desc="t", file=out):
         pass
     assert "\r" in out.getvalue()
+
+
+def test_quiet_transformers_turns_its_bars_off_and_restores_them():
+    from transformers.utils import logging as hf_logging
+
+    from dmlm.util.progress import quiet_transformers
+
+    hf_logging.enable_progress_bar()
+    before = hf_logging.get_verbosity()
+    with quiet_transformers():
+        assert not hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == before
+    with quiet_transformers(report=False):
+        assert hf_logging.get_verbosity() == hf_logging.ERROR
+    assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == before
+    hf_logging.disable_progress_bar()  # a caller's own choice survives too
+    with quiet_transformers():
+        pass
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()

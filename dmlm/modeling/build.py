@@ -24,12 +24,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import contextlib
 from collections.abc import Sequence
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from dmlm.util.errors import UserError
+from dmlm.util.progress import quiet_transformers
 from dmlm.vocab import Vocab
 
 
@@ -118,18 +118,17 @@ def llm_config(cfg: ModelConfig):
     return config
 
 
-@contextlib.contextmanager
-def _quiet_load(quiet: bool):
-    """transformers' loading report (a 40-line table of the unused layers) silenced while `quiet`."""
-    from transformers.utils import logging as hf_logging
+def llm_body(cfg: ModelConfig) -> PreTrainedModel:
+    """`cfg.llm` cut to `cfg.keep_layers`, with its pretrained weights (`init: pretrained`) or fresh ones
+    (`init: random`), in fp32, before any vocabulary change."""
+    from dmlm.util.assets import llm_dir
 
-    before = hf_logging.get_verbosity()
-    if quiet:
-        hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
+    config = llm_config(cfg)
+    if cfg.init == "pretrained":
+        # the dropped layers' weights are skipped by design: no report of them
+        with quiet_transformers(report=not cfg.keep_layers):
+            return AutoModelForCausalLM.from_pretrained(llm_dir(cfg.llm), config=config, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def build_model(cfg: ModelConfig, vocab: Vocab, seed: int = 0, text_rows: Sequence[int] | None = None) -> PreTrainedModel:
@@ -139,14 +138,7 @@ def build_model(cfg: ModelConfig, vocab: Vocab, seed: int = 0, text_rows: Sequen
     torch.manual_seed(seed)
     if cfg.init == "scratch":
         return AutoModelForCausalLM.from_config(_scratch_config(cfg, vocab))
-    from dmlm.util.assets import llm_dir
-
-    config = llm_config(cfg)
-    if cfg.init == "pretrained":
-        with _quiet_load(bool(cfg.keep_layers)):  # the dropped layers' weights are skipped by design: no report
-            model = AutoModelForCausalLM.from_pretrained(llm_dir(cfg.llm), config=config, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = llm_body(cfg)
     if cfg.trim_vocab:
         if text_rows is None or len(text_rows) != vocab.text_size:
             raise ValueError(f"model.trim_vocab needs the {vocab.text_size} kept LLM ids of the trimmed tokenizer, "

@@ -31,7 +31,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -50,6 +49,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from dmlm.util.errors import MissingFileError, OutputError, UserError
 from dmlm.util.io import says_no_space
+from dmlm.util.progress import quiet_transformers
 from dmlm.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -289,19 +289,6 @@ def model_positions(model: PreTrainedModel) -> int | None:
     return None
 
 
-@contextlib.contextmanager
-def _no_hf_progress_bars():
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
-
-
 def save_checkpoint(
     out_dir: str | Path, model: PreTrainedModel, hf_tokenizer, vocab: Vocab, meta: dict,
     codebooks: dict[str, Path] | None = None, write_state: Callable[[Path], None] | None = None,
@@ -315,7 +302,7 @@ def save_checkpoint(
     try:
         shutil.rmtree(tmp, ignore_errors=True)  # a killed save's leftovers
         tmp.mkdir(parents=True)
-        with _no_hf_progress_bars():  # a one-shard bar per save: noise, and `\r` spam in a log file
+        with quiet_transformers():
             model.save_pretrained(tmp, safe_serialization=True)
         fault_point("model", step)  # inside the model write: weights written, tokenizer and meta not
         hf_tokenizer.save_pretrained(tmp)
@@ -402,7 +389,7 @@ def load_checkpoint(path: str | Path | CheckpointFiles, device: str = "cpu") -> 
     files.verify()
     vocab = files.vocab
     try:
-        with _no_hf_progress_bars():  # a bar per load: noise in every evaluation's log
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(files.path).to(device).eval()
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a truncated or damaged file
         if not isinstance(e, UserError) and any(files.path.glob("*.safetensors")):

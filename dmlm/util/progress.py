@@ -8,13 +8,15 @@ time left) at most every `DMLM_PROGRESS_SECONDS` seconds (default 30) and once a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 from tqdm import tqdm as _tqdm
 
-__all__ = ["tqdm"]
+__all__ = ["tqdm", "quiet_transformers"]
 
 
 def _is_terminal(fp) -> bool:
@@ -56,3 +58,22 @@ class tqdm(_tqdm):  # noqa: N801  (a drop-in for tqdm.tqdm)
                 self._line(time.time())  # the final count (or where it stopped)
             self.sp = None  # tqdm's closing redraw is for terminals
         return super().close()
+
+
+@contextlib.contextmanager
+def quiet_transformers(report: bool = True) -> Iterator[None]:
+    """transformers' own bars ("Loading weights", "Writing model shards": one per load or save, in-place
+    redraws that become `\r` spam in a log file) off for the block; with `report=False` its
+    warnings too (e.g. the 40-line table of layers a cut model skips by design)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    if not report:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
