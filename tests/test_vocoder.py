@@ -505,6 +505,36 @@ def test_resynthesis_can_judge_every_clip_in_the_vocoders_voice(tmp_path):
     scores, hyps = _score(recs, wavs, EchoJudge("a red cat"), voice="joe", voice_only=extra)
     assert scores["seen"]["utterances"] == 2 and scores["heldout_voice"]["utterances"] == 2
     assert scores["vocoder_voice"]["utterances"] == 4 and len(hyps) == 7
+    # n=0: the vocoder's voice alone (the demo's resynthesis_eval: 0), scored as that group only
+    recs, extra = pick_records(man, 0, "joe", None)
+    assert ids(recs) == ["0", "3", "5", "7"] and extra == 4
+    assert ids(pick_records(man, 0, "joe", 2)[0]) == ["0", "3"]
+    scores, _ = _score(recs, [np.zeros(1600, np.float32)] * 4, EchoJudge("a red cat"), voice="joe", voice_only=extra)
+    assert list(scores) == ["vocoder_voice"] and scores["vocoder_voice"]["utterances"] == 4
+
+
+def test_once_judge_hears_each_clip_once():
+    from dmlm.evaluation.judge import OnceJudge
+    from dmlm.evaluation.speech import _judge_name
+
+    class Counting:
+        normalizer = "whisper_english"
+
+        def __init__(self):
+            self.heard = 0
+
+        def transcribe(self, wavs):
+            self.heard += len(wavs)
+            return [f"{len(w)}" for w in wavs]
+
+    inner = Counting()
+    j = OnceJudge(inner)
+    a, b = np.zeros(1600, np.float32), np.ones(800, np.float32)
+    assert j.transcribe([a, b, a.copy()]) == ["1600", "800", "1600"] and inner.heard == 2
+    assert j.transcribe([b, np.ones(900, np.float32)]) == ["800", "900"] and inner.heard == 3
+    assert j.transcribe([a.astype(np.float64)]) == ["1600"] and inner.heard == 3  # the same samples as float32
+    # everything else is the inner judge's: its normalizer scores, its name is reported
+    assert j.normalizer == "whisper_english" and _judge_name(j) == "Counting"
 
 
 def test_t2s_texts_prefer_recordings_in_the_vocoders_voice(tmp_path):

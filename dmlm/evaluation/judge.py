@@ -144,6 +144,30 @@ class WhisperJudge:
         return [self._tok.decode(x, skip_special_tokens=True).strip() for x in out]
 
 
+class OnceJudge:
+    """`inner`, hearing each distinct clip once: a clip it has transcribed before (the same samples)
+    gets the earlier transcript. A demo's evaluation reads the same recordings more than once (the
+    judge's ceiling under resynthesis, reranked T2S and greedy T2S), and a Whisper transcript costs
+    a full 30 s encoder window however short the clip. Other attributes are `inner`'s."""
+
+    def __init__(self, inner: Judge):
+        self.inner = inner
+        self._heard: dict[bytes, str] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:
+        import hashlib
+
+        wavs = [np.ascontiguousarray(w, dtype=np.float32) for w in wavs]
+        keys = [hashlib.blake2b(w.tobytes(), digest_size=16).digest() for w in wavs]
+        new = {k: w for k, w in zip(keys, wavs) if k not in self._heard}
+        if new:
+            self._heard.update(zip(new, transcribe(list(new.values()), self.inner)))
+        return [self._heard[k] for k in keys]
+
+
 def judge_normalizer(j: Judge) -> str:
     """The text normalizer a judge's transcripts are scored with (`normalizer` attribute; default "basic")."""
     return getattr(j, "normalizer", "basic")

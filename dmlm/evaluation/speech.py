@@ -50,17 +50,18 @@ def safe_name(record_id: str) -> str:
 
 def pick_records(manifest: str | Path, n: int | None, voice: str | None = None,
                  voice_clips: int | None = 0) -> tuple[list[Record], int]:
-    """The first `n` records with text of each voice group (training voices, held-out voice),
-    then more training-voice records spoken in `voice` (the vocoder's) until that voice has
-    `voice_clips` of them (None: all the manifest has; 0: none added). Returns the records and
-    how many at the end were added for the voice: those count only in its own group."""
+    """The first `n` records with text of each voice group (training voices, held-out voice;
+    None: all), then more training-voice records spoken in `voice` (the vocoder's) until that
+    voice has `voice_clips` of them (None: all the manifest has; 0: none added). Returns the
+    records and how many at the end were added for the voice: those count only in its own group.
+    `n=0` with a voice: that voice's clips alone."""
     recs = [r for r in read_manifest(manifest) if r.text]
     if not recs:
         raise UserError(f"{manifest}: no records with a reference 'text'")
-    if not n:
+    if n is None or (n == 0 and (voice is None or voice_clips == 0)):
         return recs, 0
     seen = [r for r in recs if not is_heldout_voice(r)]
-    picked = limit_per_group(recs, n)
+    picked = limit_per_group(recs, n) if n else []
     if voice is None or voice_clips == 0:
         return picked, 0
     have = sum(r.speaker == voice for r in seen[:n])
@@ -187,6 +188,7 @@ def _flatten(report: dict, scores: dict, prefix: str = "") -> None:
 
 
 def _judge_name(j: Judge) -> str:
+    j = getattr(j, "inner", j)  # OnceJudge: the judge it wraps
     name = type(j).__name__
     model = getattr(j, "model_name", None) or getattr(getattr(j, "ck", None), "path", None)
     return f"{name}({model}, {getattr(j, 'engine', '')})".replace(", )", ")") if model else name

@@ -72,12 +72,18 @@ class DemoConfig:
     judge: str = "whisper-base"
     """Whisper preset that listens to synthesized speech (T2S and resynthesis WER)."""
     t2s_eval: int = 100
-    """Test sentences synthesized by T2S, and test clips per voice group resynthesized, for judging by ear."""
+    """Test sentences synthesized by T2S for judging by ear."""
+    resynthesis_eval: int = 100
+    """Test clips per voice group (training voices, held-out voice) resynthesized and judged besides the
+    vocoder's own voice: the vocoder re-speaking other voices in its own, a diagnostic no headline
+    score reads. 0: the vocoder's voice alone (each judged clip costs about 0.6 s of Whisper on 2 cores)."""
     resynthesis_voice_clips: int = -1
     """Test clips in the vocoder's own voice resynthesized and judged as their group (-1: every one in
     the test split; the ~50 among the first `t2s_eval` are too few to read reliably)."""
     t2s_decoding: DecodingOptions = field(default_factory=DecodingOptions)
-    """How T2S is decoded for judging by ear; with rerank > 1 greedy decoding is judged by Whisper too (greedy_wer)."""
+    """How T2S is decoded for judging by ear."""
+    t2s_greedy: bool = True
+    """With `t2s_decoding.rerank` > 1, also judge greedy T2S by Whisper (greedy_wer): what reranking buys."""
     eval_limit: int = 0
     """Score only the first N test records per task (0: all)."""
     examples: int = 6
@@ -375,7 +381,7 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
     original recordings is reported beside) and the ASR-only model (in-domain, strong, but it
     hears through the same codebook, so it rewards audio that maps back to the right units).
     """
-    from dmlm.evaluation.judge import CheckpointJudge, WhisperJudge
+    from dmlm.evaluation.judge import CheckpointJudge, OnceJudge, WhisperJudge
     from dmlm.evaluation.speech import evaluate_resynthesis, evaluate_t2s_audio
     from dmlm.modeling import load_checkpoint
 
@@ -386,9 +392,10 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
             parts["ck"] = load_checkpoint(out / "model")
         return parts["ck"]
 
-    judges = {"whisper": lambda: WhisperJudge(cfg.judge)}
+    # each judge hears a clip once: the recordings T2S is read against are those resynthesis judged
+    judges = {"whisper": lambda: OnceJudge(WhisperJudge(cfg.judge))}
     if CheckpointFiles.is_checkpoint(out / "model_asr"):
-        judges["asr_only"] = lambda: CheckpointJudge(out / "model_asr")
+        judges["asr_only"] = lambda: OnceJudge(CheckpointJudge(out / "model_asr"))
     reports: dict[str, dict] = {}
     units: dict = {}  # T2S units, generated once for both judges
     ex = out / "examples"
@@ -402,12 +409,12 @@ def evaluate_speech_out(cfg: DemoConfig, out: Path, test_manifest: Path) -> dict
         read = {"vocoder": True, "judge": out / "model_asr" if jname == "asr_only" else None}
         clips = None if cfg.resynthesis_voice_clips < 0 else cfg.resynthesis_voice_clips
         reports[f"resynthesis{sfx}"] = _cached(out / "eval" / f"resynthesis{sfx}.json", out / "model", lambda: evaluate_resynthesis(
-            ck(), test_manifest, store_prefix(out / "units", test_manifest), judge(), n=cfg.t2s_eval, out_dir=ex / f"resynthesis{sfx}",
-            voice_clips=clips), {"voice_clips": clips}, **read)
+            ck(), test_manifest, store_prefix(out / "units", test_manifest), judge(), n=cfg.resynthesis_eval, out_dir=ex / f"resynthesis{sfx}",
+            voice_clips=clips), {"voice_clips": clips, "per_group": cfg.resynthesis_eval}, **read)
         reports[f"t2s_audio{sfx}"] = _cached(out / "eval" / f"t2s_audio{sfx}.json", out / "model", lambda: evaluate_t2s_audio(
             ck(), test_manifest, judge(), cfg.t2s_decoding, n=cfg.t2s_eval, out_dir=ex / f"t2s{sfx}", units_cache=units),
             cfg.t2s_decoding, **read)
-        if jname == "whisper" and cfg.t2s_decoding.rerank > 1:  # what reranking buys, beside it
+        if jname == "whisper" and cfg.t2s_greedy and cfg.t2s_decoding.rerank > 1:  # what reranking buys, beside it
             greedy = DecodingOptions()
             reports["t2s_audio_greedy"] = _cached(out / "eval" / "t2s_audio_greedy.json", out / "model", lambda: evaluate_t2s_audio(
                 ck(), test_manifest, judge(), greedy, n=cfg.t2s_eval, out_dir=ex / "t2s_greedy"), greedy, **read)

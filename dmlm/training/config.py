@@ -76,7 +76,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     precision: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."""
+    """auto (bf16 autocast where the GPU or CPU has native bf16, else fp32; `dmlm.util.precision`), fp32 or bf16."""
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

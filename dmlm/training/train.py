@@ -448,8 +448,10 @@ def _train(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -
         raise UserError(f"{out} already holds a trained model (or its training state {state_dir}); pass --resume "
                         "to continue it or --overwrite to train it again from scratch")
     precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    if precision == "auto":  # bf16 autocast where it is native (dmlm.util.precision)
+        from dmlm.util.precision import native_bf16
+
+        precision = "bf16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "fp32"
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     set_seed(cfg.train.seed)
     if resume and _finished(cfg, state_dir):  # before setup: BPE training and rendering take ~30 s on the demo

@@ -236,12 +236,9 @@ def _bf16(precision: str, device: str) -> bool:
         raise UserError(f"vocoder precision must be fp32, bf16 or auto, got {precision!r}")
     if precision != "auto":
         return precision == "bf16"
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    from dmlm.util.precision import native_bf16
+
+    return native_bf16(device)
 
 
 def train_vocoder(
