@@ -3,7 +3,8 @@
 What is timed is one optimizer step as `dmlm.training.train.train` runs it: `collate` (right padding),
 `dmlm.training.train._step_loss` (forward + `multimodal_loss`, length-normalized, global counts),
 backward, gradient clipping and an AdamW step with train.py's parameter groups, under bf16
-autocast on GPU and fp32 on CPU. Batches are ASR-shaped: random 25 Hz units for clips of
+autocast on GPU and fp32 on CPU; on CPU the demo model is also timed under `train.precision: auto`
+(bf16 autocast where the CPU has native bf16) against fp32: `train_precision.json`. Batches are ASR-shaped: random 25 Hz units for clips of
 1.5–3.1 s (~58 units) plus 4–10 random text ids (mini-world's transcript length), rendered by
 `dmlm.tasks.render` and bucketed under a token budget by `dmlm.training.train.bucket_batches`. Data
 loading from token stores, accelerate and logging are not timed.
@@ -139,14 +140,15 @@ def make_optimizer(model: torch.nn.Module, lr: float = 2e-3, weight_decay: float
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
 
 
-def train_step(model, opt, items: list, pad: int, device: torch.device, clip: float = 1.0) -> float:
-    """One optimizer step over one micro-batch, as dmlm.training.train.train does it; returns the loss."""
+def train_step(model, opt, items: list, pad: int, device: torch.device, clip: float = 1.0, bf16: bool | None = None) -> float:
+    """One optimizer step over one micro-batch, as dmlm.training.train.train does it; returns the loss.
+    `bf16`: under bf16 autocast (None: on GPU only)."""
     from dmlm.training.loss import loss_counts, loss_weights
     from dmlm.training.train import _step_loss, collate
 
     b = {k: v.to(device) for k, v in collate(items, pad).items()}
     counts = loss_counts(LOSS, loss_weights(LOSS, b["attention_mask"], b["target"]), b["modality"][:, 1:])
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" if bf16 is None else bf16):
         loss = _step_loss(model, b, LOSS, counts, None)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -209,17 +211,17 @@ def build(name: str, device: torch.device, quick: bool, steps: int | None, batch
     return Bench(name, model.to(device).train(), vocab, batch_tokens or default_tokens, steps or default_steps)
 
 
-def run_one(bench: Bench, device: torch.device, warmup: int) -> dict:
+def run_one(bench: Bench, device: torch.device, warmup: int, bf16: bool | None = None) -> dict:
     n_seq = max(2048, 2 * (bench.steps + warmup) * bench.batch_tokens // 60)  # ≥ one bucketing chunk
     data = batches(synthetic_asr(n_seq, bench.vocab), bench.batch_tokens, warmup + bench.steps)
     model, opt, terms = bench.model, make_optimizer(bench.model), flop_terms(bench.model)
     for items in data[:warmup]:  # first steps allocate AdamW state and warm the allocator
-        train_step(model, opt, items, bench.vocab.pad, device)
+        train_step(model, opt, items, bench.vocab.pad, device, bf16=bf16)
     timed = data[warmup:]
     sync(device)
     t = time.perf_counter()
     for items in timed:
-        train_step(model, opt, items, bench.vocab.pad, device)
+        train_step(model, opt, items, bench.vocab.pad, device, bf16=bf16)
     sync(device)
     elapsed = time.perf_counter() - t
     real = sum(len(r.ids) for items in timed for r in items)
@@ -279,7 +281,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['tokens_per_s']:9.0f}{r['flops_per_token'] / 1e6:7.1f}M{r['dmlm']:10.2f}{r['ratio']:7.1%}")
     print(f"matmul peak {best / scale:.2f} {unit} (before {peak_before / scale:.2f}, after {peak_after / scale:.2f}; "
           f"{n_mm}³ {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads); {results[0]['machine']}")
+    if not gpu:
+        results.append(precision_on_cpu(args.quick, args.steps, args.batch_tokens, args.warmup))
     return results
+
+
+def precision_on_cpu(quick: bool, steps: int | None, batch_tokens: int | None, warmup: int) -> dict:
+    """The demo model's tokens/s under `train.precision: auto` (bf16 autocast where the CPU has native
+    bf16, `dmlm.util.precision`) against fp32, each on a fresh model with the same batches, twice
+    in alternation (the better of each): train_precision.json."""
+    from bench.common import write_result
+    from dmlm.util.precision import native_bf16
+
+    cpu, auto_bf16 = torch.device("cpu"), native_bf16("cpu")
+    best: dict[bool, dict] = {}
+    for _ in range(1 if quick else 2):
+        for bf16 in sorted({False, auto_bf16}):
+            r = run_one(build("demo", cpu, quick, steps, batch_tokens), cpu, warmup, bf16=bf16)
+            if bf16 not in best or r["tokens_per_s"] > best[bf16]["tokens_per_s"]:
+                best[bf16] = r
+    res = write_result("train_precision", "demo model training tokens/s, precision auto vs fp32", "tokens/s",
+                       best[auto_bf16]["tokens_per_s"], best[False]["tokens_per_s"], True,
+                       auto_is="bf16 autocast" if auto_bf16 else "fp32 (no native bf16 on this CPU)",
+                       threads=torch.get_num_threads(), steps=best[False]["steps"], quick=quick)
+    print(f"precision auto ({res['auto_is']}): {res['dmlm']:.0f} tokens/s, fp32 {res['baseline']:.0f}: {res['ratio']:.2f}x")
+    return res
 
 
 if __name__ == "__main__":

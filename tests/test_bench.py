@@ -15,7 +15,7 @@ BENCHES = [
     ("bench.tokenize_speed", ["tokenize_speed.json"]),
     ("bench.decode_speed", ["decode_speed.json"]),
     ("bench.asr_rtf", ["asr_rtf.json"]),
-    ("bench.train_speed", ["train_speed_demo.json"]),
+    ("bench.train_speed", ["train_speed_demo.json", "train_precision.json"]),
     ("bench.memory", ["memory_train.json", "memory_tokenize.json", "scaling.json"]),
     ("bench.vocoder_speed", ["vocoder_speed.json"]),
     ("bench.under_load", [f"under_load_{s}.json" for s in ("synthesis", "tokenize", "train", "evaluate")]),

@@ -82,3 +82,37 @@ def test_quick_demo_differs_from_the_full_one_only_in_size():
     # ... on less of it
     assert quick.prepare.n_train < full.prepare.n_train and quick.run.train.steps < full.run.train.steps
     assert 0 < quick.vocoder_minutes < full.vocoder_minutes and quick.asr_only_batch_tokens == 0
+
+
+def test_a_config_extends_another_key_by_key(tmp_path):
+    """`extends: FILE` reads FILE first (relative to the config's folder), then the config's own keys:
+    nested sections merge key by key, lists and mappings of values are replaced whole, chains work."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(
+        "data: {tasks: [asr, t2s], weights: [0.5, 0.5], speakers: {t2s: [joe]}}\n"
+        "train: {steps: 1000, lr: 0.002, warmup_steps: 100}\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("extends: ../base.yaml\ntrain: {steps: 300}\ndata: {tasks: [asr]}\n")
+    (tmp_path / "sub" / "top.yaml").write_text("extends: mid.yaml\ntrain: {warmup_steps: 10}\n")
+    cfg = load_config(tmp_path / "sub" / "top.yaml", ["train.lr=0.001"], RunConfig)
+    assert (cfg.train.steps, cfg.train.warmup_steps, cfg.train.lr) == (300, 10, 0.001)
+    assert cfg.data.tasks == ["asr"] and cfg.data.weights == [0.5, 0.5] and cfg.data.speakers == {"t2s": ["joe"]}
+
+
+@pytest.mark.parametrize("files,match", [
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "loops back"),
+    ({"a.yaml": "extends: missing.yaml\n"}, r"missing.yaml: config file not found \(extended by"),
+    ({"a.yaml": "extends: [b.yaml]\n"}, "must name a config file"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "train: {stepz: 3}\n"}, "unknown config key 'train.stepz'"),
+])
+def test_extends_errors_name_the_file(tmp_path, files, match):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path / "a.yaml", [], RunConfig)
+
+
+def test_quick_demo_config_says_only_what_differs():
+    import yaml
+
+    quick = yaml.safe_load((CONFIGS / "demo-quick.yaml").read_text())
+    assert quick["extends"] == "demo.yaml" and "model" not in quick["run"] and "data" not in quick["run"]

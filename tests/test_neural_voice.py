@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import numpy as np
@@ -194,3 +195,47 @@ def test_neural_synthesis_workers_run_from_any_script_and_report_failures(tmp_pa
     with pytest.raises(UserError, match="worker process"):
         synthesize_many(jobs, workers=2)
     assert (tmp_path / "ok.wav").is_file()
+
+
+def test_a_synthesis_worker_stops_when_its_parent_is_killed(tmp_path):
+    """A SIGTERM to the process synthesizing stops its workers too, at their next job: a parent that
+    is killed while a worker has a long job list leaves no worker speaking on."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from dataclasses import asdict
+
+    spec = tmp_path / "jobs.jsonl"
+    spec.write_text("".join(json.dumps({"index": i, "text": "a red car is under the big tree", "voice": asdict(_neural()),
+                                        "path": str(tmp_path / f"{i}.wav")}) + "\n" for i in range(400)))
+    pid_file = tmp_path / "worker.pid"
+    code = ("import subprocess, sys, time; "
+            f"p = subprocess.Popen([sys.executable, '-m', 'dmlm.data.synth', {str(spec)!r}], stdout=subprocess.DEVNULL); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("*.wav")) and time.time() < deadline:  # the worker is speaking
+            time.sleep(0.2)
+        assert list(tmp_path.glob("*.wav")), "the worker wrote no wav in 120 s"
+        worker = int(pid_file.read_text())
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=10)
+        def running(pid: int) -> bool:  # an exited orphan may linger as a zombie until init reaps it
+            try:
+                return "\nState:\tZ" not in open(f"/proc/{pid}/status").read()
+            except FileNotFoundError:
+                return False
+
+        for _ in range(100):  # it finishes the clip it is on, then sees it has been orphaned
+            if not running(worker):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            raise AssertionError("the worker kept synthesizing 10 s after its parent was killed")
+        assert len(list(tmp_path.glob("*.wav"))) < 400
+    finally:
+        parent.kill()

@@ -239,10 +239,17 @@ def _neural_in_workers(jobs: list[tuple[str, Voice, Path]], indices: list[int], 
 
 
 def _worker_main(spec: str) -> None:
-    """A synthesis worker: speak every job of the JSONL file `spec` with a one-thread neural voice."""
+    """A synthesis worker: speak every job of the JSONL file `spec` with a one-thread neural voice.
+
+    It stops at the next job once its parent is gone (a SIGTERM or kill stopped the demo or
+    `dmlm prepare`): the parent starts workers from threads, where no signal handler can be set to
+    pass the signal on, and a worker left running would hold a core for the rest of its list."""
     global _NEURAL_THREADS
     _NEURAL_THREADS = 1
+    parent = os.getppid()
     for line in Path(spec).read_text().splitlines():
+        if os.getppid() != parent:  # re-parented: the process that started this worker has ended
+            sys.exit("dmlm.data.synth: the parent process ended; stopping")
         job = json.loads(line)
         d = _synthesize_job((job["text"], Voice(**job["voice"]), Path(job["path"])), "espeak-ng")
         print(job["index"], d, flush=True)

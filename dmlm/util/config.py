@@ -90,21 +90,44 @@ def _fill(obj: Any, values: dict, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or type(obj).__name__}: {e}") from None
 
 
+EXTENDS = "extends"
+"""A config file's top-level key naming the file it is a variant of (relative to its own folder):
+that file is read first, then this one's keys replace its values (nested sections key by key,
+lists whole). A preset that differs from another in a few sizes says only those."""
+
+
 def load_config(path: str | Path | None, overrides: list[str], cls: type) -> Any:
-    """A `cls` from defaults, then the YAML file, then `a.b=value` overrides."""
+    """A `cls` from defaults, then the YAML file (after the file it `extends`), then `a.b=value` overrides."""
     cfg = cls()
     if path:
-        path = Path(path)
+        for values in _config_chain(Path(path)):
+            cfg = _fill(cfg, values)
+    return apply_overrides(cfg, overrides)
+
+
+def _config_chain(path: Path) -> list[dict]:
+    """The YAML mappings of `path` and the files it extends, the furthest base first."""
+    chain: list[dict] = []
+    seen: list[Path] = []
+    while True:
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            raise ConfigError(f"{path}: config file not found" + (f" (extended by {seen[-1]})" if seen else ""))
+        if path.resolve() in seen:
+            raise ConfigError(f"{path}: `{EXTENDS}` loops back to a file already read ({' -> '.join(map(str, seen))})")
+        seen.append(path.resolve())
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at the top")
-        cfg = _fill(cfg, values)
-    return apply_overrides(cfg, overrides)
+        base = values.pop(EXTENDS, None)
+        chain.insert(0, values)
+        if base is None:
+            return chain
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: `{EXTENDS}` must name a config file, got {base!r}")
+        path = path.parent / base
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
