@@ -49,6 +49,9 @@ def test_tiny_demo_without_vocoder(tmp_path):
     assert rep["train"]["mixture"]["tokens_per_step"]["image"] > 0 and rep["train"]["asr_only"]["tokens_per_step"]["image"] == 0
     saved = json.loads((out / "report.json").read_text())
     assert saved["tasks"]["s2tt"]["bleu"] == tasks["s2tt"]["bleu"]
+    intervals = {r["score"]: r for r in json.loads((out / "intervals.json").read_text())["scores"]}
+    assert intervals["S2TT en→es BLEU"]["value"] == pytest.approx(tasks["s2tt"]["bleu"])
+    assert intervals["ASR WER %"]["ci95"][0] <= tasks["asr"]["wer"] <= intervals["ASR WER %"]["ci95"][1]
     md = (out / "report.md").read_text()
     for row in ("ASR (mixture model)", "ASR (ASR-only model)", "S2TT en→es", "I2T captioning", "T2S", "## I2T examples"):
         assert row in md

@@ -272,8 +272,10 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "config": asdict(cfg),
     }
     atomic_write_json(out / "report.json", report)
+    from dmlm.recipes.intervals import headline_intervals
     from dmlm.recipes.report import write_reports
 
+    headline_intervals(out)  # intervals.json: each headline score's 95 % interval over test utterances
     write_reports(out, results=None)
     return report
 
