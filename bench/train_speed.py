@@ -31,7 +31,7 @@ Configs: `demo` (configs/demo.yaml's model: Llama, 4 layers, d=256; vocab = the 
 initialized so no weights are needed. On CPU the 135M model gets a small batch and few steps.
 
     python -m bench.train_speed [--config demo|smollm2-135m|all] [--steps N] [--batch-tokens N]
-                                [--threads N] [--quick]
+                                [--threads N] [--quick] [--precision-only]
 """
 
 from __future__ import annotations
@@ -246,7 +246,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--quick", action="store_true", help="demo config, 3 steps, tiny matmul (CI smoke)")
+    p.add_argument("--precision-only", action="store_true",
+                   help="only the demo model under precision auto against fp32 (train_precision.json)")
     args = p.parse_args(argv)
+    if args.precision_only:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return [precision_on_cpu(args.quick, args.steps, args.batch_tokens, args.warmup)]
 
     if args.threads:
         torch.set_num_threads(args.threads)
