@@ -275,7 +275,10 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
     from dmlm.recipes.intervals import headline_intervals
     from dmlm.recipes.report import write_reports
 
-    headline_intervals(out)  # intervals.json: each headline score's 95 % interval over test utterances
+    try:  # intervals.json: each headline score's 95 % interval over test utterances
+        headline_intervals(out)
+    except UserError as e:  # the scores stand without it; say why it is missing rather than fail the run
+        log.warning("no intervals.json: %s", e)
     write_reports(out, results=None)
     return report
 
