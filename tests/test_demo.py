@@ -70,6 +70,7 @@ def test_tiny_demo_without_vocoder(tmp_path):
     res = (tmp_path / "results.md").read_text()
     assert f"dmlm report {out}" in res and "| S2TT en→es |" in res and f"| BLEU | {tasks['s2tt']['bleu']:.2f} |" in res
     assert "Wall time" in res and "mixture model: 6 steps" in res
+    assert f"| S2TT en→es BLEU | {tasks['s2tt']['bleu']:.2f} | [" in res and "95 % bootstrap intervals" in md
     assert json.loads((tmp_path / "results.json").read_text())["tasks"] == tasks
     import dmlm
 

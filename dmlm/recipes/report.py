@@ -42,6 +42,18 @@ def _stage_profile(report: dict) -> list[str]:
     return lines
 
 
+def _intervals(run: Path) -> list[str]:
+    """The headline scores' 95 % bootstrap intervals (RUN/intervals.json, `dmlm.recipes.intervals`), if the run has them."""
+    path = Path(run) / "intervals.json"
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())["scores"]
+    return ["", "95 % bootstrap intervals over test utterances (`intervals.json`: they cover the choice of test "
+            "sentences, not training noise):", "", "| score | value | 95 % interval | utterances |", "|---|---|---|---|",
+            *[f"| {r['score']} | {r['value']:.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | {r['utterances']} |"
+              for r in rows]]
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
@@ -57,6 +69,7 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
         "All scores on the held-out test split (sentences never seen in training; 40 % of them hold a colour–object "
         "pair never seen in training). Baselines predict the most frequent training target for every input.", "",
         *_table(tasks),
+        *_intervals(out),
         *_stage_profile(report),
     ]
     lines.append("")
@@ -145,7 +158,7 @@ def render_results(report: dict, run: Path) -> str:
         f"- Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu']}; Python {m['python']}, torch {m['torch']}.",
         f"- Wall time: {minutes:.1f} min in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ").",
         "", "All scores on held-out test sentences; baselines predict the most frequent training target for every input.",
-        "", *_table(report["tasks"]), "",
+        "", *_table(report["tasks"]), *_intervals(run), "",
     ]
     for name, t in (report.get("train") or {}).items():
         lines.append(f"- {name} model: {t['steps']} steps, {_f(t.get('tokens_per_s'), 0)} tokens/s, loss {t.get('loss')}, "
