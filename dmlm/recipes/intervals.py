@@ -27,13 +27,7 @@ import numpy as np
 
 from dmlm.metrics import bootstrap
 from dmlm.util.errors import UserError
-from dmlm.util.io import atomic_write_json
-
-
-def _rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from dmlm.util.io import atomic_write_json, read_jsonl
 
 
 def _speakers(run: Path) -> dict[str, str]:
@@ -55,16 +49,18 @@ def headline_samples(run: Path) -> list[dict]:
             out.append({"name": name, "metric": metric, "normalizer": normalizer, "refs": [r["ref"] for r in rows],
                         "hyps": [r["hyp"] for r in rows], "reported": reported})
 
-    asr = _rows(ev / "asr.hyps.jsonl")
+    asr = read_jsonl(ev / "asr.hyps.jsonl", missing_ok=True)
     add("ASR WER %", "wer", [r for r in asr if not r.get("heldout_voice")], "basic", tasks.get("asr", {}).get("wer"))
     add("ASR WER %, held-out voice", "wer", [r for r in asr if r.get("heldout_voice")], "basic",
         tasks.get("asr", {}).get("wer_heldout_voice"))
-    s2tt = _rows(ev / "s2tt_es.hyps.jsonl")
+    s2tt = read_jsonl(ev / "s2tt_es.hyps.jsonl", missing_ok=True)
     add("S2TT en→es BLEU", "bleu", [r for r in s2tt if not r.get("heldout_voice")], "basic",
         tasks.get("s2tt", {}).get("bleu"))
-    add("I2T CIDEr", "cider", _rows(ev / "i2t.hyps.jsonl"), "basic", tasks.get("i2t", {}).get("cider"))
-    add("T2S Whisper WER %", "wer", _rows(ex / "t2s" / "hyps.jsonl"), "whisper_english", tasks.get("t2s", {}).get("wer"))
-    resyn = _rows(ex / "resynthesis" / "hyps.jsonl")
+    add("I2T CIDEr", "cider", read_jsonl(ev / "i2t.hyps.jsonl", missing_ok=True), "basic",
+        tasks.get("i2t", {}).get("cider"))
+    add("T2S Whisper WER %", "wer", read_jsonl(ex / "t2s" / "hyps.jsonl", missing_ok=True), "whisper_english",
+        tasks.get("t2s", {}).get("wer"))
+    resyn = read_jsonl(ex / "resynthesis" / "hyps.jsonl", missing_ok=True)
     voice = (json.loads((ev / "resynthesis.json").read_text()).get("vocoder_voice")
              if (ev / "resynthesis.json").is_file() else None)
     speakers = _speakers(run) if voice else {}

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from dmlm.evaluation.headline import TASK_ROWS
-from dmlm.util.io import atomic_write_json, atomic_write_text
+from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl
 
 
 def _f(x, nd: int = 2) -> str:
@@ -54,10 +54,6 @@ def _intervals(run: Path) -> list[str]:
               for r in rows]]
 
 
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
-
-
 def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
     out = Path(out)
     m = report["machine"]
@@ -97,12 +93,12 @@ def _examples(out: Path, n: int) -> list[str]:
     ev = out / "eval"
     lines: list[str] = []
     for key, title in (("asr", "ASR"), ("s2tt_es", "S2TT en→es")):
-        rows = [r for r in _rows(ev / f"{key}.hyps.jsonl") if not r.get("heldout_voice")][:n]
+        rows = [r for r in read_jsonl(ev / f"{key}.hyps.jsonl", missing_ok=True) if not r.get("heldout_voice")][:n]
         if rows:
             lines += [f"## {title} examples", "", "| id | reference | hypothesis |", "|---|---|---|"]
             lines += [f"| {r['id']} | {r['ref']} | {r['hyp']} |" for r in rows]
             lines.append("")
-    rows = _rows(ev / "i2t.hyps.jsonl")[:n]
+    rows = read_jsonl(ev / "i2t.hyps.jsonl", missing_ok=True)[:n]
     if rows:
         images = {r.id: r.image for r in _test_records(out)}
         lines += ["## I2T examples", "", "| image | reference | caption |", "|---|---|---|"]

@@ -28,7 +28,7 @@ import numpy as np
 from dmlm.evaluation.grouping import is_heldout_voice
 from dmlm.metrics.bootstrap import LOWER_IS_BETTER, base_metric, interval, paired_difference, resample_counts, score
 from dmlm.metrics.bootstrap import utterance_stats
-from dmlm.util.io import atomic_write_json, atomic_write_text
+from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl
 
 METHOD = ("Per arm: the mean and standard deviation of the seeds' scores; a 95 % percentile interval from "
           "a bootstrap over test utterances pooled across seeds (each utterance's metric statistics summed over "
@@ -36,10 +36,6 @@ METHOD = ("Per arm: the mean and standard deviation of the seeds' scores; a 95 %
           "over the same utterances (Koehn, 2004); 'better'/'worse' when the interval excludes zero.")
 
 VERDICTS = {"reproduced", "not reproduced", "mixed", "no claim"}
-
-
-def _read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
 def _pooled_stats(runs: list[dict], metric: str) -> dict[str, np.ndarray]:
@@ -50,7 +46,7 @@ def _pooled_stats(runs: list[dict], metric: str) -> dict[str, np.ndarray]:
         path = run.get("hyps", {}).get(task)
         if not path or not Path(path).is_file():
             return {}
-        rows = _read_jsonl(path)
+        rows = read_jsonl(path)
         heldout = key.endswith("_heldout_voice")
         rows = [r for r in rows if is_heldout_voice(r) == heldout]
         if not rows:

@@ -88,6 +88,14 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
+def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict]:
+    """The JSON objects of a JSON-lines file (blank lines skipped); `missing_ok`: [] when there is no file."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temp folder beside `path`; on a clean exit it replaces `path` (the old one
