@@ -76,7 +76,8 @@ class DemoConfig:
     resynthesis_eval: int = 100
     """Test clips per voice group (training voices, held-out voice) resynthesized and judged besides the
     vocoder's own voice: the vocoder re-speaking other voices in its own, a diagnostic no headline
-    score reads. 0: the vocoder's voice alone (each judged clip costs about 0.6 s of Whisper on 2 cores)."""
+    score reads. 0: the vocoder's voice alone (each judged clip costs a full Whisper window:
+    docs/design/evaluation.md)."""
     resynthesis_voice_clips: int = -1
     """Test clips in the vocoder's own voice resynthesized and judged as their group (-1: every one in
     the test split; the ~50 among the first `t2s_eval` are too few to read reliably)."""

@@ -3,8 +3,8 @@
 Design decisions:
 - `auto` means bf16 autocast wherever it is native: CUDA devices that support it, and CPUs whose
   oneDNN build has bf16 kernels (AVX512-BF16 or AMX). There it is the faster format for the same
-  steps (the demo model trains at about 1.6x the fp32 tokens per second on the 2-core AMD EPYC,
-  docs/performance.md); elsewhere bf16 is emulated and slower than fp32, so `auto` stays in fp32.
+  steps (measured for the demo model in docs/performance.md, "bf16 autocast in training");
+  elsewhere bf16 is emulated and slower than fp32, so `auto` stays in fp32.
 - Autocast keeps the weights, the optimizer state and the losses in fp32: only the matrix
   products run in bf16.
 """
