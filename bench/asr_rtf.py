@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dmlm.tokenizers.features import WHISPER_SAMPLES
+from dmlm.util.audio import SAMPLE_RATE
+
 ROOT = Path(__file__).resolve().parents[1]
 WHISPER_PROMPT = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
-WHISPER_SAMPLES = 30 * 16_000  # Whisper's fixed 30 s window
 
 
 def training_texts(ck_meta: dict) -> set[str] | None:
@@ -62,7 +64,7 @@ def untrained_checkpoint(out: Path, whisper: str) -> Path:
     s = demo.codebook
     s.model = whisper
     feats = build_features(s.backend, s.model, s.layer, compute_type=s.compute_type, pad_quantum=s.pad_quantum)
-    dim = feats([np.zeros(16_000, np.float32)])[0].shape[1]
+    dim = feats([np.zeros(SAMPLE_RATE, np.float32)])[0].shape[1]
     s.frame_rate = feats.frame_rate / max(1, s.pooling)
     cb_path = Codebook(np.random.default_rng(0).standard_normal((s.k, dim)).astype(np.float32), s).save(
         out / "codebook.safetensors")
@@ -93,7 +95,7 @@ def clips(n: int, exclude: set[str] | None, out: Path) -> tuple[list[Path], list
         samples += len(wav)
         paths.append(out / f"clip{i:03d}.wav")
         write_wav(paths[-1], wav)
-    return paths, texts, samples / 16_000
+    return paths, texts, samples / SAMPLE_RATE
 
 
 class WhisperCT2:

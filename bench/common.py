@@ -11,8 +11,8 @@ RESULTS = Path(os.environ.get("DMLM_BENCH_RESULTS", Path(__file__).parent / "res
 
 
 def machine() -> str:
-    """One line naming the machine (facts from `dmlm.recipes.demo.machine`, shared with the demo report)."""
-    from dmlm.recipes.demo import machine as facts
+    """One line naming the machine (facts from `dmlm.recipes.stages.machine`, shared with the demo report)."""
+    from dmlm.recipes.stages import machine as facts
 
     m = facts()
     return f"{m['cores']} cores, {m['cpu']}, {m['gpu'] or 'no GPU'}, torch {m['torch']}"

@@ -51,12 +51,12 @@ def _prompts(task: str, n: int, vocab, seed: int = 0) -> list[list[int]]:
     from dmlm.tasks import Sample, get_task
 
     rng = np.random.default_rng(seed)
-    if task == "asr":
+    t = get_task(task)
+    if t.source == "speech":  # speech in (ASR): 53-84 random units, ~2-3 s
         units = [rng.integers(0, vocab.speech_size, rng.integers(53, 84)) for _ in range(n)]
-        return [get_task("asr").prompt(Sample(id=str(i), units=u), vocab) for i, u in enumerate(units)]
+        return [t.prompt(Sample(id=str(i), units=u), vocab) for i, u in enumerate(units)]
     text = [[int(x) for x in rng.integers(3, vocab.text_size, rng.integers(8, 25))] for _ in range(n)]
-    return [get_task("t2s").prompt(Sample(id=str(i), text_ids=t, src_lang="en", tgt_lang="en"), vocab)
-            for i, t in enumerate(text)]
+    return [t.prompt(Sample(id=str(i), text_ids=x, src_lang="en", tgt_lang="en"), vocab) for i, x in enumerate(text)]
 
 
 def _agreement(ids: list[list[int]], ref: list[list[int]]) -> dict:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlm.util.audio import SAMPLE_RATE
+
 MiB = 2**20
 SEQ_LENS = (64, 128, 256, 512)
 CORPUS_SIZES = (8, 16, 32, 64)
@@ -125,7 +127,7 @@ def child_tokenize(clips_file: str, pad_quantum: float, model: str) -> dict:
     tracemalloc.stop()
     return {"rss_before": before, "peak_rss_before": peak_before, "peak_rss_after_load": peak_after_load,
             "peak_rss": peak_rss_bytes(), "python_heap_peak": py_peak, "clips": len(wavs),
-            "audio_seconds": sum(len(w) for w in wavs) / 16000, "pad_quantum": pad_quantum,
+            "audio_seconds": sum(len(w) for w in wavs) / SAMPLE_RATE, "pad_quantum": pad_quantum,
             "units": int(sum(len(u) for u in units)), "threads": torch.get_num_threads()}
 
 
@@ -157,7 +159,7 @@ def time_tokenization(wavs: list[np.ndarray], sizes: list[int], model: str) -> l
             for f in feats(wavs[:n]):
                 cb.frames_to_units(f)
             best = min(best, time.perf_counter() - t)
-        audio = sum(len(w) for w in wavs[:n]) / 16000
+        audio = sum(len(w) for w in wavs[:n]) / SAMPLE_RATE
         rows.append({"clips": n, "audio_seconds": audio, "seconds": best, "x_real_time": audio / best})
     return rows
 

@@ -3,7 +3,7 @@
 Each variant is built the way `dmlm train` builds it (`dmlm.modeling.build_model` with the
 variant's `ModelConfig`, the tokenizer from `dmlm.tokenizers.trim`), from the real SmolLM2-135M
 weights, and timed on the same kind of step as bench/train_speed.py: `collate`, the
-length-normalized loss (`dmlm.training.train._step_loss`), backward, gradient clipping and an
+length-normalized loss (`dmlm.training.loop._step_loss`), backward, gradient clipping and an
 AdamW step with train.py's parameter groups. The baseline is the untrimmed, all-layer model in
 fp32, measured in the same run, so `ratio` = variant tokens/s ÷ baseline tokens/s.
 
@@ -137,7 +137,8 @@ def build(variant: Variant, llm: str, texts: list[str], units: int):
 
 def step(model, opt, items: list, pad: int, bf16: bool, clip: float = 1.0) -> float:
     from dmlm.training.loss import loss_counts, loss_weights
-    from dmlm.training.train import _step_loss, collate
+    from dmlm.training.data_order import collate
+    from dmlm.training.loop import _step_loss
 
     b = collate(items, pad)
     counts = loss_counts(LOSS, loss_weights(LOSS, b["attention_mask"], b["target"]), b["modality"][:, 1:])

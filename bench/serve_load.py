@@ -46,8 +46,7 @@ def tiny_model(root: Path) -> tuple[Path, list[Path]]:
     from dmlm.training.train import train
     from dmlm.util.audio import load_audio
     from dmlm.util.config import load_config
-    from dmlm.vocoder.model import VocoderConfig
-    from dmlm.vocoder.train import train_vocoder
+    from dmlm.vocoder import VocoderConfig, train_vocoder
 
     voice = Voice("en-us+m3", rate=170, pitch=50)
     wavs = [root / "wav" / f"utt{i}.wav" for i in range(len(SENTENCES))]

@@ -66,8 +66,8 @@ def _demo_config(quick: bool, out: Path, n_train: int):
 
 
 def measure(sizes: list[int], steps: list[int], quick: bool, work: Path) -> dict:
-    from dmlm.data.prepare import prepare
-    from dmlm.recipes.demo import _train, fit_demo_codebook, fit_demo_image_codebook
+    from dmlm.recipes.run_folder import RunFolder
+    from dmlm.recipes.stages import fit_codebooks, point_run_at, prepare_data, train_model
     from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
 
     rows: dict[str, list[dict]] = {"prepare": [], "tokenize": [], "train": []}
@@ -75,33 +75,33 @@ def measure(sizes: list[int], steps: list[int], quick: bool, work: Path) -> dict
     corpora = {}
     for n in sorted(sizes):
         cfg = _demo_config(quick, work / f"corpus{n}", n)
+        folder = RunFolder(cfg.out)
         t = time.perf_counter()
-        manifests = prepare(cfg.prepare, Path(cfg.out) / "data")
+        manifests = prepare_data(cfg.prepare, folder.data)
         rows["prepare"].append({"utterances": n, "seconds": time.perf_counter() - t})
         if cb is None:  # one codebook for every size, fitted on the smallest corpus (not timed)
-            cb = fit_demo_codebook(cfg, manifests["train"], work / "codebook.safetensors")
-            icb = fit_demo_image_codebook(cfg, manifests["train"], work / "image_codebook.safetensors")
+            cb, icb = fit_codebooks(manifests["train"], cfg.codebook, cfg.codebook_fit_utts, work / "codebook.safetensors",
+                                    cfg.image_codebook, cfg.image_codebook_fit_images, work / "image_codebook.safetensors")
         t = time.perf_counter()
-        tokenize_manifest(cb, manifests["train"], Path(cfg.out) / "units")
+        tokenize_manifest(cb, manifests["train"], folder.units)
         rows["tokenize"].append({"utterances": n, "seconds": time.perf_counter() - t})
         for split in ("dev", "test"):  # the training run below needs its dev store (untimed)
-            tokenize_manifest(cb, manifests[split], Path(cfg.out) / "units")
+            tokenize_manifest(cb, manifests[split], folder.units)
         for split in ("train", "dev", "test"):
-            tokenize_images(icb, manifests[split], Path(cfg.out) / "units")
+            tokenize_images(icb, manifests[split], folder.units)
         corpora[n] = (cfg, manifests)
         print(f"{n} utterances: prepare {rows['prepare'][-1]['seconds']:.1f} s, "
               f"tokenize {rows['tokenize'][-1]['seconds']:.1f} s", flush=True)
     cfg, manifests = corpora[min(corpora)]
     for s in sorted(steps):
         run = cfg.run
-        run.data.train, run.data.dev = str(manifests["train"]), str(manifests["dev"])
+        point_run_at(run, manifests, RunFolder(cfg.out).units, work / "codebook.safetensors",
+                     work / "image_codebook.safetensors", work / f"model{s}")
         run.data.unpaired = []
-        run.data.units, run.data.codebook = str(Path(cfg.out) / "units"), str(work / "codebook.safetensors")
-        run.data.image_codebook = str(work / "image_codebook.safetensors")
-        run.train.out, run.train.steps = str(work / f"model{s}"), s
+        run.train.steps = s
         run.train.eval_every = run.train.save_every = s  # one dev pass and one save, as at a run's end
         t = time.perf_counter()
-        _train(run, work, f"train{s}", cfg.processes, resume=False)
+        train_model(run, work / f"train{s}.yaml", cfg.processes, resume=False)
         rows["train"].append({"steps": s, "seconds": time.perf_counter() - t})
         print(f"{s} steps: train {rows['train'][-1]['seconds']:.1f} s", flush=True)
     return rows

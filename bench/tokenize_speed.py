@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from dmlm.util.audio import SAMPLE_RATE
+
 
 def espeak_clips(n: int, seed: int = 1) -> list[np.ndarray]:
     """`n` mini-world sentences spoken by drawn espeak-ng voices (16 kHz)."""
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = 8 if args.quick else args.clips
 
     wavs = espeak_clips(n)
-    audio_s = sum(len(w) for w in wavs) / 16000
+    audio_s = sum(len(w) for w in wavs) / SAMPLE_RATE
 
     feats = WhisperCT2Features(args.model)
     padded = WhisperCT2Features(args.model, pad_quantum=30.0)  # every clip padded to 30 s

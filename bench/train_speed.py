@@ -1,12 +1,12 @@
 """Training throughput (tokens/s) and model-FLOP utilization (MFU) of the real dmlm step.
 
 What is timed is one optimizer step as `dmlm.training.train.train` runs it: `collate` (right padding),
-`dmlm.training.train._step_loss` (forward + `multimodal_loss`, length-normalized, global counts),
-backward, gradient clipping and an AdamW step with train.py's parameter groups, under bf16
+`dmlm.training.loop._step_loss` (forward + `multimodal_loss`, length-normalized, global counts),
+backward, gradient clipping and an AdamW step with `dmlm.training.loop.prepare`'s parameter groups, under bf16
 autocast on GPU and fp32 on CPU; on CPU the demo model is also timed under `train.precision: auto`
 (bf16 autocast where the CPU has native bf16) against fp32: `train_precision.json`. Batches are ASR-shaped: random 25 Hz units for clips of
 1.5–3.1 s (~58 units) plus 4–10 random text ids (mini-world's transcript length), rendered by
-`dmlm.tasks.render` and bucketed under a token budget by `dmlm.training.train.bucket_batches`. Data
+`dmlm.tasks.render` and bucketed under a token budget by `dmlm.training.data_order.bucket_batches`. Data
 loading from token stores, accelerate and logging are not timed.
 
 Model FLOPs per (non-pad) token, forward + backward (Kaplan et al. 2020; PaLM, app. B):
@@ -124,7 +124,7 @@ def fixed_length_asr(n: int, length: int, vocab, seed: int = 0) -> list:
 
 def batches(rendered: list, batch_tokens: int, n: int, seed: int = 0) -> list[list]:
     """`n` micro-batches in train.py's order: length-bucketed under a padded-token budget."""
-    from dmlm.training.train import bucket_batches
+    from dmlm.training.data_order import bucket_batches
 
     order = bucket_batches(np.array([len(r.ids) for r in rendered]), batch_tokens, seed, 0)
     if len(order) < n:
@@ -144,7 +144,8 @@ def train_step(model, opt, items: list, pad: int, device: torch.device, clip: fl
     """One optimizer step over one micro-batch, as dmlm.training.train.train does it; returns the loss.
     `bf16`: under bf16 autocast (None: on GPU only)."""
     from dmlm.training.loss import loss_counts, loss_weights
-    from dmlm.training.train import _step_loss, collate
+    from dmlm.training.data_order import collate
+    from dmlm.training.loop import _step_loss
 
     b = {k: v.to(device) for k, v in collate(items, pad).items()}
     counts = loss_counts(LOSS, loss_weights(LOSS, b["attention_mask"], b["target"]), b["modality"][:, 1:])

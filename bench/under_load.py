@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dmlm.util.audio import SAMPLE_RATE
+
 STAGES = ("synthesis", "tokenize", "train", "evaluate")
 
 
@@ -106,7 +108,7 @@ def tokenize_kernel(n: int, model: str = "whisper-base") -> tuple[Callable[[], f
     from dmlm.tokenizers.features import WhisperCT2Features
 
     wavs = espeak_clips(n, seed=3)
-    audio_s = sum(len(w) for w in wavs) / 16000
+    audio_s = sum(len(w) for w in wavs) / SAMPLE_RATE
     feats = WhisperCT2Features(model)
     cb = random_codebook(feats, wavs[0], model)
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.common import write_result
     from dmlm.vocoder import Vocoder, VocoderConfig
-    from dmlm.vocoder.model import pad_batch
+    from dmlm.vocoder.network import pad_batch
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocoder", default=str(ROOT / "runs" / "vocoder-dev"), help="vocoder folder or checkpoint")

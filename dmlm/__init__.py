@@ -8,20 +8,12 @@ trained on paired and unpaired data (Trinh et al., arXiv 2406.06582).
     m.transcribe("clip.wav")
 
 The names below load lazily, so `import dmlm` stays cheap (no torch) for tools that only need
-the version.
+the version. Importing it changes nothing in the importer's environment: the OpenMP spin default
+that keeps training fast beside other processes is set by the entry points (`dmlm ...`, the recipes'
+mains: `dmlm.util.cores.quiet_spin_waits`).
 """
 
 from __future__ import annotations
-
-import os as _os
-
-# OpenMP threads that wait for work spin only briefly (3,000 iterations, not libgomp's 300,000)
-# before they sleep. Set before torch loads libgomp, which reads it once; a wait policy the user
-# set wins. Beside another busy process, long-spinning torch threads wait on each other and lose
-# most of their throughput; 3,000 keeps the quiet speed (sleeping at once, OMP_WAIT_POLICY=PASSIVE,
-# does not): docs/performance.md, "Under load".
-if "OMP_WAIT_POLICY" not in _os.environ:
-    _os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 __version__ = "0.1.0"
 

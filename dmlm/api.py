@@ -22,7 +22,9 @@ Design decisions:
   plain strings or unit arrays.
 - Input conversion lives here once: waveforms are downmixed and resampled to the codebook's
   16 kHz (`dmlm.util.audio.to_mono`), images converted like files (`dmlm.util.images.to_image`);
-  the decoding itself is `dmlm.inference`'s, scoring `dmlm.evaluation`'s.
+  the decoding itself is `dmlm.inference`'s, scoring `dmlm.evaluation`'s. Below this door every
+  function takes one type per argument (a `Checkpoint`, a `Split`, a `Judge`, `EvalOptions`):
+  `decode` and `evaluate` turn paths and preset names into those here.
 """
 
 from __future__ import annotations
@@ -96,9 +98,10 @@ class Audio:
         return len(self.samples)
 
 
-def load(path: str | Path, device: str = "cpu") -> DMLM:
-    """Load a dmlm checkpoint folder (`dmlm train`'s output) onto `device`."""
-    return DMLM(load_checkpoint(path, device=device))
+def load(path: str | Path, device: str = "cpu", lazy: bool = False) -> DMLM:
+    """Load a dmlm checkpoint folder (`dmlm train`'s output) onto `device`; with `lazy`, the LM loads
+    on first use (resynthesis and the vocoder need only the codebook)."""
+    return DMLM(load_checkpoint(path, device=device, lazy=lazy))
 
 
 def _batch(inputs: Any) -> tuple[list, bool]:
@@ -231,15 +234,17 @@ class DMLM:
         return make_options(options, SPEECH_OUT_FIELDS if speech_out else USER_FIELDS, **decoding)
 
     def _check_task(self, name: str, lang: str | None = None) -> None:
+        from dmlm.tasks import parse_spec
+
         trained = self.tasks
         if not trained:
             return  # a checkpoint that does not list its tasks: the vocabulary check in inference decides
-        names = {t.split(":")[0] for t in trained}
-        if name not in names:
+        specs = [parse_spec(t) for t in trained]
+        if name not in {n for n, _ in specs}:
             raise UserError(f"{self.path}: the model was not trained for {name} (its tasks: {', '.join(trained)})")
-        if name == "s2tt" and lang and f"s2tt:{lang}" not in trained:
-            raise UserError(f"{self.path}: the model translates to {', '.join(t.split(':')[1] for t in trained if t.startswith('s2tt:'))}, "
-                            f"not {lang!r}")
+        langs = [lg for n, lg in specs if n == name and lg]
+        if lang and langs and lang not in langs:
+            raise UserError(f"{self.path}: the model translates to {', '.join(langs)}, not {lang!r}")
 
     def _decode(self, task: str, samples: list, opts: DecodingOptions, details: bool, text_out: bool) -> list:
         from dmlm.inference import decode_text, output_log_likelihood, run_task
@@ -340,15 +345,17 @@ class DMLM:
                options: DecodingOptions | None = None, **decoding) -> list[dict]:
         """[{"id", "hyp"}] for every record of `manifest` that `task` (asr, s2tt:LANG, t2s, i2t) can read;
         needs no references. `units`: the manifest's token stores, else tokens are computed here."""
+        from dmlm.data.split import Split
         from dmlm.evaluation.tasks import decode_task
+        from dmlm.tasks import get_task, parse_spec
 
-        opts = self._options(options, decoding, speech_out=task.split(":")[0] == "t2s")
-        return decode_task(self.checkpoint, task, manifest, opts, units=units, progress=progress)
+        opts = self._options(options, decoding, speech_out=get_task(parse_spec(task)[0]).target == "speech")
+        return decode_task(self.checkpoint, task, Split(manifest, units), opts, progress=progress)
 
     def evaluate(self, task: str, manifest: str | Path, *, units: str | Path | None = None, out: str | Path | None = None,
                  limit: int | None = None, judge: Any = None, judge_engine: str = "ctranslate2",
-                 voice_clips: int | None = 0, progress: bool = True, options: DecodingOptions | None = None,
-                 **decoding) -> dict:
+                 voice_clips: int | None = 0, progress: bool = True, train_manifest: str | Path | None = None,
+                 options: DecodingOptions | None = None, **decoding) -> dict:
         """Score the model on `task` over `manifest`: one entry point for every task.
 
         `task`: asr, s2tt:LANG, t2s, i2t, text_lm[:LANG], speech_lm, image_lm, or resynthesis.
@@ -356,15 +363,27 @@ class DMLM:
         `limit`: the first N records of each voice group (`dmlm.evaluation.grouping`).
         `judge` (t2s, resynthesis): a Whisper preset name, a dmlm ASR checkpoint folder or any object
         with `transcribe(wavs) -> texts`; t2s without a judge is scored on units only.
+        `train_manifest`: the trivial baseline's (S2TT, I2T); default, the one the model was trained on.
         `out`: the JSON report (and, beside it, every hypothesis); for speech out, a folder of
         report, hypotheses, example wavs and spectrograms.
         """
-        from dmlm.evaluation.run import evaluate
+        from dmlm.data.split import Split
+        from dmlm.evaluation.judge import build_judge
+        from dmlm.evaluation.options import EvalOptions
+        from dmlm.evaluation.run import check_evaluation, evaluate
+        from dmlm.tasks import scoring_for
 
-        speech_out = task.split(":")[0] in ("t2s", "resynthesis")
-        opts = self._options(options, decoding, speech_out=speech_out)
-        return evaluate(self.checkpoint, task, manifest, units=units, out=out, limit=limit, judge=judge,
-                        judge_engine=judge_engine, voice_clips=voice_clips, opts=opts, progress=progress)
+        scoring = scoring_for(task)  # an unknown task is an error naming the registered ones
+        opts = self._options(options, decoding, speech_out=scoring.by_ear != "never")
+        eval_opts = EvalOptions(limit=limit, progress=progress, voice_clips=voice_clips,
+                                train_manifest=str(train_manifest) if train_manifest else None)
+        check_evaluation(task, opts, eval_opts, judged=bool(judge))
+        if judge is None and scoring.by_ear == "always":
+            judge = "whisper-base"
+        if isinstance(judge, (str, Path)):
+            judge = build_judge(str(judge), engine=judge_engine) if judge else None
+        return evaluate(self.checkpoint, task, Split(manifest, units), out=Path(out) if out else None, opts=opts,
+                        options=eval_opts, judge=judge)
 
 
 def _to_numpy(x: Any) -> np.ndarray | None:

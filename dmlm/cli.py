@@ -84,9 +84,15 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_codebook(args) -> None:
-    from dmlm.tokenizers.tokenize import fit_codebook_on_manifest
+    from dmlm.recipes.stages import fit_image_codebook, fit_speech_codebook
+    from dmlm.tokenizers.image import ImageCodebookSettings
+    from dmlm.tokenizers.speech import CodebookSettings
+    from dmlm.util.config import load_config
 
-    cb = fit_codebook_on_manifest(args.manifest, args.modality, args.overrides, args.max_utts)
+    if args.modality == "image":
+        cb = fit_image_codebook(args.manifest, load_config(None, args.overrides, cls=ImageCodebookSettings), args.max_utts)
+    else:
+        cb = fit_speech_codebook(args.manifest, load_config(None, args.overrides, cls=CodebookSettings), args.max_utts)
     cb.save(args.output)
     print(f"{args.output}: {args.modality} k={cb.k} fingerprint={cb.fingerprint}")
 
@@ -151,10 +157,13 @@ def cmd_speak(args) -> None:
 def cmd_resynthesize(args) -> None:
     from dmlm.api import Audio
     from dmlm.inference import resynthesize
+    from dmlm.modeling import CheckpointFiles
     from dmlm.util.audio import load_audio
 
     # the codebook and vocoder alone: the LM is not loaded
-    Audio(resynthesize(args.model, load_audio(args.audio))).save(args.output)
+    files = CheckpointFiles(args.model)
+    cb = files.load_codebook("speech")
+    Audio(resynthesize(cb, files.load_vocoder(cb), load_audio(args.audio))).save(args.output)
     print(args.output)
 
 
@@ -192,8 +201,7 @@ def _vocoder_data_args(parser: argparse.ArgumentParser) -> None:
 def cmd_vocoder_train(args) -> None:
     from dmlm.modeling import CheckpointFiles
     from dmlm.util.config import load_config
-    from dmlm.vocoder.model import VocoderConfig
-    from dmlm.vocoder.train import train_vocoder
+    from dmlm.vocoder import VocoderConfig, train_vocoder
 
     files = CheckpointFiles(args.model)
     manifest, units = _vocoder_data(args)
@@ -206,7 +214,7 @@ def cmd_vocoder_train(args) -> None:
 def cmd_vocoder_match(args) -> None:
     from dmlm.modeling import CheckpointFiles
     from dmlm.util.errors import UserError
-    from dmlm.vocoder.train import add_matching_set
+    from dmlm.vocoder import add_matching_set
 
     files = CheckpointFiles(args.model)
     if not files.has_vocoder:
@@ -283,10 +291,26 @@ def cmd_study(args) -> None:
     print(f"Summary: {cfg.out_dir / (cfg.name + '.md')}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dmlm", description="Discrete Multimodal Language Models")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="verb", required=True)
+def _add_overrides(p: argparse.ArgumentParser, cls: type, examples: list[str], intro: str = "", prefix: str = "") -> None:
+    """The `key=value ...` positional of a verb whose settings are `cls`: its help names a few keys with their
+    defaults, the epilog every field with its docstring (both generated from `cls`, so neither can go stale)."""
+    from dmlm.util.config import fields_help, override_help
+
+    shown = override_help(cls, examples, intro or "settings, e.g.")
+    have = next((a for a in p._actions if a.dest == "overrides"), None)
+    if have is None:
+        p.add_argument("overrides", nargs="*", help=shown)
+    else:  # a second settings class read by the same verb (codebook fit: speech or image)
+        have.help += f"; {shown}"
+    p.epilog = ((p.epilog + "\n\n") if p.epilog else "") + f"{prefix}settings ({cls.__name__}):\n{fields_help(cls)}"
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _add_data_verbs(sub) -> None:
+    """assets, prepare, codebook fit, tokenize."""
+    from dmlm.data.prepare import PrepareConfig
+    from dmlm.tokenizers.image import ImageCodebookSettings
+    from dmlm.tokenizers.speech import CodebookSettings
 
     s = sub.add_parser("assets", help="install/convert offline presets (whisper-base, whisper-tiny.en, smollm2-135m)")
     s.add_argument("names", nargs="*")
@@ -295,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="make a demo corpus: manifests + wavs (+ scene images), or captioned digits")
     s.add_argument("name", choices=["mini-world", "bible", "digits"])
     s.add_argument("--out", help="output folder (default runs/NAME/data)")
-    s.add_argument("overrides", nargs="*", help="n_train=8000 n_dev=300 n_test=500 seed=0 workers=2")
+    _add_overrides(s, PrepareConfig, ["n_train", "n_dev", "n_test", "seed", "workers"])
     s.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("codebook", help="speech and image codebooks")
@@ -304,9 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("manifest")
     f.add_argument("-o", "--output", required=True)
     f.add_argument("--modality", choices=["speech", "image"], default="speech")
-    f.add_argument("--max-utts", type=int, default=2000, help="records to fit on")
-    f.add_argument("overrides", nargs="*", help="speech: backend=whisper model=whisper-base layer=-1 k=1000 dedup=false "
-                   "pooling=2; image: k=512 patch_size=8 image_size=64")
+    f.add_argument("--max-utts", type=int, default=2000, help="records to fit on (0: all)")
+    _add_overrides(f, CodebookSettings, ["backend", "model", "layer", "k", "dedup", "pooling"], "speech, e.g.", "speech ")
+    _add_overrides(f, ImageCodebookSettings, ["k", "patch", "image_size"], "image, e.g.", "image (--modality image) ")
     f.set_defaults(fn=cmd_codebook)
 
     s = sub.add_parser("tokenize", help="manifests -> token stores (speech units or image codes, by the codebook's modality)")
@@ -319,13 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(with a codebook from `dmlm codebook fit --modality image backend=external`)")
     s.set_defaults(fn=cmd_tokenize)
 
+
+def _add_train(sub) -> None:
+    from dmlm.training.config import RunConfig
+    from dmlm.util.config import override_help
+
     s = sub.add_parser("train", help="train a DMLM from a YAML config")
     s.add_argument("config", nargs="?")
-    s.add_argument("overrides", nargs="*", help="e.g. train.steps=100 model.layers=2")
+    s.add_argument("overrides", nargs="*", help=override_help(RunConfig, ["train.steps", "model.layers"], "e.g."))
     s.add_argument("--resume", action="store_true", help="continue the run in train.out from its last saved step")
     s.add_argument("--overwrite", action="store_true", help="train.out holds a model: train again from scratch, replacing it")
     s.set_defaults(fn=cmd_train)
 
+
+def _add_scoring_verbs(sub) -> None:
+    """decode, evaluate."""
     for verb, fn, helptext in (("decode", cmd_decode, "decode a manifest to hyps.jsonl"),
                                ("evaluate", cmd_evaluate, "score a model on one task of a manifest (JSON report)")):
         s = sub.add_parser(verb, help=helptext)
@@ -337,19 +369,26 @@ def build_parser() -> argparse.ArgumentParser:
                                        "store's prefix; default: tokens computed with the checkpoint's codebooks")
         s.add_argument("--out", required=verb == "decode")
         if verb == "evaluate":
-            s.add_argument("--limit", type=int, default=0, help="score only the first N records of each voice group "
-                                                                "(training voices, held-out voice; 0: all)")
-            s.add_argument("--judge", default="", help="t2s/resynthesis: what transcribes the vocoded speech: a Whisper "
-                                                       "preset (e.g. whisper-base) or a dmlm ASR checkpoint folder; "
-                                                       "t2s without it scores units only")
-            s.add_argument("--judge-engine", default="ctranslate2", choices=["ctranslate2", "transformers"])
-            s.add_argument("--voice-clips", type=_voice_clips, default=0, metavar="N|all",
-                           help="resynthesis with --limit: score the vocoder's own voice on N training-voice clips, "
-                                "or all the manifest has (clips past the limit count only in that group; default 0: "
-                                "only those within the limit)")
+            _add_evaluate_options(s)
         _decoding_args(s, speech_out=True)  # --rerank: refused unless the task is t2s
         s.set_defaults(fn=fn)
 
+
+def _add_evaluate_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--limit", type=int, default=0, help="score only the first N records of each voice group "
+                                                        "(training voices, held-out voice; 0: all)")
+    s.add_argument("--judge", default="", help="t2s/resynthesis: what transcribes the vocoded speech: a Whisper "
+                                               "preset (e.g. whisper-base) or a dmlm ASR checkpoint folder; "
+                                               "t2s without it scores units only")
+    s.add_argument("--judge-engine", default="ctranslate2", choices=["ctranslate2", "transformers"])
+    s.add_argument("--voice-clips", type=_voice_clips, default=0, metavar="N|all",
+                   help="resynthesis with --limit: score the vocoder's own voice on N training-voice clips, "
+                        "or all the manifest has (clips past the limit count only in that group; default 0: "
+                        "only those within the limit)")
+
+
+def _add_model_verbs(sub) -> None:
+    """transcribe, translate, caption, synthesize-units, speak, resynthesize: one call into `dmlm.load(MODEL)`."""
     s = sub.add_parser("transcribe", help="print transcripts of audio files")
     s.add_argument("model")
     s.add_argument("audio", nargs="+")
@@ -379,21 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_args(s, speech_out=True)
     s.set_defaults(fn=cmd_synthesize_units)
 
-    s = sub.add_parser("vocoder", help="unit vocoders")
-    vs = s.add_subparsers(dest="action", required=True)
-    f = vs.add_parser("train", help="train a units -> speech vocoder into MODEL/vocoder/")
-    f.add_argument("model")
-    _vocoder_data_args(f)
-    f.add_argument("--minutes", type=float, default=4.0, help="time budget (0: none)")
-    f.add_argument("--steps", type=int, default=0, help="step budget (0: none)")
-    f.add_argument("overrides", nargs="*", help="VocoderConfig fields, e.g. dim=256 batch_size=16 gl_iters=32")
-    f.set_defaults(fn=cmd_vocoder_train)
-    f = vs.add_parser("match", help="(re)build MODEL/vocoder's matching set: the real frames `knn` draws on")
-    f.add_argument("model")
-    _vocoder_data_args(f)
-    f.add_argument("--clips", type=int, help="clips of the output voice in the set (default: the vocoder's matching_clips)")
-    f.set_defaults(fn=cmd_vocoder_match)
-
     s = sub.add_parser("speak", help="text -> speech units -> vocoder -> wav")
     s.add_argument("model")
     s.add_argument("text")
@@ -408,6 +432,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(fn=cmd_resynthesize)
 
+
+def _add_vocoder(sub) -> None:
+    from dmlm.vocoder import VocoderConfig
+
+    s = sub.add_parser("vocoder", help="unit vocoders")
+    vs = s.add_subparsers(dest="action", required=True)
+    f = vs.add_parser("train", help="train a units -> speech vocoder into MODEL/vocoder/")
+    f.add_argument("model")
+    _vocoder_data_args(f)
+    f.add_argument("--minutes", type=float, default=4.0, help="time budget (0: none)")
+    f.add_argument("--steps", type=int, default=0, help="step budget (0: none)")
+    _add_overrides(f, VocoderConfig, ["dim", "batch_size", "gl_iters"], "VocoderConfig fields, e.g.")
+    f.set_defaults(fn=cmd_vocoder_train)
+    f = vs.add_parser("match", help="(re)build MODEL/vocoder's matching set: the real frames `knn` draws on")
+    f.add_argument("model")
+    _vocoder_data_args(f)
+    f.add_argument("--clips", type=int, help="clips of the output voice in the set (default: the vocoder's matching_clips)")
+    f.set_defaults(fn=cmd_vocoder_match)
+
+
+def _add_recipe_verbs(sub) -> None:
+    """report, demo, serve, study."""
     s = sub.add_parser("report", help="render RUN/report.md and docs/results.md from a run's report.json")
     s.add_argument("run", help="a demo run folder (holds report.json)")
     s.add_argument("--results", default="docs/results.md", help="the results page to write (default: docs/results.md)")
@@ -430,10 +476,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="a study YAML, or `report` (options docs=FOLDER out=FILE)")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_study)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dmlm", description="Discrete Multimodal Language Models")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="verb", required=True)
+    for add in (_add_data_verbs, _add_train, _add_scoring_verbs, _add_model_verbs, _add_vocoder, _add_recipe_verbs):
+        add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dmlm.util.cores import quiet_spin_waits
+
+    quiet_spin_waits()  # before anything loads torch (libgomp reads it once)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -8,25 +8,33 @@ Design decisions:
   Every helper takes the checkpoint, then its inputs, then keyword-only settings (`lang`/`to`,
   `opts`, `progress`): the same order and names as the `DMLM` methods.
 - T2S can rerank (`opts.rerank`): candidates from `opts.strategy` and sampling, the one the same
-  model's ASR task scores likeliest to say the text (`asr_log_likelihood`) is kept.
-- Speech out is units -> the checkpoint's vocoder; `speech_parts` reads only the codebook and
-  vocoder of a checkpoint folder, so resynthesis never pays for the LM.
+  model's ASR task (the t2s row's `rerank_by`) scores likeliest to say the text
+  (`asr_log_likelihood`) is kept.
+- Text goes through the checkpoint's `TextTokenizer` (`Checkpoint.text`), the class training
+  encodes with: one object, the same ids.
+- One type per argument: a `Checkpoint`, a `Codebook`, a `Vocoder`; paths and other input forms
+  are the front door's (`dmlm.api`). Speech out is units -> a vocoder; resynthesis takes the
+  codebook and vocoder alone, so it never pays for the LM.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from dmlm.decoding import DecodingOptions, generate, target_log_likelihood
 from dmlm.decoding.generate import check_positions
-from dmlm.modeling import Checkpoint, CheckpointFiles
-from dmlm.tasks import Sample, get_task
+from dmlm.modeling import Checkpoint
+from dmlm.tasks import TASKS, Sample, get_task, parse_spec
 from dmlm.util.errors import UserError
+
+if TYPE_CHECKING:
+    from dmlm.tokenizers.speech import Codebook
+    from dmlm.vocoder import Vocoder
 
 ENCODE_CHUNK = 64  # clips per codebook call: bounds the encoder's padded batch in memory
 
@@ -42,9 +50,10 @@ def check_can_do(ck: Checkpoint, task_name: str) -> None:
 def run_task(ck: Checkpoint, task_name: str, samples: Sequence[Sample], opts: DecodingOptions = DecodingOptions(),
              progress: bool = False) -> list[list[int]]:
     """Decoded target ids (unified vocabulary) for each sample."""
-    if opts.rerank > 1 and task_name != "t2s":
-        raise UserError(f"rerank={opts.rerank}: reranking is for t2s (by the model's ASR), not {task_name}")
     task = get_task(task_name)
+    if opts.rerank > 1 and getattr(task, "rerank_by", None) is None:
+        rerankable = ", ".join(n for n, t in TASKS.items() if getattr(t, "rerank_by", None))
+        raise UserError(f"rerank={opts.rerank}: reranking is for {rerankable} (by the model's ASR), not {task_name}")
     check_can_do(ck, task_name)
     prompts = [task.prompt(s, ck.vocab) for s in samples]
     check_positions(ck.model, prompts, [s.id for s in samples], task_name)
@@ -58,14 +67,15 @@ def prompts_for(ck: Checkpoint, task_name: str, samples: Sequence[Sample]) -> li
 
 
 def decode_text(ck: Checkpoint, ids: Sequence[int]) -> str:
-    return ck.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+    """Text of decoded ids (dmlm tokens skipped), through the checkpoint's text tokenizer."""
+    return ck.text.decode(ids)
 
 
 def encode_text(ck: Checkpoint, text: str) -> list[int]:
     """Text-tokenizer ids of `text`; an error for empty text, dmlm specials or unencodable characters."""
     if not text or not text.strip():
         raise UserError("the text is empty")
-    ids = ck.tokenizer.encode(text, add_special_tokens=False)
+    ids = ck.text.encode(text)
     lo, hi = ck.vocab.range("text")
     bad = [i for i in ids if not lo <= i < hi]
     if bad:  # the checkpoint's special/unit tokens typed as text would leak into the prompt
@@ -96,18 +106,6 @@ def transcribe_units(ck: Checkpoint, units: Sequence[np.ndarray], *, lang: str =
     return [decode_text(ck, o) for o in run_task(ck, "asr", samples, opts, progress)]
 
 
-def translate_units(ck: Checkpoint, units: Sequence[np.ndarray], *, to: str, src: str = "en",
-                    opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
-    samples = [get_task("s2tt").make_sample(str(i), u, src, to) for i, u in enumerate(units)]
-    return [decode_text(ck, o) for o in run_task(ck, "s2tt", samples, opts, progress)]
-
-
-def caption_codes(ck: Checkpoint, codes: Sequence[np.ndarray], *, lang: str = "en",
-                  opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
-    samples = [get_task("i2t").make_sample(str(i), c, lang) for i, c in enumerate(codes)]
-    return [decode_text(ck, o) for o in run_task(ck, "i2t", samples, opts, progress)]
-
-
 def synthesize_units(ck: Checkpoint, texts: Sequence[str], *, lang: str = "en",
                      opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[np.ndarray]:
     """Text -> speech units (the checkpoint codebook's ids) with the t2s task."""
@@ -120,10 +118,11 @@ def _rerank_t2s(ck: Checkpoint, samples: Sequence[Sample], first: list[list[int]
                 progress: bool) -> list[list[int]]:
     """Of `first` (by opts.strategy) and opts.rerank - 1 samples per text, the target ids whose
     units the model's own ASR task scores likeliest to say the text."""
-    tasks = [t.split(":")[0] for t in ck.tasks]
-    if tasks and "asr" not in tasks:
-        raise UserError(f"{ck.path}: rerank scores candidates with the model's ASR task, but it was trained on "
-                        f"{', '.join(tasks)}; use rerank=0")
+    scorer = get_task("t2s").rerank_by
+    tasks = [parse_spec(t)[0] for t in ck.tasks]
+    if tasks and scorer not in tasks:
+        raise UserError(f"{ck.path}: rerank scores candidates with the model's {get_task(scorer).label} task, but it "
+                        f"was trained on {', '.join(tasks)}; use rerank=0")
     n = opts.rerank - 1
     sampled = run_task(ck, "t2s", [s for s in samples for _ in range(n)],
                        replace(opts, strategy="sample", compute_type="float32", rerank=0), progress)
@@ -165,32 +164,13 @@ def output_log_likelihood(ck: Checkpoint, task_name: str, samples: Sequence[Samp
 # ------------------------------------------------------------------------------ speech out
 
 
-def speech_parts(model) -> tuple:
-    """(codebook, vocoder) of a loaded `Checkpoint`, a checkpoint folder (without loading its LM),
-    or a (codebook, vocoder) pair of objects or paths; the vocoder is checked against the codebook."""
-    from dmlm.tokenizers.speech import Codebook
-    from dmlm.vocoder.model import Vocoder
-
-    if isinstance(model, tuple):
-        cb, voc = model
-        cb = cb if isinstance(cb, Codebook) else Codebook.load(cb)
-        voc = voc if isinstance(voc, Vocoder) else Vocoder.load(voc)
-        voc.check(cb)
-        return cb, voc
-    if isinstance(model, Checkpoint):
-        return model.codebook("speech"), model.vocoder()
-    files = model if isinstance(model, CheckpointFiles) else CheckpointFiles(model)
-    cb = files.load_codebook("speech")
-    return cb, files.load_vocoder(cb)
+def resynthesize(codebook: Codebook, vocoder: Vocoder, wav: np.ndarray) -> np.ndarray:
+    """Audio -> units (`codebook`) -> `vocoder`: 16 kHz float32. The vocoder must be `codebook`'s."""
+    vocoder.check(codebook)
+    return vocoder.synthesize(codebook.encode(np.asarray(wav, dtype=np.float32)))
 
 
-def resynthesize(model, wav: np.ndarray) -> np.ndarray:
-    """Audio -> units (the checkpoint's codebook) -> vocoder: 16 kHz float32."""
-    cb, voc = speech_parts(model)
-    return voc.synthesize(cb.encode(np.asarray(wav, dtype=np.float32)))
-
-
-def vocode(vocoder, units: Sequence[np.ndarray], texts: Sequence[str] | None = None) -> list[np.ndarray]:
+def vocode(vocoder: Vocoder, units: Sequence[np.ndarray], texts: Sequence[str] | None = None) -> list[np.ndarray]:
     """Units -> 16 kHz float32 speech; an error naming the text when a sequence is empty."""
     for i, u in enumerate(units):
         if len(u) == 0:
@@ -198,15 +178,3 @@ def vocode(vocoder, units: Sequence[np.ndarray], texts: Sequence[str] | None = N
             raise UserError(f"the model generated no speech units for {what}; try sampling "
                             "(strategy=sample, or rerank) or a model trained longer on the t2s task")
     return vocoder.synthesize_batch([np.asarray(u) for u in units])
-
-
-def speak_batch(ck: Checkpoint | str | Path, texts: Sequence[str], *, lang: str = "en",
-                opts: DecodingOptions | None = None, vocoder=None) -> list[np.ndarray]:
-    """Texts -> DMLM units (t2s task) -> vocoder; 16 kHz float32 each."""
-    from dmlm.modeling import load_checkpoint
-
-    if not isinstance(ck, Checkpoint):
-        ck = load_checkpoint(ck)
-    voc = vocoder or ck.vocoder()
-    units = synthesize_units(ck, list(texts), lang=lang, opts=opts or DecodingOptions())
-    return vocode(voc, units, texts)

@@ -184,8 +184,7 @@ def speaking_model(multitask_model, mixed, tmp_path_factory):
     """A copy of `multitask_model` with a (barely trained, 3-step) vocoder: speech out runs end to end."""
     import shutil
 
-    from dmlm.vocoder.model import VocoderConfig
-    from dmlm.vocoder.train import train_vocoder
+    from dmlm.vocoder import VocoderConfig, train_vocoder
 
     root, manifest = mixed
     model = tmp_path_factory.mktemp("speaking") / "model"

@@ -16,7 +16,7 @@ from PIL import Image
 import dmlm
 from dmlm.data.manifest import read_manifest
 from dmlm.data.shards import TokenStore
-from dmlm.inference import caption_codes, transcribe_units
+from dmlm.inference import transcribe_units
 from dmlm.util.audio import load_audio
 from dmlm.util.images import load_image
 
@@ -147,7 +147,7 @@ def test_caption_every_input_form(m, recs):
     assert m.caption(arr) == text
     assert m.caption(Image.fromarray(arr)) == text
     codes = TokenStore(root / "units" / "mixed.image").get(r.id)
-    assert m.caption(dmlm.Codes(codes)) == caption_codes(m.checkpoint, [codes])[0] == text
+    assert m.caption(dmlm.Codes(codes)) == m.caption([dmlm.Codes(codes)])[0] == text
     assert m.caption([x.image_path(manifest) for x in records]) == [x.caption for x in records]
     with pytest.raises(dmlm.UserError, match="uint8"):
         m.caption(np.zeros((16, 16, 3), np.float32))

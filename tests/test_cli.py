@@ -265,3 +265,69 @@ def test_decode_unknown_task_and_missing_model(trained, corpus, tmp_path, capsys
                                                "--out", tmp_path / "h"], capsys)
     assert "not a dmlm checkpoint" in _fails(["decode", tmp_path, "--manifest", corpus.tiny,
                                               "--out", tmp_path / "h"], capsys)
+
+
+def _verb_parsers(parser, path=()):
+    """(verb path, parser) of every verb and sub-verb of the CLI."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _verb_parsers(sub, (*path, name))
+
+
+def test_every_advertised_override_is_a_real_field():
+    """Override help is generated from the config dataclasses: each `key=value` it shows names a field."""
+    import re
+
+    from dmlm.cli import build_parser
+    from dmlm.data.prepare import PrepareConfig
+    from dmlm.tokenizers.image import ImageCodebookSettings
+    from dmlm.tokenizers.speech import CodebookSettings
+    from dmlm.training.config import RunConfig
+    from dmlm.util.config import field_default
+    from dmlm.vocoder import VocoderConfig
+
+    settings = {("prepare",): [PrepareConfig], ("codebook", "fit"): [CodebookSettings, ImageCodebookSettings],
+                ("train",): [RunConfig], ("vocoder", "train"): [VocoderConfig]}
+    seen = 0
+    for path, sub in _verb_parsers(build_parser()):
+        help_text = sub.format_help()
+        keys = set(re.findall(r"(?<![\w.-])([a-z_][a-z0-9_.]*)=", help_text))
+        if path not in settings:
+            continue
+        for key in keys:
+            assert any(_is_field(cls, key) for cls in settings[path]), f"dmlm {' '.join(path)} --help advertises {key}="
+            seen += 1
+    assert seen > 20
+    fit = dict(_verb_parsers(build_parser()))[("codebook", "fit")].format_help()
+    assert "patch=8" in fit and "patch_size" not in fit
+    assert field_default(ImageCodebookSettings, "patch") == 8
+
+
+def _is_field(cls, key):
+    from dmlm.util.config import ConfigError, field_default
+
+    try:
+        field_default(cls, key)
+        return True
+    except ConfigError:
+        return False
+
+
+def test_import_dmlm_leaves_the_environment_alone():
+    """A library does not change its importer's environment; the CLI sets the OpenMP spin default."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = ("import os; before = dict(os.environ); import dmlm, dmlm.api, dmlm.recipes.demo; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
+            "from dmlm.cli import build_parser; import dmlm.cli as c; "
+            "c.main(['report', '/nonexistent']); print(os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "3000"  # the CLI's main sets it

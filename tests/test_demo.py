@@ -42,15 +42,15 @@ def test_tiny_demo_without_vocoder(tmp_path):
 
     assert len(TokenStore(out / "units" / "neural_extra")) == 2  # the vocoder's extra audio gets its units
     tasks = rep["tasks"]
-    assert {"asr", "asr_only", "s2tt", "i2t", "t2s", "text_lm", "text_lm_es", "speech_lm", "image_lm"} <= set(tasks)
-    assert 0 <= tasks["asr"]["wer"] and "baseline_bleu" in tasks["s2tt"] and "baseline_cider" in tasks["i2t"]
+    assert {"asr", "asr_only", "s2tt:es", "i2t", "t2s", "text_lm", "text_lm:es", "speech_lm", "image_lm"} <= set(tasks)
+    assert 0 <= tasks["asr"]["wer"] and "baseline_bleu" in tasks["s2tt:es"] and "baseline_cider" in tasks["i2t"]
     assert 0 <= tasks["t2s"]["unit_accuracy"] <= 100 and tasks["text_lm"]["perplexity"] > 1
     assert rep["train"]["mixture"]["steps"] == rep["train"]["asr_only"]["steps"] == 6
     assert rep["train"]["mixture"]["tokens_per_step"]["image"] > 0 and rep["train"]["asr_only"]["tokens_per_step"]["image"] == 0
     saved = json.loads((out / "report.json").read_text())
-    assert saved["tasks"]["s2tt"]["bleu"] == tasks["s2tt"]["bleu"]
+    assert saved["tasks"]["s2tt:es"]["bleu"] == tasks["s2tt:es"]["bleu"]
     intervals = {r["score"]: r for r in json.loads((out / "intervals.json").read_text())["scores"]}
-    assert intervals["S2TT en→es BLEU"]["value"] == pytest.approx(tasks["s2tt"]["bleu"])
+    assert intervals["S2TT en→es BLEU"]["value"] == pytest.approx(tasks["s2tt:es"]["bleu"])
     assert intervals["ASR WER %"]["ci95"][0] <= tasks["asr"]["wer"] <= intervals["ASR WER %"]["ci95"][1]
     md = (out / "report.md").read_text()
     for row in ("ASR (mixture model)", "ASR (ASR-only model)", "S2TT en→es", "I2T captioning", "T2S", "## I2T examples"):
@@ -68,9 +68,9 @@ def test_tiny_demo_without_vocoder(tmp_path):
     assert main(["report", str(out), "--results", str(tmp_path / "results.md")]) == 0
     assert (out / "report.md").read_text() == md
     res = (tmp_path / "results.md").read_text()
-    assert f"dmlm report {out}" in res and "| S2TT en→es |" in res and f"| BLEU | {tasks['s2tt']['bleu']:.2f} |" in res
+    assert f"dmlm report {out}" in res and "| S2TT en→es |" in res and f"| BLEU | {tasks['s2tt:es']['bleu']:.2f} |" in res
     assert "Wall time" in res and "mixture model: 6 steps" in res
-    assert f"| S2TT en→es BLEU | {tasks['s2tt']['bleu']:.2f} | [" in res and "95 % bootstrap intervals" in md
+    assert f"| S2TT en→es BLEU | {tasks['s2tt:es']['bleu']:.2f} | [" in res and "95 % bootstrap intervals" in md
     assert json.loads((tmp_path / "results.json").read_text())["tasks"] == tasks
     import dmlm
 
@@ -98,7 +98,7 @@ def test_stage_times_add_up_over_invocations(tmp_path):
 
 def _tiny_matching_set(folder: Path, clips: int = 1) -> None:
     """A real (tiny) matching set of `clips` clips, saved with its frames' order."""
-    from dmlm.vocoder.model import MatchingSet
+    from dmlm.vocoder import MatchingSet
 
     MatchingSet.build([(np.array([1, 2]), torch.zeros(4, 3))] * clips, k=4, r=2, voice="en-us+m3").save(folder)
 
@@ -107,7 +107,7 @@ def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
     from dataclasses import asdict
 
     from dmlm.recipes.demo import DemoConfig, train_demo_vocoder
-    from dmlm.vocoder.model import VocoderConfig
+    from dmlm.vocoder import VocoderConfig
 
     target = tmp_path / "model" / "vocoder"
     target.mkdir(parents=True)
@@ -133,8 +133,9 @@ def test_a_finished_vocoder_is_reused_only_with_the_same_settings(tmp_path):
 def test_a_finished_vocoder_takes_new_synthesis_settings_without_retraining(tmp_path):
     from dataclasses import asdict
 
-    from dmlm.recipes.demo import DemoConfig, _stamp, train_demo_vocoder
-    from dmlm.vocoder.model import VocoderConfig
+    from dmlm.recipes.demo import DemoConfig, train_demo_vocoder
+    from dmlm.recipes.stages import stamp as _stamp
+    from dmlm.vocoder import VocoderConfig
 
     target = tmp_path / "model" / "vocoder"
     target.mkdir(parents=True)
@@ -167,7 +168,7 @@ def test_a_finished_vocoder_without_a_matching_set_gets_one(tmp_path, monkeypatc
 
     import dmlm.vocoder.train as vt
     from dmlm.recipes.demo import DemoConfig, train_demo_vocoder
-    from dmlm.vocoder.model import VocoderConfig
+    from dmlm.vocoder import VocoderConfig
 
     target = tmp_path / "model" / "vocoder"
     target.mkdir(parents=True)
@@ -191,14 +192,14 @@ def test_a_new_matching_clips_rebuilds_only_the_matching_set(tmp_path, monkeypat
 
     import dmlm.vocoder.train as vt
     from dmlm.recipes.demo import DemoConfig, train_demo_vocoder
-    from dmlm.vocoder.model import VocoderConfig
+    from dmlm.vocoder import VocoderConfig
 
     target = tmp_path / "model" / "vocoder"
     target.mkdir(parents=True)
     saved = {**asdict(VocoderConfig()), "voice": "en-us+m3", "voices": ["en-us+m3"], "k": 1000, "training": {"steps": 9}}
     (target / "config.json").write_text(json.dumps(saved))
     (target / "model.safetensors").write_bytes(b"weights")
-    from dmlm.vocoder.model import MatchingSet
+    from dmlm.vocoder import MatchingSet
 
     def a_set(n):
         _tiny_matching_set(target, n)

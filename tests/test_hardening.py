@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from dmlm.cli import main
 from dmlm.modeling import CheckpointFiles, load_checkpoint
-from dmlm.training.train import lock_path, train
+from dmlm.training.state import lock_path
+from dmlm.training.train import train
 from dmlm.util.config import dump_config
 from dmlm.util.errors import OutputError, UserError
 
@@ -116,7 +117,7 @@ def test_killed_dmlm_train_process_resumes_bitwise(straight, run_config, tmp_pat
 
 
 def test_a_full_disk_is_an_output_error_and_keeps_the_previous_checkpoint(straight, run_config, tmp_path, monkeypatch):
-    import dmlm.training.train as train_mod
+    import dmlm.training.state as train_mod
 
     out = tmp_path / "model"
     cfg = run_config(out, *COMMON)

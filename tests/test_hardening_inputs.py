@@ -40,7 +40,8 @@ def test_clips_past_the_whisper_window_are_encoded_in_30s_windows():
     import numpy as np
     import torch
 
-    from dmlm.tokenizers.features import SAMPLE_RATE, WINDOW_S, _WhisperBase, n_frames
+    from dmlm.tokenizers.features import WHISPER_SAMPLES, _WhisperBase, n_frames
+    from dmlm.util.audio import SAMPLE_RATE
 
     class Encoder(_WhisperBase):  # Whisper's shape rules without its weights: frames = pairs of mel frames
         name, n_mels = "fake", 80
@@ -59,7 +60,7 @@ def test_clips_past_the_whisper_window_are_encoded_in_30s_windows():
     short = wav[: 3 * SAMPLE_RATE]
     enc = Encoder()
     long_f, short_f = enc([wav, short])
-    cut = WINDOW_S * SAMPLE_RATE
+    cut = WHISPER_SAMPLES
     head, tail = enc([wav[:cut]])[0], enc([wav[cut:]])[0]
     assert len(long_f) == n_frames(len(wav)) == len(head) + len(tail) == 1750
     assert np.array_equal(long_f, np.concatenate([head, tail]))
@@ -127,7 +128,10 @@ def test_evaluate_names_a_record_without_text_and_reports_one_without_audio(trai
     import json
 
     from dmlm.data.manifest import Record, read_manifest, write_manifest
+    from dmlm.data.split import Split
+    from dmlm.evaluation.options import EvalOptions
     from dmlm.evaluation.run import evaluate
+    from dmlm.modeling import load_checkpoint
     from dmlm.util.errors import UserError
 
     recs = read_manifest(corpus.tiny)
@@ -136,11 +140,12 @@ def test_evaluate_names_a_record_without_text_and_reports_one_without_audio(trai
     no_text = tmp_path / "no_text.jsonl"
     write_manifest(no_text, base[:2] + [Record(id="mute/../x", lang="en", audio=str(wav))])
     with pytest.raises(UserError, match=r"'mute/../x'.*text"):
-        evaluate(trained, "asr", no_text, progress=False)
+        evaluate(load_checkpoint(trained), "asr", Split(no_text), options=EvalOptions(progress=False))
     no_audio = tmp_path / "no_audio.jsonl"
     write_manifest(no_audio, base + [Record(id="textonly", lang="en", text="the red cat runs")])
     with caplog.at_level("WARNING"):
-        rep = evaluate(trained, "asr", no_audio, out=tmp_path / "rep.json", progress=False)
+        rep = evaluate(load_checkpoint(trained), "asr", Split(no_audio), out=tmp_path / "rep.json",
+                       options=EvalOptions(progress=False))
     assert rep["records"] == 4 and rep["skipped"] == {"reason": "no 'audio'", "count": 1, "ids": ["textonly"]}
     assert "1 record(s) without 'audio' are not scored" in caplog.text
     assert json.loads((tmp_path / "rep.json").read_text())["skipped"]["count"] == 1
@@ -152,7 +157,7 @@ def test_truncated_safetensors_are_one_line_errors_naming_the_file(trained, tmp_
     from dmlm.modeling import load_checkpoint
     from dmlm.tokenizers.speech import Codebook
     from dmlm.util.errors import UserError
-    from dmlm.vocoder.model import Vocoder
+    from dmlm.vocoder import Vocoder
 
     ck = tmp_path / "model"
     shutil.copytree(trained, ck)
@@ -168,7 +173,7 @@ def test_truncated_safetensors_are_one_line_errors_naming_the_file(trained, tmp_
     voc = tmp_path / "vocoder"
     voc.mkdir()
     (voc / "config.json").write_text("{}")
-    from dmlm.vocoder import model as vm
+    from dmlm.vocoder import files as vm
 
     (voc / vm.WEIGHTS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     with pytest.raises(UserError, match=rf"{vm.WEIGHTS}: cannot read it"):

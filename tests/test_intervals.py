@@ -61,3 +61,26 @@ def test_intervals_refuse_outputs_of_another_evaluation(run, capsys):
     with pytest.raises(UserError, match="ASR WER % recomputed from the kept outputs"):
         headline_intervals(run)
     assert main([str(run / "nowhere")]) == 2 and "no report.json" in capsys.readouterr().err
+
+
+def test_a_run_with_another_language_pair_reports_it(tmp_path):
+    """Rows are keyed by task spec: a run that trained `s2tt:de` gets an "S2TT en→de" row, example table and interval."""
+    from dmlm.recipes.report import render_markdown
+
+    refs = ["ein roter wagen", "der große hund läuft"]
+    _jsonl(tmp_path / "eval" / "s2tt_de.hyps.jsonl", [{"id": f"u{i}", "ref": r, "hyp": r, "heldout_voice": False}
+                                                      for i, r in enumerate(refs)])
+    from dmlm.metrics import translation_scores
+
+    bleu = translation_scores(refs, refs)["bleu"]
+    report = {"tasks": {"s2tt:de": {"bleu": bleu, "chrf": 100.0}, "text_lm:de": {"perplexity": 3.5}},
+              "machine": {"cores": 2, "cpu": "x", "gpu": None}, "minutes": 1.0, "stages_seconds": {"train": 60.0},
+              "train": {}, "codebook": {"backend": "mel", "model": None, "layer": -1, "k": 16, "frame_rate": 50.0,
+                                         "dedup": False, "fingerprint": "f"},
+              "config": {"prepare": {"corpus": "mini-world"}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    md = render_markdown(report, tmp_path)
+    assert "| S2TT en→de | BLEU |" in md and "en→es" not in md and "## S2TT en→de examples" in md
+    assert "| text_lm:de (unpaired) | perplexity | 3.50 |" in md
+    rows = {r["score"]: r for r in headline_intervals(tmp_path, draws=100)}
+    assert set(rows) == {"S2TT en→de BLEU"} and rows["S2TT en→de BLEU"]["value"] == pytest.approx(bleu)

@@ -17,7 +17,9 @@ from dmlm.decoding import DecodingOptions, generate
 from dmlm.modeling import load_checkpoint
 from dmlm.tasks import Sample, get_task
 from dmlm.tokenizers.speech import CodebookMismatch
-from dmlm.training.train import bucket_batches, lr_factor, train
+from dmlm.training.data_order import bucket_batches
+from dmlm.training.train import train
+from dmlm.util.schedule import warmup_cosine
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +150,11 @@ def test_bucket_batches_respect_the_budget_and_are_reproducible():
 
 
 def test_lr_schedule():
-    assert lr_factor(0.0, 0.1, 0.05) == pytest.approx(1e-3)
-    assert lr_factor(0.05, 0.1, 0.05) == pytest.approx(0.5)
-    assert lr_factor(0.1, 0.1, 0.05) == pytest.approx(1.0)
-    assert lr_factor(1.0, 0.1, 0.05) == pytest.approx(0.05)
-    xs = [lr_factor(x / 100, 0.1, 0.05) for x in range(10, 101)]
+    assert warmup_cosine(0.0, 0.1, 0.05) == pytest.approx(1e-3)
+    assert warmup_cosine(0.05, 0.1, 0.05) == pytest.approx(0.5)
+    assert warmup_cosine(0.1, 0.1, 0.05) == pytest.approx(1.0)
+    assert warmup_cosine(1.0, 0.1, 0.05) == pytest.approx(0.05)
+    xs = [warmup_cosine(x / 100, 0.1, 0.05) for x in range(10, 101)]
     assert all(a >= b for a, b in zip(xs, xs[1:]))
 
 

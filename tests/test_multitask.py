@@ -23,19 +23,22 @@ def test_mixture_is_logged_per_task_and_modality(multitask_model):
 
 
 def test_overfit_mixed_batch_decodes_every_task(multitask_model, mixed):
+    from dmlm.data.split import Split
+    from dmlm.evaluation.options import EvalOptions
     from dmlm.evaluation.tasks import evaluate_task
+    from dmlm.modeling import load_checkpoint
 
     root, manifest = mixed
-    units = root / "units"
-    asr = evaluate_task(multitask_model, "asr", manifest, units=units, progress=False)
+    ck, split, quiet = load_checkpoint(multitask_model), Split(manifest, root / "units"), EvalOptions(progress=False)
+    asr = evaluate_task(ck, "asr", split, options=quiet)
     assert asr["wer"] == 0.0
-    s2tt = evaluate_task(multitask_model, "s2tt:es", manifest, units=units, progress=False)
+    s2tt = evaluate_task(ck, "s2tt:es", split, options=quiet)
     assert s2tt["bleu"] > 99.0 and s2tt["chrf"] > 99.0
-    i2t = evaluate_task(multitask_model, "i2t", manifest, units=units, progress=False)
+    i2t = evaluate_task(ck, "i2t", split, options=quiet)
     assert i2t["bleu"] > 99.0
-    t2s = evaluate_task(multitask_model, "t2s", manifest, units=units, progress=False)
+    t2s = evaluate_task(ck, "t2s", split, options=quiet)
     assert t2s["unit_accuracy"] > 90.0, t2s
-    lm = evaluate_task(multitask_model, "text_lm:es", manifest, units=units, progress=False)
+    lm = evaluate_task(ck, "text_lm:es", split, options=quiet)
     assert 1.0 <= lm["perplexity"] < 1.5
 
 
@@ -129,7 +132,7 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
     assert main(["vocoder", "match", str(model), "--manifest", str(manifest), "--units", str(root / "units" / "mixed"),
                  "--clips", "2"]) == 0
     assert json.loads((model / "vocoder" / "config.json").read_text())["matching_clips"] == 2
-    from dmlm.vocoder.model import MatchingSet
+    from dmlm.vocoder import MatchingSet
 
     assert 0 < len(MatchingSet.load(model / "vocoder").frames)
     assert main(["vocoder", "match", str(tmp_path), "--clips", "2"]) == 2  # no vocoder there: a clear error
@@ -172,7 +175,7 @@ def test_cli_speech_out(multitask_model, mixed, tmp_path, capsys):
 
 def test_a_task_can_train_on_chosen_speakers(mixed, run_config, tmp_path):
     """data.speakers: T2S learns one voice while ASR hears every voice; bad names are clear errors."""
-    from dmlm.training.train import setup
+    from dmlm.training.setup import setup
 
     root, manifest = mixed
     recs = read_manifest(manifest)

@@ -16,7 +16,9 @@ from dmlm.training.loss import LOSSES, loss_counts, loss_weights
 from dmlm.modeling import ModelConfig, build_model
 from dmlm.training.packing import check_packing
 from dmlm.tasks import Rendered
-from dmlm.training.train import _forward, _step_loss, collate, padding_share, train
+from dmlm.training.data_order import collate, padding_share
+from dmlm.training.loop import _forward, _step_loss
+from dmlm.training.train import train
 from dmlm.vocab import MOD_IMAGE, MOD_SPEECH, MOD_TEXT, Vocab
 
 VOCAB = Vocab(text_size=300, speech_size=16, image_size=8)

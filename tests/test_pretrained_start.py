@@ -216,7 +216,7 @@ def test_trimmed_cut_llm_trains_and_loads_in_plain_transformers(llm, run_config,
 
 
 def test_trim_vocab_refuses_a_separate_text_tokenizer(llm, run_config, tmp_path):
-    from dmlm.training.train import build_text_tokenizer
+    from dmlm.training.setup import build_text_tokenizer
 
     path, _ = llm
     cfg = run_config(tmp_path / "m", "model.init=pretrained", f"model.llm={path}", "model.trim_vocab=true",

@@ -96,20 +96,21 @@ def test_tampered_file_is_refused(codebook, tmp_path):
 
 
 def test_mismatch_with_a_store_or_checkpoint_fingerprint(codebook, corpus, wavs, mel_settings):
-    from dmlm.data.shards import TokenStore
+    from dmlm.data.split import Split
+    from dmlm.tasks import Sources
     from dmlm.tokenizers.text import TextTokenizer
-    from dmlm.training.train import asr_samples
+    from dmlm.training.setup import task_samples
 
     codebook.check(codebook.fingerprint, "token store x")  # same: fine
     codebook.check(None, "legacy store")  # unknown: nothing to compare
     with pytest.raises(CodebookMismatch, match="token store x was made with speech codebook 0123456789abcdef"):
         codebook.check("0123456789abcdef", "token store x")
     other = fit_codebook(wavs, mel_settings(seed=11))
-    store = TokenStore(corpus.units / "tiny")  # made with the session codebook
     text = TextTokenizer.train_bpe(corpus.texts(corpus.train), 280)
-    assert len(asr_samples(corpus.tiny, store, text, codebook)) == 4
+    store = Split(corpus.tiny, corpus.units).store("speech", codebook)  # made with the session codebook
+    assert len(task_samples("asr", Sources(corpus.tiny, text, speech=store))) == 4
     with pytest.raises(CodebookMismatch, match=str(store.prefix)):
-        asr_samples(corpus.tiny, store, text, other)
+        Split(corpus.tiny, corpus.units).store("speech", other)  # what training's setup opens its stores with
 
 
 def test_dedup_and_pooling():

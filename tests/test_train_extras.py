@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from dmlm.training.train import bucket_batches, padding_share, train
+from dmlm.training.data_order import bucket_batches, padding_share
+from dmlm.training.train import train
 
 
 def test_bucketing_wastes_less_padding_than_random_batches():
@@ -62,3 +63,35 @@ def test_a_finished_run_is_recognized_before_setup(run_config, tmp_path, monkeyp
     more = run_config(tmp_path / "model", "train.steps=3", "train.batch_tokens=400", "train.eval_every=100")
     with pytest.raises(AssertionError, match="setup ran"):  # another budget: the full resume path
         train(more, resume=True)
+
+
+def _tb_steps(out) -> list[int]:
+    """The steps of the run's TensorBoard loss curve as TensorBoard reads them (restarts purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dmlm.training.runlog import RunLog
+
+    events = EventAccumulator(str(RunLog.tb_path(out)))
+    events.Reload()
+    return [e.step for e in events.Scalars("train/loss")]
+
+
+def test_a_resumed_run_cuts_its_tensorboard_events_back_to_the_resumed_step(run_config, tmp_path):
+    """A run killed after logging steps past its last save trains them again: each step once in TensorBoard."""
+    import shutil
+
+    from dmlm.training.runlog import RunLog
+
+    out = tmp_path / "model"
+    cfg = run_config(out, "train.steps=6", "train.batch_tokens=400", "train.log_every=1", "train.eval_every=100")
+    train(cfg, stop_at=2)
+    shutil.copytree(out, tmp_path / "at_step_2")
+    train(cfg, resume=True, stop_at=4)  # logs steps 3 and 4 ...
+    shutil.rmtree(out)
+    shutil.copytree(tmp_path / "at_step_2", out)  # ... but is "killed" before its save at step 4
+    train(cfg, resume=True)
+    assert [r["step"] for r in RunLog.rows(out) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert _tb_steps(out) == [1, 2, 3, 4, 5, 6]
+    train(run_config(out, "train.steps=2", "train.batch_tokens=400", "train.log_every=1", "train.eval_every=100"),
+          overwrite=True)  # a fresh run starts both logs empty
+    assert _tb_steps(out) == [1, 2]

@@ -46,11 +46,11 @@ def test_unpaired_counts_are_checked(tmp_path):
 
 
 def test_lm_tasks_read_only_the_unpaired_manifests(corpus, tmp_path):
-    from dmlm.recipes.demo import tokenize_unpaired, unpaired_manifests
+    from dmlm.recipes.stages import tokenize_unpaired, unpaired_manifests
     from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
     from dmlm.tokenizers.tokenize import load_record_audio, tokenize_manifest
     from dmlm.training.config import RunConfig
-    from dmlm.training.train import setup
+    from dmlm.training.setup import setup
     from dmlm.util.config import load_config
 
     out, m = corpus

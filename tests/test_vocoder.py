@@ -23,7 +23,7 @@ from dmlm.data.manifest import read_manifest
 from dmlm.evaluation.judge import judge
 from dmlm.tokenizers.speech import Codebook, CodebookMismatch
 from dmlm.vocoder import NoVocoder, Vocoder, VocoderConfig, run_lengths, train_vocoder
-from dmlm.vocoder.model import UnitToSpec, pad_batch
+from dmlm.vocoder.network import UnitToSpec, pad_batch
 from dmlm.vocoder.spectrogram import griffin_lim, log_magnitude
 
 TINY = dict(dim=32, unit_layers=2, frame_dim=32, frame_layers=1, duration_dim=16, n_fft=256, win_length=256,
@@ -136,7 +136,7 @@ def test_several_manifests_pool_their_records(corpus, tmp_path):
     """Audio of the output voice beyond the paired corpus: a second manifest (its own folder, its
     own store) joins the training clips and the matching set; ids may not repeat across them."""
     from dmlm.data.manifest import write_manifest
-    from dmlm.vocoder.train import add_matching_set
+    from dmlm.vocoder import add_matching_set
 
     recs = read_manifest(corpus.tiny)
     other = tmp_path / "elsewhere"
@@ -182,7 +182,7 @@ def test_speaker_conditioned_vocoder_speaks_in_one_voice(corpus, tmp_path):
 
 
 def test_matching_set_replaces_frames_by_real_frames_of_the_same_unit():
-    from dmlm.vocoder.model import MatchingSet
+    from dmlm.vocoder import MatchingSet
 
     # unit 1: frames at 0 and 10; unit 2: frames at 5 and 6; unit 3 never seen; r = 2 frames per unit
     clips = [(np.array([1, 2]), torch.tensor([[0.0], [10.0], [5.0], [6.0]]))]
@@ -199,7 +199,7 @@ def test_matching_set_replaces_frames_by_real_frames_of_the_same_unit():
 
 
 def test_matching_with_context_compares_the_neighbouring_frames(tmp_path):
-    from dmlm.vocoder.model import MatchingSet
+    from dmlm.vocoder import MatchingSet
 
     rng = np.random.default_rng(0)
     clips = [(rng.integers(0, 3, n), torch.as_tensor(rng.normal(size=(2 * n, 4)), dtype=torch.float32)) for n in (5, 7, 1)]
@@ -246,8 +246,8 @@ def test_matching_with_context_compares_the_neighbouring_frames(tmp_path):
 
 
 def test_trained_vocoder_keeps_a_matching_set(vocoder_dir, corpus, codebook, tmp_path):
-    from dmlm.vocoder.model import MATCHING
-    from dmlm.vocoder.train import add_matching_set
+    from dmlm.vocoder.files import MATCHING
+    from dmlm.vocoder import add_matching_set
 
     voc = Vocoder.load(vocoder_dir)
     assert (vocoder_dir / MATCHING).is_file() and voc.matching is not None and voc.cfg.knn > 0
@@ -340,10 +340,12 @@ def fake_checkpoint(root: Path, corpus, vocoder_dir: Path | None) -> Path:
 
 def test_checkpoint_without_vocoder_says_how_to_train_one(corpus, tmp_path):
     from dmlm.inference import resynthesize
+    from dmlm.modeling import CheckpointFiles
 
-    ck = fake_checkpoint(tmp_path, corpus, None)
+    files = CheckpointFiles(fake_checkpoint(tmp_path, corpus, None))
     with pytest.raises(NoVocoder, match="dmlm vocoder train"):
-        resynthesize(ck, np.zeros(16_000, np.float32))
+        cb = files.load_codebook("speech")
+        resynthesize(cb, files.load_vocoder(cb), np.zeros(16_000, np.float32))
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -371,11 +373,13 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 def test_resynthesize_a_checkpoint_folder(vocoder_dir, corpus, tmp_path):
     from dmlm.inference import resynthesize
+    from dmlm.modeling import CheckpointFiles
 
-    ck = fake_checkpoint(tmp_path, corpus, vocoder_dir)
+    files = CheckpointFiles(fake_checkpoint(tmp_path, corpus, vocoder_dir))
+    cb = files.load_codebook("speech")
     src = read_manifest(corpus.dev)[0].audio_path(corpus.dev)
     out = tmp_path / "out" / "resynth.wav"
-    write_wav(out, resynthesize(ck, load_audio(src)))
+    write_wav(out, resynthesize(cb, files.load_vocoder(cb), load_audio(src)))
     wav, ref = load_audio(out), load_audio(src)
     import soundfile
 
@@ -404,11 +408,15 @@ def _loaded_fake_checkpoint(root, corpus, vocoder_dir, codebook):
 
 
 def test_speak_through_synthesize_units(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):
+    from dmlm.api import DMLM
     from dmlm.decoding import DecodingOptions
-    from dmlm.inference import speak_batch
 
-    def speak(ck, text, opts=None):
-        return speak_batch(ck, [text], opts=opts)[0]
+    def speak(ck, text, opts=None):  # through the front door's speak (units, then the vocoder)
+        return DMLM(ck).speak([text], options=opts)[0].samples
+
+    def patch_units(fn):  # the units DMLM.speak vocodes come from its synthesize_units
+        monkeypatch.setattr(DMLM, "synthesize_units", lambda self, texts, *, lang="en", return_details=False,
+                            options=None, **kw: fn(self.checkpoint, texts, lang=lang, opts=options))
 
     store_units = {r.text: codebook.encode(load_audio(r.audio_path(corpus.tiny))) for r in read_manifest(corpus.tiny)}
     seen = {}
@@ -417,7 +425,7 @@ def test_speak_through_synthesize_units(vocoder_dir, corpus, codebook, tmp_path,
         seen["opts"] = opts
         return [np.asarray(store_units.get(t, [1, 2, 3])) for t in texts]
 
-    _patch_synthesize_units(monkeypatch, fake)
+    patch_units(fake)
     ck = _loaded_fake_checkpoint(tmp_path, corpus, vocoder_dir, codebook)
     text = read_manifest(corpus.tiny)[0].text
     opts = DecodingOptions(strategy="sample", temperature=0.8, seed=3)
@@ -427,7 +435,7 @@ def test_speak_through_synthesize_units(vocoder_dir, corpus, codebook, tmp_path,
     write_wav(tmp_path / "speak.wav", wav)
     assert len(load_audio(tmp_path / "speak.wav")) == len(wav)
 
-    _patch_synthesize_units(monkeypatch, lambda ck, texts, *, lang="en", opts=None: [np.zeros(0, np.int64) for _ in texts])
+    patch_units(lambda ck, texts, *, lang="en", opts=None: [np.zeros(0, np.int64) for _ in texts])
     with pytest.raises(ValueError, match="no speech units"):
         speak(ck, text)
 
@@ -453,11 +461,14 @@ def test_build_judge_picks_a_checkpoint_or_whisper(tmp_path, monkeypatch):
 
 
 def test_evaluate_resynthesis_writes_report_examples_and_plot(vocoder_dir, corpus, codebook, tmp_path):
+    from dmlm.data.split import Split
+    from dmlm.evaluation.options import EvalOptions
     from dmlm.evaluation.speech import evaluate_resynthesis
 
     j = EchoJudge(read_manifest(corpus.dev)[0].text)
     out = tmp_path / "eval"
-    rep = evaluate_resynthesis((corpus.codebook, vocoder_dir), corpus.dev, corpus.units / "dev", j, n=3, out_dir=out)
+    rep = evaluate_resynthesis(Codebook.load(corpus.codebook), Vocoder.load(vocoder_dir), Split(corpus.dev, corpus.units / "dev"),
+                               j, EvalOptions(limit=3), out_dir=out)
     assert rep["task"] == "resynthesis" and rep["scores"]["seen"]["utterances"] == 3
     assert 0 <= rep["wer"] and "original_wer" in rep and j.calls == 2
     assert rep["vocoder_voice"] is None and "vocoder_voice" not in rep["scores"]  # not speaker-conditioned
@@ -550,7 +561,9 @@ def test_t2s_texts_prefer_recordings_in_the_vocoders_voice(tmp_path):
 
 
 def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, tmp_path, monkeypatch):
-    from dmlm.evaluation.speech import evaluate_t2s_audio
+    from dmlm.data.split import Split
+    from dmlm.evaluation.options import EvalOptions
+    from dmlm.evaluation.speech import evaluate_t2s_audio, t2s_units
 
     calls = []
 
@@ -560,12 +573,13 @@ def test_evaluate_t2s_audio_counts_empty_outputs(vocoder_dir, corpus, codebook, 
 
     _patch_synthesize_units(monkeypatch, fake)
     ck = _loaded_fake_checkpoint(tmp_path, corpus, vocoder_dir, codebook)
-    cache: dict = {}
-    rep = evaluate_t2s_audio(ck, corpus.dev, EchoJudge(), n=4, out_dir=tmp_path / "t2s", original=False, units_cache=cache)
+    split, four = Split(corpus.dev), EvalOptions(limit=4, original=False)
+    units = t2s_units(ck, split, options=four)
+    rep = evaluate_t2s_audio(ck, split, EchoJudge(), options=four, out_dir=tmp_path / "t2s", units=units)
     assert rep["empty_outputs"] == 2 and rep["scores"]["all"]["utterances"] == 4
     assert (tmp_path / "t2s" / "report.json").is_file() and (tmp_path / "t2s" / "spectrograms.png").is_file()
     # a second judge of the same model and options hears the same units, generated once
-    again = evaluate_t2s_audio(ck, corpus.dev, EchoJudge("a b"), n=4, original=False, units_cache=cache)
+    again = evaluate_t2s_audio(ck, split, EchoJudge("a b"), options=four, units=units)
     assert calls == [4] and again["empty_outputs"] == 2 and again["wer"] != rep["wer"]
 
 
@@ -585,7 +599,7 @@ def test_whisper_judge_on_real_speech(engine, corpus):
 def test_changed_settings_sorts_settings_by_what_they_need():
     from dataclasses import asdict
 
-    from dmlm.vocoder.model import VocoderConfig
+    from dmlm.vocoder import VocoderConfig
 
     saved = asdict(VocoderConfig())
     new = VocoderConfig(dim=128, knn=4, matching_clips=10, k=7)  # k is filled in by training: never a change
@@ -603,3 +617,91 @@ def test_record_ids_never_choose_where_example_files_go():
     for rid in ("../../etc/x", "/abs/path", "a/b\\c", "..", "x" * 300):
         name = safe_name(rid)
         assert "/" not in name and "\\" not in name and not name.startswith(".") and 0 < len(name) <= 120
+
+
+# ------------------------------------------------------------------------------ saved vocoders and their settings
+
+# config.json as dmlm wrote it before the config was split by kind (`asdict` of the flat VocoderConfig of
+# dmlm/vocoder/model.py, every field, in its order), for a tiny deduplicating, speaker-conditioned vocoder
+OLD_CONFIG_JSON = {
+    "format_version": 1, "dim": 32, "unit_layers": 2, "frame_dim": 32, "frame_layers": 1, "kernel": 5, "dropout": 0.0,
+    "duration_dim": 16, "target": "mel", "n_mels": 20, "n_fft": 256, "hop": 160, "win_length": 256, "gl_iters": 4,
+    "gl_momentum": 0.99, "gl_power": 1.2, "knn": 2, "knn_context": 0, "knn_stride": 2, "centroid_init": True,
+    "table_clips": 4, "matching_clips": 4000, "cache_gb": 2.0, "batch_size": 16, "precision": "fp32", "lr": 0.002,
+    "warmup": 0.05, "weight_decay": 0.01, "max_seconds": 8.0, "speakers": None, "seed": 0, "speaker_conditioning": True,
+    "codebook_fingerprint": "x", "k": 16, "frame_rate": 50.0, "dedup": True, "voices": ["a", "b"], "voice": "b",
+    "training": {"steps": 9, "seconds": 1.0, "loss": 0.5, "history": [], "manifests": ["/data/train.jsonl"],
+                 "records": 4, "final": True},
+}
+
+# the weights' names in model.safetensors of such a vocoder: renaming a module breaks every saved vocoder
+OLD_WEIGHT_NAMES = sorted(
+    [f"{p}.{i}.{m}.{w}" for p, n in (("duration.blocks", 2), ("unit_blocks", 2), ("frame_blocks", 1)) for i in range(n)
+     for m in ("conv1", "conv2", "norm") for w in ("bias", "weight")]
+    + ["duration.emb.weight", "duration.out.bias", "duration.out.weight", "emb.weight", "out.bias", "out.weight",
+       "out_norm.bias", "out_norm.weight", "phase", "proj.bias", "proj.weight", "speaker.weight", "table.weight"])
+
+
+def _old_vocoder_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """A vocoder folder written the way dmlm wrote it before: config.json, model.safetensors and a
+    matching set without frame order; returns the weights."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    cfg = VocoderConfig.from_dict(OLD_CONFIG_JSON)
+    weights = {k: v + 0.01 * torch.randn_like(v) for k, v in UnitToSpec(cfg).state_dict().items()}  # no zero layer
+    folder.mkdir(parents=True)
+    save_file(weights, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(OLD_CONFIG_JSON, indent=1))
+    frames = torch.randn(32, 20).half()
+    save_file({"frames": frames, "bounds": torch.arange(17) * 2}, str(folder / "matching.safetensors"),
+              metadata={"voice": "b"})
+    return weights
+
+
+def test_a_vocoder_saved_before_the_split_loads_and_speaks_the_same(tmp_path):
+    from safetensors.torch import load_file
+
+    weights = _old_vocoder_folder(tmp_path / "old")
+    assert sorted(weights) == OLD_WEIGHT_NAMES
+    voc = Vocoder.load(tmp_path / "old")
+    assert voc.cfg == VocoderConfig.from_dict(OLD_CONFIG_JSON) and voc.voice == "b" and voc.matching is not None
+    assert not voc.matching.has_context
+    net = UnitToSpec(voc.cfg)
+    net.load_state_dict(load_file(str(tmp_path / "old" / "model.safetensors")))
+    units = np.random.default_rng(0).integers(0, 16, 30)
+    same = Vocoder(voc.cfg, net, voc.matching).synthesize(units)
+    assert np.array_equal(voc.synthesize(units), same)
+    # saved again, it writes the same settings under the same keys, and its training record
+    voc.save(tmp_path / "again", OLD_CONFIG_JSON["training"])
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == OLD_CONFIG_JSON
+    assert np.array_equal(Vocoder.load(tmp_path / "again").synthesize(units), same)
+
+
+def test_update_changes_synthesis_settings_only(tmp_path):
+    from dmlm.vocoder import VocoderFiles, kind_of
+
+    _old_vocoder_folder(tmp_path / "v")
+    voc = Vocoder.load(tmp_path / "v")
+    units = np.random.default_rng(1).integers(0, 16, 20)
+    before = voc.synthesize(units)
+    assert voc.update(knn=2, gl_iters=8) == {"gl_iters": 8}  # knn is already 2: nothing to write for it
+    assert voc.cfg.gl_iters == 8 and not np.array_equal(voc.synthesize(units), before)
+    saved = json.loads((tmp_path / "v" / "config.json").read_text())
+    assert saved == {**OLD_CONFIG_JSON, "gl_iters": 8}  # every other key, the training record too, as it was
+    assert Vocoder.load(tmp_path / "v").cfg == voc.cfg
+    for name in ("dim", "lr", "k"):  # architecture, training, spec: a new network
+        with pytest.raises(ValueError, match=f"{name} cannot change after training"):
+            voc.update(**{name: 1})
+    with pytest.raises(ValueError, match="unknown vocoder setting 'nope'"):
+        voc.update(nope=1)
+    assert json.loads((tmp_path / "v" / "config.json").read_text()) == saved  # a refused update writes nothing
+    assert [kind_of(n) for n in ("dim", "knn", "matching_clips", "lr", "voice")] == \
+        ["architecture", "synthesis", "matching", "training", "spec"]
+    # a new matching_clips: the set of the old count goes, with its file
+    assert voc.update(matching_clips=3) == {"matching_clips": 3} and voc.matching is None
+    assert not (tmp_path / "v" / "matching.safetensors").exists()
+    files = VocoderFiles(tmp_path / "v")
+    assert files.exists and files.config().matching_clips == 3 and files.trained_on() == ["/data/train.jsonl"]
+    with pytest.raises(ValueError, match="neither loaded nor saved"):
+        Vocoder(voc.cfg).update(knn=1)

@@ -22,6 +22,9 @@ from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_text
 
 SPLITS = ("train", "dev", "test")
+HELDOUT_VOICE = "heldout_voice"
+"""The `custom` field that marks a record spoken by a voice no training record has (and the same
+key in an evaluation row): such records are scored as their own group."""
 
 
 class ManifestError(UserError):
@@ -144,3 +147,10 @@ def write_manifest(path: str | Path, records: Iterable[Record]) -> int:
     lines = [r.to_json() for r in records]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+def is_heldout_voice(record: Any) -> bool:
+    """A manifest record (`custom.heldout_voice`) or an evaluation row (`heldout_voice`)."""
+    if isinstance(record, dict):
+        return bool(record.get(HELDOUT_VOICE))
+    return bool((record.custom or {}).get(HELDOUT_VOICE))

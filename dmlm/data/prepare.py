@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dmlm.data.corpus import Sentence
-from dmlm.data.manifest import Record, read_manifest, write_manifest
+from dmlm.data.manifest import HELDOUT_VOICE, Record, is_heldout_voice, read_manifest, write_manifest
 from dmlm.data.synth import Voice, draw_voice, synthesize_many
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json
@@ -240,7 +240,7 @@ def _write_neural_extra(cfg: PrepareConfig, out: Path, unpaired: Path) -> Path:
     durations = synthesize_many(jobs, workers=cfg.workers, desc="synthesize neural_extra")
     write_manifest(path, [Record(id=uid, split="train", lang="en", audio=f"wav/{uid}.wav", duration=round(d, 3),
                                  text=s.text, speaker=v.speaker,
-                                 custom={"voice": asdict(v), "heldout_voice": False, "vocoder_only": True})
+                                 custom={"voice": asdict(v), HELDOUT_VOICE: False, "vocoder_only": True})
                           for (s, v, uid), d in zip(rows, durations)])
     return path
 
@@ -260,7 +260,7 @@ def add_scene_images(records: list[Record], out: Path, size: int = 64) -> list[R
         if not scene or not is_visual(scene):
             result.append(r)
             continue
-        name = r.id.removesuffix("-hv") if r.custom.get("heldout_voice") else r.id
+        name = r.id.removesuffix("-hv") if is_heldout_voice(r) else r.id
         rel = f"img/{name}.png"
         if not (out / rel).is_file():
             save_image(out / rel, draw_scene(scene, size))

@@ -5,11 +5,19 @@
 decoding, evaluation, the vocoder and the recipes find a manifest's stores through `Split`
 (never by re-deriving the names), and a store is checked against the codebook that must have
 made it (`codebook.check(fingerprint, what)`; any object with that method) before it is read.
+
+`Split.tokens(record, modality)` owns "the tokens of this record": those computed for this
+split (`put`, e.g. evaluation without token stores encodes with the checkpoint's codebook),
+else its token store's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from dmlm.data.shards import TokenStore, store_file
 from dmlm.util.errors import MissingFileError
@@ -36,6 +44,8 @@ class Split:
     def __init__(self, manifest: str | Path, stores: str | Path | None = None):
         self.manifest = Path(manifest)
         self.stores = Path(stores) if stores else None
+        self._open: dict[str, TokenStore] = {}  # stores opened (and checked) by `store`
+        self._computed: dict[str, Mapping[str, np.ndarray]] = {}  # tokens computed for this split, by modality
 
     def __repr__(self) -> str:
         return f"Split({str(self.manifest)!r}, stores={str(self.stores) if self.stores else None!r})"
@@ -56,7 +66,34 @@ class Split:
                 return None
             raise MissingFileError(f"{self.prefix(modality)}: no {modality} token store for {self.manifest} (run "
                                    f"`dmlm tokenize` with --out {self.stores})")
-        store = TokenStore(self.prefix(modality))
+        store = self._open.get(modality) or TokenStore(self.prefix(modality))
         if codebook is not None:
             codebook.check(store.fingerprint, f"token store {store.prefix}")
+        self._open[modality] = store
         return store
+
+    def put(self, modality: str, tokens: Mapping[str, np.ndarray]) -> None:
+        """Tokens of `modality` computed for this split (by record id): `tokens` reads them before any store."""
+        self._computed[modality] = tokens
+
+    def tokens(self, record: Any, modality: str = "speech") -> np.ndarray:
+        """The tokens of `record` (a manifest record): computed for this split (`put`), else its token store's."""
+        return self._by_id(record.id, modality)
+
+    def _by_id(self, record_id: str, modality: str) -> np.ndarray:
+        computed = self._computed.get(modality)
+        return computed[record_id] if computed is not None else self.store(modality).get(record_id)
+
+    def reader(self, modality: str) -> "SplitTokens":
+        """What `dmlm.tasks.Sources` reads `modality`'s tokens through (`get(record_id)`)."""
+        return SplitTokens(self, modality)
+
+
+class SplitTokens:
+    """One modality of a `Split` as a token source with `get(record_id)` (a `TokenStore`'s interface)."""
+
+    def __init__(self, split: Split, modality: str):
+        self.split, self.modality = split, modality
+
+    def get(self, record_id: str) -> np.ndarray:
+        return self.split._by_id(record_id, self.modality)

@@ -49,6 +49,7 @@ from dmlm.util.progress import tqdm
 from dmlm.util.audio import SAMPLE_RATE, write_wav
 from dmlm.util.cores import available_cores, onnx_session_options
 from dmlm.util.errors import UserError
+from dmlm.util.io import read_jsonl, write_jsonl
 
 TRAIN_ACCENTS = ("en-us", "en-gb", "en-029", "en-gb-scotland", "en-us-nyc")
 TRAIN_VARIANTS = ("m1", "m3", "m7", "f1", "f2", "f4", "f5")
@@ -205,8 +206,8 @@ def _neural_in_workers(jobs: list[tuple[str, Voice, Path]], indices: list[int], 
 
     def run(share: list[int], tmp: Path) -> None:
         spec, log = tmp / "jobs.jsonl", tmp / "stderr.txt"
-        spec.write_text("".join(json.dumps({"index": i, "text": jobs[i][0], "voice": asdict(jobs[i][1]),
-                                            "path": str(jobs[i][2])}) + "\n" for i in share))
+        write_jsonl(spec, [{"index": i, "text": jobs[i][0], "voice": asdict(jobs[i][1]), "path": str(jobs[i][2])}
+                           for i in share])
         with open(log, "w") as err:
             proc = subprocess.Popen([sys.executable, "-m", "dmlm.data.synth", str(spec)], stdout=subprocess.PIPE,
                                     stderr=err, text=True, env=env)
@@ -247,10 +248,9 @@ def _worker_main(spec: str) -> None:
     global _NEURAL_THREADS
     _NEURAL_THREADS = 1
     parent = os.getppid()
-    for line in Path(spec).read_text().splitlines():
+    for job in read_jsonl(spec):
         if os.getppid() != parent:  # re-parented: the process that started this worker has ended
             sys.exit("dmlm.data.synth: the parent process ended; stopping")
-        job = json.loads(line)
         d = _synthesize_job((job["text"], Voice(**job["voice"]), Path(job["path"])), "espeak-ng")
         print(job["index"], d, flush=True)
 

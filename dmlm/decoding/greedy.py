@@ -24,7 +24,9 @@ Design decisions:
   feed-forward cut; other models run their own forward with `logits_to_keep=1` (same ids).
 - During the prompt pass the model runs under the `PACKED` attention implementation and with
   hooks on its last feed-forward; both are undone after it. One model should not decode from
-  two threads at once.
+  two threads at once. The `PACKED` and `STEP` attention functions are registered with
+  transformers on first use (`_register_attention`), not at import: importing dmlm changes no
+  library's global registry.
 - What remains is the work both engines do: on the project's CPU (1 thread) the prompt pass
   is matmul-bound, and a step reads every weight and the whole cache (bound by memory).
 - `compute_type="bfloat16"` (`for_compute`) trades bitwise equality for speed, as inference
@@ -42,6 +44,7 @@ Design decisions:
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 from contextlib import contextmanager
@@ -147,9 +150,6 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     return out[packing.rows, packing.cols][None], None
 
 
-AttentionInterface.register(PACKED, _packed_attention)
-
-
 def _step_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Attention for one new token per row as two batched matmuls over the cache; longer queries
     (a prompt pass) go to sdpa. query (B, H, 1, D), key/value (B, H_kv, S, D), `attention_mask`
@@ -176,8 +176,12 @@ def _step_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     return out.reshape(b, h, 1, d).transpose(1, 2).to(query.dtype), None
 
 
-AttentionInterface.register(STEP, _step_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(STEP, sdpa_mask)
+@functools.cache
+def _register_attention() -> None:
+    """Register `PACKED` and `STEP` with transformers, once, before a model is first switched to them."""
+    AttentionInterface.register(PACKED, _packed_attention)
+    AttentionInterface.register(STEP, _step_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(STEP, sdpa_mask)
 
 
 class _Bf16Linear(nn.Module):
@@ -238,6 +242,7 @@ def for_compute(model: PreTrainedModel, compute_type: str) -> PreTrainedModel:
     # the block cache hands lists of blocks to the attention function: only families whose
     # attention passes the cache's keys/values through untouched (PLAIN_HEAD, tested) get it
     if fast.config._attn_implementation == "sdpa" and fast.config.model_type in PLAIN_HEAD:
+        _register_attention()
         fast.set_attn_implementation(STEP)
     fast.dmlm_compute_type = compute_type
     return fast
@@ -461,6 +466,7 @@ class _Model:
             with _only_rows(self.last_mlp, torch.arange(t - k, t, device=ids.device)):
                 return self._logits(self._last(ids, positions, attention_mask=None if real.all() else mask, **kw))
         last_states = []
+        _register_attention()
         self.model.set_attn_implementation(PACKED)
         try:
             for a, z in chunks:

@@ -11,21 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-GROUPS = ("seen", "heldout_voice")
+from dmlm.data.manifest import HELDOUT_VOICE, is_heldout_voice
 
-
-def is_heldout_voice(record: Any) -> bool:
-    """A manifest record (`custom.heldout_voice`) or an evaluation row (`heldout_voice`)."""
-    if isinstance(record, dict):
-        return bool(record.get("heldout_voice"))
-    return bool((record.custom or {}).get("heldout_voice"))
+GROUPS = ("seen", HELDOUT_VOICE)
 
 
 def voice_groups(records: Sequence[Any]) -> dict[str, list[int]]:
     """Indices of the records of each voice group that has any (training voices "seen", "heldout_voice")."""
     out: dict[str, list[int]] = {g: [] for g in GROUPS}
     for i, r in enumerate(records):
-        out["heldout_voice" if is_heldout_voice(r) else "seen"].append(i)
+        out[HELDOUT_VOICE if is_heldout_voice(r) else "seen"].append(i)
     return {g: idx for g, idx in out.items() if idx}
 
 

@@ -1,30 +1,16 @@
-"""The headline metrics: one table that the CLI, the demo's summary and its report read.
+"""The headline metrics: what the CLI, a run's summary and its report show of each evaluation.
 
-Each row is a task key of a run's summary (`report.json`'s "tasks"), its label, and the
-metrics shown for it with their column headers. `METRIC_KEYS` is every metric a summary keeps
-from a full evaluation report (full reports stay in the run's eval/ folder).
+Each row is a task spec (or "resynthesis"), its label and the metrics shown for it with their
+column headers; both are facts of the task's row (`dmlm.tasks.Scoring`), so a run with `s2tt:de`
+shows an "S2TT en→de" row and nothing here names a task. `METRIC_KEYS` is every metric a summary
+keeps from a full evaluation report (full reports stay in the run's eval/ folder).
 """
 
 from __future__ import annotations
 
-ERROR_RATES = [("wer", "WER %"), ("cer", "CER %"), ("wer_heldout_voice", "WER % held-out voice")]
+from collections.abc import Iterable
 
-TASK_ROWS: list[tuple[str, str, list[tuple[str, str]]]] = [
-    ("asr", "ASR (mixture model)", ERROR_RATES),
-    ("asr_only", "ASR (ASR-only model)", ERROR_RATES),
-    ("s2tt", "S2TT en→es", [("bleu", "BLEU"), ("chrf", "chrF"), ("bleu_heldout_voice", "BLEU held-out voice"),
-                            ("baseline_bleu", "baseline BLEU")]),
-    ("i2t", "I2T captioning", [("cider", "CIDEr"), ("bleu", "BLEU"), ("baseline_cider", "baseline CIDEr")]),
-    ("t2s", "T2S", [("unit_accuracy", "unit acc. %"), ("unit_error_rate", "unit error %"), ("wer", "Whisper WER %"),
-                    ("greedy_wer", "Whisper WER %, greedy (no rerank)"),
-                    ("original_wer", "Whisper WER % of the recordings"), ("asr_only_judge_wer", "ASR-only-model WER %"),
-                    ("asr_only_judge_original_wer", "its WER % of the recordings")]),
-    ("resynthesis", "Resynthesis (codebook + vocoder)", [
-        ("wer", "Whisper WER %"), ("original_wer", "Whisper WER % of the recordings"),
-        ("wer_vocoder_voice", "Whisper WER %, clips in the vocoder's voice"),
-        ("original_wer_vocoder_voice", "Whisper WER % of those recordings"),
-        ("asr_only_judge_wer", "ASR-only-model WER %"), ("asr_only_judge_original_wer", "its WER % of the recordings")]),
-]
+from dmlm.tasks import DEFAULT_LANG, scoring_for, scoring_rank
 
 METRIC_KEYS = ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "sentence_accuracy", "bleu", "chrf",
                "bleu_heldout_voice", "chrf_heldout_voice", "baseline_bleu", "baseline_chrf", "cider", "baseline_cider",
@@ -38,3 +24,21 @@ SPEECH_OUT_KEYS = ("wer", "cer", "wer_heldout_voice", "original_wer", "wer_vocod
 def headline(report: dict) -> dict:
     """The headline numbers of one evaluation report (what `dmlm evaluate` prints)."""
     return {k: report[k] for k in METRIC_KEYS if k in report}
+
+
+def headline_row(spec: str, model: str | None = None, src_lang: str = DEFAULT_LANG) -> tuple[str, list[tuple[str, str]]]:
+    """(label, [(metric, header)]) of `spec`'s headline row, e.g. ("S2TT en→de", [("bleu", "BLEU"), ...])
+    for `s2tt:de`; `model` names which model it scores ("ASR (ASR-only model)"). An unknown spec is an error."""
+    scoring = scoring_for(spec)
+    label = scoring.row_label(spec, src_lang)
+    return (f"{label} ({model})" if model else label), list(scoring.metrics)
+
+
+def scorable_metrics(spec: str) -> list[str]:
+    """Every metric key a report of `spec` shows in its headline row (e.g. to check a study's metric names)."""
+    return [k for k, _ in scoring_for(spec).metrics]
+
+
+def scoring_order(specs: Iterable[str]) -> list[str]:
+    """`specs` in report order (`dmlm.tasks.scoring_rank`: text out, speech out, resynthesis, LM tasks)."""
+    return sorted(specs, key=scoring_rank)

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from dmlm.metrics import error_rates
+from dmlm.tokenizers.features import WHISPER_SAMPLES, WHISPER_SECONDS
+from dmlm.util.audio import SAMPLE_RATE
 from dmlm.util.errors import UserError
 
-SAMPLE_RATE = 16_000
 WHISPER_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
-WHISPER_SAMPLES = 30 * SAMPLE_RATE  # Whisper's fixed 30 s window
 ENGINES = ("ctranslate2", "transformers")
 
 
@@ -46,7 +46,7 @@ def _check_wavs(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if w.ndim != 1 or len(w) == 0:
             raise UserError(f"clip {i}: expected a non-empty 1-D 16 kHz waveform, got shape {w.shape}")
         if len(w) > WHISPER_SAMPLES:
-            raise UserError(f"clip {i}: {len(w) / SAMPLE_RATE:.1f} s is longer than Whisper's 30 s window")
+            raise UserError(f"clip {i}: {len(w) / SAMPLE_RATE:.1f} s is longer than Whisper's {WHISPER_SECONDS} s window")
         out.append(w)
     return out
 

@@ -1,55 +1,72 @@
-"""`evaluate(checkpoint, task, manifest, ...)`: one entry point for scoring every task.
+"""`evaluate(checkpoint, spec, split, ...)`: one entry point for scoring every task.
 
 - Text and unit targets (asr, s2tt:LANG, i2t, t2s without a judge) and the LM tasks go to
   `dmlm.evaluation.tasks.evaluate_task` (decoded or teacher-forced, scored by the task).
-- Speech out judged by ear (t2s with a judge, resynthesis) goes to `dmlm.evaluation.speech`:
-  units -> the checkpoint's vocoder -> the judge -> WER against the text.
+- Speech out judged by ear (a row with `Scoring.by_ear`: t2s given a judge, resynthesis always)
+  goes to `dmlm.evaluation.speech`: units -> the checkpoint's vocoder -> the judge -> WER against
+  the text. Which evaluation takes a judge, extra voice clips or reranking is read from the rows
+  (`dmlm.tasks.scoring_for`), never from task names; `check_scorable` refuses a spec at config time.
+- One type per argument: a `Checkpoint` (resynthesis reads only its codebook and vocoder, so a
+  lazily loaded one never loads the LM), a `Split`, a `Judge` object, `DecodingOptions` and
+  `EvalOptions`. Paths and preset names are the front door's (`dmlm.api.DMLM.evaluate`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from dmlm.data.split import Split
 from dmlm.decoding import DecodingOptions
-from dmlm.modeling import Checkpoint, load_checkpoint
-from dmlm.tasks import parse_spec
+from dmlm.evaluation.judge import Judge
+from dmlm.evaluation.options import EvalOptions
+from dmlm.modeling import Checkpoint
+from dmlm.tasks import TASKS, check_scorable, evaluations_where, is_task, parse_spec, scoring_for
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json
 
+__all__ = ["evaluate", "check_scorable", "check_evaluation"]
 
-def evaluate(model: Checkpoint | str | Path, task: str, manifest: str | Path, *, units: str | Path | None = None,
-             out: str | Path | None = None, limit: int | None = None, judge: Any = None,
-             judge_engine: str = "ctranslate2", voice_clips: int | None = 0,
-             opts: DecodingOptions = DecodingOptions(), progress: bool = True) -> dict:
-    """The report of `model` on `task` over `manifest` (see `dmlm.api.DMLM.evaluate`)."""
-    from dmlm.evaluation.judge import build_judge
+
+def _names(names: list[str]) -> str:
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def check_evaluation(spec: str, opts: DecodingOptions, options: EvalOptions, judged: bool) -> None:
+    """An error naming the setting when `spec` cannot take it (voice clips, reranking, a judge)."""
+    check_scorable([spec])
+    scoring = scoring_for(spec)
+    if options.voice_clips != 0 and not scoring.voice_clips:
+        raise UserError(f"voice_clips is for the {_names(evaluations_where(lambda s: s.voice_clips))} task, not {spec}")
+    rerank_by = getattr(TASKS[parse_spec(spec)[0]], "rerank_by", None) if is_task(spec) else None
+    if opts.rerank > 1 and rerank_by is None:
+        rerankable = [n for n, t in TASKS.items() if getattr(t, "rerank_by", None)]
+        raise UserError(f"rerank is for {_names(rerankable)}, not {spec}")
+    if judged and scoring.by_ear == "never":
+        by_ear = evaluations_where(lambda s: s.by_ear != "never")
+        raise UserError(f"judge is for {_names(by_ear)} (speech out), not {spec}")
+
+
+def evaluate(ck: Checkpoint, spec: str, split: Split, *, out: Path | None = None,
+             opts: DecodingOptions = DecodingOptions(), options: EvalOptions = EvalOptions(),
+             judge: Judge | None = None) -> dict:
+    """The report of `ck` on `spec` (a task spec or "resynthesis") over `split` (see `dmlm.api.DMLM.evaluate`).
+
+    `judge`: what transcribes speech out (t2s: scored on units without one; resynthesis: required)."""
     from dmlm.evaluation.speech import evaluate_resynthesis, evaluate_t2s_audio
     from dmlm.evaluation.tasks import evaluate_task
 
-    name = task.split(":")[0]
-    if name != "resynthesis":
-        parse_spec(task)  # an unknown task is an error naming the registered ones
-    if voice_clips != 0 and name != "resynthesis":
-        raise UserError(f"voice_clips is for the resynthesis task, not {task}")
-    if opts.rerank > 1 and name != "t2s":
-        raise UserError(f"rerank is for t2s, not {task}")
-    if name not in ("t2s", "resynthesis") and judge:
-        raise UserError(f"judge is for t2s and resynthesis (speech out), not {task}")
-    by_ear = name == "resynthesis" or (name == "t2s" and judge)
-    if not by_ear:
-        ck = model if isinstance(model, Checkpoint) else load_checkpoint(model)
-        return evaluate_task(ck, task, manifest, out, opts, units=units, limit=limit, progress=progress)
-    judge_ = build_judge(judge or "whisper-base", engine=judge_engine) if judge is None or isinstance(judge, (str, Path)) \
-        else judge
+    check_evaluation(spec, opts, options, judge is not None)
+    by_ear = scoring_for(spec).by_ear
+    if by_ear == "never" or (by_ear == "with_judge" and judge is None):
+        return evaluate_task(ck, spec, split, out, opts, options)
+    if judge is None:
+        raise UserError(f"{spec} is judged by ear: give a judge (a Whisper preset, an ASR checkpoint or an object "
+                        "with transcribe(wavs))")
     folder = Path(out).with_suffix("") if out else None
-    if name == "resynthesis":
-        store = Split(manifest, units).store("speech") if units is not None else None
-        rep = evaluate_resynthesis(model, manifest, store, judge_, n=limit, out_dir=folder, voice_clips=voice_clips)
+    if is_task(spec):
+        rep = evaluate_t2s_audio(ck, split, judge, opts, options, out_dir=folder)
     else:
-        ck = model if isinstance(model, Checkpoint) else load_checkpoint(model)
-        rep = evaluate_t2s_audio(ck, manifest, judge_, opts, n=limit, out_dir=folder)
+        rep = evaluate_resynthesis(ck.codebook("speech"), ck.vocoder(), split, judge, options, out_dir=folder)
     if out:
         atomic_write_json(out, rep)
     return rep

@@ -10,6 +10,11 @@ Design decisions:
   Resynthesis reports training voices and the held-out voice separately, like
   ASR evaluation (`dmlm.evaluation.tasks`) (the input audio's voice matters there); T2S takes `n` distinct
   texts and reports one score (its input is text: no voice to hold out).
+- One type per argument: a `Codebook` and a `Vocoder` (resynthesis), a `Checkpoint` (T2S), a
+  `Split` (its token stores, or units computed here), a `Judge` object, and `EvalOptions`
+  (`limit`: records per voice group / distinct texts; `voice_clips`; `original`).
+  `t2s_units` generates the units `evaluate_t2s_audio` judges, so a caller judging one model's
+  speech with several judges generates them once and passes them in.
 - Reports and examples go to one folder: `report.json`, `hyps.jsonl`, a few wavs (synthesized
   and original) and `spectrograms.png` (reference vs synthesized). Every file is written to a
   temp name and renamed, so nothing half-written ever looks complete.
@@ -17,7 +22,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -26,14 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlm.data.manifest import Record, read_manifest
-from dmlm.evaluation.grouping import is_heldout_voice, limit_per_group, voice_groups
+from dmlm.data.manifest import HELDOUT_VOICE, Record, is_heldout_voice, read_manifest
+from dmlm.data.split import Split
+from dmlm.decoding import DecodingOptions
+from dmlm.evaluation.grouping import limit_per_group, voice_groups
 from dmlm.evaluation.judge import Judge, judge_normalizer, transcribe
-from dmlm.inference import speech_parts
-from dmlm.util.audio import load_audio, write_wav
+from dmlm.evaluation.options import EvalOptions
+from dmlm.modeling import Checkpoint
+from dmlm.tokenizers.speech import Codebook
+from dmlm.util.audio import SAMPLE_RATE, load_audio, write_wav
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_file, atomic_write_json, write_jsonl
-from dmlm.vocoder.model import Vocoder
+from dmlm.vocoder import Vocoder
 
 N_EXAMPLES = 4  # wavs and plot rows written per evaluation
 
@@ -78,7 +86,7 @@ def pick_texts(manifest: str | Path, n: int | None, voice: str | None = None) ->
     if not recs:
         raise UserError(f"{manifest}: no records with a reference 'text'")
     # stable: manifest order within groups
-    recs.sort(key=lambda r: (bool(r.custom.get("heldout_voice")), voice is not None and r.speaker != voice))
+    recs.sort(key=lambda r: (is_heldout_voice(r), voice is not None and r.speaker != voice))
     seen, out = set(), []
     for r in recs:
         if r.text not in seen:
@@ -117,7 +125,7 @@ def _score(recs: list[Record], wavs: list[np.ndarray | None], judge_: Judge,
     grouped = len(recs) - voice_only
     for name, idx in voice_groups(recs[:grouped]).items():
         out[name] = rates(idx)
-    same = [i for i, r in enumerate(recs) if voice and r.speaker == voice and not r.custom.get("heldout_voice")]
+    same = [i for i, r in enumerate(recs) if voice and r.speaker == voice and not is_heldout_voice(r)]
     if same:
         out["vocoder_voice"] = rates(same)
     return out, hyps
@@ -141,7 +149,7 @@ def plot_spectrograms(rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]], p
             s = log_magnitude(torch.as_tensor(w, dtype=torch.float32), 512, 160, 512).T.numpy()
             ax = axes[row][col]
             ax.imshow(s, origin="lower", aspect="auto", vmin=s.max() - 10, vmax=s.max(),
-                      extent=(0, len(w) / 16_000, 0, 8))
+                      extent=(0, len(w) / SAMPLE_RATE, 0, SAMPLE_RATE / 2000))
             ax.set_title(title[:80], fontsize=8)
             ax.set_ylabel("kHz")
         axes[row][0].set_xlabel("s")
@@ -157,14 +165,14 @@ def _write_outputs(out_dir: Path, report: dict, recs: list[Record], refs_audio: 
                    voice_only: int = 0) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     grouped = len(recs) - voice_only
-    rows = [{"id": r.id, "ref": r.text, "hyp": h, "heldout_voice": bool(r.custom.get("heldout_voice")),
+    rows = [{"id": r.id, "ref": r.text, "hyp": h, HELDOUT_VOICE: is_heldout_voice(r),
              **({"vocoder_voice_only": True} if i >= grouped else {}),
              **({"hyp_original": ref_hyps[i]} if ref_hyps else {})} for i, (r, h) in enumerate(zip(recs, hyps))]
     write_jsonl(out_dir / "hyps.jsonl", rows)
     ex = [i for i, w in enumerate(wavs) if w is not None]
     # examples from both voice groups
-    ex = ([i for i in ex if not recs[i].custom.get("heldout_voice")][: N_EXAMPLES // 2]
-          + [i for i in ex if recs[i].custom.get("heldout_voice")][: N_EXAMPLES // 2]) or ex[:N_EXAMPLES]
+    ex = ([i for i in ex if not is_heldout_voice(recs[i])][: N_EXAMPLES // 2]
+          + [i for i in ex if is_heldout_voice(recs[i])][: N_EXAMPLES // 2]) or ex[:N_EXAMPLES]
     for i in ex:
         name = safe_name(recs[i].id)
         write_wav(out_dir / "examples" / f"{name}.{right}.wav", wavs[i])
@@ -182,7 +190,7 @@ def _flatten(report: dict, scores: dict, prefix: str = "") -> None:
         report[f"{prefix}wer"], report[f"{prefix}cer"] = scores["all"]["wer"], scores["all"]["cer"]
     if "seen" in scores:
         report[f"{prefix}wer"], report[f"{prefix}cer"] = scores["seen"]["wer"], scores["seen"]["cer"]
-    for group in ("heldout_voice", "vocoder_voice"):
+    for group in (HELDOUT_VOICE, "vocoder_voice"):
         if group in scores:
             report[f"{prefix}wer_{group}"], report[f"{prefix}cer_{group}"] = scores[group]["wer"], scores[group]["cer"]
 
@@ -194,45 +202,45 @@ def _judge_name(j: Judge) -> str:
     return f"{name}({model}, {getattr(j, 'engine', '')})".replace(", )", ")") if model else name
 
 
-def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge, n: int | None = 100,
-                         out_dir: str | Path | None = None, original: bool = True,
-                         voice_clips: int | None = 0) -> dict:
-    """Reference units -> vocoder -> `judge_`: WER/CER against each record's text.
-
-    `model`: a checkpoint folder / `Checkpoint` / (codebook, vocoder). `units_store`: a
-    `TokenStore` or its prefix, made with the same codebook; None: units computed here from the
-    recordings with the codebook. `n` records per voice group.
-    `voice_clips`: the vocoder's own voice is scored on this many training-voice clips
-    (None: every one in the manifest; 0: only those among the `n`), extra clips counting only
-    there (`pick_records`). `original`: also judge the original recordings (the judge's ceiling).
-    """
-    from dmlm.data.shards import TokenStore
+def _reference_units(codebook: Codebook, split: Split, recs: list[Record], audio: list[np.ndarray]) -> tuple[list, str]:
+    """(units of `recs`, where they came from): the split's token store (checked against `codebook`), else
+    computed here from the recordings."""
     from dmlm.inference import speech_units
 
+    if not split.has_store("speech"):
+        return speech_units(codebook, audio), "computed with the codebook"
+    store = split.store("speech", codebook)
+    return [split.tokens(r, "speech") for r in recs], str(store.prefix)
+
+
+def evaluate_resynthesis(codebook: Codebook, vocoder: Vocoder, split: Split, judge_: Judge,
+                         options: EvalOptions = EvalOptions(), out_dir: Path | None = None) -> dict:
+    """Reference units -> `vocoder` -> `judge_`: WER/CER against each record's text.
+
+    Units come from the split's token store (made with `codebook`), else are computed here from the
+    recordings with `codebook`. `options.limit` records per voice group. `options.voice_clips`: the
+    vocoder's own voice is scored on this many training-voice clips (None: every one in the manifest;
+    0: only those among the `limit`), extra clips counting only there (`pick_records`).
+    `options.original`: also judge the original recordings (the judge's ceiling).
+    """
     t_start = time.time()
-    cb, voc = speech_parts(model)
-    voice = voc.voice
-    recs, extra = pick_records(manifest, n, voice, voice_clips)
-    refs_audio = [load_audio(r.audio_path(manifest)) for r in recs]
-    if units_store is None:
-        units = speech_units(cb, refs_audio)
-        units_name = "computed with the codebook"
-    else:
-        store = units_store if isinstance(units_store, TokenStore) else TokenStore(units_store)
-        cb.check(store.fingerprint, f"token store {store.prefix}")
-        units, units_name = [store.get(r.id) for r in recs], str(store.prefix)
+    vocoder.check(codebook)
+    voice = vocoder.voice
+    recs, extra = pick_records(split.manifest, options.limit, voice, options.voice_clips)
+    refs_audio = [load_audio(r.audio_path(split.manifest)) for r in recs]
+    units, units_name = _reference_units(codebook, split, recs, refs_audio)
     t0 = time.time()
-    wavs = voc.synthesize_batch(units)
+    wavs = vocoder.synthesize_batch(units)
     t_syn = time.time() - t0
     scores, hyps = _score(recs, wavs, judge_, voice=voice, voice_only=extra)
-    report: dict = {"task": "resynthesis", "vocoder_voice": voice, "model": str(getattr(model, "path", model)),
-                    "manifest": str(Path(manifest).resolve()), "units": units_name,
-                    "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_), "voice_clips_added": extra,
-                    "normalizer": judge_normalizer(judge_), "vocoder": asdict(voc.cfg),
-                    "vocoder_x_real_time": sum(len(w) for w in wavs) / 16_000 / t_syn, "scores": scores}
+    report: dict = {"task": "resynthesis", "vocoder_voice": voice, "model": str(getattr(vocoder, "folder", None)),
+                    "manifest": str(split.manifest.resolve()), "units": units_name,
+                    "codebook_fingerprint": codebook.fingerprint, "judge": _judge_name(judge_), "voice_clips_added": extra,
+                    "normalizer": judge_normalizer(judge_), "vocoder": asdict(vocoder.cfg),
+                    "vocoder_x_real_time": sum(len(w) for w in wavs) / SAMPLE_RATE / t_syn, "scores": scores}
     _flatten(report, scores)
     ref_hyps = None
-    if original:
+    if options.original:
         ref_scores, ref_hyps = _score(recs, refs_audio, judge_, voice=voice, voice_only=extra)
         report["original_scores"] = ref_scores
         _flatten(report, ref_scores, "original_")
@@ -242,44 +250,42 @@ def evaluate_resynthesis(model, manifest: str | Path, units_store, judge_: Judge
     return report
 
 
-def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: int | None = 100,
-                       out_dir: str | Path | None = None, original: bool = True,
-                       vocoder: Vocoder | str | Path | None = None, units_cache: dict | None = None) -> dict:
+def t2s_units(ck: Checkpoint, split: Split, opts: DecodingOptions = DecodingOptions(),
+              options: EvalOptions = EvalOptions(), vocoder: Vocoder | None = None) -> list[np.ndarray]:
+    """The units `evaluate_t2s_audio` judges with the same arguments: T2S output for its texts (`pick_texts`)."""
+    from dmlm.inference import synthesize_units
+
+    voc = vocoder or ck.vocoder()
+    recs = pick_texts(split.manifest, options.limit, voc.voice)
+    return synthesize_units(ck, [r.text for r in recs], opts=opts)
+
+
+def evaluate_t2s_audio(ck: Checkpoint, split: Split, judge_: Judge, opts: DecodingOptions = DecodingOptions(),
+                       options: EvalOptions = EvalOptions(), out_dir: Path | None = None,
+                       vocoder: Vocoder | None = None, units: Sequence[np.ndarray] | None = None) -> dict:
     """Text -> DMLM units -> vocoder -> `judge_`: WER/CER against the text (T2S intelligibility).
 
-    A text for which the model generates no units counts as an empty transcript (all
-    deletions) and is counted in `empty_outputs`. `n` distinct texts. `vocoder`: another vocoder than the
-    checkpoint's own `vocoder/` (it must be trained for the checkpoint's codebook). `units_cache`: a
-    dict shared by calls that judge the same model and options with other judges, so the units
-    (costly with `opts.rerank`) are generated once.
+    A text for which the model generates no units counts as an empty transcript (all deletions) and
+    is counted in `empty_outputs`. `options.limit` distinct texts. `vocoder`: another vocoder than
+    the checkpoint's own `vocoder/` (it must be trained for the checkpoint's codebook). `units`: the
+    units to judge, from `t2s_units` with the same arguments (generated here when None).
     """
-    from dmlm.decoding import DecodingOptions
-    from dmlm.inference import synthesize_units
-    from dmlm.modeling import Checkpoint, load_checkpoint
-
     t0 = time.time()
-    opts = opts or DecodingOptions()
-    if not isinstance(ck, Checkpoint):
-        ck = load_checkpoint(ck)
-    if vocoder is None:
-        cb, voc = speech_parts(ck)
-    else:
-        cb, voc = speech_parts((ck.codebook("speech"), vocoder))
+    cb = ck.codebook("speech")
+    voc = vocoder or ck.vocoder()
+    voc.check(cb)
     voice = voc.voice
-    recs = pick_texts(manifest, n, voice)
-    key = (str(ck.path), json.dumps(asdict(opts), sort_keys=True), tuple(r.text for r in recs))
-    if units_cache is not None and key in units_cache:
-        units = units_cache[key]
-    else:
-        units = synthesize_units(ck, [r.text for r in recs], opts=opts)
-        if units_cache is not None:
-            units_cache[key] = units
+    recs = pick_texts(split.manifest, options.limit, voice)
+    units = list(units) if units is not None else t2s_units(ck, split, opts, options, voc)
+    if len(units) != len(recs):
+        raise ValueError(f"{len(units)} unit sequences for {len(recs)} texts: give the units of `t2s_units` with "
+                         "the same arguments")
     keep = [i for i, u in enumerate(units) if len(u)]
     wavs: list[np.ndarray | None] = [None] * len(recs)
     for i, w in zip(keep, voc.synthesize_batch([np.asarray(units[i]) for i in keep]) if keep else []):
         wavs[i] = w
     scores, hyps = _score(recs, wavs, judge_, by_voice=False)
-    report: dict = {"task": "t2s", "model": str(ck.path), "manifest": str(Path(manifest).resolve()), "vocoder_voice": voice,
+    report: dict = {"task": "t2s", "model": str(ck.path), "manifest": str(split.manifest.resolve()), "vocoder_voice": voice,
                     "recordings_in_vocoder_voice": sum(r.speaker == voice for r in recs) if voice else 0,
                     "codebook_fingerprint": cb.fingerprint, "judge": _judge_name(judge_),
                     "normalizer": judge_normalizer(judge_), "decoding": asdict(opts),
@@ -287,9 +293,9 @@ def evaluate_t2s_audio(ck, manifest: str | Path, judge_: Judge, opts=None, n: in
                     "mean_seconds": sum(len(u) for u in units) / max(1, len(recs)) / cb.settings.frame_rate,
                     "scores": scores}
     _flatten(report, scores)
-    refs_audio = [load_audio(r.audio_path(manifest)) if r.audio else np.zeros(1600, np.float32) for r in recs]
+    refs_audio = [load_audio(r.audio_path(split.manifest)) if r.audio else np.zeros(1600, np.float32) for r in recs]
     ref_hyps = None
-    if original and all(r.audio for r in recs):
+    if options.original and all(r.audio for r in recs):
         ref_scores, ref_hyps = _score(recs, refs_audio, judge_, by_voice=False)
         report["original_scores"] = ref_scores
         _flatten(report, ref_scores, "original_")

@@ -11,17 +11,20 @@ Design decisions:
   `CheckpointFiles` is the one owner of that layout and of the meta schema: everything else
   asks it for paths and fields, and it reads them without loading the LM (resynthesis needs only
   the codebook and vocoder).
-- `Checkpoint` adds the loaded LM and tokenizer; codebooks and the vocoder load on first use and
-  are checked against the fingerprints the vocabulary was built with.
+- `Checkpoint` adds the LM and tokenizer (loaded at once, or on first use with `lazy`) and its text
+  tokenizer (`Checkpoint.text`, the one object training's and inference's text goes through);
+  codebooks and the vocoder load on first use and are checked against the fingerprints the
+  vocabulary was built with. A load hashes each file once (`verify`; `check_file` then skips).
 - Crash consistency: a save writes everything (model, tokenizer, codebooks, `dmlm.json` and,
   from `dmlm train`, the optimizer/RNG/data position in `training_state/`) into one temp folder,
   then `checksums.json` (sha256 of every file, and the step) last, then renames the folder into
-  place. Model and training state therefore become visible together or not at all: a kill -9 at
-  any point leaves the previous complete checkpoint (or, killed between the two renames of the
+  place (`dmlm.util.io.atomic_dir`, the one folder swap). Model and training state therefore
+  become visible together or not at all: a kill -9 at any point leaves the previous complete checkpoint (or, killed between the two renames of the
   swap, both folders complete; `recover_interrupted_save` finishes the swap). The vocoder, trained
   separately into the folder (`dmlm vocoder train`), is copied across re-saves and not summed.
 - Every load verifies the checksums of the files it reads (a flipped byte or a truncated file is
-  an error naming it) and that the parts agree on the step; a folder without `checksums.json`
+  an error naming it) and that the parts agree on the step (`check_steps`; the training state's
+  own step is read by `dmlm.training.state`, which owns its files); a folder without `checksums.json`
   (written before dmlm had them, or by another tool) loads unverified.
 - Write errors become `OutputError`s saying what failed (a full disk says "no space"), whichever
   library raised them (safetensors reports ENOSPC as a `SafetensorError`, not an `OSError`).
@@ -31,7 +34,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -39,7 +41,6 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,8 @@ from typing import Any
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from dmlm.util.errors import MissingFileError, OutputError, UserError
-from dmlm.util.io import says_no_space
+from dmlm.util.errors import MissingFileError, UserError
+from dmlm.util.io import atomic_dir, finish_swap, swap_paths
 from dmlm.util.progress import quiet_transformers
 from dmlm.vocab import Vocab
 
@@ -86,39 +87,18 @@ def _summed_files(folder: Path) -> list[str]:
                   if p.is_file() and p.name != CHECKSUMS_JSON and p.relative_to(folder).parts[0] != VOCODER_DIR)
 
 
-def _swap_paths(out: Path) -> tuple[Path, Path]:
-    """The temp folder a save writes and where it moves the previous checkpoint during the swap."""
-    return out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
-
-
 def recover_interrupted_save(path: str | Path) -> bool:
     """Finish a save killed between its two renames (the old folder moved aside, the new one not yet
     in place): the complete new folder goes into place, else the old one goes back. True if it did.
 
     Only the writer (`dmlm train`, holding the run's lock) calls this: a reader never moves folders."""
     out = Path(path)
-    tmp, old = _swap_paths(out)
-    if out.exists() or not old.is_dir():
-        return False
-    if (tmp / CHECKSUMS_JSON).is_file():  # written last: the new folder is complete
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+    done = finish_swap(out, lambda tmp: (tmp / CHECKSUMS_JSON).is_file())  # written last: complete
+    if done == "new":
         log.warning("%s: a save was interrupted after it was complete; finished it", out)
-    else:
-        old.rename(out)
+    elif done == "old":
         log.warning("%s: a save was interrupted; the previous checkpoint is back in place", out)
-    return True
-
-
-def _output_error(path: Path, e: BaseException) -> OutputError | None:
-    """An `OutputError` for a write error from any writer, or None if `e` is not one."""
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC or says_no_space(e):
-        why = "no space left on the device"
-    elif isinstance(e, OSError):
-        why = e.strerror or str(e)
-    else:
-        return None
-    return OutputError(f"cannot write {path}: {why}; the previous checkpoint (if any) is unchanged")
+    return done is not None
 
 
 def vocoder_dir(path: str | Path) -> Path:
@@ -131,9 +111,9 @@ class CheckpointFiles:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.exists() and _swap_paths(self.path)[1].is_dir():
+        if not self.path.exists() and swap_paths(self.path)[1].is_dir():
             raise MissingFileError(f"{self.path}: a save was interrupted while swapping folders (the previous "
-                                   f"checkpoint is in {_swap_paths(self.path)[1]}); `dmlm train --resume` "
+                                   f"checkpoint is in {swap_paths(self.path)[1]}); `dmlm train --resume` "
                                    "finishes it")
         if not (self.path / DMLM_JSON).is_file():
             raise MissingFileError(f"{self.path}: not a dmlm checkpoint (no {DMLM_JSON})")
@@ -232,22 +212,26 @@ class CheckpointFiles:
             if sha256_file(path) != digest:
                 raise UserError(f"{path}: checksum mismatch (the file changed or is damaged since it was saved "
                                 f"at step {sums.get('step')}); refusing checkpoint {self.path}")
+        self.check_steps()
+        self._verified.add(state)
+
+    def check_steps(self, parts: dict[str, Any] | None = None) -> None:
+        """`dmlm.json`, `checksums.json` and `parts` (e.g. the training state's progress file, which
+        `dmlm.training.state` reads: {its path: its step}) must name one step: a folder mixed from two
+        saves is refused."""
         steps = {DMLM_JSON: self._json.get("step")}
         if self.checksums is not None:
-            steps[CHECKSUMS_JSON] = sums.get("step")
-        progress = self.state_dir / "progress.json"
-        if state and progress.is_file():
-            try:
-                steps[str(progress)] = json.loads(progress.read_text()).get("step")
-            except ValueError as e:
-                raise UserError(f"{progress}: not valid JSON ({e})") from None
+            steps[CHECKSUMS_JSON] = self.checksums.get("step")
+        steps.update(parts or {})
         if len(set(steps.values())) > 1:
             raise UserError(f"{self.path}: its parts disagree on the step ({', '.join(f'{k}: {v}' for k, v in steps.items())}); "
                             "a checkpoint mixed from two saves is refused, not resumed")
-        self._verified.add(state)
 
     def check_file(self, rel: str) -> None:
-        """Verify one listed file (e.g. a codebook read without loading the LM)."""
+        """Verify one listed file (e.g. a codebook read without loading the LM); a file `verify` already
+        checked is not hashed again (one checksum per file per load)."""
+        if self._verified:
+            return
         digest = (self.checksums or {}).get("sha256", {}).get(rel)
         if digest is not None and sha256_file(self.path / rel) != digest:
             raise UserError(f"{self.path / rel}: checksum mismatch (the file changed or is damaged since it was saved)")
@@ -271,7 +255,7 @@ class CheckpointFiles:
 
     def load_vocoder(self, codebook=None):
         """The checkpoint's vocoder (checked against `codebook`), or a `NoVocoder` error saying how to train one."""
-        from dmlm.vocoder.model import Vocoder
+        from dmlm.vocoder import Vocoder
 
         return Vocoder.load(self.vocoder_dir, codebook=codebook)
 
@@ -297,11 +281,10 @@ def save_checkpoint(
     `checksums.json`, renamed into place. `write_state(folder)` writes the training state into
     `training_state/` of the same temp folder, so model and state are published together."""
     out = Path(out_dir)
-    tmp, old = _swap_paths(out)
     step = meta.get("step")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)  # a killed save's leftovers
-        tmp.mkdir(parents=True)
+    with atomic_dir(out, stage=lambda name: fault_point(name, step), what="checkpoint") as tmp:
+        # fault points "commit" (complete, not in place) and "swap" (between the renames:
+        # `recover_interrupted_save` finishes it) are the swap's stages
         with quiet_transformers():
             model.save_pretrained(tmp, safe_serialization=True)
         fault_point("model", step)  # inside the model write: weights written, tokenizer and meta not
@@ -322,43 +305,52 @@ def save_checkpoint(
             f.write(json.dumps(sums, indent=1))
             f.flush()
             os.fsync(f.fileno())
-        fault_point("commit", step)  # complete but not in place
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        fault_point("swap", step)  # between the renames: `recover_interrupted_save` finishes it
-        tmp.rename(out)
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.is_dir() and not out.exists():
-            old.rename(out)
-        err = _output_error(out, e)
-        if err is None:
-            raise
-        raise err from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
-@dataclass
 class Checkpoint:
-    """A loaded checkpoint: the LM, its unified tokenizer and vocabulary, and its files."""
+    """A loaded checkpoint: the LM, its unified tokenizer and vocabulary, and its files.
 
-    path: Path
-    model: PreTrainedModel
-    tokenizer: Any  # unified PreTrainedTokenizer
-    vocab: Vocab
-    meta: dict
-    files: CheckpointFiles | None = None
-    _codebooks: dict = field(default_factory=dict, repr=False)
-    _vocoder: Any = field(default=None, repr=False)
+    The LM and tokenizer of a saved checkpoint may load on first use (`load_checkpoint(lazy=True)`):
+    resynthesis and the speech judges need only the codebook and vocoder."""
 
-    def __post_init__(self) -> None:
-        if self.files is None and CheckpointFiles.is_checkpoint(self.path):
-            self.files = CheckpointFiles(self.path)
+    def __init__(self, path: str | Path, model: PreTrainedModel | None = None, tokenizer: Any = None,
+                 vocab: Vocab | None = None, meta: dict | None = None, files: CheckpointFiles | None = None,
+                 device: str = "cpu"):
+        self.path = Path(path)
+        self._model, self._tokenizer, self.vocab, self.meta = model, tokenizer, vocab, dict(meta or {})
+        self.files = files if files is not None or not CheckpointFiles.is_checkpoint(self.path) else CheckpointFiles(self.path)
+        self.device = device
+        self._codebooks: dict = {}
+        self._vocoder: Any = None
+        self._text: Any = None
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, tasks={self.tasks})"
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The LM, loaded on first use for a checkpoint opened lazily."""
+        if self._model is None and self.files is not None:
+            self._model, self._tokenizer = _load_lm(self.files, self.vocab, self.device)
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The unified Hugging Face tokenizer (text ids, then every dmlm token as an added token)."""
+        if self._tokenizer is None and self.files is not None:
+            self._model, self._tokenizer = _load_lm(self.files, self.vocab, self.device)
+        return self._tokenizer
+
+    @property
+    def text(self):
+        """The text tokenizer (`dmlm.tokenizers.text.TextTokenizer`) over the unified one: what training
+        encodes text with, so inference and evaluation encode exactly the same ids."""
+        if self._text is None:
+            from dmlm.tokenizers.text import TextTokenizer
+
+            self._text = TextTokenizer(self.tokenizer)
+        return self._text
 
     @property
     def tasks(self) -> list[str]:
@@ -381,13 +373,10 @@ class Checkpoint:
         return self._vocoder
 
 
-def load_checkpoint(path: str | Path | CheckpointFiles, device: str = "cpu") -> Checkpoint:
-    """The checkpoint at `path`, its files verified against `checksums.json` first."""
+def _load_lm(files: CheckpointFiles, vocab: Vocab, device: str) -> tuple[PreTrainedModel, Any]:
+    """The LM and unified tokenizer of a verified checkpoint folder; a damaged file is an error naming it."""
     from transformers import AutoTokenizer
 
-    files = path if isinstance(path, CheckpointFiles) else CheckpointFiles(path)
-    files.verify()
-    vocab = files.vocab
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(files.path).to(device).eval()
@@ -400,4 +389,15 @@ def load_checkpoint(path: str | Path | CheckpointFiles, device: str = "cpu") -> 
     tok = AutoTokenizer.from_pretrained(files.path)
     if len(tok) != vocab.size:
         raise UserError(f"{files.path}: tokenizer has {len(tok)} ids, {DMLM_JSON} layout says {vocab.size}")
-    return Checkpoint(files.path, model, tok, vocab, dict(files.meta), files)
+    return model, tok
+
+
+def load_checkpoint(path: str | Path | CheckpointFiles, device: str = "cpu", lazy: bool = False) -> Checkpoint:
+    """The checkpoint at `path`, its files verified against `checksums.json` first; with `lazy`, the LM
+    and tokenizer load on first use (`Checkpoint.model`), so reading only its codebook or vocoder is cheap."""
+    files = path if isinstance(path, CheckpointFiles) else CheckpointFiles(path)
+    files.verify()
+    ck = Checkpoint(files.path, vocab=files.vocab, meta=dict(files.meta), files=files, device=device)
+    if not lazy:
+        ck.model  # noqa: B018  (loads it now: a damaged file is an error at load)
+    return ck

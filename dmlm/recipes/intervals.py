@@ -12,8 +12,10 @@ Design decisions:
   the corpus's sampled voice, a wall-clock vocoder budget), which docs/experiments.md measures as
   run-to-run spread; two runs differ by at least this much before the difference says anything.
 - Scores are recomputed from the files the evaluations wrote (eval/*.hyps.jsonl and the by-ear
-  examples' hyps.jsonl) with the same normalizers, and checked against report.json, so an interval
-  is always of the number the report shows.
+  examples' hyps.jsonl, named by `RunFolder`) with the same normalizers, and checked against
+  report.json, so an interval is always of the number the report shows.
+- Which scores get one is asked of each task's row (decoded tasks, their first headline metric),
+  so a run with `s2tt:de` gets "S2TT en→de BLEU".
 """
 
 from __future__ import annotations
@@ -25,23 +27,41 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlm.data.manifest import is_heldout_voice
+from dmlm.evaluation.headline import headline_row, scoring_order
 from dmlm.metrics import bootstrap
+from dmlm.recipes.report import short_label
+from dmlm.recipes.run_folder import RunFolder
+from dmlm.tasks import get_task, parse_spec, scoring_for
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json, read_jsonl
 
 
-def _speakers(run: Path) -> dict[str, str]:
+def _speakers(folder: RunFolder) -> dict[str, str]:
     from dmlm.data.manifest import read_manifest
 
-    test = run / "data" / "test.jsonl"
+    test = folder.manifest("test")
     return {r.id: r.speaker for r in read_manifest(test)} if test.is_file() else {}
 
 
+def _tasks(tasks: dict) -> list[str]:
+    """The decoded tasks' specs among a summary's keys, in report order."""
+    specs = []
+    for key in tasks:
+        try:
+            if get_task(parse_spec(key)[0]).decoded:
+                specs.append(key)
+        except UserError:  # asr_only, resynthesis: not task specs
+            pass
+    return scoring_order(specs)
+
+
 def headline_samples(run: Path) -> list[dict]:
-    """(name, metric, normalizer, refs, hyps, report value) of every headline score the run kept outputs for."""
-    report = json.loads((run / "report.json").read_text())
-    tasks = report["tasks"]
-    ev, ex = run / "eval", run / "examples"
+    """(name, metric, normalizer, refs, hyps, report value) of every headline score the run kept outputs for:
+    each decoded task's first headline metric (a recognition task's also on the held-out voice; speech out
+    by Whisper's ear) and resynthesis in the vocoder's voice."""
+    folder = RunFolder(run)
+    tasks = json.loads(folder.report_json.read_text())["tasks"]
     out: list[dict] = []
 
     def add(name, metric, rows, normalizer, reported):
@@ -49,35 +69,55 @@ def headline_samples(run: Path) -> list[dict]:
             out.append({"name": name, "metric": metric, "normalizer": normalizer, "refs": [r["ref"] for r in rows],
                         "hyps": [r["hyp"] for r in rows], "reported": reported})
 
-    asr = read_jsonl(ev / "asr.hyps.jsonl", missing_ok=True)
-    add("ASR WER %", "wer", [r for r in asr if not r.get("heldout_voice")], "basic", tasks.get("asr", {}).get("wer"))
-    add("ASR WER %, held-out voice", "wer", [r for r in asr if r.get("heldout_voice")], "basic",
-        tasks.get("asr", {}).get("wer_heldout_voice"))
-    s2tt = read_jsonl(ev / "s2tt_es.hyps.jsonl", missing_ok=True)
-    add("S2TT en→es BLEU", "bleu", [r for r in s2tt if not r.get("heldout_voice")], "basic",
-        tasks.get("s2tt", {}).get("bleu"))
-    add("I2T CIDEr", "cider", read_jsonl(ev / "i2t.hyps.jsonl", missing_ok=True), "basic",
-        tasks.get("i2t", {}).get("cider"))
-    add("T2S Whisper WER %", "wer", read_jsonl(ex / "t2s" / "hyps.jsonl", missing_ok=True), "whisper_english",
-        tasks.get("t2s", {}).get("wer"))
-    resyn = read_jsonl(ex / "resynthesis" / "hyps.jsonl", missing_ok=True)
-    voice = (json.loads((ev / "resynthesis.json").read_text()).get("vocoder_voice")
-             if (ev / "resynthesis.json").is_file() else None)
-    speakers = _speakers(run) if voice else {}
+    for spec in _tasks(tasks):
+        task, name, row = get_task(parse_spec(spec)[0]), short_label(spec), tasks[spec]
+        headers = dict(headline_row(spec)[1])
+        if task.target == "speech":  # judged by ear: the T2S examples' transcripts
+            add(f"{name} {headers['wer']}", "wer", read_jsonl(folder.example_hyps(spec), missing_ok=True),
+                "whisper_english", row.get("wer"))
+            continue
+        metric = headline_row(spec)[1][0][0]
+        rows = read_jsonl(folder.eval_hyps(spec), missing_ok=True)
+        add(f"{name} {headers[metric]}", metric, [r for r in rows if not is_heldout_voice(r)], "basic", row.get(metric))
+        if getattr(task, "target_text", None) == "text":  # recognition: what a new voice costs is a headline
+            add(f"{name} {headers[metric]}, held-out voice", metric, [r for r in rows if is_heldout_voice(r)], "basic",
+                row.get(f"{metric}_heldout_voice"))
+    for key in (k for k in tasks if _judged_alone(k)):
+        out += _resynthesis_samples(folder, key, tasks[key])
+    return out
+
+
+def _judged_alone(key: str) -> bool:
+    """An evaluation of its own judged by ear (resynthesis)."""
+    try:
+        return scoring_for(key).by_ear == "always"
+    except UserError:
+        return False
+
+
+def _resynthesis_samples(folder: RunFolder, key: str, row: dict) -> list[dict]:
+    """Resynthesis in the vocoder's own voice, and the judge on the same recordings."""
+    resyn = read_jsonl(folder.example_hyps(key), missing_ok=True)
+    report = folder.eval_report(key)
+    voice = json.loads(report.read_text()).get("vocoder_voice") if report.is_file() else None
+    speakers = _speakers(folder) if voice else {}
     in_voice = [r for r in resyn if r.get("vocoder_voice_only")
-                or (not r.get("heldout_voice") and speakers.get(r["id"]) == voice)]
-    add("resynthesis Whisper WER %, the vocoder's voice", "wer", in_voice, "whisper_english",
-        tasks.get("resynthesis", {}).get("wer_vocoder_voice"))
+                or (not is_heldout_voice(r) and speakers.get(r["id"]) == voice)]
     originals = [{"ref": r["ref"], "hyp": r["hyp_original"]} for r in in_voice if "hyp_original" in r]
-    add("the same recordings, Whisper WER %", "wer", originals, "whisper_english",
-        tasks.get("resynthesis", {}).get("original_wer_vocoder_voice"))
+    out = []
+    for name, rows, reported in ((f"{key} Whisper WER %, the vocoder's voice", in_voice, row.get("wer_vocoder_voice")),
+                                 ("the same recordings, Whisper WER %", originals, row.get("original_wer_vocoder_voice"))):
+        if rows and reported is not None:
+            out.append({"name": name, "metric": "wer", "normalizer": "whisper_english", "refs": [r["ref"] for r in rows],
+                        "hyps": [r["hyp"] for r in rows], "reported": reported})
     return out
 
 
 def headline_intervals(run: str | Path, draws: int = 2000, seed: int = 0) -> list[dict]:
     """Each headline score with its 95 % bootstrap interval over test utterances (written to RUN/intervals.json)."""
     run = Path(run)
-    if not (run / "report.json").is_file():
+    folder = RunFolder(run)
+    if not folder.report_json.is_file():
         raise UserError(f"{run}: no report.json (expected a finished `dmlm demo` run folder)")
     rows = []
     for s in headline_samples(run):
@@ -88,7 +128,7 @@ def headline_intervals(run: str | Path, draws: int = 2000, seed: int = 0) -> lis
                             f"{s['reported']:.4f}; the outputs and report.json are of different evaluations")
         lo, hi = bootstrap.interval(s["metric"], stats, bootstrap.resample_counts(len(stats), draws, seed))
         rows.append({"score": s["name"], "value": value, "ci95": [lo, hi], "utterances": len(stats)})
-    atomic_write_json(run / "intervals.json", {"draws": draws, "seed": seed, "scores": rows})
+    atomic_write_json(folder.intervals, {"draws": draws, "seed": seed, "scores": rows})
     return rows
 
 

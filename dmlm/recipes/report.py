@@ -2,8 +2,10 @@
 
 Pure rendering: every number comes from `report.json` (built by `dmlm.recipes.demo`) and every
 example from the evaluation's `eval/*.hyps.jsonl`, so both pages can be re-rendered from a
-finished run. The rows and metrics are `dmlm.evaluation.headline.TASK_ROWS`, the same table the
-CLI and the demo's summary read.
+finished run. Rows are keyed by task spec: each row's label and metrics are the task's own
+(`dmlm.evaluation.headline.headline_row`), so a run with `s2tt:de` shows "S2TT en→de"; the
+comparison model's row (report.json's `comparison`) is labelled with the model it scores.
+Every file is named by `RunFolder`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dmlm.evaluation.headline import TASK_ROWS
+from dmlm.data.manifest import is_heldout_voice, read_manifest
+from dmlm.evaluation.headline import headline_row, scoring_order
+from dmlm.recipes.run_folder import RunFolder
+from dmlm.tasks import DEFAULT_LANG, get_task, parse_spec, scoring_for
+from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl
 
 
@@ -44,7 +50,7 @@ def _stage_profile(report: dict) -> list[str]:
 
 def _intervals(run: Path) -> list[str]:
     """The headline scores' 95 % bootstrap intervals (RUN/intervals.json, `dmlm.recipes.intervals`), if the run has them."""
-    path = Path(run) / "intervals.json"
+    path = RunFolder(run).intervals
     if not path.is_file():
         return []
     rows = json.loads(path.read_text())["scores"]
@@ -64,7 +70,7 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
         f"({', '.join(f'{k} {v:.0f} s' for k, v in report['stages_seconds'].items())})." + _all_runs(report), "",
         "All scores on the held-out test split (sentences never seen in training; 40 % of them hold a colour–object "
         "pair never seen in training). Baselines predict the most frequent training target for every input.", "",
-        *_table(tasks),
+        *_table(report),
         *_intervals(out),
         *_stage_profile(report),
     ]
@@ -84,56 +90,116 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
     if report.get("image_codebook"):
         icb = report["image_codebook"]
         lines.append(f"Image codebook: patch k-means, k={icb['k']}, fingerprint `{icb['fingerprint']}`.")
-    lines += ["", "![loss](loss.png)", ""]
-    lines += _examples(out, n_examples)
+    lines += ["", f"![loss]({RunFolder(out).loss_plot().name})", ""]
+    lines += _examples(out, n_examples, tasks)
     return "\n".join(lines) + "\n"
 
 
-def _examples(out: Path, n: int) -> list[str]:
-    ev = out / "eval"
+def short_label(spec: str, src_lang: str = DEFAULT_LANG) -> str:
+    """A task's short name with its language pair where its output is in another language than its
+    input: "ASR", "S2TT en→es", "I2T" (for example headings and interval names)."""
+    name, lang = parse_spec(spec)
+    task = get_task(name)
+    return f"{task.label} {src_lang}→{lang}" if lang and task.decoded else task.label
+
+
+def _is_task(key: str) -> bool:
+    """A summary key that names a task spec (not a model's or an evaluation's own name)."""
+    try:
+        parse_spec(key)
+        return True
+    except UserError:
+        return False
+
+
+def _examples(out: Path, n: int, tasks: dict) -> list[str]:
+    """Example tables of the decoded text-out tasks (images beside I2T's captions), then links to
+    the wavs of the by-ear evaluations."""
+    folder = RunFolder(out)
+    specs = scoring_order(k for k in tasks if _is_task(k) and get_task(parse_spec(k)[0]).decoded)
     lines: list[str] = []
-    for key, title in (("asr", "ASR"), ("s2tt_es", "S2TT en→es")):
-        rows = [r for r in read_jsonl(ev / f"{key}.hyps.jsonl", missing_ok=True) if not r.get("heldout_voice")][:n]
-        if rows:
-            lines += [f"## {title} examples", "", "| id | reference | hypothesis |", "|---|---|---|"]
-            lines += [f"| {r['id']} | {r['ref']} | {r['hyp']} |" for r in rows]
-            lines.append("")
-    rows = read_jsonl(ev / "i2t.hyps.jsonl", missing_ok=True)[:n]
-    if rows:
-        images = {r.id: r.image for r in _test_records(out)}
-        lines += ["## I2T examples", "", "| image | reference | caption |", "|---|---|---|"]
-        for r in rows:
-            img = f"![{r['id']}](data/{images[r['id']]})" if images.get(r["id"]) else r["id"]
-            lines.append(f"| {img} | {r['ref'][0] if isinstance(r['ref'], list) else r['ref']} | {r['hyp']} |")
+    for spec in (s for s in specs if get_task(parse_spec(s)[0]).target == "text"):
+        rows = [r for r in read_jsonl(folder.eval_hyps(spec), missing_ok=True) if not is_heldout_voice(r)][:n]
+        if not rows:
+            continue
+        title = short_label(spec)
+        if get_task(parse_spec(spec)[0]).source == "image":
+            lines += _image_examples(folder, title, rows)
+            continue
+        lines += [f"## {title} examples", "", "| id | reference | hypothesis |", "|---|---|---|"]
+        lines += [f"| {r['id']} | {r['ref']} | {r['hyp']} |" for r in rows]
         lines.append("")
-    for name, title in (("t2s", "T2S"), ("resynthesis", "Resynthesis")):
-        d = out / "examples" / name
+    heard = [(s, short_label(s)) for s in specs if get_task(parse_spec(s)[0]).target == "speech"]
+    heard += [(k, k.capitalize()) for k in tasks if not _is_task(k) and _by_ear(k)]
+    for name, title in heard:
+        d = folder.example_dir(name)
         if d.is_dir():
             wavs = sorted(p.relative_to(out).as_posix() for p in d.rglob("*.wav"))
             lines += [f"## {title} examples", "", *[f"- [{Path(w).name}]({w})" for w in wavs]]
             if (d / "spectrograms.png").is_file():
-                lines += ["", f"![{title} spectrograms](examples/{name}/spectrograms.png)"]
+                lines += ["", f"![{title} spectrograms]({(d / 'spectrograms.png').relative_to(out).as_posix()})"]
             lines.append("")
     return lines
 
 
-def _test_records(out: Path):
-    from dmlm.data.manifest import read_manifest
+def _by_ear(key: str) -> bool:
+    """An evaluation of its own that is judged by ear (resynthesis)."""
+    try:
+        return scoring_for(key).by_ear == "always"
+    except UserError:
+        return False
 
-    p = out / "data" / "test.jsonl"
-    return read_manifest(p) if p.is_file() else []
+
+def _image_examples(folder: RunFolder, title: str, rows: list[dict]) -> list[str]:
+    """Captions beside their images (relative to the run folder, as report.md sits in it)."""
+    test = folder.manifest("test")
+    images = {r.id: r.image for r in (read_manifest(test) if test.is_file() else [])}
+    data = folder.data.relative_to(folder.out).as_posix()
+    lines = [f"## {title} examples", "", "| image | reference | caption |", "|---|---|---|"]
+    for r in rows:
+        img = f"![{r['id']}]({data}/{images[r['id']]})" if images.get(r["id"]) else r["id"]
+        lines.append(f"| {img} | {r['ref'][0] if isinstance(r['ref'], list) else r['ref']} | {r['hyp']} |")
+    lines.append("")
+    return lines
 
 
-def _table(tasks: dict) -> list[str]:
-    """One row per headline metric (`dmlm.evaluation.headline.TASK_ROWS`), the task named on its first row."""
+def _rows(report: dict) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(summary key, label, metrics) of every headline row, in report order; the comparison model's row
+    follows the mixture's row of its task, both labelled with their model."""
+    tasks = report["tasks"]
+    comp = report.get("comparison") or {}
+    by_spec = {k: k for k in tasks if _is_task(k) or _scorable(k)}
+    if comp.get("key") in tasks:
+        by_spec.setdefault(comp["task"], comp["task"])
+    rows = []
+    for spec in scoring_order(by_spec):
+        if spec == comp.get("task"):
+            short = headline_row(spec)[0]
+            if spec in tasks:
+                rows.append((spec, *headline_row(spec, model="mixture model")))
+            if comp["key"] in tasks:
+                rows.append((comp["key"], *headline_row(spec, model=f"{short}-only model")))
+        else:
+            rows.append((spec, *headline_row(spec)))
+    return rows
+
+
+def _scorable(key: str) -> bool:
+    try:
+        scoring_for(key)
+        return True
+    except UserError:
+        return False
+
+
+def _table(report: dict) -> list[str]:
+    """One row per headline metric (`dmlm.evaluation.headline.headline_row`), the task named on its first row."""
+    tasks = report["tasks"]
     lines = ["| task | metric | value |", "|---|---|---|"]
-    for key, label, metrics in TASK_ROWS:
+    for key, label, metrics in _rows(report):
         have = [(k, h) for k, h in metrics if tasks.get(key, {}).get(k) is not None]
         for i, (k, h) in enumerate(have):
             lines.append(f"| {label if i == 0 else ''} | {h} | {_f(tasks[key][k])} |")
-    for key, rep in tasks.items():
-        if key.endswith("_lm") or "_lm_" in key:
-            lines.append(f"| {key} (unpaired) | perplexity | {_f(rep.get('perplexity'))} |")
     return lines
 
 
@@ -154,7 +220,7 @@ def render_results(report: dict, run: Path) -> str:
         f"- Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu']}; Python {m['python']}, torch {m['torch']}.",
         f"- Wall time: {minutes:.1f} min in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ").",
         "", "All scores on held-out test sentences; baselines predict the most frequent training target for every input.",
-        "", *_table(report["tasks"]), *_intervals(run), "",
+        "", *_table(report), *_intervals(run), "",
     ]
     for name, t in (report.get("train") or {}).items():
         lines.append(f"- {name} model: {t['steps']} steps, {_f(t.get('tokens_per_s'), 0)} tokens/s, loss {t.get('loss')}, "
@@ -168,18 +234,19 @@ def write_reports(run: str | Path, results: str | Path | None = "docs/results.md
     from dmlm.util.errors import MissingFileError
 
     run = Path(run)
-    path = run / "report.json"
+    folder = RunFolder(run)
+    path = folder.report_json
     if not path.is_file():
         raise MissingFileError(f"{path}: no report.json in {run} (a finished `dmlm demo` run writes it)")
     report = json.loads(path.read_text())
-    atomic_write_text(run / "report.md", render_markdown(report, run, (report.get("config") or {}).get("examples", 6)))
-    out = [run / "report.md"]
+    atomic_write_text(folder.report_md, render_markdown(report, run, (report.get("config") or {}).get("examples", 6)))
+    out = [folder.report_md]
     if results is not None:
         results = Path(results)
         atomic_write_text(results, render_results(report, run))
         # the numbers beside the page, so it can be re-rendered and read by tools without the run
         summary = {k: report[k] for k in ("tasks", "machine", "minutes", "stages_seconds", "all_invocations", "train",
-                                          "codebook", "image_codebook", "data", "config") if k in report}
+                                          "codebook", "image_codebook", "data", "comparison", "config") if k in report}
         atomic_write_json(results.with_suffix(".json"), summary)
         out += [results, results.with_suffix(".json")]
     return out

@@ -35,15 +35,44 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dmlm.data.manifest import read_manifest
-from dmlm.data.prepare import prepare
-from dmlm.recipes.demo import (DemoConfig, _cached, _train, fit_demo_codebook, fit_demo_image_codebook, machine,
-                               tokenize_unpaired, train_summary, unpaired_manifests)
+from dmlm.evaluation.headline import scorable_metrics
+from dmlm.metrics.bootstrap import LOWER_IS_BETTER, base_metric
+from dmlm.recipes.demo import DemoConfig
+from dmlm.recipes.run_folder import RunFolder
+from dmlm.recipes.stages import (LazyModel, dev_curve, evaluate_model, fit_codebooks, machine, point_run_at,
+                                 prepare_data, tokenize_splits, train_model, train_summary, uses_images)
+from dmlm.tasks import TASKS, parse_spec
 from dmlm.util.config import ConfigError, apply_overrides, dump_config, load_config
-from dmlm.util.io import atomic_write_text
+from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 
-METRICS = ("asr.wer", "asr.cer", "asr.wer_heldout_voice", "asr.cer_heldout_voice", "s2tt.bleu", "s2tt.chrf",
-           "s2tt.bleu_heldout_voice", "t2s.unit_accuracy", "t2s.unit_error_rate", "i2t.cider")
-"""Every metric a study can score: task.metric, as in the task's evaluation report."""
+
+def study_metrics() -> list[str]:
+    """Every metric a study can score, `TASK.metric`: a headline metric of a decoded task's row (or its
+    held-out-voice variant) that the bootstrap can resample (`dmlm.metrics.bootstrap`)."""
+    out = []
+    for name, task in TASKS.items():
+        if not task.decoded:
+            continue
+        for key in scorable_metrics(name):
+            if key in LOWER_IS_BETTER:
+                out += [f"{name}.{key}", f"{name}.{key}_heldout_voice"]
+    return [m for m in out if m.split(".", 1)[1] in _reported(m.split(".", 1)[0])]
+
+
+def _reported(name: str) -> set[str]:
+    """The metric keys a study can read of task `name`: its headline metrics and their held-out-voice variants."""
+    keys = set(scorable_metrics(name))
+    return keys | {f"{k}_heldout_voice" for k in keys if base_metric(k) in LOWER_IS_BETTER}
+
+
+def metric_task(metric: str) -> str:
+    """The task name of a study metric (`s2tt.bleu` -> `s2tt`)."""
+    return metric.split(".", 1)[0]
+
+
+def metric_key(metric: str) -> str:
+    """The report key of a study metric (`s2tt.bleu` -> `bleu`)."""
+    return metric.split(".", 1)[1]
 
 
 @dataclass
@@ -75,7 +104,8 @@ class StudyConfig:
     vocoder, no ASR-only model)."""
     arms: list[Arm] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["asr.wer", "asr.cer", "asr.wer_heldout_voice"])
-    """Metrics to score (see `METRICS`); a metric of a task an arm does not train is skipped for that arm."""
+    """Metrics to score, `TASK.metric` (see `study_metrics`); a metric of a task an arm does not train is skipped
+    for that arm."""
     primary: str = ""
     """The metric the verdict reads ("": the first of `metrics`)."""
     bootstrap: int = 2000
@@ -107,9 +137,10 @@ class StudyConfig:
             raise ConfigError(f"study {self.name}: reference {self.reference!r} is not an arm ({names})")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"study {self.name}: seeds must be distinct and at least one, got {self.seeds}")
-        bad = [m for m in self.metrics if m not in METRICS]
+        known = study_metrics()
+        bad = [m for m in self.metrics if m not in known]
         if bad or not self.metrics:
-            raise ConfigError(f"study {self.name}: unknown metrics {bad}; known: {', '.join(METRICS)}")
+            raise ConfigError(f"study {self.name}: unknown metrics {bad}; known: {', '.join(known)}")
         if self.primary and self.primary not in self.metrics:
             raise ConfigError(f"study {self.name}: primary {self.primary!r} is not one of metrics {self.metrics}")
         if self.bootstrap < 100:
@@ -150,32 +181,25 @@ class Shared:
 
     def data(self, cfg: DemoConfig) -> tuple[str, dict[str, Path]]:
         key = f"data-{cfg.prepare.corpus}-{_hash(asdict(cfg.prepare))}"
-        return key, prepare(cfg.prepare, self.root / key)
+        return key, prepare_data(cfg.prepare, self.root / key)
+
+    def codebook_paths(self, cfg: DemoConfig, data_key: str) -> tuple[Path, Path | None]:
+        """The arm's speech codebook file and (when a task reads or writes images) its image codebook file."""
+        ckey = f"codebook-{_hash([data_key, asdict(cfg.codebook), cfg.codebook_fit_utts])}"
+        ikey = f"image_codebook-{_hash([data_key, asdict(cfg.image_codebook), cfg.image_codebook_fit_images])}"
+        return self.root / f"{ckey}.safetensors", (self.root / f"{ikey}.safetensors" if uses_images(cfg.run.data.tasks)
+                                                   else None)
 
     def codebooks(self, cfg: DemoConfig, data_key: str, manifests: dict[str, Path]):
-        uses_images = any(t.split(":")[0] in ("i2t", "image_lm") for t in cfg.run.data.tasks)
-        ckey = f"codebook-{_hash([data_key, asdict(cfg.codebook), cfg.codebook_fit_utts])}"
-        cb = fit_demo_codebook(cfg, manifests["train"], self.root / f"{ckey}.safetensors")
-        icb, ikey = None, ""
-        if uses_images:
-            ikey = f"image_codebook-{_hash([data_key, asdict(cfg.image_codebook), cfg.image_codebook_fit_images])}"
-            icb = fit_demo_image_codebook(cfg, manifests["train"], self.root / f"{ikey}.safetensors")
-        return (ckey, cb), (ikey, icb)
+        path, ipath = self.codebook_paths(cfg, data_key)
+        return fit_codebooks(manifests["train"], cfg.codebook, cfg.codebook_fit_utts, path,
+                             cfg.image_codebook if ipath is not None else None, cfg.image_codebook_fit_images, ipath)
 
-    def units(self, data_key: str, ckey: str, cb, ikey: str, icb, manifests: dict[str, Path]) -> Path:
-        from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
-
+    def units(self, data_key: str, paths: tuple[Path, Path | None], cb, icb, manifests: dict[str, Path]) -> Path:
+        ckey, ikey = paths[0].stem, paths[1].stem if paths[1] is not None else ""
         folder = self.root / f"units-{_hash([data_key, ckey, ikey])}"
-        for split in ("train", "dev", "test"):
-            tokenize_manifest(cb, manifests[split], folder)
-            if icb is not None:
-                tokenize_images(icb, manifests[split], folder)
-        tokenize_unpaired(cb, icb, manifests, folder)
+        tokenize_splits(cb, icb, {k: v for k, v in manifests.items() if k != "neural_extra"}, folder)
         return folder
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
 class _Progress:
@@ -207,7 +231,7 @@ def run_study(cfg: StudyConfig, summarize: bool = True) -> dict | None:
     runs_path = out / "runs.jsonl"
     plan = [(a, s) for a in cfg.arms for s in cfg.seeds]
     keys = {(a.name, s): _hash(asdict(cfg.arm_config(a, s))) for a, s in plan}
-    done = {(r["arm"], r["seed"]) for r in _rows(runs_path) if r.get("config_hash") == keys.get((r["arm"], r["seed"]))}
+    done = {(r["arm"], r["seed"]) for r in read_jsonl(runs_path, missing_ok=True) if r.get("config_hash") == keys.get((r["arm"], r["seed"]))}
     progress = _Progress(cfg.name, len(plan), sum((a.name, s) in done for a, s in plan))
     for k, (arm, seed) in enumerate(plan, 1):
         if (arm.name, seed) in done:
@@ -216,70 +240,67 @@ def run_study(cfg: StudyConfig, summarize: bool = True) -> dict | None:
         row = run_arm_seed(cfg, arm, seed, shared, lambda what, a=arm.name, s=seed, k=k: progress.stage(a, s, k, what))
         row["config_hash"] = keys[(arm.name, seed)]
         # a row per finished run; earlier rows of the same arm × seed (another config) are superseded
-        kept = [r for r in _rows(runs_path) if (r["arm"], r["seed"]) != (arm.name, seed)]
-        from dmlm.util.io import write_jsonl
-
+        kept = [r for r in read_jsonl(runs_path, missing_ok=True) if (r["arm"], r["seed"]) != (arm.name, seed)]
         write_jsonl(runs_path, kept + [row])
         progress.finished(time.time() - t0)
     if not summarize:
         return None
     from dmlm.recipes.study_summary import write_summary
 
-    return write_summary(cfg, [r for r in _rows(runs_path) if (r["arm"], r["seed"]) in keys])
+    return write_summary(cfg, [r for r in read_jsonl(runs_path, missing_ok=True) if (r["arm"], r["seed"]) in keys])
 
 
 def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -> dict:
     """One run: the arm's corpus, codebooks and token stores (shared), training, and its evaluations."""
-    from dmlm.evaluation.tasks import evaluate_task
-
     base = cfg.arm_config(arm, seed)
-    folder = cfg.out_dir / "runs" / arm.name / f"seed{seed}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(cfg.out_dir / "runs" / arm.name / f"seed{seed}")
+    folder.out.mkdir(parents=True, exist_ok=True)
     stage("prepare")
     data_key, manifests = shared.data(base)
     stage("codebooks")
-    (ckey, cb), (ikey, icb) = shared.codebooks(base, data_key, manifests)
+    paths = shared.codebook_paths(base, data_key)
+    cb, icb = shared.codebooks(base, data_key, manifests)
     stage("tokenize")
-    units = shared.units(data_key, ckey, cb, ikey, icb, manifests)
+    units = shared.units(data_key, paths, cb, icb, manifests)
     run = base.run
-    run.data.train, run.data.dev = str(manifests["train"]), str(manifests["dev"])
-    run.data.unpaired = unpaired_manifests(manifests)
-    run.data.units, run.data.codebook = str(units), str(shared.root / f"{ckey}.safetensors")
-    run.data.image_codebook = str(shared.root / f"{ikey}.safetensors") if icb is not None else ""
-    run.train.out = str(folder / "model")
+    point_run_at(run, manifests, units, paths[0], paths[1], folder.model())
     stage(f"train ({run.train.steps} steps)")
     t_train = time.time()
-    _train(run, folder, "train", base.processes, resume=True)
-    train_seconds = _add_seconds(folder / "train_seconds.json", time.time() - t_train)
-    specs = {t.split(":")[0]: t for t in run.data.tasks}
-    metrics: dict[str, float] = {}
-    evals: dict[str, str] = {}
-    for task in dict.fromkeys(m.split(".")[0] for m in cfg.metrics):
-        if task not in specs:
-            continue
-        stage(f"evaluate {task}")
-        path = folder / "eval" / f"{task}.json"
-        rep = _cached(path, folder / "model", lambda task=task, path=path: evaluate_task(
-            folder / "model", specs[task], manifests["test"], path, units=units,
-            limit=base.eval_limit or None, progress=False), {"limit": base.eval_limit, "manifest": str(manifests["test"])})
-        evals[task] = str(path.with_suffix(".hyps.jsonl"))
-        for m in cfg.metrics:
-            t, key = m.split(".")
-            if t == task and isinstance(rep.get(key), (int, float)):
-                metrics[m] = float(rep[key])
-    summary = train_summary(folder / "model")
-    curve = [{"step": r["step"], "dev_loss": r["dev_loss"]} for r in _rows(folder / "model.log.jsonl") if "dev_loss" in r]
+    train_model(run, folder.run_config(), base.processes, resume=True)
+    train_seconds = _add_seconds(folder.train_seconds, time.time() - t_train)
+    metrics, evals = evaluate_arm(cfg, base, folder, manifests["test"], units, stage)
+    summary = train_summary(folder.model())
     return {"arm": arm.name, "seed": seed, "overrides": list(arm.overrides), "metrics": metrics,
             "steps": summary["steps"], "tokens": summary["tokens"], "seconds": round(train_seconds, 1),
-            "final_dev_loss": summary["final_dev_loss"], "dev_curve": curve, "hyps": evals,
+            "final_dev_loss": summary["final_dev_loss"], "dev_curve": dev_curve(folder.model()), "hyps": evals,
             "tokens_per_step": summary["tokens_per_step"], "example_share": summary["example_share"],
             "test_records": len(read_manifest(manifests["test"])), "machine": machine(), "config": asdict(base)}
 
 
+def evaluate_arm(cfg: StudyConfig, base: DemoConfig, folder: RunFolder, test: Path, units: Path,
+                 stage) -> tuple[dict[str, float], dict[str, str]]:
+    """({metric: value}, {task: hypotheses file}) of the study's metrics on the tasks this run trained;
+    evaluations are keyed by task name (eval/TASK.json), the model loaded once."""
+    specs = {parse_spec(t)[0]: t for t in base.run.data.tasks}
+    model = LazyModel(folder.model())
+    metrics: dict[str, float] = {}
+    evals: dict[str, str] = {}
+    settings = {"limit": base.eval_limit, "manifest": str(test)}
+    for task in dict.fromkeys(metric_task(m) for m in cfg.metrics):
+        if task not in specs:
+            continue
+        stage(f"evaluate {task}")
+        rep = evaluate_model(model, [specs[task]], test, folder, units, limit=lambda spec: base.eval_limit or None,
+                             key=lambda spec, task=task: task, settings=lambda spec: settings, progress=False)[task]
+        evals[task] = str(folder.eval_hyps(task))
+        for m in cfg.metrics:
+            if metric_task(m) == task and isinstance(rep.get(metric_key(m)), (int, float)):
+                metrics[m] = float(rep[metric_key(m)])
+    return metrics, evals
+
+
 def _add_seconds(path: Path, seconds: float) -> float:
     """Training wall seconds summed over the invocations that trained this run (a resumed run trains in parts)."""
-    from dmlm.util.io import atomic_write_json
-
     total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
     atomic_write_json(path, {"seconds": round(total, 1)})
     return total

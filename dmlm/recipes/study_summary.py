@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlm.evaluation.grouping import is_heldout_voice
+from dmlm.data.manifest import is_heldout_voice
 from dmlm.metrics.bootstrap import LOWER_IS_BETTER, base_metric, interval, paired_difference, resample_counts, score
 from dmlm.metrics.bootstrap import utterance_stats
 from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl

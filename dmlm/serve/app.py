@@ -243,7 +243,26 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
                              "calls": svc.batcher.calls, "largest": svc.batcher.largest,
                              "pending": svc.batcher.pending}}
 
-    @v1.post("/transcribe", summary="Speech -> text (ASR)")
+    v1.include_router(_media_routes(svc, cfg))
+    v1.include_router(_text_routes(svc, cfg))
+    from dmlm.serve.openai_routes import openai_router
+
+    v1.include_router(openai_router(svc))
+    app.include_router(v1)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    return app
+
+
+def _media_routes(svc: Service, cfg: ServeConfig) -> APIRouter:
+    """The routes that take an upload: speech (ASR, S2TT) and images (I2T)."""
+    r = APIRouter()
+
+    @r.post("/transcribe", summary="Speech -> text (ASR)")
     async def transcribe(audio: Annotated[UploadFile, File(description="wav, flac, ogg or mp3; any rate and channels")],
                          decoding: Annotated[dict, Depends(form_decoding)], lang: Annotated[str, Form()] = "en") -> dict:
         t0 = time.perf_counter()
@@ -254,7 +273,7 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
         return {"text": done.value, "duration": round(seconds, 3), "seconds": round(time.perf_counter() - t0, 4),
                 "batch_size": done.batch_size}
 
-    @v1.post("/translate", summary="Speech -> text in another language (S2TT)")
+    @r.post("/translate", summary="Speech -> text in another language (S2TT)")
     async def translate(audio: Annotated[UploadFile, File(description="wav, flac, ogg or mp3; any rate and channels")],
                         decoding: Annotated[dict, Depends(form_decoding)], to: Annotated[str | None, Form()] = None,
                         src: Annotated[str, Form()] = "en") -> dict:
@@ -267,7 +286,7 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
         return {"text": done.value, "to": to, "duration": round(seconds, 3),
                 "seconds": round(time.perf_counter() - t0, 4), "batch_size": done.batch_size}
 
-    @v1.post("/caption", summary="Image -> caption (I2T)")
+    @r.post("/caption", summary="Image -> caption (I2T)")
     async def caption(image: Annotated[UploadFile, File(description="png, jpeg, gif, bmp or webp")],
                       decoding: Annotated[dict, Depends(form_decoding)], lang: Annotated[str, Form()] = "en") -> dict:
         t0 = time.perf_counter()
@@ -277,13 +296,19 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
         done = await svc.caption(img, lang, decoding)
         return {"text": done.value, "width": img.width, "height": img.height,
                 "seconds": round(time.perf_counter() - t0, 4), "batch_size": done.batch_size}
+    return r
+
+
+def _text_routes(svc: Service, cfg: ServeConfig) -> APIRouter:
+    """The routes that take text: speech units and speech (T2S)."""
+    r = APIRouter()
 
     def text_request(body: TextIn) -> tuple[str, str, dict]:
         text = read_text(body.text, "text", cfg.max_text_chars)
         decoding = svc.check_decoding(body.model_dump(exclude={"text", "lang"}), speech_out=True)
         return text, svc.check_lang(body.lang, "lang"), decoding
 
-    @v1.post("/synthesize-units", summary="Text -> speech units (T2S)")
+    @r.post("/synthesize-units", summary="Text -> speech units (T2S)")
     async def synthesize_units(body: TextIn) -> dict:
         t0 = time.perf_counter()
         svc.require("synthesize-units")
@@ -291,7 +316,7 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
         return {"units": [int(u) for u in done.value], "seconds": round(time.perf_counter() - t0, 4),
                 "batch_size": done.batch_size}
 
-    @v1.post("/speak", summary="Text -> speech (T2S + the vocoder), audio/wav",
+    @r.post("/speak", summary="Text -> speech (T2S + the vocoder), audio/wav",
              responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM wav, 16 kHz mono"}})
     async def speak(body: TextIn) -> Response:
         t0 = time.perf_counter()
@@ -301,15 +326,4 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
         return Response(data, media_type=mime, headers={
             "X-Dmlm-Seconds": f"{time.perf_counter() - t0:.4f}", "X-Dmlm-Duration": f"{done.value.seconds:.3f}",
             "X-Dmlm-Batch-Size": str(done.batch_size), "Content-Disposition": 'inline; filename="speech.wav"'})
-
-    from dmlm.serve.openai_routes import openai_router
-
-    v1.include_router(openai_router(svc))
-    app.include_router(v1)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
-
-    return app
+    return r

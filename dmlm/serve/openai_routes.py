@@ -80,6 +80,29 @@ def _decoding(temperature: float) -> dict:
     return {"strategy": "sample", "temperature": temperature} if temperature > 0 else {}
 
 
+def refuse_unsupported_transcription(stream: bool, granularities: list[str] | None, fmt: str) -> None:
+    """OpenAI transcription options this server cannot honour, refused by field."""
+    if stream:
+        raise RequestError("stream: streamed transcription is not supported; send stream=false", 400, "stream")
+    if granularities and any(g != "segment" for g in granularities) and fmt == "verbose_json":
+        raise RequestError("timestamp_granularities: this model gives no word timestamps; use 'segment'", 400,
+                           "timestamp_granularities[]")
+
+
+def refuse_unsupported_speech(body: SpeechIn) -> None:
+    """OpenAI speech options this server cannot honour, refused by field."""
+    if body.response_format not in SPEECH_FORMATS:
+        raise RequestError(f"response_format: {body.response_format} is not supported; expected one of "
+                           f"{', '.join(SPEECH_FORMATS)}", 400, "response_format")
+    if body.speed != 1.0:
+        raise RequestError(f"speed: the model speaks at one speed; expected 1.0, got {body.speed}", 400, "speed")
+    if body.instructions:
+        raise RequestError("instructions: this model takes no voice instructions; leave the field out", 400,
+                           "instructions")
+    if body.stream_format == "sse":
+        raise RequestError("stream_format: sse is not supported; expected audio", 400, "stream_format")
+
+
 def openai_router(svc: Service) -> APIRouter:
     cfg = svc.cfg
     r = APIRouter(tags=["OpenAI-compatible"])
@@ -99,13 +122,6 @@ def openai_router(svc: Service) -> APIRouter:
                                "model_not_found")
         return model_card()
 
-    def refuse_unsupported(stream: bool, granularities: list[str] | None, fmt: str) -> None:
-        if stream:
-            raise RequestError("stream: streamed transcription is not supported; send stream=false", 400, "stream")
-        if granularities and any(g != "segment" for g in granularities) and fmt == "verbose_json":
-            raise RequestError("timestamp_granularities: this model gives no word timestamps; use 'segment'", 400,
-                               "timestamp_granularities[]")
-
     @r.post("/audio/transcriptions", summary="Speech -> text (OpenAI's create transcription)")
     async def transcriptions(
         file: Annotated[UploadFile, File(description="wav, flac, ogg or mp3")],
@@ -116,7 +132,7 @@ def openai_router(svc: Service) -> APIRouter:
     ):
         t0 = time.perf_counter()
         svc.require("transcribe")
-        refuse_unsupported(stream, timestamp_granularities, response_format)
+        refuse_unsupported_transcription(stream, timestamp_granularities, response_format)
         lang = svc.check_lang(language or "en", "language")
         wav, duration = await run_in_threadpool(read_audio, await read_upload(file), "file", cfg.max_audio_seconds)
         done = await svc.transcribe(wav, lang, svc.check_decoding(_decoding(temperature)))
@@ -143,16 +159,7 @@ def openai_router(svc: Service) -> APIRouter:
     async def speech(body: SpeechIn) -> Response:
         t0 = time.perf_counter()
         svc.require("speak")
-        if body.response_format not in SPEECH_FORMATS:
-            raise RequestError(f"response_format: {body.response_format} is not supported; expected one of "
-                               f"{', '.join(SPEECH_FORMATS)}", 400, "response_format")
-        if body.speed != 1.0:
-            raise RequestError(f"speed: the model speaks at one speed; expected 1.0, got {body.speed}", 400, "speed")
-        if body.instructions:
-            raise RequestError("instructions: this model takes no voice instructions; leave the field out", 400,
-                               "instructions")
-        if body.stream_format == "sse":
-            raise RequestError("stream_format: sse is not supported; expected audio", 400, "stream_format")
+        refuse_unsupported_speech(body)
         text = read_text(body.input, "input", cfg.max_text_chars)
         done = await svc.speak(text, svc.check_lang(body.lang, "lang"), {})
         data, mime = await run_in_threadpool(encode_audio, done.value.samples, done.value.sample_rate,

@@ -21,6 +21,7 @@ from dmlm.decoding import SPEECH_OUT_FIELDS, USER_FIELDS, DecodingOptions, make_
 from dmlm.serve.batching import Batcher, Done
 from dmlm.serve.config import ServeConfig
 from dmlm.serve.media import RequestError
+from dmlm.tasks import get_task, parse_spec
 from dmlm.util.errors import UserError
 
 # routes -> the trained task each needs (`speak` needs a vocoder too)
@@ -32,10 +33,11 @@ class Service:
         self.model, self.cfg = model, cfg
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmlm-model")
         self.batcher = Batcher(self.executor, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_pending)
-        self.task_names = {t.split(":")[0] for t in model.tasks}
-        self.targets = [t.split(":")[1] for t in model.tasks if t.startswith("s2tt:")]
+        specs = [parse_spec(t) for t in model.tasks]
+        self.task_names = {name for name, _ in specs}
+        self.targets = [lang for name, lang in specs if name == ROUTE_TASKS["translate"] and lang]
         """Languages the model translates into."""
-        self.languages = sorted({"en", *(t.split(":")[1] for t in model.tasks if ":" in t)})
+        self.languages = sorted({"en", *(lang for _, lang in specs if lang)})
         """Languages named by the model's tasks (the page offers these)."""
         info = model.info
         self.has_vocoder = bool(info["vocoder"])
@@ -44,11 +46,13 @@ class Service:
     # -- life -----------------------------------------------------------------------------------
     async def start(self) -> None:
         def warm() -> None:
-            if self.task_names & {"asr", "s2tt", "t2s"}:
+            tasks = [get_task(name) for name in self.task_names & set(ROUTE_TASKS.values())]  # what routes run
+            modalities = {m for t in tasks for m in (t.source, t.target)}
+            if "speech" in modalities:
                 self.model.codebook("speech")
-            if "i2t" in self.task_names:
+            if "image" in modalities:
                 self.model.codebook("image")
-            if self.has_vocoder and "t2s" in self.task_names:
+            if self.has_vocoder and any(t.target == "speech" for t in tasks):
                 self.model.vocoder  # noqa: B018 (loads it)
 
         await asyncio.get_running_loop().run_in_executor(self.executor, warm)

@@ -19,6 +19,11 @@ Design decisions:
   unpaired LM task is a small class (`dmlm.tasks.lm`).
 - A task spec is `name` or `name:lang` (`s2tt:es`, `text_lm:es`): the language of the text
   side the task reads or writes. Mixtures are lists of specs with weights (`dmlm.data.mixture`).
+- How a task is scored is a fact of its row too (`Scoring`: headline label and metrics, the
+  normalizer a report names, whether a trivial baseline is scored, whether it is judged by ear),
+  so evaluation, reports and configs ask the row (`scoring_for(spec)`) and never compare task
+  names. Resynthesis (codebook + vocoder, no LM) is an evaluation without a task: it is a row of
+  `EVALUATIONS`. `check_scorable(specs)` refuses an unscorable spec when a config is loaded.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import numpy as np
 
 from dmlm.util.errors import UserError
 from dmlm.vocab import Vocab
+
+DEFAULT_LANG = "en"  # a record's language when it names none
 
 
 @dataclass
@@ -56,10 +63,28 @@ class Rendered:
     task: str = ""  # the task spec that rendered it (mixture logging)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How evaluations of a task (or an evaluation of its own, like resynthesis) are scored and shown."""
+
+    label: str  # headline label; formatted with {spec}, {src} (source language) and {lang} (the spec's)
+    metrics: tuple[tuple[str, str], ...]  # (report key, column header) of its headline row
+    normalizer: str = "none"  # what a report names as the text normalizer
+    baseline: bool = False  # a trivial baseline (the most frequent training target) is scored beside it
+    by_ear: str = "never"  # "never", "with_judge" (speech out judged when a judge is given) or "always"
+    voice_clips: bool = False  # takes extra clips in the vocoder's voice (resynthesis)
+
+    def row_label(self, spec: str, src_lang: str = DEFAULT_LANG) -> str:
+        """The headline label of `spec`, e.g. "S2TT en→de" for `s2tt:de`."""
+        return self.label.format(spec=spec, src=src_lang, lang=spec.partition(":")[2] or src_lang)
+
+
 class Task(Protocol):
     name: str
     source: str | None  # source modality (None: an unpaired LM task)
     target: str  # target modality
+    decoded: bool  # True: scored on decoded hypotheses (generation); False: teacher-forced (LM)
+    scoring: Scoring
 
     def prompt(self, sample: Sample, vocab: Vocab) -> list[int]: ...
 
@@ -147,8 +172,59 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def reads(task: Task, modality: str) -> bool:
+    """True if `task` reads or writes `modality` ("speech", "image", "text")."""
+    return modality in (task.source, task.target)
+
+
+def scoring_for(spec: str) -> Scoring:
+    """The scoring row of a task spec or of an evaluation of its own (`EVALUATIONS`, e.g. "resynthesis")."""
+    name = spec.partition(":")[0]
+    if name in EVALUATIONS:
+        return EVALUATIONS[name]
+    return get_task(parse_spec(spec)[0]).scoring
+
+
+def scoring_rank(spec: str) -> tuple[int, int]:
+    """Where `spec`'s row goes in a report: decoded tasks with text out, then speech out (each in table
+    order), evaluations of their own (resynthesis), LM tasks; a spec of nothing registered last."""
+    name = spec.partition(":")[0]
+    table = [*TASKS, *EVALUATIONS]
+    if name in EVALUATIONS:
+        return 2, table.index(name)
+    if name not in TASKS:
+        return 4, 0
+    task = TASKS[name]
+    return ((1 if task.target == "speech" else 0) if task.decoded else 3), table.index(name)
+
+
+def is_task(spec: str) -> bool:
+    """True for a task spec, False for an evaluation of its own (resynthesis)."""
+    return spec.partition(":")[0] not in EVALUATIONS
+
+
+def evaluations_where(test) -> list[str]:
+    """Names of the tasks and evaluations whose scoring row passes `test` (for messages: "judge is for ...")."""
+    rows = {**{n: t.scoring for n, t in TASKS.items()}, **EVALUATIONS}
+    return [n for n, s in rows.items() if test(s)]
+
+
+def check_scorable(specs) -> None:
+    """An error naming the first spec the evaluation cannot score (unknown task, translation without a
+    language): configs call this when they are loaded, so a run never fails at its end for it."""
+    for spec in specs:
+        try:
+            if not is_task(spec):
+                continue
+            name, lang = parse_spec(spec)
+            if getattr(TASKS[name], "target_text", None) == "translation" and not lang:
+                raise UserError(f"task {name} needs a target language: write it as {name}:LANG, e.g. {name}:es")
+        except UserError as e:
+            raise UserError(f"task {spec!r} cannot be scored: {e}") from None
+
+
 from dmlm.tasks.lm import ImageLM, SpeechLM, TextLM  # noqa: E402
-from dmlm.tasks.paired import PAIRED  # noqa: E402
+from dmlm.tasks.paired import EVALUATIONS, PAIRED  # noqa: E402
 
 TASKS: dict[str, Task] = {**{t.name: t for t in PAIRED}, "text_lm": TextLM(), "speech_lm": SpeechLM(),
                           "image_lm": ImageLM()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from dmlm.tasks import Sample, Sources, modality_ids
+from dmlm.tasks import Sample, Scoring, Sources, modality_ids
 from dmlm.vocab import Vocab
 
 
@@ -21,6 +21,8 @@ class _LM:
     name = ""
     source = None
     target = ""
+    decoded = False  # scored teacher-forced
+    scoring = Scoring("{spec} (unpaired)", (("perplexity", "perplexity"),))
 
     def prompt(self, sample: Sample, vocab: Vocab) -> list[int]:
         return [vocab.bos, vocab.task(self.name), vocab.lang(sample.tgt_lang), vocab.open(self.target)]

@@ -8,8 +8,10 @@ i2t   <bos> <|i2t|>  <|en|> <|image|>  i i … <|/image|>  <|en|> <|text|>   t t
 ```
 
 A row says which modality goes in and out, which manifest field holds the target text, and
-how hypotheses are scored; prompt, target, sample and reference are the same code for all
-four. The task owns the prompt side: `source_sample` is the source half of a record (what
+how hypotheses are scored (its metric and its `Scoring`: headline label and metrics, normalizer,
+trivial baseline, judged by ear); prompt, target, sample and reference are the same code for all
+four. `EVALUATIONS` holds the one evaluation that is not a task: resynthesis (reference units ->
+vocoder -> a judge), scored like speech out. The task owns the prompt side: `source_sample` is the source half of a record (what
 decoding needs) and `make_sample` wraps tokens a caller already has (inference), so nothing
 outside this module builds a `Sample` for a paired task.
 
@@ -28,7 +30,7 @@ import numpy as np
 
 from dmlm.metrics import error_rates, translation_scores, unit_scores
 from dmlm.metrics.captioning import caption_scores
-from dmlm.tasks import Sample, Sources, modality_ids, span
+from dmlm.tasks import Sample, Scoring, Sources, modality_ids, span
 from dmlm.util.errors import UserError
 from dmlm.vocab import Vocab
 
@@ -44,6 +46,9 @@ class PairedTask:
     label: str  # how errors name the task
     target_text: str | None = None  # text target: "text", "translation" or "caption"; None for speech
     metric: Callable[[list, list], dict] | None = None  # scores hypotheses against references
+    scoring: Scoring = Scoring("", ())  # how evaluations are scored and shown
+    rerank_by: str | None = None  # the task whose likelihood reranks sampled candidates (`DecodingOptions.rerank`)
+    decoded = True  # scored on decoded hypotheses
 
     # -- sequences ---------------------------------------------------------------------------
     def _source_lang(self, sample: Sample) -> str:
@@ -153,13 +158,49 @@ class PairedTask:
             raise UserError(f"{sources.manifest}: record {record.id!r} has no reference 'text' to score against")
         return record.text
 
+    def baseline_target(self, record, sources: Sources, lang: str | None) -> str | None:
+        """`record`'s target text for the trivial baseline (`scoring.baseline`), or None when it has
+        no source or no target in `lang`."""
+        if not self._has_source(record):
+            return None
+        if self.target_text == "translation":
+            return (record.translations or {}).get(lang) or None
+        if self.target_text == "caption":
+            return self.reference(record, sources, lang)[0] if record.caption else None
+        return record.text or None
+
     def evaluate(self, rows: list[dict]) -> dict:
         return self.metric([r["ref"] for r in rows], [r["hyp"] for r in rows])
 
 
+ERROR_RATES = (("wer", "WER %"), ("cer", "CER %"), ("wer_heldout_voice", "WER % held-out voice"))
+_TEXT_NORMALIZER = "dmlm.metrics.normalize.normalize"
+_JUDGE_WERS = (("asr_only_judge_wer", "ASR-only-model WER %"), ("asr_only_judge_original_wer", "its WER % of the recordings"))
+
+
 PAIRED = (
-    PairedTask("asr", "speech", "text", "ASR", target_text="text", metric=error_rates),
-    PairedTask("s2tt", "speech", "text", "S2TT", target_text="translation", metric=translation_scores),
-    PairedTask("t2s", "text", "speech", "T2S", metric=unit_scores),
-    PairedTask("i2t", "image", "text", "I2T", target_text="caption", metric=caption_scores),
+    PairedTask("asr", "speech", "text", "ASR", target_text="text", metric=error_rates,
+               scoring=Scoring("ASR", ERROR_RATES, _TEXT_NORMALIZER)),
+    PairedTask("s2tt", "speech", "text", "S2TT", target_text="translation", metric=translation_scores,
+               scoring=Scoring("S2TT {src}→{lang}", (("bleu", "BLEU"), ("chrf", "chrF"),
+                                                       ("bleu_heldout_voice", "BLEU held-out voice"),
+                                                       ("baseline_bleu", "baseline BLEU")),
+                               "sacrebleu defaults (13a tokenizer)", baseline=True)),
+    PairedTask("t2s", "text", "speech", "T2S", metric=unit_scores, rerank_by="asr",
+               scoring=Scoring("T2S", (("unit_accuracy", "unit acc. %"), ("unit_error_rate", "unit error %"),
+                                       ("wer", "Whisper WER %"), ("greedy_wer", "Whisper WER %, greedy (no rerank)"),
+                                       ("original_wer", "Whisper WER % of the recordings"), *_JUDGE_WERS),
+                               "none (unit ids)", by_ear="with_judge")),
+    PairedTask("i2t", "image", "text", "I2T", target_text="caption", metric=caption_scores,
+               scoring=Scoring("I2T captioning", (("cider", "CIDEr"), ("bleu", "BLEU"), ("baseline_cider", "baseline CIDEr")),
+                               _TEXT_NORMALIZER, baseline=True)),
 )
+
+EVALUATIONS = {
+    "resynthesis": Scoring("Resynthesis (codebook + vocoder)", (
+        ("wer", "Whisper WER %"), ("original_wer", "Whisper WER % of the recordings"),
+        ("wer_vocoder_voice", "Whisper WER %, clips in the vocoder's voice"),
+        ("original_wer_vocoder_voice", "Whisper WER % of those recordings"), *_JUDGE_WERS),
+        by_ear="always", voice_clips=True),
+}
+"""Evaluations that are not tasks (no sequence format, no LM): reference units -> vocoder -> a judge."""

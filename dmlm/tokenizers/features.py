@@ -7,7 +7,7 @@ Design decisions:
   pads audio, and its output is sliced back to its own frames. Because the padding of a clip
   depends only on its own length, a clip's features do not depend on its batch mates:
   tokenization is deterministic whatever the batch size.
-- Clips longer than the encoder's window (`WINDOW_S` = 30 s, 1500 positions) are cut into
+- Clips longer than the encoder's window (`WHISPER_SECONDS` = 30 s, 1500 positions) are cut into
   consecutive, non-overlapping 30 s windows (the last one shorter), each encoded as a clip of
   its own, and their frames concatenated in order: a 35 s LibriSpeech utterance gives 1500 + 250
   frames, as many as one pass would. No overlap, so no frame is counted twice; the cost is that
@@ -30,12 +30,13 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from dmlm.util.audio import SAMPLE_RATE
 from dmlm.util.errors import UserError
 
-SAMPLE_RATE = 16_000
 HOP = 160  # 10 ms mel hop; Whisper encoder frames are 2 hops = 20 ms
 N_FFT = 400
-WINDOW_S = 30  # Whisper's encoder input: 30 s of audio, 1500 positions
+WHISPER_SECONDS = 30  # Whisper's encoder input: 30 s of audio, 1500 positions
+WHISPER_SAMPLES = WHISPER_SECONDS * SAMPLE_RATE
 
 
 @lru_cache(maxsize=4)
@@ -81,14 +82,14 @@ def _pad_to_quantum(wav: np.ndarray, quantum_s: float) -> np.ndarray:
     """Zero-padded to a multiple of `quantum_s`, but never past the encoder's window."""
     q = int(quantum_s * SAMPLE_RATE)
     target = max(q, math.ceil(len(wav) / q) * q)
-    if len(wav) <= WINDOW_S * SAMPLE_RATE:
-        target = min(target, WINDOW_S * SAMPLE_RATE)
+    if len(wav) <= WHISPER_SAMPLES:
+        target = min(target, WHISPER_SAMPLES)
     return np.pad(wav, (0, target - len(wav)))
 
 
 def windows(wav: np.ndarray) -> list[np.ndarray]:
-    """`wav` cut into consecutive non-overlapping `WINDOW_S` windows (one, for a clip that fits)."""
-    n = WINDOW_S * SAMPLE_RATE
+    """`wav` cut into consecutive non-overlapping `WHISPER_SECONDS` windows (one, for a clip that fits)."""
+    n = WHISPER_SAMPLES
     return [wav[i : i + n] for i in range(0, max(len(wav), 1), n)]
 
 

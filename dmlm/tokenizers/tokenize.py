@@ -111,28 +111,3 @@ def tokenize(codebook: str | Path, manifest: str | Path, out_dir: str | Path, sh
     if external_codes:
         raise UserError(f"--external-codes is for external image codebooks; {codebook} is a speech codebook")
     return tokenize_manifest(Codebook.load(codebook), manifest, out_dir, shard=shard, num_shards=num_shards), modality
-
-
-def fit_codebook_on_manifest(manifest: str | Path, modality: str = "speech", overrides: list[str] = (),
-                             max_utts: int = 0) -> Codebook | ImageCodebook:
-    """`dmlm codebook fit`: k-means units (or image codes) fitted on the first `max_utts` records (0: all)."""
-    from dmlm.tokenizers.image import ImageCodebookSettings, fit_image_codebook
-    from dmlm.tokenizers.speech import CodebookSettings, fit_codebook
-    from dmlm.util.config import load_config
-
-    records = read_manifest(manifest)
-    if modality == "image":
-        settings = load_config(None, list(overrides), cls=ImageCodebookSettings)
-        if settings.backend == "external":  # codes come from another tokenizer: nothing to fit
-            if not settings.name:
-                raise UserError("an external image codebook needs name=… (the tokenizer that made the codes) and k=…")
-            return ImageCodebook.external(settings.k, settings.name, settings.image_size)
-        records = [r for r in records if r.image is not None][: max_utts or None]
-        if not records:
-            raise UserError(f"{manifest}: no record has an 'image'")
-        return fit_image_codebook([load_record_image(manifest, r, settings.image_size) for r in records], settings)
-    settings = load_config(None, list(overrides), cls=CodebookSettings)
-    records = [r for r in records if r.audio is not None][: max_utts or None]
-    if not records:
-        raise UserError(f"{manifest}: no record has 'audio'")
-    return fit_codebook((load_record_audio(manifest, r) for r in records), settings, total=len(records))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dmlm.modeling import ModelConfig
+from dmlm.tasks import get_task, parse_spec, reads
 from dmlm.util.config import ConfigError
 
 
@@ -91,7 +92,7 @@ class RunConfig:
     def validate(self) -> None:
         """The paths a training run cannot start without, named by key."""
         need = {"data.train": self.data.train, "train.out": self.train.out}
-        if any(spec.split(":")[0] != "text_lm" for spec in self.data.tasks):  # a task that reads units or codes
+        if any(_reads_tokens(spec) for spec in self.data.tasks):
             need["data.units"] = self.data.units
         missing = [k for k, v in need.items() if not v]
         if missing:
@@ -135,3 +136,9 @@ class RunConfig:
         if m.init == "scratch" and m.hidden_size % m.heads:
             raise ConfigError(f"model.heads: {m.heads} does not divide model.hidden_size={m.hidden_size} "
                               "(each head gets hidden_size / heads dimensions)")
+
+
+def _reads_tokens(spec: str) -> bool:
+    """True if task `spec` reads or writes speech units or image codes (from `data.units`)."""
+    task = get_task(parse_spec(spec)[0])
+    return reads(task, "speech") or reads(task, "image")

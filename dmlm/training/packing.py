@@ -91,7 +91,7 @@ def packed_padding_share(lengths: np.ndarray, batch_tokens: int, row_tokens: int
 
 
 def collate_packed(rows: list[list[Rendered]], pad: int) -> dict[str, torch.Tensor]:
-    """Tensors of packed rows: those of `dmlm.training.train.collate` plus `position_ids` and `segment`.
+    """Tensors of packed rows: those of `dmlm.training.data_order.collate` plus `position_ids` and `segment`.
 
     `attention_mask` (B, T) still marks real tokens (loss weights, token counts); `segment`
     (B, T) numbers the examples of a row 0, 1, … and gives the padding after them a number of

@@ -4,6 +4,10 @@ Design decisions:
 - The state (`OUT/training_state/`) is the optimizer, the RNGs, the data position and the
   config; it is written into the same temp folder as the model (`dmlm.modeling.save_checkpoint`)
   so both appear together. An older run's `OUT.state/` beside the model is still read.
+- This module owns every file of that folder by name (`OPTIMIZER_FILE`, `RNG_FILE`,
+  `PROGRESS_FILE`, `CONFIG_FILE`): `TrainingState.save` writes them, `load_progress`,
+  `restore_optimizer` and `restore_rng_state` read them, `read_progress(model_dir)` serves
+  other readers (reports), `finished` answers "is this run already done?" without a model.
 - Nothing in it is a pickle: the RNG state is JSON (`rng.json`; a pickled `rng.pt` of an older
   dmlm is refused, never loaded), the optimizer's is tensors and numbers, loaded with
   `weights_only=True`.
@@ -16,25 +20,113 @@ from __future__ import annotations
 import io
 import json
 import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dmlm.modeling import STATE_DIR, CheckpointFiles
+from dmlm.modeling import STATE_DIR, CheckpointFiles, fault_point
+from dmlm.training.config import RunConfig
+from dmlm.training.data_order import Progress
+from dmlm.util.config import dump_config
 from dmlm.util.errors import MissingFileError, UserError
-from dmlm.util.io import write_jsonl
+
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.json"
+LEGACY_RNG_FILE = "rng.pt"  # an older dmlm's pickle: refused, never loaded
+PROGRESS_FILE = "progress.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainingState:
+    """What `training_state/` holds beside the model: optimizer, RNGs, data position, config."""
+
+    optimizer: torch.optim.Optimizer
+    progress: Progress
+    cfg: RunConfig
+
+    def save(self, folder: Path) -> None:
+        """Write the state into `folder` (new; inside a checkpoint's temp folder). The RNG state is
+        the process's own at this moment."""
+        folder.mkdir()
+        save_optimizer_state(self.optimizer, folder / OPTIMIZER_FILE)
+        fault_point("state", self.progress.step)  # inside the state write: the optimizer written, the rest not
+        (folder / RNG_FILE).write_text(json.dumps(rng_state()))
+        (folder / PROGRESS_FILE).write_text(json.dumps(asdict(self.progress)))
+        (folder / CONFIG_FILE).write_text(dump_config(self.cfg))
+
+
+def has_state(state_dir: Path) -> bool:
+    """Whether `state_dir` holds a training state to resume (its progress file)."""
+    return (state_dir / PROGRESS_FILE).is_file()
+
+
+def _read_progress_file(path: Path) -> Progress:
+    try:
+        return Progress(**json.loads(path.read_text()))
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_progress(model_dir: str | Path) -> Progress | None:
+    """The data position, steps and tokens a run in `model_dir` saved, or None without a state."""
+    path = state_dir_of(Path(model_dir)) / PROGRESS_FILE
+    return _read_progress_file(path) if path.is_file() else None
+
+
+def load_progress(files: CheckpointFiles) -> Progress:
+    """The saved progress of a checkpoint to resume, after verifying the checksums of model and
+    state and that every part (the progress file too) names one step."""
+    files.verify(state=True)
+    path = files.state_dir / PROGRESS_FILE
+    progress = _read_progress_file(path)
+    files.check_steps({str(path): progress.step})
+    return progress
+
+
+def finished(cfg: RunConfig, state_dir: Path) -> bool:
+    """A saved run of exactly this config whose budget is spent (anything else goes the full resume path)."""
+    try:
+        saved = (state_dir / CONFIG_FILE).read_text()
+        progress = Progress(**json.loads((state_dir / PROGRESS_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
+    return saved == dump_config(cfg) and progress.step > 0 and progress.fraction(cfg.train) >= 1.0
+
+
+def check_world(progress: Progress, processes: int, grad_accum: int, state_dir: Path) -> None:
+    """Resuming with another processes x grad_accum would change the global batch: refused."""
+    if progress.world_size is not None and (progress.world_size, progress.grad_accum) != (processes, grad_accum):
+        raise UserError(
+            f"{state_dir}: this run was trained with {progress.world_size} process(es) x grad_accum "
+            f"{progress.grad_accum}; resuming with {processes} x {grad_accum} would change the "
+            f"global batch and break exact resume. Relaunch with --nproc_per_node {progress.world_size} "
+            f"(or set train.grad_accum so that processes x grad_accum matches and start a new run)"
+        )
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, state_dir: Path) -> None:
+    """Load the saved optimizer state (tensors and numbers only: `weights_only=True`)."""
+    opt.load_state_dict(torch.load(state_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
 
 
 def state_dir_of(out: Path) -> Path:
     """Where the training state of the run in `out` is (`out/training_state/`, or an older run's `OUT.state/`)."""
     if CheckpointFiles.is_checkpoint(out):
         return CheckpointFiles(out).state_dir
-    legacy = out.with_name(out.name + ".state")
+    legacy = legacy_state_dir(out)
     return legacy if legacy.is_dir() else out / STATE_DIR
 
 
+def legacy_state_dir(out: Path) -> Path:
+    """Where an older dmlm kept the training state of the run in `out` (`OUT.state/`, beside it)."""
+    return out.with_name(out.name + ".state")
+
+
 def lock_path(out: Path) -> Path:
+    """The writer lock of the run in `out` (`OUT.lock`, beside it)."""
     return out.with_name(out.name + ".lock")
 
 
@@ -44,19 +136,6 @@ def save_optimizer_state(opt: torch.optim.Optimizer, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     path.write_bytes(buf.getbuffer())
-
-
-def cut_log(log_path: Path, step: int) -> None:
-    """Drop log rows after `step`: a run killed between saves logged steps it will train again."""
-    if not log_path.is_file():
-        return
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if r.get("step", 0) <= step]
-    if len(kept) < len(rows):
-        write_jsonl(log_path, kept)
-
-
-RNG_FILE = "rng.json"
 
 
 def rng_state() -> dict:
@@ -70,6 +149,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Set the torch, numpy and Python RNGs to a state of `rng_state`."""
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     n = state["numpy"]
     np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
@@ -81,8 +161,8 @@ def restore_rng_state(state_dir: Path) -> None:
     """Set the RNGs to the saved state; a state folder with only a pickled `rng.pt` is refused, never unpickled."""
     path = state_dir / RNG_FILE
     if not path.is_file():
-        if (state_dir / "rng.pt").is_file():
-            raise UserError(f"{state_dir}/rng.pt: training state in a pickle file, which could run code when "
+        if (state_dir / LEGACY_RNG_FILE).is_file():
+            raise UserError(f"{state_dir}/{LEGACY_RNG_FILE}: training state in a pickle file, which could run code when "
                             f"loaded; dmlm reads only {RNG_FILE}. Resume this run with the dmlm that wrote it, or "
                             "train it again without --resume")
         raise MissingFileError(f"{path}: the training state has no RNG state; cannot resume exactly")

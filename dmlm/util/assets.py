@@ -7,7 +7,8 @@ Design decisions:
   folders pass through unchanged, so the same config runs where a hub is reachable.
 - Expensive conversions run once into a cache (`$DMLM_CACHE` or `~/.cache/dmlm`), one folder
   per preset and format. A folder is built under a temporary name and renamed into place
-  only when complete, so a killed conversion never leaves a cache that looks finished.
+  only when complete (`dmlm.util.io.first_dir`), so a killed conversion never leaves a cache
+  that looks finished.
 - Whisper presets ship as CTranslate2 models. `read_ct2_model` parses CTranslate2's
   `model.bin` (the layout written by `ctranslate2.specs.ModelSpec._serialize`) and
   `convert_whisper_ct2_to_hf` maps its variables onto `WhisperForConditionalGeneration`
@@ -28,7 +29,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dmlm.util.errors import MissingFileError, UserError
+from dmlm.util.io import first_dir
 
 log = logging.getLogger(__name__)
 
@@ -141,51 +142,22 @@ def _ensure_module(module: str, requirement: str) -> None:
 # --------------------------------------------------------------------------- atomic cache
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def build_atomically(target: Path, build: Callable[[Path], Any], info: dict | None = None) -> Path:
     """Return `target`, first running `build(tmp_dir)` and renaming tmp_dir to it if absent.
 
-    Only a finished build is renamed into place, so `target` existing means complete.
-    Temp folders left by killed builds (their pid is gone) are removed on the next build; a
-    concurrent builder that loses the rename race discards its own copy.
+    Only a finished build is renamed into place, so `target` existing means complete
+    (`dmlm.util.io.first_dir`: temp folders left by killed builds are removed on the next build;
+    a concurrent builder that loses the rename race discards its own copy).
     """
     target = Path(target)
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.tmp-"
-    for stale in target.parent.glob(prefix + "*"):
-        m = re.match(r"(\d+)-", stale.name[len(prefix) :])
-        if m and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
-    try:
+    with first_dir(target) as tmp:
         t0 = time.perf_counter()
         build(tmp)
         record = {"converter_version": CONVERTER_VERSION, **(info or {})}
         record["seconds"] = round(time.perf_counter() - t0, 2)
         (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("built %s in %.1f s", target, record["seconds"])
     return target
 
@@ -360,29 +332,12 @@ def _ct2_vocabulary(ct2_dir: Path) -> list[str]:
     raise MissingFileError(f"{ct2_dir}: no vocabulary.json or vocabulary.txt")
 
 
-def convert_whisper_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write a transformers Whisper folder (fp32 model, generation config, processor)."""
-    import torch
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-    )
+def _whisper_config(m, ids: dict[str, int]):
+    """The transformers `WhisperConfig` of a CTranslate2 Whisper model (its shapes and special ids)."""
+    from transformers import WhisperConfig
 
-    ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
-    m = read_ct2_model(ct2_dir / "model.bin")
-    if m.spec != "WhisperSpec":
-        raise UserError(f"{ct2_dir}: a {m.spec} model, not WhisperSpec")
     v = m.variables
     dec = v["decoder/embeddings/weight"]
-    if int(v["decoder/activation"]) != 3 or not int(v["decoder/pre_norm"]):  # 3 = GELU
-        raise UserError(f"{ct2_dir}: expected a pre-norm GELU Whisper decoder")
-    if "decoder/projection/bias" in v or int(v.get("decoder/scale_embeddings", 0)):
-        raise UserError(f"{ct2_dir}: projection bias / embedding scale are not Whisper's")
-    cfg = json.loads((ct2_dir / "config.json").read_text())
-    vocab = _ct2_vocabulary(ct2_dir)
-    ids = {tok: i for i, tok in enumerate(vocab)}
     eot = ids.get("<|endoftext|>", 50257)
     sot = ids.get("<|startoftranscript|>", eot + 1)
     vocab_size, d_model = dec.shape
@@ -409,11 +364,14 @@ def convert_whisper_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         suppress_tokens=None,  # decoding settings live in the generation config only
         begin_suppress_tokens=None,
     )
-    sd = {k: torch.from_numpy(a) for k, a in _whisper_state_dict(v).items()}
-    model = WhisperForConditionalGeneration(config)
-    model.load_state_dict(sd, strict=True)
-    model.eval()
+    return config
 
+
+def _generation_config(config, cfg: dict, vocab: list[str], ids: dict[str, int]):
+    """The generation config (decoding settings: suppressed tokens, languages, tasks) of a converted Whisper."""
+    from transformers import GenerationConfig
+
+    eot, sot, vocab_size = config.eos_token_id, config.decoder_start_token_id, config.vocab_size
     multilingual = vocab_size >= 51865  # transformers' own test for Whisper checkpoints
     gen: dict[str, Any] = {
         "decoder_start_token_id": sot,
@@ -438,7 +396,33 @@ def convert_whisper_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         gen["lang_to_id"] = {vocab[i]: i for i in cfg.get("lang_ids", [])}
         tasks = ("transcribe", "translate")
         gen["task_to_id"] = {t: ids[f"<|{t}|>"] for t in tasks if f"<|{t}|>" in ids}
-    model.generation_config = GenerationConfig(**gen)
+    return GenerationConfig(**gen)
+
+
+def convert_whisper_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write a transformers Whisper folder (fp32 model, generation config, processor)."""
+    import torch
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
+    m = read_ct2_model(ct2_dir / "model.bin")
+    if m.spec != "WhisperSpec":
+        raise UserError(f"{ct2_dir}: a {m.spec} model, not WhisperSpec")
+    v = m.variables
+    if int(v["decoder/activation"]) != 3 or not int(v["decoder/pre_norm"]):  # 3 = GELU
+        raise UserError(f"{ct2_dir}: expected a pre-norm GELU Whisper decoder")
+    if "decoder/projection/bias" in v or int(v.get("decoder/scale_embeddings", 0)):
+        raise UserError(f"{ct2_dir}: projection bias / embedding scale are not Whisper's")
+    cfg = json.loads((ct2_dir / "config.json").read_text())
+    vocab = _ct2_vocabulary(ct2_dir)
+    ids = {tok: i for i, tok in enumerate(vocab)}
+    config = _whisper_config(m, ids)
+    sd = {k: torch.from_numpy(a) for k, a in _whisper_state_dict(v).items()}
+    model = WhisperForConditionalGeneration(config)
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+
+    model.generation_config = _generation_config(config, cfg, vocab, ids)
     model.save_pretrained(out_dir)
 
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out_dir)

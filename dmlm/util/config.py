@@ -158,13 +158,63 @@ def field_docs(cls: type) -> dict[str, str]:
     import textwrap
 
     docs: dict[str, str] = {}
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
+    for base in reversed(cls.__mro__):  # fields a dataclass inherits are documented in its bases
+        if not dataclasses.is_dataclass(base):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(base))).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
 
 def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(asdict(cfg), sort_keys=False)
+
+
+def _field(cls: type, key: str) -> dataclasses.Field:
+    """The field of `cls` a dotted override key names (`train.steps`); a ConfigError for any other key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    head, _, rest = key.partition(".")
+    if head not in fields:
+        raise ConfigError(f"unknown config key {key!r} of {cls.__name__}; known: {', '.join(sorted(fields))}")
+    if not rest:
+        return fields[head]
+    inner = typing.get_type_hints(cls)[head]
+    if not (isinstance(inner, type) and dataclasses.is_dataclass(inner)):
+        raise ConfigError(f"{head} of {cls.__name__} has no keys inside it (asked for {key!r})")
+    return _field(inner, rest)
+
+
+def field_default(cls: type, key: str) -> Any:
+    """The default of the field a dotted override key names (a ConfigError for a key that is no field)."""
+    f = _field(cls, key)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as an override writes it (YAML, one line)."""
+    if dataclasses.is_dataclass(value):
+        value = asdict(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def override_help(cls: type, keys: list[str], intro: str = "") -> str:
+    """The help of a verb's `key=value` overrides: `intro`, then `key=default` for each of `keys`, each
+    checked to be a real field of `cls` (so the help cannot advertise a key that does not exist)."""
+    shown = " ".join(f"{k}={_yaml_value(field_default(cls, k))}" for k in keys)
+    return f"{intro}{' ' if intro else ''}{shown}" if keys else intro
+
+
+def fields_help(cls: type, prefix: str = "") -> str:
+    """Every field of `cls` (nested dataclasses under `prefix.`), its default and its docstring: a verb's epilog."""
+    docs = field_docs(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = field_default(cls, f.name)
+        if dataclasses.is_dataclass(default):
+            lines.append(fields_help(type(default), f"{prefix}{f.name}."))
+            continue
+        lines.append(f"  {prefix}{f.name}={_yaml_value(default)}\n      {docs.get(f.name, '')}".rstrip())
+    return "\n".join(lines)

@@ -34,3 +34,18 @@ def onnx_session_options(threads: int):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return opts
+
+
+SPIN_COUNT = "3000"
+"""libgomp's spin iterations before a waiting OpenMP thread sleeps (its default: 300,000)."""
+
+
+def quiet_spin_waits() -> None:
+    """OpenMP threads that wait for work spin only briefly (`SPIN_COUNT`) before they sleep; call it at an
+    entry point (the CLI, a recipe's main), before torch loads libgomp, which reads it once. A wait
+    policy the user set wins. Beside another busy process, long-spinning torch threads wait on each
+    other and lose most of their throughput; 3,000 keeps the quiet speed (sleeping at once,
+    OMP_WAIT_POLICY=PASSIVE, does not): docs/performance.md, "Under load". A library does not change
+    its importer's environment, so `import dmlm` does not call this."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)

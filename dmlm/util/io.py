@@ -3,8 +3,11 @@
 One owner for the temp-file-then-rename rule (same folder, so the rename is atomic on POSIX):
 `atomic_file` yields a temp path for any writer (soundfile, matplotlib, safetensors, torch),
 `atomic_write_text` and `atomic_write_json` are its two common cases, and `atomic_dir` does the
-same for a whole folder (checkpoints). A failed write removes its temp file and leaves the
-previous output in place; a full disk or missing permission becomes an `OutputError` that says so.
+same for a whole folder (checkpoints with their training state, vocoders): the one folder swap in
+dmlm, with a stage hook where the crash tests kill it and `finish_swap` for a swap killed halfway.
+`first_dir` is the lock-free form for caches several processes may build at once (the first
+finished build wins). A failed write removes its temp file and leaves the previous output in place;
+a full disk or missing permission becomes an `OutputError` that says so.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +92,12 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Add one JSON object as a line at the end of a JSON-lines file (a log written as it goes)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
 def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict]:
     """The JSON objects of a JSON-lines file (blank lines skipped); `missing_ok`: [] when there is no file."""
     path = Path(path)
@@ -96,30 +106,109 @@ def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temp folder beside `path`; on a clean exit it replaces `path` (the old one
-    is moved aside first and removed only once the new one is in place), else it is removed."""
+def swap_paths(path: str | Path) -> tuple[Path, Path]:
+    """The temp folder `atomic_dir` writes beside `path`, and where it moves the previous folder
+    during the swap (`.NAME.tmp`, `.NAME.old`)."""
     out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    old = out.with_name(f".{out.name}.old")
+    return out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
+
+
+def _no_stage(stage: str) -> None:
+    """The default stage hook of `atomic_dir`: nothing happens between its steps."""
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, stage: Callable[[str], None] = _no_stage, what: str = "folder") -> Iterator[Path]:
+    """Yield an empty temp folder beside `path`; on a clean exit it replaces `path`, else it is removed.
+
+    The swap: the previous folder is moved aside (`swap_paths`), the new one renamed into place, and
+    only then the previous one removed. `stage(name)` runs at "commit" (the new folder complete, not
+    in place) and "swap" (between the two renames): the crash tests kill the process there. A process
+    killed between the renames leaves both folders complete; `finish_swap` puts one back. A failed
+    write puts the previous folder back and is an `OutputError` naming `what` if it was a write error
+    (a full disk says "no space"), whichever library raised it. One writer per `path` at a time: the
+    caller holds its lock (the temp folder's name is fixed, so a killed writer's leftovers are found).
+    """
+    out = Path(path)
+    tmp, old = swap_paths(out)
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftovers
         tmp.mkdir(parents=True)
     except OSError as e:
         raise _output_error(out, e) from None
     try:
         yield tmp
+        stage("commit")
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
             out.rename(old)
+        stage("swap")
         tmp.rename(out)
-    except OSError as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _output_error(out, e) from None
-    except BaseException as e:
+        if old.is_dir() and not out.exists():
+            old.rename(out)
+        if isinstance(e, OSError) or says_no_space(e):
+            err = _output_error(out, e if isinstance(e, OSError) else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+            raise OutputError(f"{err}; the previous {what} (if any) is unchanged") from None
+        raise
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if says_no_space(e):
-            raise _output_error(out, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def finish_swap(path: str | Path, complete: Callable[[Path], bool]) -> str | None:
+    """Finish an `atomic_dir` swap killed between its two renames (the previous folder moved aside,
+    the new one not in place): "new" if the temp folder, `complete(tmp)`, went into place, "old" if
+    the previous folder went back, None if there was nothing to finish. Only the writer calls it."""
+    out = Path(path)
+    tmp, old = swap_paths(out)
+    if out.exists() or not old.is_dir():
+        return None
+    if complete(tmp):
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return "new"
+    old.rename(out)
+    return "old"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def first_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a private temp folder beside `target`; on a clean exit it is renamed to `target`, unless
+    another process got there first (its folder is kept, ours removed); on an error it is removed.
+
+    For caches that several processes may build at once (no lock, no replacing: `target` existing
+    means complete). Temp folders of killed builders (`.NAME.tmp-PID-…`, the pid gone) are removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}.tmp-"
+    for stale in target.parent.glob(prefix + "*"):
+        m = re.match(r"(\d+)-", stale.name[len(prefix) :])
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; a cache is an ordinary folder
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,8 +1,9 @@
 """Log-magnitude spectrograms and their inversion by fast Griffin-Lim, in plain torch.
 
 Design decisions:
-- The vocoder's target is the log-magnitude STFT (not log-mel): it inverts without a
-  pseudo-inverse of a mel filter bank, and its L1 loss weighs every frequency bin alike.
+- Spectrograms are log-magnitude STFTs; the vocoder regresses either them or (its default) their
+  log-mel envelope (`to_mel`), turned back into a smooth linear envelope by the overlap-weighted
+  mean of the bands covering each bin (`from_mel`), not by a pseudo-inverse of the filter bank.
 - Inversion is Griffin-Lim with momentum ("fast Griffin-Lim", Perraudin et al. 2013; the
   update torchaudio uses), batched: every clip of a batch runs the same STFT/ISTFT calls,
   padded frames carry zero magnitude and the waveforms are cut to each clip's length.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-SAMPLE_RATE = 16_000
+from dmlm.util.audio import SAMPLE_RATE
 
 
 def _window(n_fft: int, win_length: int, device: torch.device) -> torch.Tensor:

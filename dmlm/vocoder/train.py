@@ -15,6 +15,11 @@ Design decisions:
 - The matching set (`Vocoder.refine`: real frames of the output voice by unit) is built after
   the last step from the same cached targets, in seconds; a vocoder saved before it (a killed
   run, an older version) gets one from `add_matching_set`.
+- A saved vocoder is reused for a new config when only its synthesis or matching settings differ
+  (`reuse_vocoder`: it writes them through `VocoderFiles.update` and rebuilds the matching set
+  if needed); any other difference, or other training manifests, is an error, never a silent mix.
+- The learning rate follows `dmlm.util.schedule.warmup_cosine` (to 10 %), the schedule the
+  model's training uses too.
 - Several manifests (each with its units store) pool their records: audio of the output voice
   need not be transcribed or paired, so more of it can come from anywhere (the demo adds
   unpaired sentences spoken by its neural voice, `prepare.neural_extra`).
@@ -26,36 +31,30 @@ Design decisions:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from dmlm.util.progress import tqdm
 
 from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.shards import TokenStore
 from dmlm.tokenizers.speech import Codebook, pool_frames
 from dmlm.util.audio import load_audio
 from dmlm.util.errors import UserError
-from dmlm.util.io import atomic_write_json
-from dmlm.vocoder.model import (
-    MATCHING,
-    MatchingSet,
-    UnitToSpec,
-    Vocoder,
-    VocoderConfig,
-    lr_scale,
-    pad_batch,
-    run_lengths,
-)
+from dmlm.util.progress import tqdm
+from dmlm.util.schedule import warmup_cosine
+from dmlm.vocoder.config import VocoderConfig
+from dmlm.vocoder.files import UPDATABLE_KINDS, VocoderFiles
+from dmlm.vocoder.matching import MatchingSet
+from dmlm.vocoder.network import UnitToSpec, pad_batch, run_lengths
 from dmlm.vocoder.spectrogram import log_magnitude
+from dmlm.vocoder.vocoder import Vocoder
 
 log = logging.getLogger(__name__)
 UNKNOWN_VOICE = "unknown"  # records without a speaker share one embedding
@@ -185,22 +184,48 @@ def _store(prefix: str | Path | None, cb: Codebook) -> TokenStore | None:
 def add_matching_set(vocoder_dir: str | Path, manifest: Manifests, units_store_prefix: Stores,
                      codebook: Codebook | str | Path, progress: bool = True, clips: int | None = None) -> Path:
     """Build the matching set of a trained vocoder from its training data, of its config.json's
-    `matching_clips` clips (or `clips`, then recorded there once the set is written): for one that
-    has none (trained before it existed, or killed before its last save) or a new size. The set
+    `matching_clips` clips (or `clips`, then recorded there, `Vocoder.update`): for one that has
+    none (trained before it existed, or killed before its last save) or a new size. The set
     is written atomically into `vocoder_dir`."""
     if clips is not None and clips < 1:
         raise UserError(f"a matching set needs at least 1 clip, got {clips}")
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
     # the config and its checks, not the old set (138 MB on the demo) that is about to be replaced
-    cfg = replace(Vocoder.load(vocoder_dir, codebook=cb, matching=False).cfg, cache_gb=0.0)  # every clip is read once
+    voc = Vocoder.load(vocoder_dir, codebook=cb, matching=False)
+    cfg = replace(voc.cfg, cache_gb=0.0)  # every clip is read once
     if clips is not None:
         cfg = replace(cfg, matching_clips=clips)
     m = matching_set(_Data(_sources(manifest, units_store_prefix, cb), cb, cfg), cfg, progress)
-    out = m.save(vocoder_dir) if m is not None else Path(vocoder_dir) / MATCHING
     if clips is not None:
-        config = Path(vocoder_dir) / "config.json"
-        atomic_write_json(config, {**json.loads(config.read_text()), "matching_clips": clips})
-    return out
+        voc.update(matching_clips=clips)  # drops a set of another count
+    return m.save(vocoder_dir) if m is not None else VocoderFiles(vocoder_dir).matching_path
+
+
+def reuse_vocoder(vocoder_dir: str | Path, cfg: VocoderConfig, manifest: Manifests, units_store_prefix: Stores,
+                  codebook: Codebook | str | Path) -> None:
+    """Bring the vocoder saved in `vocoder_dir` to `cfg` without retraining its network: new
+    synthesis and matching settings are written (`VocoderFiles.update`) and the matching set is
+    (re)built when `cfg` wants one (knn and matching_clips) and the saved one is missing or lacks
+    the frame order that `knn_context` needs. Raises a UserError when `cfg` asks for another
+    network (an architecture or training setting differs) or the network learned from other manifests."""
+    files = VocoderFiles(vocoder_dir)
+    saved = files.saved()
+    changed = cfg.changed_settings(saved)
+    manifests = [manifest] if isinstance(manifest, (str, Path)) else list(manifest)
+    trained_on = files.trained_on()
+    if trained_on is not None and trained_on != [str(Path(m).resolve()) for m in manifests]:
+        changed.append(f"training manifests {trained_on}")
+    if changed:
+        raise UserError(f"{files.folder}: this vocoder was trained with other settings ({', '.join(changed)}); "
+                         f"delete the folder to train it again")
+    new = files.update(**{k: getattr(cfg, k) for k in cfg.changed_settings(saved, *UPDATABLE_KINDS)})
+    if new:
+        log.info("vocoder: new settings without retraining %s", new)
+    if cfg.knn_context and not MatchingSet.saved_with_context(files.folder):  # an older set, without frame order
+        files.matching_path.unlink(missing_ok=True)
+    if cfg.knn and cfg.matching_clips and not files.matching_path.is_file():
+        log.info("vocoder: building its matching set (knn=%d, %d clips)", cfg.knn, cfg.matching_clips)
+        add_matching_set(vocoder_dir, manifest, units_store_prefix, codebook)
 
 
 def centroid_embedding(centroids: np.ndarray, dim: int) -> torch.Tensor:
@@ -256,21 +281,52 @@ def train_vocoder(
     if steps is None and max_minutes is None:
         raise UserError("give steps, max_minutes or both to bound vocoder training")
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
-    s = cb.settings
-    cfg = replace(cfg or VocoderConfig(), codebook_fingerprint=cb.fingerprint, k=cb.k, frame_rate=s.frame_rate,
-                  dedup=s.dedup)
-    cfg.upsample  # validates hop against the codebook's frame rate
+    cfg = _for_codebook(cfg or VocoderConfig(), cb)
     bf16 = _bf16(cfg.precision, device)
     sources = _sources(manifest, units_store_prefix, cb)
     data = _Data(sources, cb, cfg)
-    if cfg.speaker_conditioning:
-        counts = Counter(r.speaker or UNKNOWN_VOICE for r in data.records)
-        cfg.voices = sorted(counts)
-        cfg.voice = cfg.voice if cfg.voice in counts else counts.most_common(1)[0][0]
+    _choose_voices(cfg, data.records)
 
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    t0 = time.monotonic()  # the table counts against max_minutes
+    # the clock starts before the unit table is filled: that pass counts against max_minutes
+    run = _Run(t0=time.monotonic(), manifests=[m for m, _ in sources], records=len(data.records))
+    net = _initial_network(cfg, data, cb, rng, progress).to(device).train()
+
+    def save(final: bool, matching: MatchingSet | None = None) -> None:
+        net.eval()
+        Vocoder(cfg, net, matching).save(out_dir, run.record(final))
+        net.train()
+
+    _train_steps(net, data, rng, cfg, run, _Bounds(steps, max_minutes, save_every_minutes), device, bf16, save,
+                 progress)
+    if run.step == 0:
+        raise RuntimeError("vocoder training ran no step within its budget")
+    save(True, matching_set(data, cfg, progress))
+    log.info("vocoder: %d steps in %.0f s, loss %.3f -> %s", run.step, time.monotonic() - run.t0, run.ema, out_dir)
+    return Path(out_dir)
+
+
+def _for_codebook(cfg: VocoderConfig, cb: Codebook) -> VocoderConfig:
+    """`cfg` with the spec of the codebook it is trained for, its hop checked against the frame rate."""
+    s = cb.settings
+    cfg = replace(cfg, codebook_fingerprint=cb.fingerprint, k=cb.k, frame_rate=s.frame_rate, dedup=s.dedup)
+    cfg.upsample  # validates hop against the codebook's frame rate
+    return cfg
+
+
+def _choose_voices(cfg: VocoderConfig, records: Sequence[Record]) -> None:
+    """Set `cfg.voices` (the training speakers, sorted) and `cfg.voice` (the user's if it is one of
+    them, else the speaker with most clips); nothing without speaker conditioning."""
+    if cfg.speaker_conditioning:
+        counts = Counter(r.speaker or UNKNOWN_VOICE for r in records)
+        cfg.voices = sorted(counts)
+        cfg.voice = cfg.voice if cfg.voice in counts else counts.most_common(1)[0][0]
+
+
+def _initial_network(cfg: VocoderConfig, data: _Data, cb: Codebook, rng: random.Random, progress: bool) -> UnitToSpec:
+    """A new network with its unit table filled from `data` and its unit embeddings from the
+    codebook's centroids (as `cfg` asks)."""
     net = UnitToSpec(cfg)
     if net.table is not None:
         with torch.no_grad():
@@ -280,54 +336,85 @@ def train_vocoder(
             for emb in (net.emb, net.duration.emb if net.duration is not None else None):
                 if emb is not None:
                     emb.weight.copy_(centroid_embedding(cb.centroids, emb.weight.shape[1]))
-    net = net.to(device).train()
+    return net
+
+
+def _optimizer(net: UnitToSpec, cfg: VocoderConfig) -> torch.optim.AdamW:
+    """AdamW; embedding tables and norms are not shrunk toward zero (no weight decay)."""
     no_decay = {id(p) for m in net.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.LayerNorm))
-                for p in m.parameters()}  # tables and norms are not shrunk toward zero
-    opt = torch.optim.AdamW([{"params": [p for p in net.parameters() if id(p) not in no_decay]},
-                             {"params": [p for p in net.parameters() if id(p) in no_decay], "weight_decay": 0.0}],
-                            lr=cfg.lr, weight_decay=cfg.weight_decay)
-    budget = max_minutes * 60 if max_minutes is not None else None
-    last_save, history, step, ema = t0, [], 0, None
-    bar = tqdm(total=steps, desc="vocoder", unit="step", disable=not progress, mininterval=2.0)
+                for p in m.parameters()}
+    return torch.optim.AdamW([{"params": [p for p in net.parameters() if id(p) not in no_decay]},
+                              {"params": [p for p in net.parameters() if id(p) in no_decay], "weight_decay": 0.0}],
+                             lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def save(final: bool, matching: MatchingSet | None = None) -> None:
-        info = {"steps": step, "seconds": round(time.monotonic() - t0, 1), "loss": ema, "history": history,
-                "manifests": [str(m.resolve()) for m, _ in sources], "records": len(data.records), "final": final}
-        net.eval()
-        Vocoder(cfg, net, matching).save(out_dir, info)
-        net.train()
 
+@dataclass
+class _Bounds:
+    """What bounds a run (at least one of steps and minutes) and how often it is saved."""
+
+    steps: int | None
+    max_minutes: float | None
+    save_every_minutes: float
+
+    def progress(self, step: int, elapsed: float) -> float:
+        """Fraction of the run done: of whichever bound is nearer (>= 1: done)."""
+        budget = self.max_minutes * 60 if self.max_minutes is not None else None
+        return max(step / self.steps if self.steps else 0.0, elapsed / budget if budget else 0.0)
+
+
+@dataclass
+class _Run:
+    """Where a training run is: steps done, the loss's moving average and its history."""
+
+    t0: float
+    manifests: list[Path]
+    records: int
+    step: int = 0
+    ema: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def log(self, out: dict[str, torch.Tensor], elapsed: float) -> None:
+        """Count one step of losses `out`; every 10th step joins the history."""
+        self.step += 1
+        v = float(out["loss"].detach())
+        self.ema = v if self.ema is None else 0.95 * self.ema + 0.05 * v
+        if self.step % 10 == 0:
+            self.history.append({"step": self.step, "seconds": round(elapsed, 1), "loss": round(self.ema, 4),
+                                 **{k: round(float(x.detach()), 4) for k, x in out.items() if k != "loss"}})
+
+    def record(self, final: bool) -> dict:
+        """The `training` record saved in the vocoder's config.json."""
+        return {"steps": self.step, "seconds": round(time.monotonic() - self.t0, 1), "loss": self.ema,
+                "history": self.history, "manifests": [str(m.resolve()) for m in self.manifests],
+                "records": self.records, "final": final}
+
+
+def _train_steps(net: UnitToSpec, data: _Data, rng: random.Random, cfg: VocoderConfig, run: _Run, bounds: _Bounds,
+                 device: str, bf16: bool, save: Callable[[bool], None], progress: bool) -> None:
+    """Optimizer steps until `bounds` are reached, the learning rate following the progress
+    (warmup, cosine to 10 %); `save(False)` every `bounds.save_every_minutes`."""
+    opt = _optimizer(net, cfg)
+    bar = tqdm(total=bounds.steps, desc="vocoder", unit="step", disable=not progress, mininterval=2.0)
+    last_save = run.t0
     while True:
-        elapsed = time.monotonic() - t0
-        prog = max(step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
+        elapsed = time.monotonic() - run.t0
+        prog = bounds.progress(run.step, elapsed)
         if prog >= 1.0:
             break
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_scale(prog, cfg.warmup)
-        b = {k: v.to(device) for k, v in data.batch(rng).items()}
-        out = losses(net, b, bf16)
+            g["lr"] = cfg.lr * warmup_cosine(prog, cfg.warmup, min_ratio=0.1, floor=0.01)
+        out = losses(net, {k: v.to(device) for k, v in data.batch(rng).items()}, bf16)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        step += 1
-        v = float(out["loss"].detach())
-        ema = v if ema is None else 0.95 * ema + 0.05 * v
-        if step % 10 == 0:
-            history.append({"step": step, "seconds": round(elapsed, 1), "loss": round(ema, 4),
-                            **{k: round(float(x.detach()), 4) for k, x in out.items() if k != "loss"}})
+        run.log(out, elapsed)
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-        if time.monotonic() - last_save > save_every_minutes * 60:
+        bar.set_postfix(loss=f"{run.ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        if time.monotonic() - last_save > bounds.save_every_minutes * 60:
             save(False)
             last_save = time.monotonic()
     bar.close()
-    if step == 0:
-        raise RuntimeError("vocoder training ran no step within its budget")
-    save(True, matching_set(data, cfg, progress))
-    log.info("vocoder: %d steps in %.0f s, loss %.3f -> %s", step, time.monotonic() - t0, ema, out_dir)
-    return Path(out_dir)
-
 
 
 def _sources(manifest: Manifests, units_store_prefix: Stores, cb: Codebook) -> list[tuple[Path, TokenStore | None]]:
