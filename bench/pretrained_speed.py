@@ -3,7 +3,7 @@
 Each variant is built the way `dmlm train` builds it (`dmlm.modeling.build_model` with the
 variant's `ModelConfig`, the tokenizer from `dmlm.tokenizers.trim`), from the real SmolLM2-135M
 weights, and timed on the same kind of step as bench/train_speed.py: `collate`, the
-length-normalized loss (`dmlm.training.loop._step_loss`), backward, gradient clipping and an
+length-normalized loss (`dmlm.training.loop.compute_loss`), backward, gradient clipping and an
 AdamW step with train.py's parameter groups. The baseline is the untrimmed, all-layer model in
 fp32, measured in the same run, so `ratio` = variant tokens/s ÷ baseline tokens/s.
 
@@ -138,12 +138,12 @@ def build(variant: Variant, llm: str, texts: list[str], units: int):
 def step(model, opt, items: list, pad: int, bf16: bool, clip: float = 1.0) -> float:
     from dmlm.training.loss import loss_counts, loss_weights
     from dmlm.training.data_order import collate
-    from dmlm.training.loop import _step_loss
+    from dmlm.training.loop import compute_loss
 
     b = collate(items, pad)
     counts = loss_counts(LOSS, loss_weights(LOSS, b["attention_mask"], b["target"]), b["modality"][:, 1:])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = _step_loss(model, b, LOSS, counts, None)
+        loss = compute_loss(model, b, LOSS, counts, None)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
     opt.step()

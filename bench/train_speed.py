@@ -1,7 +1,7 @@
 """Training throughput (tokens/s) and model-FLOP utilization (MFU) of the real dmlm step.
 
 What is timed is one optimizer step as `dmlm.training.train.train` runs it: `collate` (right padding),
-`dmlm.training.loop._step_loss` (forward + `multimodal_loss`, length-normalized, global counts),
+`dmlm.training.loop.compute_loss` (forward + `multimodal_loss`, length-normalized, global counts),
 backward, gradient clipping and an AdamW step with `dmlm.training.loop.prepare`'s parameter groups, under bf16
 autocast on GPU and fp32 on CPU; on CPU the demo model is also timed under `train.precision: auto`
 (bf16 autocast where the CPU has native bf16) against fp32: `train_precision.json`. Batches are ASR-shaped: random 25 Hz units for clips of
@@ -145,12 +145,12 @@ def train_step(model, opt, items: list, pad: int, device: torch.device, clip: fl
     `bf16`: under bf16 autocast (None: on GPU only)."""
     from dmlm.training.loss import loss_counts, loss_weights
     from dmlm.training.data_order import collate
-    from dmlm.training.loop import _step_loss
+    from dmlm.training.loop import compute_loss
 
     b = {k: v.to(device) for k, v in collate(items, pad).items()}
     counts = loss_counts(LOSS, loss_weights(LOSS, b["attention_mask"], b["target"]), b["modality"][:, 1:])
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" if bf16 is None else bf16):
-        loss = _step_loss(model, b, LOSS, counts, None)
+        loss = compute_loss(model, b, LOSS, counts, None)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()

@@ -230,3 +230,13 @@ def test_a_new_matching_clips_rebuilds_only_the_matching_set(tmp_path, monkeypat
     a_set(2)
     train_demo_vocoder(DemoConfig(vocoder=VocoderConfig(matching_clips=0)), [tmp_path / "train.jsonl"], tmp_path)
     assert calls == [100, 100] and not (target / "matching.safetensors").exists()  # no set wanted: none kept
+
+
+@pytest.mark.parametrize("tasks, named", [("[asr, karaoke]", "karaoke"), ("[asr, s2tt]", "s2tt")])
+def test_a_task_the_evaluation_cannot_score_is_refused_when_the_config_loads(tmp_path, tasks, named):
+    """Refused before hours of corpus making and training, not when the run reaches its evaluation."""
+    from dmlm.util.errors import UserError
+
+    with pytest.raises(UserError, match=named):
+        _tiny_demo(tmp_path, f"run.data.tasks={tasks}", "run.data.weights=[]")
+    assert not (tmp_path / "demo").exists()

@@ -176,3 +176,16 @@ def test_detector_catches_a_re_derivation(fact):
 def test_docstrings_and_comments_do_not_count():
     quiet = ast.parse('"""Reads progress.json; held-out voices are `heldout_voice` at 16000 Hz."""\n# tmp.rename(out)\n')
     assert all(violations(f, [("dmlm/elsewhere.py", quiet)]) == [] for f in FACTS)
+
+
+def private_imports(sources: list[tuple[str, ast.AST]]) -> list[str]:
+    """`from dmlm.x import _helper`: a module reaching into another's private helper (tests may)."""
+    return [f"{rel}:{node.lineno} {node.module}.{a.name}" for rel, tree in sources for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "dmlm"
+            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+
+
+def test_no_module_imports_another_modules_private_helper():
+    assert private_imports(SOURCES) == []
+    caught = ast.parse("def f():\n    from dmlm.recipes.demo import _cached\n")  # self-test: a lazy import counts
+    assert private_imports([("dmlm/recipes/study.py", caught)]) == ["dmlm/recipes/study.py:2 dmlm.recipes.demo._cached"]

@@ -17,7 +17,7 @@ from dmlm.modeling import ModelConfig, build_model
 from dmlm.training.packing import check_packing
 from dmlm.tasks import Rendered
 from dmlm.training.data_order import collate, padding_share
-from dmlm.training.loop import _forward, _step_loss
+from dmlm.training.loop import forward_batch, compute_loss
 from dmlm.training.train import train
 from dmlm.vocab import MOD_IMAGE, MOD_SPEECH, MOD_TEXT, Vocab
 
@@ -108,7 +108,7 @@ def test_logits_of_a_packed_example_equal_the_example_run_alone(family, attn):
     assert max(len(r) for r in rows) >= 3  # several examples share a row
     batch = collate_packed(rows, VOCAB.pad)
     with torch.no_grad():
-        logits = _forward(model, batch).logits  # (B, T, V)
+        logits = forward_batch(model, batch).logits  # (B, T, V)
         for b, row in enumerate(rows):
             at = 0
             for r in row:
@@ -142,7 +142,7 @@ def test_loss_and_gradients_of_a_packed_batch_equal_those_unpacked(loss):
         counts = sum(loss_counts(loss, loss_weights(loss, b["attention_mask"], b["target"], b.get("segment")),
                                  b["modality"][:, 1:]) for b in batches)
         model.zero_grad()
-        total = sum(_step_loss(model, b, loss, counts, lambdas) for b in batches)
+        total = sum(compute_loss(model, b, loss, counts, lambdas) for b in batches)
         total.backward()
         return float(total.detach()), counts, [p.grad.clone() for p in model.parameters()]
 

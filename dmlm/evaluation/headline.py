@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from dmlm.tasks import DEFAULT_LANG, scoring_for, scoring_rank
+from dmlm.util.errors import UserError
 
 METRIC_KEYS = ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "sentence_accuracy", "bleu", "chrf",
                "bleu_heldout_voice", "chrf_heldout_voice", "baseline_bleu", "baseline_chrf", "cider", "baseline_cider",
@@ -42,3 +43,12 @@ def scorable_metrics(spec: str) -> list[str]:
 def scoring_order(specs: Iterable[str]) -> list[str]:
     """`specs` in report order (`dmlm.tasks.scoring_rank`: text out, speech out, resynthesis, LM tasks)."""
     return sorted(specs, key=scoring_rank)
+
+
+def judged_alone(key: str) -> bool:
+    """A summary key naming an evaluation of its own that is judged by ear (resynthesis); False for a
+    task spec or any other key (`asr_only`, `t2s_audio`, …)."""
+    try:
+        return scoring_for(key).by_ear == "always"
+    except UserError:
+        return False

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from dmlm.data.manifest import is_heldout_voice
-from dmlm.evaluation.headline import headline_row, scoring_order
+from dmlm.evaluation.headline import headline_row, judged_alone, scoring_order
 from dmlm.metrics import bootstrap
 from dmlm.recipes.report import short_label
 from dmlm.recipes.run_folder import RunFolder
-from dmlm.tasks import get_task, parse_spec, scoring_for
+from dmlm.tasks import get_task, parse_spec
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json, read_jsonl
 
@@ -82,17 +82,9 @@ def headline_samples(run: Path) -> list[dict]:
         if getattr(task, "target_text", None) == "text":  # recognition: what a new voice costs is a headline
             add(f"{name} {headers[metric]}, held-out voice", metric, [r for r in rows if is_heldout_voice(r)], "basic",
                 row.get(f"{metric}_heldout_voice"))
-    for key in (k for k in tasks if _judged_alone(k)):
+    for key in (k for k in tasks if judged_alone(k)):
         out += _resynthesis_samples(folder, key, tasks[key])
     return out
-
-
-def _judged_alone(key: str) -> bool:
-    """An evaluation of its own judged by ear (resynthesis)."""
-    try:
-        return scoring_for(key).by_ear == "always"
-    except UserError:
-        return False
 
 
 def _resynthesis_samples(folder: RunFolder, key: str, row: dict) -> list[dict]:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from dmlm.data.manifest import is_heldout_voice, read_manifest
-from dmlm.evaluation.headline import headline_row, scoring_order
+from dmlm.evaluation.headline import headline_row, judged_alone, scoring_order
 from dmlm.recipes.run_folder import RunFolder
 from dmlm.tasks import DEFAULT_LANG, get_task, parse_spec, scoring_for
 from dmlm.util.errors import UserError
@@ -130,7 +130,7 @@ def _examples(out: Path, n: int, tasks: dict) -> list[str]:
         lines += [f"| {r['id']} | {r['ref']} | {r['hyp']} |" for r in rows]
         lines.append("")
     heard = [(s, short_label(s)) for s in specs if get_task(parse_spec(s)[0]).target == "speech"]
-    heard += [(k, k.capitalize()) for k in tasks if not _is_task(k) and _by_ear(k)]
+    heard += [(k, k.capitalize()) for k in tasks if not _is_task(k) and judged_alone(k)]
     for name, title in heard:
         d = folder.example_dir(name)
         if d.is_dir():
@@ -140,14 +140,6 @@ def _examples(out: Path, n: int, tasks: dict) -> list[str]:
                 lines += ["", f"![{title} spectrograms]({(d / 'spectrograms.png').relative_to(out).as_posix()})"]
             lines.append("")
     return lines
-
-
-def _by_ear(key: str) -> bool:
-    """An evaluation of its own that is judged by ear (resynthesis)."""
-    try:
-        return scoring_for(key).by_ear == "always"
-    except UserError:
-        return False
 
 
 def _image_examples(folder: RunFolder, title: str, rows: list[dict]) -> list[str]:

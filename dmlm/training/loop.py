@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # -- the loss of a micro-batch ------------------------------------------------------------
 
-def _forward(model, batch: dict):
+def forward_batch(model, batch: dict):
     """The model's output on a collated micro-batch (packed rows get their positions and masks)."""
     if "segment" in batch:  # packed rows: positions restart and attention stops at each example
         return model(input_ids=batch["input_ids"], attention_mask=packed_attention_mask(batch["segment"]),
@@ -62,9 +62,9 @@ def _forward(model, batch: dict):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
-def _step_loss(model, batch: dict, loss: str, counts: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+def compute_loss(model, batch: dict, loss: str, counts: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
     """The training objective of one micro-batch, normalized by the step's global `counts`."""
-    out = _forward(model, batch)
+    out = forward_batch(model, batch)
     w = loss_weights(loss, batch["attention_mask"], batch["target"], batch.get("segment"))
     return multimodal_loss(out.logits, batch["input_ids"], w, batch["modality"], loss, counts, lambdas)
 
@@ -232,7 +232,7 @@ def _accumulate(r: Run, micro: list[dict[str, torch.Tensor]]) -> float:
         ctx = acc.no_sync(r.model) if i < len(micro) - 1 else contextlib.nullcontext()
         with ctx:
             with acc.autocast():
-                out = _step_loss(r.model, b, loss, counts, lambdas)
+                out = compute_loss(r.model, b, loss, counts, lambdas)
             acc.backward(out * acc.num_processes)  # DDP averages grads; the loss is already global
         step_loss += float(out.detach())
     return float(acc.reduce(torch.tensor(step_loss, device=acc.device), reduction="sum"))
