@@ -83,7 +83,7 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
     def save(self, path: str | Path) -> Path:
-        """Write a 16-bit PCM wav atomically; returns the path."""
+        """Write the audio atomically in the format the extension names (.wav, .flac, .ogg, .mp3); returns the path."""
         write_wav(path, self.samples, self.sample_rate)
         return Path(path)
 
@@ -246,6 +246,12 @@ class DMLM:
         if lang and langs and lang not in langs:
             raise UserError(f"{self.path}: the model translates to {', '.join(langs)}, not {lang!r}")
 
+    def _check_lang(self, lang: str, param: str = "lang", flag: str = "--lang") -> None:
+        """`lang` must have a tag in the model's vocabulary: an error naming the argument (and flag) and the choices."""
+        if lang not in self.vocab.languages:
+            raise UserError(f"{param}={lang!r} ({flag}): not a language of the model's vocabulary; it has "
+                            f"{', '.join(self.vocab.languages)}")
+
     def _decode(self, task: str, samples: list, opts: DecodingOptions, details: bool, text_out: bool) -> list:
         from dmlm.inference import decode_text, output_log_likelihood, run_task
 
@@ -268,22 +274,49 @@ class DMLM:
         from dmlm.tasks import get_task
 
         self._check_task("asr")
+        self._check_lang(lang)
         items, single = _batch(audio)
         opts = self._options(options, decoding)
         samples = [get_task("asr").make_sample(str(i), u, lang) for i, u in enumerate(self.units(items, sample_rate))]
         out = self._decode("asr", samples, opts, return_details, text_out=True)
         return out[0] if single else out
 
-    def translate(self, audio: Any, *, to: str, src: str = "en", sample_rate: int | None = None,
-                  return_details: bool = False, options: DecodingOptions | None = None, **decoding) -> str | Result | list:
-        """Speech in `src` -> text in `to` (the S2TT task)."""
+    def translate(self, audio: Any, *, to: str, src: str = "en", sample_rate: int | None = None, speech: bool = False,
+                  how: str = "direct", return_details: bool = False, options: DecodingOptions | None = None,
+                  **decoding) -> str | Result | Audio | list:
+        """Speech in `src` -> text in `to` (the S2TT task); with `speech=True`, speech in `to` (`Audio`, through the
+        model's vocoder), made `how`: "direct" (s2st), "chained" (s2st_chain: the text, then its units, in one
+        decode) or "cascade" (s2tt, then t2s in `to`)."""
         from dmlm.tasks import get_task
 
+        if speech:
+            return self._translate_speech(audio, to=to, src=src, sample_rate=sample_rate, how=how,
+                                          options=options, **decoding)
         self._check_task("s2tt", to)
+        self._check_lang(src, "src", "--from")
         items, single = _batch(audio)
         opts = self._options(options, decoding)
         samples = [get_task("s2tt").make_sample(str(i), u, src, to) for i, u in enumerate(self.units(items, sample_rate))]
         out = self._decode("s2tt", samples, opts, return_details, text_out=True)
+        return out[0] if single else out
+
+    def _translate_speech(self, audio: Any, *, to: str, src: str, sample_rate: int | None, how: str,
+                          options: DecodingOptions | None, **decoding) -> Audio | list[Audio]:
+        from dmlm.evaluation.s2st import WAY_TASKS
+        from dmlm.inference import translate_speech_units, vocode
+
+        if how not in WAY_TASKS:
+            raise UserError(f"how={how!r}: expected one of {', '.join(WAY_TASKS)}")
+        for name in WAY_TASKS[how]:
+            self._check_task(name, to)
+        self._check_lang(src, "src", "--from")
+        self._check_lang(to, "to", "--to")
+        items, single = _batch(audio)
+        opts = self._options(options, decoding, speech_out=True)
+        units = translate_speech_units(self.checkpoint, self.units(items, sample_rate), to=to, src=src, how=how,
+                                       opts=opts)
+        wavs = vocode(self.vocoder, units, [f"clip {i} ({how} translation into {to})" for i in range(len(units))])
+        out = [Audio(np.asarray(w, dtype=np.float32), SAMPLE_RATE) for w in wavs]
         return out[0] if single else out
 
     def caption(self, image: Any, *, lang: str = "en", return_details: bool = False,
@@ -292,6 +325,7 @@ class DMLM:
         from dmlm.tasks import get_task
 
         self._check_task("i2t")
+        self._check_lang(lang)
         items, single = _batch(image)
         opts = self._options(options, decoding)
         samples = [get_task("i2t").make_sample(str(i), c, lang) for i, c in enumerate(self.codes(items))]
@@ -305,6 +339,7 @@ class DMLM:
         from dmlm.tasks import get_task
 
         self._check_task("t2s")
+        self._check_lang(lang)
         items, single = _batch(text)
         opts = self._options(options, decoding, speech_out=True)
         for i, t in enumerate(items):
@@ -371,7 +406,7 @@ class DMLM:
         from dmlm.evaluation.judge import build_judge
         from dmlm.evaluation.options import EvalOptions
         from dmlm.evaluation.run import check_evaluation, evaluate
-        from dmlm.tasks import scoring_for
+        from dmlm.tasks import parse_spec, scoring_for
 
         scoring = scoring_for(task)  # an unknown task is an error naming the registered ones
         opts = self._options(options, decoding, speech_out=scoring.by_ear != "never")
@@ -380,8 +415,9 @@ class DMLM:
         check_evaluation(task, opts, eval_opts, judged=bool(judge))
         if judge is None and scoring.by_ear == "always":
             judge = "whisper-base"
-        if isinstance(judge, (str, Path)):
-            judge = build_judge(str(judge), engine=judge_engine) if judge else None
+        if isinstance(judge, (str, Path)):  # S2ST: the judge hears the target language (ASR-BLEU)
+            language = parse_spec(task)[1] if scoring.judged_against == "translation" else "en"
+            judge = build_judge(str(judge), engine=judge_engine, language=language) if judge else None
         return evaluate(self.checkpoint, task, Split(manifest, units), out=Path(out) if out else None, opts=opts,
                         options=eval_opts, judge=judge)
 

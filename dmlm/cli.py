@@ -4,8 +4,10 @@
     dmlm assets [NAME ...]                         install/convert offline model presets
     dmlm prepare NAME [--out DIR]                  make a demo corpus (mini-world, bible, digits)
     dmlm codebook fit MANIFEST -o CB.safetensors   fit a speech (or --modality image) codebook
+    dmlm codebook bpe CB MANIFEST --units DIR --merges N -o CB2   unit merges fitted on the training units
     dmlm tokenize CB MANIFEST... --out DIR         manifests -> unit/code token stores (sharded, resumable)
-    dmlm train CONFIG.yaml [key=value ...]         train a DMLM on a task mixture (accelerate; --resume)
+    dmlm train CONFIG.yaml [key=value ...]         train a DMLM on a task mixture (accelerate; --resume, --dry-run)
+    dmlm export RUN -o DIR                         a plain model folder from a run (sharded state consolidated)
     dmlm decode MODEL --task {asr,s2tt:es,t2s,i2t} --manifest M --out hyps.jsonl
     dmlm transcribe MODEL a.wav [b.wav ...]
     dmlm translate MODEL a.wav --to es
@@ -97,6 +99,15 @@ def cmd_codebook(args) -> None:
     print(f"{args.output}: {args.modality} k={cb.k} fingerprint={cb.fingerprint}")
 
 
+def cmd_codebook_bpe(args) -> None:
+    from dmlm.tokenizers.tokenize import fit_bpe
+
+    cb = fit_bpe(args.codebook, args.manifest, args.units, args.merges)
+    cb.save(args.output)
+    pieces = f"{cb.pieces - cb.k} merged pieces, unit BPE {cb.bpe.fingerprint}" if cb.bpe else "no merges"
+    print(f"{args.output}: speech k={cb.k} fingerprint={cb.fingerprint}, {pieces}")
+
+
 def cmd_tokenize(args) -> None:
     from dmlm.tokenizers.tokenize import tokenize
 
@@ -117,7 +128,19 @@ def cmd_train(args) -> None:
     from dmlm.training.train import train
     from dmlm.util.config import load_config
 
-    print(train(load_config(args.config, args.overrides, RunConfig), resume=args.resume, overwrite=args.overwrite))
+    cfg = load_config(args.config, args.overrides, RunConfig)
+    if args.dry_run:
+        from dmlm.training.dry_run import dry_run
+
+        print("\n".join(dry_run(cfg, args.launcher or None).lines()))
+        return
+    print(train(cfg, resume=args.resume, overwrite=args.overwrite))
+
+
+def cmd_export(args) -> None:
+    from dmlm.training.sharded import export_model
+
+    print(export_model(args.run, args.output))
 
 
 def cmd_decode(args) -> None:
@@ -134,8 +157,25 @@ def cmd_transcribe(args) -> None:
 
 
 def cmd_translate(args) -> None:
+    if args.speech or args.output:
+        return _translate_speech(args)
     for path, text in zip(args.audio, _load(args).translate(list(args.audio), to=args.to, src=args.src, **_decoding(args))):
         print(f"{path}\t{text}")
+
+
+def _translate_speech(args) -> None:
+    """`--speech -o OUT`: one clip -> OUT (a wav); several -> OUT a folder of `<name>.<to>.wav`."""
+    from dmlm.util.errors import UserError
+
+    if not (args.speech and args.output):
+        raise UserError("translate: --speech writes audio, so it needs -o OUT (and -o is only for --speech)")
+    clips = _load(args).translate(list(args.audio), to=args.to, src=args.src, speech=True, how=args.how,
+                                  **_decoding(args))
+    outs = [Path(args.output)] if len(clips) == 1 else [Path(args.output) / f"{Path(a).stem}.{args.to}.wav"
+                                                        for a in args.audio]
+    for path, out, audio in zip(args.audio, outs, clips):
+        audio.save(out)
+        print(f"{path}\t{out}\t{audio.seconds:.2f} s")
 
 
 def cmd_caption(args) -> None:
@@ -332,6 +372,13 @@ def _add_data_verbs(sub) -> None:
     _add_overrides(f, CodebookSettings, ["backend", "model", "layer", "k", "dedup", "pooling"], "speech, e.g.", "speech ")
     _add_overrides(f, ImageCodebookSettings, ["k", "patch", "image_size"], "image, e.g.", "image (--modality image) ")
     f.set_defaults(fn=cmd_codebook)
+    b = cs.add_parser("bpe", help="fit byte-pair merges over a speech codebook's units on the training units")
+    b.add_argument("codebook", help="the speech codebook the units were made with")
+    b.add_argument("manifest", help="the training manifest (its units are fitted on)")
+    b.add_argument("--units", required=True, help="token-store folder of `dmlm tokenize` (or the store's prefix)")
+    b.add_argument("--merges", type=int, required=True, help="how many merges (0: a copy without merges)")
+    b.add_argument("-o", "--output", required=True, help="the codebook carrying the merges (train with data.codebook=it)")
+    b.set_defaults(fn=cmd_codebook_bpe)
 
     s = sub.add_parser("tokenize", help="manifests -> token stores (speech units or image codes, by the codebook's modality)")
     s.add_argument("codebook")
@@ -353,7 +400,16 @@ def _add_train(sub) -> None:
     s.add_argument("overrides", nargs="*", help=override_help(RunConfig, ["train.steps", "model.layers"], "e.g."))
     s.add_argument("--resume", action="store_true", help="continue the run in train.out from its last saved step")
     s.add_argument("--overwrite", action="store_true", help="train.out holds a model: train again from scratch, replacing it")
+    s.add_argument("--dry-run", action="store_true", help="build everything (data, model), print the world size, batch, "
+                   "tokens per step, memory per rank and FLOPs per step (estimates), train nothing")
+    s.add_argument("--launcher", default="", help="--dry-run: the accelerate config the run will be launched with "
+                   "(configs/accelerate/X.yaml): its processes and FSDP count")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("export", help="a plain model folder from a run (weights consolidated from its sharded state)")
+    s.add_argument("run", help="the run's checkpoint folder (train.out)")
+    s.add_argument("-o", "--output", required=True, help="the new model folder")
+    s.set_defaults(fn=cmd_export)
 
 
 def _add_scoring_verbs(sub) -> None:
@@ -401,6 +457,10 @@ def _add_model_verbs(sub) -> None:
     s.add_argument("audio", nargs="+")
     s.add_argument("--to", required=True, help="target language code, e.g. es")
     s.add_argument("--from", dest="src", default="en", help="source language code (default: en)")
+    s.add_argument("--speech", action="store_true", help="speak the translation (speech-to-speech) into -o")
+    s.add_argument("-o", "--output", default="", help="--speech: the wav to write (a folder for several inputs)")
+    s.add_argument("--how", default="direct", choices=["direct", "chained", "cascade"],
+                   help="--speech: direct (s2st), chained (text then units, one decode) or cascade (s2tt, then t2s)")
     _decoding_args(s)
     s.set_defaults(fn=cmd_translate)
 

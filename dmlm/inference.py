@@ -57,8 +57,24 @@ def run_task(ck: Checkpoint, task_name: str, samples: Sequence[Sample], opts: De
     check_can_do(ck, task_name)
     prompts = [task.prompt(s, ck.vocab) for s in samples]
     check_positions(ck.model, prompts, [s.id for s in samples], task_name)
+    if getattr(task, "via_text", False):
+        return _decode_chained(ck, prompts, opts, progress)
     out = generate(ck.model, prompts, ck.vocab, task.target, replace(opts, rerank=0), progress=progress)
     return _rerank_t2s(ck, samples, out, opts, progress) if opts.rerank > 1 else out
+
+
+def _decode_chained(ck: Checkpoint, prompts: list[list[int]], opts: DecodingOptions, progress: bool) -> list[list[int]]:
+    """One sequence per prompt, written in two modalities: text up to `<|/text|>`, then `<|speech|>` and units
+    up to `<|/speech|>` (chained S2ST). Each span is generated under its own modality filter, so the text
+    cannot run into units and the units cannot fall back into text; the second span continues the very
+    sequence the first wrote. Returns text + `<|/text|> <|speech|>` + unit ids (the rendered target, less
+    its close tag)."""
+    vocab = ck.vocab
+    texts = generate(ck.model, prompts, vocab, "text", replace(opts, rerank=0), progress=progress)
+    joint = [t + [vocab.close("text"), vocab.open("speech")] for t in texts]
+    units = generate(ck.model, [p + j for p, j in zip(prompts, joint)], vocab, "speech", replace(opts, rerank=0),
+                     progress=progress)
+    return [j + u for j, u in zip(joint, units)]
 
 
 def prompts_for(ck: Checkpoint, task_name: str, samples: Sequence[Sample]) -> list[list[int]]:
@@ -104,6 +120,40 @@ def transcribe_units(ck: Checkpoint, units: Sequence[np.ndarray], *, lang: str =
                      opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[str]:
     samples = [get_task("asr").make_sample(str(i), u, lang) for i, u in enumerate(units)]
     return [decode_text(ck, o) for o in run_task(ck, "asr", samples, opts, progress)]
+
+
+def translate_speech_units(ck: Checkpoint, units: Sequence[np.ndarray], *, to: str, src: str = "en", how: str = "direct",
+                           opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[np.ndarray]:
+    """Speech units in `src` -> speech units in `to`, three ways: "direct" (the s2st task), "chained" (s2st_chain:
+    the target text, then its units, in one sequence) or "cascade" (s2tt, then t2s in `to`: two decodes)."""
+    samples = [get_task("s2st").make_sample(str(i), u, src, to) for i, u in enumerate(units)]
+    return s2st_units(ck, samples, how, opts, progress)
+
+
+def s2st_units(ck: Checkpoint, samples: Sequence[Sample], how: str = "direct",
+               opts: DecodingOptions = DecodingOptions(), progress: bool = False) -> list[np.ndarray]:
+    """Target-language units of speech-to-speech samples (source units, `src_lang`, `tgt_lang`) by way `how`;
+    an empty array where the model said nothing (the cascade's empty translation)."""
+    if how not in S2ST_WAYS:
+        raise UserError(f"how={how!r}: expected one of {', '.join(S2ST_WAYS)}")
+    if how == "cascade":
+        outs = run_task(ck, "s2tt", samples, opts, progress)
+        texts = [decode_text(ck, o) for o in outs]
+        t2s = get_task("t2s")
+        said = [i for i, t in enumerate(texts) if t.strip()]  # an empty translation says nothing: no units
+        spoken = run_task(ck, "t2s", [t2s.make_sample(samples[i].id, encode_text(ck, texts[i]), samples[i].tgt_lang)
+                                      for i in said], opts, progress) if said else []
+        out = [np.zeros(0, dtype=np.int64) for _ in samples]
+        for i, o in zip(said, spoken):
+            out[i] = np.asarray(ck.vocab.ids_to_units(o), dtype=np.int64)
+        return out
+    task = get_task(S2ST_WAYS[how])
+    return [np.asarray(task.output_units(o, ck.vocab), dtype=np.int64)
+            for o in run_task(ck, task.name, list(samples), opts, progress)]
+
+
+S2ST_WAYS = {"direct": "s2st", "chained": "s2st_chain", "cascade": None}
+"""The three ways to translate speech into speech, and the task that does each in one decode (cascade: two)."""
 
 
 def synthesize_units(ck: Checkpoint, texts: Sequence[str], *, lang: str = "en",

@@ -3,7 +3,7 @@
 ```
 [0, V_text)                 the text tokenizer's own ids, untouched
 [V_text, V_text+256)        reserved special block (task tags, modality tags, languages), append-only
-[.., +K_speech)             speech units  <|s_0|> … <|s_{K-1}|>
+[.., +K_speech)             speech units  <|s_0|> … <|s_{K-1}|> (then the merged unit pieces, if any)
 [.., +K_image)              image codes   <|i_0|> … <|i_{M-1}|>
 padded to a multiple of 64
 ```
@@ -15,19 +15,28 @@ Design decisions:
 - The special block is append-only: new tags take unused slots, existing ids never move,
   so a checkpoint stays readable by newer dmlm.
 - The layout is saved as JSON with a version; ranges are checked non-overlapping on load.
+- With byte-pair merges over the speech units (`speech_bpe`, `dmlm.tokenizers.unit_bpe`) the
+  speech range holds the k units and then the merged pieces; `speech_ids` renders units as
+  pieces and `ids_to_units` expands pieces back, exactly, so tasks, decoding and the vocoder
+  keep speaking units. Such a layout is version 2 (an older dmlm refuses it rather than read
+  pieces as units); one without merges stays version 1, byte for byte.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from dmlm.tokenizers.unit_bpe import UnitBPE
 from dmlm.util.errors import UserError
 
 SPECIAL_BLOCK = 256
 PAD_MULTIPLE = 64
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # the newest layout this dmlm reads
+MERGES_VERSION = 2  # the first layout with speech_bpe
 
 MODALITIES = ("text", "speech", "image")
 MOD_TEXT, MOD_SPEECH, MOD_IMAGE = 0, 1, 2
@@ -40,6 +49,7 @@ SPECIALS: tuple[str, ...] = (
     "<|en|>", "<|es|>", "<|de|>", "<|fr|>", "<|it|>", "<|pt|>", "<|nl|>", "<|zh|>", "<|ja|>", "<|ru|>",
     "<|ar|>", "<|hi|>", "<|ko|>", "<|pl|>", "<|tr|>", "<|sv|>", "<|ca|>", "<|fa|>", "<|cy|>", "<|et|>",
     "<|id|>", "<|lv|>", "<|mn|>", "<|sl|>", "<|ta|>", "<|ro|>", "<|uk|>", "<|vi|>", "<|fi|>", "<|el|>",
+    "<|s2st|>", "<|s2st_chain|>",
 )
 assert len(SPECIALS) <= SPECIAL_BLOCK and len(set(SPECIALS)) == len(SPECIALS)
 
@@ -63,9 +73,13 @@ class Vocab:
     fingerprints: dict[str, str] = field(default_factory=dict)
     """Codebook fingerprints by modality."""
     specials: list[str] = field(default_factory=lambda: list(SPECIALS))
-    version: int = LAYOUT_VERSION
+    version: int = 1
+    speech_bpe: dict = field(default_factory=dict)
+    """Byte-pair merges over the speech units (`UnitBPE.to_dict`); empty: the speech ids are the units."""
 
     def __post_init__(self) -> None:
+        if self.speech_bpe and self.version < MERGES_VERSION:
+            self.version = MERGES_VERSION
         self.check()
 
     # -- ranges ------------------------------------------------------------------------
@@ -110,10 +124,37 @@ class Vocab:
             raise VocabError("special block overflows 256 entries or repeats a name")
         if list(self.specials[: len(SPECIALS)]) != list(SPECIALS)[: len(self.specials)]:
             raise VocabError("special block is not a prefix-compatible extension of dmlm's (append-only)")
+        self._check_bpe()
         spans = sorted(r for r in self.ranges().values() if r[1] > r[0])
         for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
             if a1 > b0:
                 raise VocabError(f"vocabulary ranges overlap: [{a0},{a1}) and [{b0},{b1})")
+
+    def _check_bpe(self) -> None:
+        """The merges fill the speech range and are the ones the fingerprints name."""
+        bpe, fp = self.unit_bpe, self.fingerprints.get("speech_bpe")
+        if bpe is None:
+            if fp is not None:
+                raise VocabError(f"fingerprints name unit merges {fp} but the layout has none (speech_bpe)")
+            return
+        if bpe.vocab_size != self.speech_size:
+            raise VocabError(f"speech range has {self.speech_size} ids but the unit merges make {bpe.vocab_size} "
+                             f"pieces (k={bpe.k})")
+        if fp is not None and fp != bpe.fingerprint:
+            raise VocabError(f"fingerprints name unit merges {fp} but speech_bpe holds {bpe.fingerprint}")
+        unit_fp = self.fingerprints.get("speech")
+        if unit_fp is not None and bpe.base and unit_fp != bpe.base:
+            raise VocabError(f"the unit merges were fitted on speech codebook {bpe.base}, the layout's is {unit_fp}")
+
+    @cached_property
+    def unit_bpe(self) -> UnitBPE | None:
+        """The merges of `speech_bpe` (None without)."""
+        return UnitBPE.from_dict(self.speech_bpe, "vocabulary speech_bpe") if self.speech_bpe else None
+
+    @property
+    def speech_units(self) -> int:
+        """k: the speech codebook's units (the speech range less its merged pieces)."""
+        return self.unit_bpe.k if self.unit_bpe is not None else self.speech_size
 
     # -- ids ---------------------------------------------------------------------------
     def special(self, name: str) -> int:
@@ -123,7 +164,15 @@ class Vocab:
             raise VocabError(f"unknown special token {name!r}") from None
 
     def lang(self, code: str) -> int:
+        if f"<|{code}|>" not in self.specials:
+            raise VocabError(f"unknown language {code!r}: not in the model's vocabulary, which has "
+                             f"{', '.join(self.languages)}")
         return self.special(f"<|{code}|>")
+
+    @property
+    def languages(self) -> list[str]:
+        """The language codes the vocabulary has a tag for (`<|en|>`, ...)."""
+        return [t[2:-2] for t in self.specials if re.fullmatch(r"<\|[a-z]{2}(-[A-Za-z0-9]+)?\|>", t)]
 
     def task(self, name: str) -> int:
         return self.special(f"<|{name}|>")
@@ -147,16 +196,22 @@ class Vocab:
         return self.special(CLOSE[modality])
 
     def speech_ids(self, units) -> list[int]:
+        """Unified ids of speech units: the units, or their pieces when the layout has unit merges."""
         import numpy as np
 
         u = np.asarray(units, dtype=np.int64)
-        if len(u) and (u.min() < 0 or u.max() >= self.speech_size):
-            raise VocabError(f"speech unit out of range [0, {self.speech_size}): {int(u.min())}..{int(u.max())}")
+        k = self.speech_units
+        if len(u) and (u.min() < 0 or u.max() >= k):
+            raise VocabError(f"speech unit out of range [0, {k}): {int(u.min())}..{int(u.max())}")
+        if self.unit_bpe is not None:
+            u = np.asarray(self.unit_bpe.encode(u), dtype=np.int64)
         return (u + self.speech_start).tolist()
 
     def ids_to_units(self, ids) -> list[int]:
+        """The speech units of `ids` (other ids skipped); pieces expand back to their units exactly."""
         s0, s1 = self.range("speech")
-        return [i - s0 for i in ids if s0 <= i < s1]
+        pieces = [i - s0 for i in ids if s0 <= i < s1]
+        return self.unit_bpe.decode(pieces) if self.unit_bpe is not None else pieces
 
     def image_ids(self, codes) -> list[int]:
         import numpy as np
@@ -188,13 +243,16 @@ class Vocab:
         d["ranges"] = {k: list(v) for k, v in self.ranges().items()}
         d["special_ids"] = {name: self.special(name) for name in self.specials}
         d["size"] = self.size
+        if not self.speech_bpe:
+            del d["speech_bpe"]  # a layout without merges is written as before them
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocab:
         if d.get("version", 1) > LAYOUT_VERSION:
             raise VocabError(f"vocabulary layout version {d['version']} is newer than this dmlm ({LAYOUT_VERSION})")
-        keys = {"text_size", "speech_size", "image_size", "bos_id", "eos_id", "fingerprints", "specials", "version"}
+        keys = {"text_size", "speech_size", "image_size", "bos_id", "eos_id", "fingerprints", "specials", "version",
+                "speech_bpe"}
         v = cls(**{k: d[k] for k in keys if k in d})
         if "ranges" in d and {k: tuple(x) for k, x in d["ranges"].items()} != v.ranges():
             raise VocabError("stored ranges disagree with the layout's sizes")

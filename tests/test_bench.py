@@ -21,6 +21,8 @@ BENCHES = [
     ("bench.under_load", [f"under_load_{s}.json" for s in ("synthesis", "tokenize", "train", "evaluate")]),
     ("bench.stage_scaling", ["stage_scaling.json"]),
     ("bench.pretrained_cut", ["pretrained_cut.json"]),
+    ("bench.unit_bpe", ["unit_bpe.json"]),
+    ("bench.start_check", ["start_check.json"]),
 ]
 
 

@@ -21,9 +21,13 @@ def _steps(out: Path) -> list[tuple]:
     return [(r["step"], r["loss"], r["tokens"]) for r in rows if "loss" in r]
 
 
-def test_two_processes_match_one_process(run_config, tmp_path):
+@pytest.mark.parametrize("schedule", [(), ("train.stages=[{steps: 2, train: new_rows}, {train: all}]",
+                                           "train.lr_new_rows=5")], ids=["plain", "staged"])
+def test_two_processes_match_one_process(run_config, tmp_path, schedule):
+    """`staged`: DDP fixes its gradient hooks when it wraps the model, so a stage boundary after wrapping must
+    drop frozen gradients instead of turning them off (dmlm.training.trainable): still the same steps."""
     common = ("train.steps=4", "train.batch_tokens=400", "train.eval_every=100", "train.save_every=100",
-              "train.warmup_steps=1", "train.loss=length_normalized")
+              "train.warmup_steps=1", "train.loss=length_normalized", *schedule)
     # one process, 2 micro-batches per step == two ranks with 1 micro-batch each
     from dmlm.training.train import train
 

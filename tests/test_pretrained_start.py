@@ -198,7 +198,7 @@ def test_trimmed_cut_llm_trains_and_loads_in_plain_transformers(llm, run_config,
     path, _ = llm
     out = train(run_config(tmp_path / "m", f"model.init={init}", f"model.llm={path}", "model.trim_vocab=true",
                            "model.keep_layers=2", "train.steps=4", "train.eval_every=2", "train.save_every=4",
-                           "train.warmup_steps=1"))
+                           "train.warmup_steps=1", "train.allow_lossy_start=true"))  # a cut start fails the check
     rows = [json.loads(line) for line in (tmp_path / "m.log.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
@@ -260,3 +260,110 @@ def test_pretrained_speed_bench_quick_writes_its_result(tmp_path, monkeypatch):
     assert saved["ratio"] == pytest.approx(saved["dmlm"] / saved["baseline"]) and saved["dmlm"] > 0
     assert [r["variant"] for r in res["variants"]] == ["full", "trim", "trim_l6"]  # the baseline always runs
     assert [r["layers"] for r in res["variants"]] == [12, 12, 6]
+
+
+# -- the start check: a start that keeps what the LLM knows ----------------------------------
+
+def _teach(path, steps: int = 100) -> None:
+    """A stand-in LLM that knows some English: the tiny Llama trained on PRETRAIN and sentences like the
+    test corpus's for `steps` full-batch steps (seconds), saved with its tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                                      tie_word_embeddings=True, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id))
+    texts = sorted(set(PRETRAIN)) + [f"{d} {a} {b} {c}" for d in ("the", "a") for a in ("red", "big")
+                                     for b in ("cat", "dog") for c in ("runs", "sees", "likes")]
+    seqs = [[tok.bos_id] + tok.encode(t) for t in texts]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    for _ in range(steps):
+        lm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    lm.save_pretrained(path)
+    tok.save(path)
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory):
+    path = tmp_path_factory.mktemp("taught") / "lm"
+    _teach(path)
+    return path
+
+
+HELD_OUT = ["the big cat sees a dog", "a red dog likes the cat", "the dog runs", "a big red cat likes a dog"]
+
+
+def test_start_check_passes_an_untouched_start_and_fails_a_cut_one(taught):
+    from transformers import AutoModelForCausalLM
+
+    from dmlm.training.start_check import TOLERANCE, compare
+
+    tok = _tokenizer()
+    llm = AutoModelForCausalLM.from_pretrained(taught)
+    vocab = Vocab(text_size=tok.vocab_size, speech_size=16, bos_id=tok.bos_id, eos_id=tok.eos_id)
+
+    def check(**kw):
+        return compare(llm, tok, build_model(ModelConfig(init="pretrained", llm=str(taught), **kw), vocab), tok, HELD_OUT)
+
+    whole, cut = check(), check(keep_layers=1)
+    assert whole.llm_perplexity == cut.llm_perplexity == pytest.approx(whole.llm_own_perplexity)  # untrimmed: one LLM
+    assert whole.passed and abs(whole.ratio - 1) < TOLERANCE  # the new rows (mean) take almost nothing
+    assert not cut.passed and cut.ratio > 1.2
+    assert whole.tokens == sum(len(tok.encode(t)) for t in HELD_OUT)  # every token after the BOS
+    same = compare(llm, tok, llm, tok, HELD_OUT)
+    assert same.ratio == pytest.approx(1.0, abs=1e-6)
+
+
+def test_start_check_scores_a_trimmed_start_against_the_llm_on_the_same_rows(taught):
+    """Trimming shrinks the softmax: the LLM is scored over the kept rows too, so trimming alone costs nothing."""
+    from transformers import AutoModelForCausalLM
+
+    from dmlm.training.start_check import compare
+
+    full = _tokenizer()
+    trimmed = trim_tokenizer(full, CORPUS + HELD_OUT)
+    llm = AutoModelForCausalLM.from_pretrained(taught)
+    vocab = Vocab(text_size=trimmed.vocab_size, bos_id=trimmed.bos_id, eos_id=trimmed.eos_id)
+    model = build_model(ModelConfig(init="pretrained", llm=str(taught), trim_vocab=True), vocab,
+                        text_rows=trimmed.source_ids)
+    model.resize_token_embeddings(trimmed.vocab_size)  # no rows added: the trimmed LLM itself
+    res = compare(llm, full, model, trimmed, HELD_OUT)
+    assert res.ratio == pytest.approx(1.0, abs=1e-5)
+    assert res.llm_perplexity < res.llm_own_perplexity  # fewer rivals: against the whole vocabulary it would pass anyway
+
+
+def test_dmlm_train_refuses_a_lossy_pretrained_start_unless_allowed(taught, run_config, tmp_path, caplog):
+    import logging
+
+    from dmlm.training.train import train
+
+    common = ("model.init=pretrained", f"model.llm={taught}", "train.steps=1", "train.save_every=1",
+              "train.eval_every=1", "train.warmup_steps=0")
+    with caplog.at_level(logging.INFO, logger="dmlm.training.start_check"):
+        train(run_config(tmp_path / "whole", *common))
+    assert "start check passed" in caplog.text
+    with pytest.raises(UserError, match=r"start check failed: .* has text perplexity [\d.]+ against the untouched "
+                                        r"LLM's [\d.]+ .*train.allow_lossy_start"):
+        train(run_config(tmp_path / "cut", *common, "model.keep_layers=1"))
+    assert not (tmp_path / "cut").exists()  # refused before anything was written
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dmlm.training.start_check"):
+        train(run_config(tmp_path / "cut", *common, "model.keep_layers=1", "train.allow_lossy_start=true"))
+    assert "start check FAILED (train.allow_lossy_start" in caplog.text
+
+
+def test_new_rows_init_spread_gives_rows_as_distinct_as_the_text_rows(llm):
+    path, old = llm
+    vocab = Vocab(text_size=_tokenizer().vocab_size, speech_size=64)
+    rows = {init: build_model(ModelConfig(init="pretrained", llm=str(path), new_rows_init=init), vocab)
+            .get_input_embeddings().weight[vocab.text_size :].detach() for init in ("mean", "spread", "auto")}
+    text_std = old["model.embed_tokens.weight"][: vocab.text_size].std(0)
+    assert torch.equal(rows["auto"], rows["mean"])  # init=pretrained: today's start
+    assert float((rows["mean"].std(0) / text_std).mean()) < 0.05
+    assert 0.8 < float((rows["spread"].std(0) / text_std).mean()) < 1.2

@@ -12,6 +12,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -114,14 +115,37 @@ def parse_record(obj: Any, where: str) -> Record:
     return Record(**kwargs)
 
 
+_WIDE_BOMS = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32", codecs.BOM_UTF16_LE: "UTF-16",
+              codecs.BOM_UTF16_BE: "UTF-16"}  # UTF-32 first: its LE mark starts with UTF-16's
+
+
+def _check_encoding(path: Path, first: bytes) -> None:
+    """Refuse a manifest in UTF-16 or UTF-32 (with a byte-order mark, or NUL bytes without one) by name:
+    it would otherwise fail as "not valid JSON" at its first line."""
+    name = next((enc for bom, enc in _WIDE_BOMS.items() if first.startswith(bom)), None)
+    if name is None and b"\x00" in first:
+        name = "UTF-16 or UTF-32 (NUL bytes in the first line)"
+    if name is not None:
+        raise ManifestError(f"{path}: the manifest is {name}; a manifest is UTF-8 JSON lines: convert it, e.g. "
+                            f"`iconv -f {name.split()[0].lower()} -t utf-8 {path.name}`")
+
+
 def iter_manifest(path: str | Path) -> Iterator[Record]:
     """Lazily yield validated records; blank lines are skipped."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1:
+                _check_encoding(path, raw)
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # a UTF-8 byte-order mark (Windows editors): UTF-8 still
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:  # e.g. a Latin-1 file: the line and byte, not a traceback
+                raise ManifestError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                    "a manifest is UTF-8 JSON lines: convert it, e.g. "
+                                    f"`iconv -f latin1 -t utf-8 {path.name}`") from None
             if not line:
                 continue
             try:

@@ -53,6 +53,7 @@ from dmlm.data.miniworld_lexicon import (
     Adj,
     Verb,
 )
+from dmlm.util.errors import UserError
 
 LANGS = ("es", "de", "fr")
 HELDOUT_TEST_FRACTION = 0.4  # share of test sentences forced to contain a held-out pair
@@ -388,6 +389,10 @@ def _make(split: str, i: int, scene: dict[str, Any], held: set[tuple[str, str]])
     )
 
 
+class MiniWorldError(UserError, RuntimeError):
+    """The requested split sizes cannot be sampled (a `UserError`: the CLI reports it in one line)."""
+
+
 def generate_splits(n_train: int, n_dev: int, n_test: int,
                     seed: int = 0, n_unpaired: int = 0) -> dict[str, list[Sentence]]:
     """Sample disjoint train/dev/test splits; test probes held-out colour-object pairs.
@@ -396,8 +401,8 @@ def generate_splits(n_train: int, n_dev: int, n_test: int,
     drawn after test, disjoint from every split and free of held-out pairs, for text-only
     (unpaired) training. The other splits do not depend on it.
 
-    Deterministic for a seed. Raises `RuntimeError` if the requested sizes cannot be met
-    (e.g. a train split too small to cover the words test needs).
+    Deterministic for a seed. Raises `MiniWorldError` (a `RuntimeError`) if the requested sizes cannot
+    be met (e.g. a train split too small to cover the words dev and test need).
     """
     rng = random.Random(seed)
     held = set(heldout_pairs(seed))
@@ -405,7 +410,7 @@ def generate_splits(n_train: int, n_dev: int, n_test: int,
     seen: set[str] = set()
     train_words: set[str] = set()
 
-    def draw(n: int, force: bool, need_known_words: bool) -> list[dict[str, Any]]:
+    def draw(n: int, force: bool, need_known_words: bool, split: str) -> list[dict[str, Any]]:
         scenes: list[dict[str, Any]] = []
         for _ in range(50 * n + 1000):
             if len(scenes) == n:
@@ -422,18 +427,20 @@ def generate_splits(n_train: int, n_dev: int, n_test: int,
             seen.add(text)
             scenes.append(scene)
         if len(scenes) < n:
-            raise RuntimeError(f"mini-world: could only sample {len(scenes)} of {n} sentences")
+            known = f" whose words all occur in the {n_train} training sentences" if need_known_words else ""
+            raise MiniWorldError(f"mini-world: could only sample {len(scenes)} of the {n} {split} sentences{known}; "
+                                 "ask for fewer (prepare n_dev=, n_test=) or more training sentences (n_train=)")
         return scenes
 
-    train = draw(n_train, force=False, need_known_words=False)
+    train = draw(n_train, force=False, need_known_words=False, split="train")
     for s in train:
         train_words.update(render(s)["en"].split())
-    dev = draw(n_dev, force=False, need_known_words=True)
+    dev = draw(n_dev, force=False, need_known_words=True, split="dev")
     n_forced = round(HELDOUT_TEST_FRACTION * n_test)
-    test = draw(n_forced, force=True, need_known_words=True)
-    test += draw(n_test - n_forced, force=False, need_known_words=True)
+    test = draw(n_forced, force=True, need_known_words=True, split="test (held-out pairs)")
+    test += draw(n_test - n_forced, force=False, need_known_words=True, split="test")
     rng.shuffle(test)
     splits = [("train", train), ("dev", dev), ("test", test)]
     if n_unpaired:
-        splits.append(("unpaired", draw(n_unpaired, force=False, need_known_words=False)))
+        splits.append(("unpaired", draw(n_unpaired, force=False, need_known_words=False, split="unpaired")))
     return {split: [_make(split, i, sc, held) for i, sc in enumerate(scenes)] for split, scenes in splits}

@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dmlm.data.corpus import Sentence
 from dmlm.data.manifest import HELDOUT_VOICE, Record, is_heldout_voice, read_manifest, write_manifest
-from dmlm.data.synth import Voice, draw_voice, synthesize_many
+from dmlm.data.synth import Voice, draw_language_voice, draw_voice, synthesize_many
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json
 
@@ -70,6 +70,11 @@ class PrepareConfig:
     n_unpaired_images: int = 0
     """mini-world: draw the scenes of the this many unpaired sentences before those into unpaired_images.jsonl,
     images only, no caption: unpaired images (image_lm). They leave unpaired.jsonl too."""
+    speech_langs: list[str] = field(default_factory=list)
+    """mini-world: also speak every sentence's translation in these languages (es, de, fr; espeak-ng voices of
+    each, and a held-out voice per language in test) as records of their own (id `<sentence>-<lang>`, `lang` and
+    `text` in that language, `translations` holding the others); every record of a sentence names its
+    recordings in `custom.parallel` (S2ST). Empty: English speech only, as before."""
 
 
 def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
@@ -89,6 +94,29 @@ IMAGE_CORPORA = ("digits",)  # images with captions, no audio
 _RERUN_FREE = ("workers", "images", "n_unpaired", "neural_extra")  # settings a re-run may change: they add outputs, never alter them
 
 
+def check_settings(cfg: PrepareConfig) -> None:
+    """Settings that cannot make a corpus, refused by name before anything is written."""
+    sizes = {"n_train": cfg.n_train, "n_dev": cfg.n_dev, "n_test": cfg.n_test, "n_unpaired": cfg.n_unpaired}
+    bad = {k: v for k, v in sizes.items() if v < 0 or (k == "n_train" and v < 1)}
+    if bad:  # a negative count would slice from the end (n_train=-3 wrote 810 records)
+        raise UserError(f"prepare.{next(iter(bad))}: must be {'>= 1' if 'n_train' in bad else '>= 0'} sentences, "
+                        f"got {next(iter(bad.values()))}")
+    if not 0.0 <= cfg.neural_share <= 1.0:
+        raise UserError(f"prepare.neural_share must be within [0, 1], got {cfg.neural_share}")
+    media = cfg.n_unpaired_speech + cfg.n_unpaired_images
+    if min(cfg.n_unpaired_speech, cfg.n_unpaired_images) < 0 or media > cfg.n_unpaired:
+        raise UserError(f"prepare.n_unpaired_speech + n_unpaired_images take unpaired sentences, so they must be "
+                        f">= 0 and sum to at most n_unpaired = {cfg.n_unpaired}, got {cfg.n_unpaired_speech} + "
+                        f"{cfg.n_unpaired_images}")
+    bad_langs = [lg for lg in cfg.speech_langs if lg not in ("es", "de", "fr")]
+    if bad_langs or (cfg.speech_langs and cfg.corpus != "mini-world"):
+        raise UserError(f"prepare.speech_langs: mini-world speaks es, de and fr, got {cfg.speech_langs} "
+                        f"for corpus {cfg.corpus}")
+    if not 0 <= cfg.neural_extra <= cfg.n_unpaired - media:
+        raise UserError(f"prepare.neural_extra speaks unpaired text sentences, so it must be within [0, n_unpaired - "
+                         f"n_unpaired_speech - n_unpaired_images = {cfg.n_unpaired - media}], got {cfg.neural_extra}")
+
+
 def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     """Synthesize the corpus into `out_dir`; returns {split: manifest path}."""
     out = Path(out_dir)
@@ -97,16 +125,7 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     settings = asdict(cfg)
     if cfg.corpus not in CORPORA:
         raise UserError(f"unknown corpus {cfg.corpus!r}; expected one of: {', '.join(CORPORA)}")
-    if not 0.0 <= cfg.neural_share <= 1.0:
-        raise UserError(f"prepare.neural_share must be within [0, 1], got {cfg.neural_share}")
-    media = cfg.n_unpaired_speech + cfg.n_unpaired_images
-    if min(cfg.n_unpaired_speech, cfg.n_unpaired_images) < 0 or media > cfg.n_unpaired:
-        raise UserError(f"prepare.n_unpaired_speech + n_unpaired_images take unpaired sentences, so they must be "
-                        f">= 0 and sum to at most n_unpaired = {cfg.n_unpaired}, got {cfg.n_unpaired_speech} + "
-                        f"{cfg.n_unpaired_images}")
-    if not 0 <= cfg.neural_extra <= cfg.n_unpaired - media:
-        raise UserError(f"prepare.neural_extra speaks unpaired text sentences, so it must be within [0, n_unpaired - "
-                         f"n_unpaired_speech - n_unpaired_images = {cfg.n_unpaired - media}], got {cfg.neural_extra}")
+    check_settings(cfg)
     if settings_path.is_file():
         old = {**asdict(PrepareConfig()), **json.loads(settings_path.read_text())}  # keys added since: defaults
         if {k: v for k, v in old.items() if k not in _RERUN_FREE} != {k: v for k, v in settings.items()
@@ -145,21 +164,13 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
         rows = [(s, draw_voice(rng, neural_share=cfg.neural_share), s.id, False) for s in sentences]
         if split == "test":
             rows += [(s, draw_voice(rng, heldout=True), f"{s.id}-hv", True) for s in sentences]
-        plan[split] = rows
+        plan[split] = [(s, v, uid, held, "en") for s, v, uid, held in rows]
+    _plan_languages(cfg, splits, plan)
 
-    jobs = [(s.text, v, out / "wav" / f"{uid}.wav") for rows in plan.values() for s, v, uid, _ in rows]
+    jobs = [(_spoken(s, lang), v, out / "wav" / f"{uid}.wav") for rows in plan.values() for s, v, uid, _, lang in rows]
     durations = iter(synthesize_many(jobs, workers=cfg.workers, desc=f"synthesize {cfg.corpus}"))
     for split, rows in plan.items():
-        records = []
-        for s, v, uid, heldout in rows:
-            custom = dict(s.custom)
-            custom.update(voice=asdict(v), heldout_voice=heldout)
-            records.append(
-                Record(
-                    id=uid, split=split, lang="en", audio=f"wav/{uid}.wav", duration=round(next(durations), 3),
-                    text=s.text, translations=dict(s.translations) or None, speaker=v.speaker, custom=custom,
-                )
-            )
+        records = [_speech_record(cfg, split, row, next(durations)) for row in rows]
         if cfg.images and cfg.corpus == "mini-world":
             records = add_scene_images(records, out)
         write_manifest(manifests[split], records)
@@ -169,6 +180,37 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     if cfg.neural_extra:
         manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
     return manifests
+
+
+def _spoken(s: Sentence, lang: str) -> str:
+    return s.text if lang == "en" else s.translations[lang]
+
+
+def _plan_languages(cfg: PrepareConfig, splits: dict[str, list[Sentence]], plan: dict[str, list]) -> None:
+    """Add each sentence's recordings in `cfg.speech_langs` to `plan` (their own voice draws, from their own
+    seed, so the English draws stay those of a corpus without them); test also in each language's held-out voice."""
+    for lang in cfg.speech_langs:
+        rng = random.Random(cfg.seed + 10 + ("es", "de", "fr").index(lang))
+        for split, sentences in splits.items():
+            rows = [(s, draw_language_voice(rng, lang), f"{s.id}-{lang}", False, lang) for s in sentences]
+            if split == "test":
+                rows += [(s, draw_language_voice(rng, lang, heldout=True), f"{s.id}-{lang}-hv", True, lang)
+                         for s in sentences]
+            plan[split] += rows
+
+
+def _speech_record(cfg: PrepareConfig, split: str, row: tuple, duration: float) -> Record:
+    """The manifest record of one planned recording (a sentence in `lang`, spoken by `v`)."""
+    s, v, uid, heldout, lang = row
+    custom = dict(s.custom)
+    custom.update(voice=asdict(v), heldout_voice=heldout)
+    translations = dict(s.translations)
+    if cfg.speech_langs:  # every recording of the sentence, by language (training voices: the S2ST targets)
+        custom["parallel"] = {"en": s.id, **{lg: f"{s.id}-{lg}" for lg in cfg.speech_langs}}
+    if lang != "en":
+        translations = {"en": s.text, **{lg: t for lg, t in translations.items() if lg != lang}}
+    return Record(id=uid, split=split, lang=lang, audio=f"wav/{uid}.wav", duration=round(duration, 3),
+                  text=_spoken(s, lang), translations=translations or None, speaker=v.speaker, custom=custom)
 
 
 def _write_unpaired(cfg: PrepareConfig, out: Path, sentences: list[Sentence] | None = None) -> Path:
@@ -257,7 +299,7 @@ def add_scene_images(records: list[Record], out: Path, size: int = 64) -> list[R
     result = []
     for r in records:
         scene = r.custom.get("scene")
-        if not scene or not is_visual(scene):
+        if not scene or not is_visual(scene) or (r.lang or "en") != "en":  # one picture: on the English record
             result.append(r)
             continue
         name = r.id.removesuffix("-hv") if is_heldout_voice(r) else r.id

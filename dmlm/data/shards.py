@@ -26,6 +26,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import hashlib
@@ -42,8 +43,8 @@ import numpy as np
 from dmlm.util.progress import tqdm
 
 from dmlm.data.manifest import Record
-from dmlm.util.errors import MissingFileError, UserError
-from dmlm.util.io import atomic_write_text
+from dmlm.util.errors import MissingFileError, OutputError, UserError
+from dmlm.util.io import atomic_write_text, fault_point
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,26 @@ class TokenStore:
         meta_path = store_file(self.prefix, ".json")
         if not meta_path.is_file():
             raise MissingFileError(f"{meta_path}: token store not found (run `dmlm tokenize` first)")
-        self.meta = json.loads(meta_path.read_text())
+        text = meta_path.read_text()
+        self.meta = json.loads(text)
         self.ids: list[str] = self.meta["ids"]
-        self.offsets = np.load(store_file(self.prefix, ".idx.npy"))
-        n_tokens = int(self.offsets[-1])
-        self.tokens = (np.memmap(store_file(self.prefix, ".bin"), dtype=np.int32, mode="r", shape=(n_tokens,))
-                       if n_tokens else np.zeros(0, dtype=np.int32))
+        try:
+            self.offsets = np.load(store_file(self.prefix, ".idx.npy"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{store_file(self.prefix, '.idx.npy')}: cannot read the token store's index ({e}); "
+                            "tokenize the manifest again") from None
+        n_tokens = int(self.offsets[-1]) if len(self.offsets) else -1
+        bin_path = store_file(self.prefix, ".bin")
+        bin_size = bin_path.stat().st_size if bin_path.is_file() else 0
+        self.tokens = (np.memmap(bin_path, dtype=np.int32, mode="r", shape=(n_tokens,))
+                       if n_tokens > 0 and bin_size >= 4 * n_tokens else np.zeros(0, dtype=np.int32))
+        # the files agree with the .json (written last, removed first by a rebuild), which is unchanged
+        # since we read it: else a rebuild replaced them under us, and we would read two builds mixed
+        if (len(self.offsets) != len(self.ids) + 1 or n_tokens != self.meta.get("tokens", n_tokens)
+                or bin_size < 4 * n_tokens or not meta_path.is_file() or meta_path.read_text() != text):
+            raise UserError(f"{self.prefix}: the token store's files do not agree ({len(self.ids)} records in "
+                            f"{meta_path.name}, {len(self.offsets) - 1} in its index, {bin_size} bytes of tokens); "
+                            "it is being rebuilt, or was damaged: tokenize the manifest again")
         self._index = {rid: i for i, rid in enumerate(self.ids)}
 
     @property
@@ -141,6 +156,19 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
 
 
 def _acquire(path: Path, what: str) -> int | None:
+    try:
+        return _acquire_once(path, what)
+    except OSError as e:  # a full disk or a read-only folder: one line naming the lock file
+        if isinstance(e, UserError):
+            raise
+        raise OutputError(f"{what}: cannot write the lock file {path}: {_why(e)}") from None
+
+
+def _why(e: OSError) -> str:
+    return "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+
+
+def _acquire_once(path: Path, what: str) -> int | None:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -159,9 +187,14 @@ def _acquire(path: Path, what: str) -> int | None:
         except FileNotFoundError:
             ours = False
         if ours:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                      .encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                          .encode(), 0)
+            except OSError:
+                path.unlink(missing_ok=True)  # still ours: only a holder unlinks it
+                os.close(fd)
+                raise
             return fd
         os.close(fd)  # the previous holder unlinked this file after we opened it: lock the new one
 
@@ -179,7 +212,11 @@ def _check_plan(prefix: Path, plan: dict) -> None:
     text = json.dumps(plan, indent=1)
     for _ in range(3):  # a merge may delete the plan between our two looks
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
+        try:
+            tmp.write_text(text)
+        except OSError as e:  # a full disk: no temp file left behind, one line naming the plan
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {path}: {_why(e)}") from None
         try:
             os.link(tmp, path)  # atomic create-if-absent, unlike os.replace
             return
@@ -275,6 +312,8 @@ def build_store(
                 np.savez(tmp, tokens=flat, lengths=lengths, ids=np.array([r.id for r in chunk]),
                          fingerprint=np.array(meta.get("fingerprint") or ""))
                 os.replace(tmp, part)
+            except OSError as e:  # a full disk: the finished chunks stay, a rerun resumes after them
+                raise OutputError(f"cannot write {part}: {_why(e)}") from None
             finally:
                 tmp.unlink(missing_ok=True)
             bar.update(len(chunk))
@@ -292,9 +331,37 @@ def build_store(
 
 
 def _merge(prefix: Path, n_chunks: int, meta: dict, expected_ids: list[str]) -> TokenStore:
+    tmp_bin = prefix.with_name(f".{prefix.name}.bin.tmp")
+    tmp_idx = prefix.with_name(f".{prefix.name}.idx.tmp.npy")
+    try:
+        ids, offsets = _merge_parts(prefix, n_chunks, meta, expected_ids, tmp_bin)
+        np.save(tmp_idx, np.array(offsets, dtype=np.int64))
+    except BaseException as e:  # a full disk: the parts stay, so a rerun merges again
+        tmp_bin.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, UserError):
+            raise OutputError(f"cannot write the token store {prefix}: {_why(e)}") from None
+        raise
+    # the store's .json marks it complete: removed before the other files are replaced and written
+    # last, atomically, so a reader (or a crash) in between sees no store, never one of two builds
+    store_file(prefix, ".json").unlink(missing_ok=True)
+    fault_point("store-json-removed")
+    os.replace(tmp_bin, store_file(prefix, ".bin"))
+    fault_point("store-bin")
+    os.replace(tmp_idx, store_file(prefix, ".idx.npy"))
+    fault_point("store-idx")
+    atomic_write_text(store_file(prefix, ".json"), json.dumps({**meta, "ids": ids, "tokens": offsets[-1]}))
+    for c in range(n_chunks):
+        _part_path(prefix, c).unlink(missing_ok=True)
+    _plan_path(prefix).unlink(missing_ok=True)
+    return TokenStore(prefix)
+
+
+def _merge_parts(prefix: Path, n_chunks: int, meta: dict, expected_ids: list[str],
+                 tmp_bin: Path) -> tuple[list[str], list[int]]:
+    """Concatenate the part files' tokens into `tmp_bin`; returns the record ids and offsets."""
     ids: list[str] = []
     offsets = [0]
-    tmp_bin = prefix.with_name(f".{prefix.name}.bin.tmp")
     with open(tmp_bin, "wb") as f:
         for c in range(n_chunks):
             with np.load(_part_path(prefix, c)) as part:
@@ -311,13 +378,4 @@ def _merge(prefix: Path, n_chunks: int, meta: dict, expected_ids: list[str]) -> 
     if ids != expected_ids:
         raise UserError(f"{prefix}: parts hold {len(ids)} records, the manifest {len(expected_ids)}; "
                          f"delete {prefix.name}.part*.npz and tokenize again")
-    os.replace(tmp_bin, store_file(prefix, ".bin"))
-    tmp_idx = prefix.with_name(f".{prefix.name}.idx.tmp.npy")
-    np.save(tmp_idx, np.array(offsets, dtype=np.int64))
-    os.replace(tmp_idx, store_file(prefix, ".idx.npy"))
-    # the store's .json is written last and atomically: it is what marks a store complete
-    atomic_write_text(store_file(prefix, ".json"), json.dumps({**meta, "ids": ids}))
-    for c in range(n_chunks):
-        _part_path(prefix, c).unlink(missing_ok=True)
-    _plan_path(prefix).unlink(missing_ok=True)
-    return TokenStore(prefix)
+    return ids, offsets

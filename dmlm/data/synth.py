@@ -55,6 +55,13 @@ TRAIN_ACCENTS = ("en-us", "en-gb", "en-029", "en-gb-scotland", "en-us-nyc")
 TRAIN_VARIANTS = ("m1", "m3", "m7", "f1", "f2", "f4", "f5")
 HELDOUT_VOICE = "en-gb+f4"  # accent and variant each seen in training, never together
 
+# Speech in the translations' languages (`dmlm prepare mini-world` with `speech_langs`): espeak-ng's accents of
+# each language times the same variants, and a held-out combination per language whose variant is seen in
+# training (in that language where it has several accents, else in the others). No neural voice for es/de/fr
+# ships in a package of the lists (docs/design/data.md, "Speech in four languages").
+LANG_ACCENTS = {"en": TRAIN_ACCENTS, "es": ("es", "es-419"), "de": ("de",), "fr": ("fr-fr", "fr-be", "fr-ch")}
+LANG_HELDOUT = {"en": HELDOUT_VOICE, "es": "es-419+f4", "de": "de+f4", "fr": "fr-be+f4"}
+
 
 NEURAL_VOICE = "piper:en_US-joe-medium"
 
@@ -79,6 +86,19 @@ class Voice:
 
 def training_voices() -> list[str]:
     return [f"{a}+{v}" for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS if f"{a}+{v}" != HELDOUT_VOICE]
+
+
+def language_voices(lang: str) -> list[str]:
+    """The espeak-ng training voices of `lang` (its accents times `TRAIN_VARIANTS`, less its held-out voice)."""
+    if lang not in LANG_ACCENTS:
+        raise UserError(f"no espeak-ng voices set up for language {lang!r}; available: {', '.join(LANG_ACCENTS)}")
+    return [f"{a}+{v}" for a in LANG_ACCENTS[lang] for v in TRAIN_VARIANTS if f"{a}+{v}" != LANG_HELDOUT[lang]]
+
+
+def draw_language_voice(rng: random.Random, lang: str, heldout: bool = False) -> Voice:
+    """A training voice of `lang`, or its held-out voice (espeak-ng; rate and pitch drawn like English's)."""
+    name = LANG_HELDOUT[lang] if heldout else rng.choice(language_voices(lang))
+    return Voice(name=name, rate=rng.randint(145, 185), pitch=rng.randint(35, 65))
 
 
 def draw_voice(rng: random.Random, heldout: bool = False, neural_share: float = 0.0) -> Voice:

@@ -58,6 +58,46 @@ class DecodingOptions:
             raise UserError(f"compute_type={self.compute_type} needs greedy decoding with the dmlm engine")
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The valid range of a numeric decoding field: `low <= x` (`low < x` when not `low_inclusive`) and `x <= high`."""
+
+    low: float
+    high: float
+    low_inclusive: bool = True
+
+    def holds(self, value: float) -> bool:
+        return (value >= self.low if self.low_inclusive else value > self.low) and value <= self.high
+
+    def describe(self) -> str:
+        return f"{'>=' if self.low_inclusive else '>'} {_number(self.low)} and <= {_number(self.high)}"
+
+    def check(self, name: str, value: float, where: str = "decoding") -> None:
+        """A `UserError` naming `name` unless `value` is in range."""
+        if not self.holds(value):
+            raise UserError(f"{where}: {name} must be {self.describe()}, got {value!r}")
+
+    def pydantic(self) -> dict:
+        """The same range as pydantic's `Field`/`Form` keywords (`ge`/`gt`, `le`)."""
+        return {"ge" if self.low_inclusive else "gt": self.low, "le": self.high}
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+BOUNDS: dict[str, Bound] = {
+    "beam_size": Bound(1, 16),  # memory grows with beams x tokens: 100,000 beams took 8 GB and growing
+    "max_new_tokens": Bound(1, 2048),  # 0 would print an empty output; 2048 is past any model's target length here
+    "temperature": Bound(0, 10, low_inclusive=False),  # 0 divides by zero (greedy is strategy=greedy)
+    "top_k": Bound(0, 100_000),
+    "top_p": Bound(0, 1, low_inclusive=False),
+    "seed": Bound(0, 2**32 - 1),  # what every RNG (torch, numpy, random) takes
+}
+"""The one definition of each numeric decoding field's valid range, for every entry point: the server's
+request fields (`dmlm.serve.app`), the CLI's flags and the Python API."""
+
+
 USER_FIELDS = ("strategy", "beam_size", "max_new_tokens", "temperature", "top_k", "top_p", "length_penalty",
                "batch_size", "seed", "compute_type")
 """Fields every decoding verb and method takes; `rerank` is added where the task is T2S."""
@@ -74,7 +114,10 @@ def make_options(options: DecodingOptions | None = None, allowed: tuple[str, ...
     wrong = sorted(k for k in overrides if k not in allowed and k != "engine")
     if wrong:
         raise UserError(f"decoding option(s) {', '.join(wrong)} do not apply here (rerank is for text-to-speech only)")
-    return replace(options or DecodingOptions(), **overrides)
+    opts = replace(options or DecodingOptions(), **overrides)
+    for name, bound in BOUNDS.items():  # the server's bounds, for the CLI and the Python API too
+        bound.check(f"{name} (--{name.replace('_', '-')})", getattr(opts, name))
+    return opts
 
 
 @dataclass

@@ -33,6 +33,11 @@ WHISPER_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notime
 ENGINES = ("ctranslate2", "transformers")
 
 
+def whisper_prompt(language: str = "en") -> tuple[str, ...]:
+    """Whisper's decoder prompt transcribing `language` (`WHISPER_PROMPT` with its language tag replaced)."""
+    return tuple(f"<|{language}|>" if t == "<|en|>" else t for t in WHISPER_PROMPT)
+
+
 class Judge(Protocol):
     """A recognizer that turns 16 kHz mono float32 clips into text."""
 
@@ -52,18 +57,21 @@ def _check_wavs(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 class WhisperJudge:
-    """Whisper (a preset such as `whisper-base`, or a local model folder), greedy, English.
+    """Whisper (a preset such as `whisper-base`, or a local model folder), greedy, in `language`.
 
-    Scored with Whisper's English normalizer (`whisper_english`): it writes digits and American
-    spelling, which the references do not."""
-
-    normalizer = "whisper_english"
+    The language is forced (the decoder prompt names it, `<|es|>`), never detected: a judge of Spanish
+    speech out must not score a clip it heard as English. English is scored with Whisper's English
+    normalizer (`whisper_english`: it writes digits and American spelling, which the references do not),
+    other languages with the basic one (lowercase, no punctuation)."""
 
     def __init__(self, model: str = "whisper-base", engine: str = "ctranslate2", batch_size: int = 16,
-                 threads: int = 0, max_new_tokens: int = 128):
+                 threads: int = 0, max_new_tokens: int = 128, language: str = "en"):
         if engine not in ENGINES:
             raise UserError(f"judge engine must be one of {ENGINES}, got {engine!r}")
         self.model_name, self.engine, self.batch_size = model, engine, batch_size
+        self.language = language
+        self.normalizer = "whisper_english" if language == "en" else "basic"
+        prompt = whisper_prompt(language)
         self.max_new_tokens = max_new_tokens
         threads = threads or torch.get_num_threads()
         if engine == "ctranslate2":
@@ -76,7 +84,7 @@ class WhisperJudge:
             self._ct2 = ctranslate2.models.Whisper(str(path), device="cpu", compute_type="int8", intra_threads=threads)
             self._tok = Tokenizer.from_file(str(path / "tokenizer.json"))
             self.n_mels = self._ct2.n_mels
-            self._prompt = [self._tok.token_to_id(t) for t in WHISPER_PROMPT]
+            self._prompt = [self._tok.token_to_id(t) for t in prompt]
         else:
             from transformers import AutoTokenizer, WhisperForConditionalGeneration
 
@@ -86,13 +94,14 @@ class WhisperJudge:
             self._hf = WhisperForConditionalGeneration.from_pretrained(path).eval()
             self._tok = AutoTokenizer.from_pretrained(path)
             self.n_mels = self._hf.config.num_mel_bins
-            self._prompt = [self._tok.convert_tokens_to_ids(t) for t in WHISPER_PROMPT]
+            self._prompt = [self._tok.convert_tokens_to_ids(t) for t in prompt]
             self._eot = self._tok.convert_tokens_to_ids("<|endoftext|>")
             gc = self._hf.generation_config  # CTranslate2 applies the same two lists
             self._suppress = list(getattr(gc, "suppress_tokens", None) or [])
             self._suppress_begin = list(getattr(gc, "begin_suppress_tokens", None) or [])
         if None in self._prompt or (engine == "transformers" and self._tok.unk_token_id in self._prompt):
-            raise UserError(f"{model}: its tokenizer lacks one of {WHISPER_PROMPT} (an English-only model?)")
+            raise UserError(f"{model}: its tokenizer lacks one of {prompt} (an English-only model, or not a "
+                            f"language Whisper knows?)")
 
     def _mels(self, wavs: list[np.ndarray]) -> torch.Tensor:
         from dmlm.tokenizers.features import log_mel
@@ -201,25 +210,25 @@ class CheckpointJudge:
 
     normalizer = "basic"  # it writes the training text's own spelling
 
-    def __init__(self, model: str | Path, batch_size: int = 32):
+    def __init__(self, model: str | Path, batch_size: int = 32, language: str = "en"):
         from dmlm.modeling import load_checkpoint
 
         self.ck = load_checkpoint(model)
-        self.batch_size = batch_size
+        self.batch_size, self.language = batch_size, language
 
     def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:
         from dmlm.decoding import DecodingOptions
         from dmlm.inference import speech_units, transcribe_units
 
         units = speech_units(self.ck.codebook("speech"), _check_wavs(wavs))
-        return transcribe_units(self.ck, units, opts=DecodingOptions(batch_size=self.batch_size))
+        return transcribe_units(self.ck, units, lang=self.language, opts=DecodingOptions(batch_size=self.batch_size))
 
 
-def build_judge(name: str = "whisper-base", engine: str = "ctranslate2") -> Judge:
-    """A judge by name: a dmlm checkpoint folder (its own ASR, `CheckpointJudge`) or a Whisper
-    preset / model folder (`WhisperJudge` with `engine`)."""
+def build_judge(name: str = "whisper-base", engine: str = "ctranslate2", language: str = "en") -> Judge:
+    """A judge by name, transcribing `language`: a dmlm checkpoint folder (its own ASR, `CheckpointJudge`) or a
+    Whisper preset / model folder (`WhisperJudge` with `engine`)."""
     from dmlm.modeling import CheckpointFiles
 
     if CheckpointFiles.is_checkpoint(name):
-        return CheckpointJudge(name)
-    return WhisperJudge(name, engine=engine)
+        return CheckpointJudge(name, language=language)
+    return WhisperJudge(name, engine=engine, language=language)

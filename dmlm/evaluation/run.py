@@ -52,6 +52,7 @@ def evaluate(ck: Checkpoint, spec: str, split: Split, *, out: Path | None = None
     """The report of `ck` on `spec` (a task spec or "resynthesis") over `split` (see `dmlm.api.DMLM.evaluate`).
 
     `judge`: what transcribes speech out (t2s: scored on units without one; resynthesis: required)."""
+    from dmlm.evaluation.s2st import evaluate_s2st
     from dmlm.evaluation.speech import evaluate_resynthesis, evaluate_t2s_audio
     from dmlm.evaluation.tasks import evaluate_task
 
@@ -63,7 +64,9 @@ def evaluate(ck: Checkpoint, spec: str, split: Split, *, out: Path | None = None
         raise UserError(f"{spec} is judged by ear: give a judge (a Whisper preset, an ASR checkpoint or an object "
                         "with transcribe(wavs))")
     folder = Path(out).with_suffix("") if out else None
-    if is_task(spec):
+    if scoring_for(spec).judged_against == "translation":  # S2ST: ASR-BLEU against the translation
+        rep = evaluate_s2st(ck, spec, split, judge, opts, options, out_dir=folder)
+    elif is_task(spec):
         rep = evaluate_t2s_audio(ck, split, judge, opts, options, out_dir=folder)
     else:
         rep = evaluate_resynthesis(ck.codebook("speech"), ck.vocoder(), split, judge, options, out_dir=folder)

@@ -122,7 +122,7 @@ def _decode(ck: Checkpoint, task: Task, samples: list, opts: DecodingOptions, pr
     from dmlm.inference import decode_text, run_task
 
     outs = run_task(ck, task.name, samples, opts, progress=progress)
-    return [ck.vocab.ids_to_units(o) if task.target == "speech" else decode_text(ck, o) for o in outs]
+    return [task.output_units(o, ck.vocab) if task.target == "speech" else decode_text(ck, o) for o in outs]
 
 
 def _lm_rows(ck: Checkpoint, spec: str, samples: list, batch_size: int) -> list[dict]:

@@ -16,12 +16,15 @@ Design decisions:
   small noise: a neutral start that does not disturb the LM's output distribution, the
   usual practice when extending a vocabulary (Hewitt, 2021). With init=random they are drawn by
   the model's own init like every other row: that arm is a model trained from scratch.
+  `new_rows_init` chooses otherwise (`spread`: the mean plus the rows' full spread, so unit rows
+  start as distinct from each other as text rows are; docs/design/training.md).
+- `adapter: lora` injects peft's LoRA layers into the built model (`dmlm.modeling.adapters`).
 - Saving and loading, and the checkpoint folder's layout, are `dmlm.modeling.checkpoint`'s.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from collections.abc import Sequence
@@ -54,6 +57,23 @@ class ModelConfig:
     max_positions: int = 1024
     dropout: float = 0.0
     tie_embeddings: bool = True
+    new_rows_init: str = "auto"
+    """init=pretrained/random: start of the embedding rows dmlm adds (specials, units, codes): mean (the mean of the
+    LLM's rows plus 2 % of their spread as noise: new tokens start as an average one and barely move the LM's output),
+    spread (the mean plus the rows' full per-dimension spread: new rows as distinct from each other as text rows),
+    random (the model's own init) or auto (mean for init=pretrained, random for init=random)."""
+    adapter: str = "none"
+    """none (train the weights themselves) or lora: low-rank adapters (peft) on the body's linear layers, which stay
+    frozen; the embedding rows still train fully; checkpoints are saved with the adapters merged (plain model)."""
+    lora_rank: int = 16
+    """adapter=lora: rank r of each adapter (its trainable weights: r x (inputs + outputs) per layer)."""
+    lora_alpha: float = 32.0
+    """adapter=lora: scale of the adapters' output (peft's lora_alpha; the update is alpha / r times B A x)."""
+    lora_dropout: float = 0.0
+    """adapter=lora: dropout on the adapters' input (training only)."""
+    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    """adapter=lora: module names to adapt (e.g. [q_proj, v_proj]); [all-linear]: every linear layer of the body,
+    never the output layer (peft's "all-linear"). The embeddings and the output layer cannot be adapted."""
 
     @property
     def from_llm(self) -> bool:
@@ -69,6 +89,22 @@ class ModelConfig:
             raise UserError("model.keep_layers and model.trim_vocab cut a pretrained LLM; they need "
                             "model.init=pretrained or random (size a scratch model with model.layers and "
                             "data.bpe_vocab_size)")
+        if self.new_rows_init not in NEW_ROWS_INITS:
+            raise UserError(f"model.new_rows_init must be one of {', '.join(NEW_ROWS_INITS)}, "
+                            f"got {self.new_rows_init!r}")
+        if not self.from_llm and self.new_rows_init != "auto":
+            raise UserError("model.new_rows_init starts the rows added to a pretrained LLM's vocabulary; it needs "
+                            "model.init=pretrained or random (a scratch model initializes every row alike)")
+        if self.adapter not in ("none", "lora"):
+            raise UserError(f"model.adapter must be none or lora, got {self.adapter!r}")
+        if self.adapter == "lora" and not (self.lora_rank >= 1 and self.lora_alpha > 0 and 0 <= self.lora_dropout < 1
+                                           and self.lora_targets):
+            raise UserError(f"model.adapter=lora needs lora_rank >= 1, lora_alpha > 0, 0 <= lora_dropout < 1 and at "
+                            f"least one lora_targets entry; got rank {self.lora_rank}, alpha {self.lora_alpha}, "
+                            f"dropout {self.lora_dropout}, targets {self.lora_targets}")
+
+
+NEW_ROWS_INITS = ("auto", "mean", "spread", "random")
 
 
 def _scratch_config(cfg: ModelConfig, vocab: Vocab):
@@ -144,7 +180,12 @@ def build_model(cfg: ModelConfig, vocab: Vocab, seed: int = 0, text_rows: Sequen
             raise ValueError(f"model.trim_vocab needs the {vocab.text_size} kept LLM ids of the trimmed tokenizer, "
                              f"got {None if text_rows is None else len(text_rows)}")
         keep_rows(model, text_rows)
-    extend_embeddings(model, vocab, mean_init=cfg.init == "pretrained")
+    init = cfg.new_rows_init if cfg.new_rows_init != "auto" else "mean" if cfg.init == "pretrained" else "random"
+    extend_embeddings(model, vocab, init=init)
+    if cfg.adapter == "lora":
+        from dmlm.modeling.adapters import add_lora
+
+        add_lora(model, cfg)
     return model
 
 
@@ -170,19 +211,21 @@ def keep_rows(model: PreTrainedModel, rows: Sequence[int]) -> None:
 
 
 @torch.no_grad()
-def extend_embeddings(model: PreTrainedModel, vocab: Vocab, mean_init: bool = True) -> None:
-    """Grow input (and untied output) embeddings to vocab.size; new rows = mean + noise, or with `mean_init`
-    False the model's own random init (a randomly initialized LLM: every row random, as from scratch)."""
+def extend_embeddings(model: PreTrainedModel, vocab: Vocab, init: str = "mean") -> None:
+    """Grow input (and untied output) embeddings to vocab.size. New rows (`model.new_rows_init`): "mean" = the mean
+    of the old rows + 0.02 x their per-dimension std as noise, "spread" = the mean + 1 x that std (as distinct as
+    the old rows), "random" = the model's own init (a randomly initialized LLM: every row random, as from scratch)."""
     old = model.get_input_embeddings().weight.shape[0]
     if old > vocab.text_size:
         # the model has spare rows past its tokenizer (common padding); they become ours
         old = vocab.text_size
     model.resize_token_embeddings(vocab.size, mean_resizing=False)  # new rows: the model's `_init_weights`
     embeddings = {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}
-    for emb in embeddings.values() if mean_init else ():
+    noise = {"mean": 0.02, "spread": 1.0}.get(init)
+    for emb in embeddings.values() if noise is not None else ():
         w = emb.weight
         mean, std = w[:old].mean(0), w[:old].std(0)
-        w[old:] = mean + 0.02 * std * torch.randn_like(w[old:])
+        w[old:] = mean + noise * std * torch.randn_like(w[old:])
     model.config.vocab_size = vocab.size
     model.config.pad_token_id = vocab.pad
 

@@ -2,7 +2,8 @@
 
 Design decisions:
 - A checkpoint is a plain Hugging Face model directory (it loads with
-  `AutoModelForCausalLM.from_pretrained` + `AutoTokenizer.from_pretrained`) plus:
+  `AutoModelForCausalLM.from_pretrained` + `AutoTokenizer.from_pretrained`; a model trained
+  with adapters is saved with them merged, `dmlm.modeling.adapters.merged`) plus:
   ```
   dmlm.json                  format_version, vocab layout, tasks, config, model_summary, step
   codebooks/speech.safetensors, codebooks/image.safetensors
@@ -39,7 +40,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -48,8 +48,9 @@ from typing import Any
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from dmlm.modeling.adapters import merged
 from dmlm.util.errors import MissingFileError, UserError
-from dmlm.util.io import atomic_dir, finish_swap, swap_paths
+from dmlm.util.io import atomic_dir, fault_point, finish_swap, swap_paths
 from dmlm.util.progress import quiet_transformers
 from dmlm.vocab import Vocab
 
@@ -61,16 +62,6 @@ VOCODER_DIR = "vocoder"
 CODEBOOKS_DIR = "codebooks"
 STATE_DIR = "training_state"  # optimizer, RNG and data position of `dmlm train` (exact resume)
 CHECKSUMS_JSON = "checksums.json"  # written last: a folder that has it is complete
-FAULT_ENV = "DMLM_FAULT"
-
-
-def fault_point(stage: str, step: int | None = None) -> None:
-    """SIGKILL this process here if `DMLM_FAULT` is `stage` or `stage@step` (crash tests only).
-
-    A real kill -9 at a chosen point of a save, so tests check what a crash there leaves behind."""
-    want = os.environ.get(FAULT_ENV)
-    if want and want in (stage, f"{stage}@{step}"):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sha256_file(path: Path) -> str:
@@ -116,7 +107,8 @@ class CheckpointFiles:
                                    f"checkpoint is in {swap_paths(self.path)[1]}); `dmlm train --resume` "
                                    "finishes it")
         if not (self.path / DMLM_JSON).is_file():
-            raise MissingFileError(f"{self.path}: not a dmlm checkpoint (no {DMLM_JSON})")
+            why = f"no {DMLM_JSON}" if self.path.is_dir() else "no such folder" if not self.path.exists() else "a file"
+            raise MissingFileError(f"{self.path}: not a dmlm checkpoint ({why})")
         self._verified: set[bool] = set()  # verify(state) already passed for these values of `state`
 
     @staticmethod
@@ -251,6 +243,8 @@ class CheckpointFiles:
 
             cb = Codebook.load(path)
         cb.check(self.fingerprints.get(modality), f"checkpoint {self.path}")
+        if modality == "speech":  # and the unit merges its vocabulary renders speech with
+            cb.check_bpe(self.fingerprints.get("speech_bpe"), f"checkpoint {self.path}")
         return cb
 
     def load_vocoder(self, codebook=None):
@@ -285,14 +279,17 @@ def save_checkpoint(
     with atomic_dir(out, stage=lambda name: fault_point(name, step), what="checkpoint") as tmp:
         # fault points "commit" (complete, not in place) and "swap" (between the renames:
         # `recover_interrupted_save` finishes it) are the swap's stages
-        with quiet_transformers():
-            model.save_pretrained(tmp, safe_serialization=True)
+        with quiet_transformers():  # adapters merged into a copy: the folder is a plain model of its family
+            merged(model).save_pretrained(tmp, safe_serialization=True)
         fault_point("model", step)  # inside the model write: weights written, tokenizer and meta not
         hf_tokenizer.save_pretrained(tmp)
         cb_dir = tmp / CODEBOOKS_DIR
         cb_dir.mkdir()
         for modality, path in (codebooks or {}).items():
             shutil.copy2(path, cb_dir / f"{modality}.safetensors")
+        from dmlm.vocoder.files import VocoderFiles
+
+        VocoderFiles(vocoder_dir(out)).finish_interrupted_save()  # else a vocoder mid-swap would be lost here
         if vocoder_dir(out).is_dir():  # trained separately (`dmlm vocoder train`): survives re-saves
             shutil.copytree(vocoder_dir(out), vocoder_dir(tmp))
         info = {"format_version": FORMAT_VERSION, "vocab": vocab.to_dict(), **meta}
@@ -386,7 +383,13 @@ def _load_lm(files: CheckpointFiles, vocab: Vocab, device: str) -> tuple[PreTrai
             raise UserError(f"{files.path}: cannot read the model weights ({type(e).__name__}: {why}); "
                             "the file is truncated or damaged") from None
         raise
-    tok = AutoTokenizer.from_pretrained(files.path)
+    try:
+        tok = AutoTokenizer.from_pretrained(files.path)
+    except (OSError, ValueError, TypeError, KeyError) as e:  # a missing or damaged tokenizer file
+        missing = [n for n in ("tokenizer.json", "tokenizer_config.json") if not (files.path / n).is_file()]
+        why = f"{', '.join(missing)} missing" if missing else f"{type(e).__name__}: {str(e).strip()[:120]}"
+        raise UserError(f"{files.path}: cannot read the checkpoint's tokenizer ({why}); the checkpoint is "
+                        "incomplete or damaged") from None
     if len(tok) != vocab.size:
         raise UserError(f"{files.path}: tokenizer has {len(tok)} ids, {DMLM_JSON} layout says {vocab.size}")
     return model, tok

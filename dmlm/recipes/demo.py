@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dmlm.data.manifest import read_manifest
-from dmlm.data.prepare import PrepareConfig
+from dmlm.data.prepare import PrepareConfig, check_settings
 from dmlm.data.split import Split, store_prefix
 from dmlm.decoding import DecodingOptions
 from dmlm.evaluation.headline import SPEECH_OUT_KEYS, headline
@@ -112,6 +112,11 @@ class DemoConfig:
         if self.asr_only_loss and self.asr_only_loss not in LOSSES:
             raise UserError(f"asr_only_loss must be one of {LOSSES} or empty (the mixture's), got {self.asr_only_loss!r}")
         self.codebook.check()  # before hours of corpus making, not at the codebook stage
+        check_settings(self.prepare)  # likewise a corpus size or a training value that cannot work
+        try:
+            self.run.check_values()
+        except ConfigError as e:  # its keys are under `run.` here
+            raise ConfigError(f"run.{e}") from None
         check_scorable(self.run.data.tasks)  # a task the evaluation cannot score fails now, not after training
 
 
@@ -245,6 +250,7 @@ def train_demo_vocoder(cfg: DemoConfig, manifests: Sequence[Path], out: Path) ->
     folder = RunFolder(out)
     target = vocoder_dir(folder.model(MIXTURE))
     stores = [store_prefix(folder.units, m) for m in manifests]
+    VocoderFiles(target).finish_interrupted_save()  # a save killed mid-swap: reuse what it saved
     if VocoderFiles(target).exists:
         reuse_vocoder(target, cfg.vocoder, list(manifests), stores, folder.codebook)
         return

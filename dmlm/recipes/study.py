@@ -43,6 +43,7 @@ from dmlm.recipes.stages import (LazyModel, dev_curve, evaluate_model, fit_codeb
                                  prepare_data, tokenize_splits, train_model, train_summary, uses_images)
 from dmlm.tasks import TASKS, parse_spec
 from dmlm.util.config import ConfigError, apply_overrides, dump_config, load_config
+from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 
 
@@ -145,8 +146,12 @@ class StudyConfig:
             raise ConfigError(f"study {self.name}: primary {self.primary!r} is not one of metrics {self.metrics}")
         if self.bootstrap < 100:
             raise ConfigError(f"study {self.name}: bootstrap must be at least 100 resamples, got {self.bootstrap}")
-        for a in self.arms:
-            self.arm_config(a)  # every override names a real key with a value of its type
+        for a in self.arms:  # every override names a real key with a value that can run, before any stage
+            try:
+                self.arm_config(a)
+            except UserError as e:
+                raise (ConfigError if isinstance(e, ConfigError) else UserError)(
+                    f"study {self.name}: arm {a.name}: {e}") from None
 
     @property
     def out_dir(self) -> Path:

@@ -28,7 +28,7 @@ import numpy as np
 from dmlm.data.manifest import is_heldout_voice
 from dmlm.metrics.bootstrap import LOWER_IS_BETTER, base_metric, interval, paired_difference, resample_counts, score
 from dmlm.metrics.bootstrap import utterance_stats
-from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl
+from dmlm.util.io import atomic_file, atomic_write_json, atomic_write_text, read_jsonl
 
 METHOD = ("Per arm: the mean and standard deviation of the seeds' scores; a 95 % percentile interval from "
           "a bootstrap over test utterances pooled across seeds (each utterance's metric statistics summed over "
@@ -240,8 +240,9 @@ def write_summary(cfg, runs: list[dict]) -> dict:
         docs.mkdir(parents=True, exist_ok=True)
         for suffix in (".json", ".md", "_metrics.png", "_dev_loss.png"):
             src = out / f"{cfg.name}{suffix}"
-            if src.is_file():
-                shutil.copyfile(src, docs / src.name)
+            if src.is_file():  # atomically: `write_studies_doc` reads these, never a half-copied one
+                with atomic_file(docs / src.name) as tmp:
+                    shutil.copyfile(src, tmp)
     return summary
 
 

@@ -5,10 +5,11 @@
     from dmlm.serve import ServeConfig, create_app
     app = create_app(dmlm.load("runs/demo/model"), ServeConfig(max_batch=16))
 
-Modules: `config` (the flags), `app` (routes, errors, the body limit, the page), `openai_routes`
-(OpenAI-compatible routes), `service` (checks + batching over the `dmlm.api.DMLM` object),
-`batching` (the per-task queues), `media` (uploads in, audio out, request errors), `server`
-(uvicorn and signals), `static/` (the page: plain HTML/JS/CSS, no CDN).
+Modules: `config` (the flags), `app` (routes, errors, the page), `guards` (ASGI middlewares: the
+Host check, the body's size and time), `openai_routes` (OpenAI-compatible routes), `service`
+(checks + batching over the `dmlm.api.DMLM` object), `batching` (the per-task queues), `media`
+(uploads in, audio out, request errors), `server` (uvicorn and signals), `connections` (uvicorn's
+protocol with bounds on connections), `static/` (the page: plain HTML/JS/CSS, no CDN).
 
 The package sits at the top layer beside `dmlm.cli` and `dmlm.recipes`: it uses `dmlm.api` only.
 Names load lazily so that `dmlm --help` does not import FastAPI.

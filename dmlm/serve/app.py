@@ -1,13 +1,13 @@
 """The FastAPI app of `dmlm serve`: dmlm's routes, the OpenAI-compatible ones, the web page.
 
-    GET  /health                  model path, tasks, fingerprints, vocoder, version, limits
+    GET  /health                  model name, tasks, fingerprints, vocoder, version, limits
     POST /v1/transcribe           multipart `audio` (+ `lang`, decoding fields) -> {"text", "duration", "seconds"}
     POST /v1/translate            multipart `audio`, `to` (+ `src`) -> {"text", "duration", "seconds"}
     POST /v1/caption              multipart `image` -> {"text", "seconds"}
     POST /v1/synthesize-units     JSON {"text", ...} -> {"units", "seconds"}
     POST /v1/speak                JSON {"text", ...} -> audio/wav
     /v1/audio/..., /v1/models     OpenAI's audio API (`dmlm.serve.openai_routes`)
-    GET  /                        the page (`static/`), /docs and /openapi.json (FastAPI's)
+    GET  /                        the page (`static/`), /docs, /redoc and /openapi.json (FastAPI's)
 
 Design decisions:
 - Every route exists whatever the model was trained for (the schema does not change with the
@@ -16,9 +16,12 @@ Design decisions:
 - One error shape for everything that can go wrong with a request (ours, FastAPI's validation,
   Starlette's 404/405/400): OpenAI's `{"error": {...}}` (see `dmlm.serve.media`). A bug still
   answers 500, with a message and a logged traceback, never a closed connection.
-- The body-size limit is an ASGI middleware in front of everything: a request that declares a
-  larger Content-Length gets 413 before a byte is read; one without (chunked) is read up to the
-  limit and no further.
+- What a request may be (its Host, its body's size and time to arrive) is checked by ASGI
+  middlewares in front of everything (`dmlm.serve.guards`), before any route runs.
+- Nothing a client can read without the key names a path on the server: /health gives the
+  model's folder name, and an error that names the model's path names its folder instead.
+- /docs and /redoc load their scripts from this server (the `fastapi-offline` package's copies),
+  not a CDN, so they work offline like the page.
 - `--api-key` guards `/v1` only: the page, /health and the docs stay readable, and the page asks
   for the key when /health says one is needed.
 - Decoding (CPU-heavy, on the model thread) never runs on the event loop, and neither does
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -44,9 +48,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dmlm.api import DMLM
+from dmlm.decoding.options import BOUNDS, DecodingOptions
 from dmlm.serve.batching import Busy
 from dmlm.serve.config import ServeConfig
-from dmlm.serve.media import RequestError, encode_audio, read_audio, read_image, read_text, read_upload
+from dmlm.serve.guards import BodyLimit, HostCheck
+from dmlm.serve.media import (
+    RequestError,
+    encode_audio,
+    error_response,
+    read_audio,
+    read_image,
+    read_text,
+    read_upload,
+)
 from dmlm.serve.service import Service
 from dmlm.util.errors import UserError
 
@@ -60,17 +74,20 @@ EXPECTED = {"audio": "an audio file (multipart field 'audio')", "file": "an audi
 
 
 # -- request bodies -------------------------------------------------------------------------------
+_D = DecodingOptions()  # the defaults; the bounds are `dmlm.decoding.options.BOUNDS`, shared with the CLI and API
+
+
 class Decoding(BaseModel):
     """The decoding options a request may set (`dmlm.decoding.DecodingOptions`, bounded)."""
 
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["greedy", "beam", "sample"] = "greedy"
-    beam_size: int = Field(4, ge=1, le=16)
-    max_new_tokens: int = Field(256, ge=1, le=2048)
-    temperature: float = Field(1.0, gt=0, le=10)
-    top_k: int = Field(0, ge=0, le=100_000)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
+    beam_size: int = Field(_D.beam_size, **BOUNDS["beam_size"].pydantic())
+    max_new_tokens: int = Field(_D.max_new_tokens, **BOUNDS["max_new_tokens"].pydantic())
+    temperature: float = Field(_D.temperature, **BOUNDS["temperature"].pydantic())
+    top_k: int = Field(_D.top_k, **BOUNDS["top_k"].pydantic())
+    top_p: float = Field(_D.top_p, **BOUNDS["top_p"].pydantic())
+    seed: int = Field(_D.seed, **BOUNDS["seed"].pydantic())
 
 
 class TextIn(Decoding):
@@ -80,24 +97,18 @@ class TextIn(Decoding):
 
 
 def form_decoding(strategy: Annotated[Literal["greedy", "beam", "sample"], Form()] = "greedy",
-                  beam_size: Annotated[int, Form(ge=1, le=16)] = 4,
-                  max_new_tokens: Annotated[int, Form(ge=1, le=2048)] = 256,
-                  temperature: Annotated[float, Form(gt=0, le=10)] = 1.0,
-                  top_k: Annotated[int, Form(ge=0, le=100_000)] = 0,
-                  top_p: Annotated[float, Form(gt=0, le=1)] = 1.0,
-                  seed: Annotated[int, Form()] = 0) -> dict:
+                  beam_size: Annotated[int, Form(**BOUNDS["beam_size"].pydantic())] = _D.beam_size,
+                  max_new_tokens: Annotated[int, Form(**BOUNDS["max_new_tokens"].pydantic())] = _D.max_new_tokens,
+                  temperature: Annotated[float, Form(**BOUNDS["temperature"].pydantic())] = _D.temperature,
+                  top_k: Annotated[int, Form(**BOUNDS["top_k"].pydantic())] = _D.top_k,
+                  top_p: Annotated[float, Form(**BOUNDS["top_p"].pydantic())] = _D.top_p,
+                  seed: Annotated[int, Form(**BOUNDS["seed"].pydantic())] = _D.seed) -> dict:
     """The decoding fields of a multipart request (the same bounds as `Decoding`)."""
     return {"strategy": strategy, "beam_size": beam_size, "max_new_tokens": max_new_tokens,
             "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def _error(status: int, message: str, param: str | None = None, code: str | None = None,
-           kind: str = "invalid_request_error") -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status, headers)
-
-
 def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     parts, first = [], None
     for e in errors:
@@ -113,93 +124,53 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     return "; ".join(parts), first
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, public=lambda message: message) -> None:
+    """Every error as `error_response`; `public(message)` takes out what a client must not read (the model's path)."""
+
+    def reply(status: int, message: str, *args, **kwargs) -> JSONResponse:
+        return error_response(status, public(message), *args, **kwargs)
+
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError):
-        return _error(e.status, str(e), e.param, e.code, e.kind)
+        return reply(e.status, str(e), e.param, e.code, e.kind)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, e: UserError):  # the model refused an input (e.g. no units made)
-        return _error(400, str(e))
+        return reply(400, str(e))
 
     @app.exception_handler(Busy)
     async def busy(request: Request, e: Busy):
-        r = _error(503, f"the server is busy: {e}; retry shortly", None, "busy", "server_busy")
-        r.headers["Retry-After"] = "1"
-        return r
+        return reply(503, f"the server is busy: {e}; retry shortly", None, "busy", "server_busy", {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         message, param = _validation_message(e.errors())
-        return _error(422, message, param, "invalid_field")
+        return reply(422, message, param, "invalid_field")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
         message = e.detail if isinstance(e.detail, str) else json.dumps(e.detail)
         if e.status_code == 404:
             message = f"{request.url.path}: no such route (the routes are listed at /docs)"
-        return _error(e.status_code, message, None, None, "invalid_request_error")
+        return reply(e.status_code, message, None, None, "invalid_request_error")
 
     @app.exception_handler(Exception)
     async def bug(request: Request, e: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, f"internal error ({type(e).__name__}); this is a bug in dmlm serve, see the server log",
-                      None, None, "server_error")
+        return reply(500, f"internal error ({type(e).__name__}); this is a bug in dmlm serve, see the server log",
+                     None, None, "server_error")
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over `max_bytes` (see the module docstring)."""
+def _hide_path(path: Path):
+    """message -> the message with `path` (the model's folder, absolute or as given) replaced by its name."""
+    forms = sorted({str(path), str(path.resolve()), str(path.absolute())}, key=len, reverse=True)
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def public(message: str) -> str:
+        for form in forms:
+            message = message.replace(form, path.name)
+        return message
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                return await self._reply(send, 400, "Content-Length is not a number", None)
-            if size > self.max_bytes:
-                return await self._reply(send, 413, *_too_large(size, self.max_bytes))
-            return await self.app(scope, receive, send)
-        if b"chunked" not in headers.get(b"transfer-encoding", b""):
-            return await self.app(scope, receive, send)
-        chunks, total = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return  # the client went away
-            chunks.append(msg.get("body", b""))
-            total += len(chunks[-1])
-            if total > self.max_bytes:
-                return await self._reply(send, 413, *_too_large(total, self.max_bytes, "at least "))
-            if not msg.get("more_body"):
-                break
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _reply(send, status: int, message: str, code: str | None) -> None:
-        r = _error(status, message, None, code)
-        await send({"type": "http.response.start", "status": status, "headers": r.raw_headers})
-        await send({"type": "http.response.body", "body": r.body})
-
-
-def _too_large(size: int, limit: int, prefix: str = "") -> tuple[str, str]:
-    return (f"the request body is {prefix}{size} bytes, more than this server accepts ({limit}; max_upload_bytes, set "
-            "with `dmlm serve --max-upload-bytes`)", "max_upload_bytes")
+    return public
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -216,11 +187,12 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
         yield
         await svc.stop()  # uvicorn has let the requests in flight finish first
 
-    app = FastAPI(title="dmlm serve", version=dmlm.__version__, lifespan=lifespan,
-                  description="A dmlm model's tasks over HTTP, with OpenAI-compatible audio routes.")
+    app = FastAPIOffline(title="dmlm serve", version=dmlm.__version__, lifespan=lifespan,
+                         description="A dmlm model's tasks over HTTP, with OpenAI-compatible audio routes.")
     app.state.service = svc
-    app.add_middleware(BodyLimit, max_bytes=cfg.max_upload_bytes)
-    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_upload_bytes, seconds=cfg.receive_seconds)
+    app.add_middleware(HostCheck, allowed=cfg.host_names())  # added last: the outermost, so checked first
+    install_error_handlers(app, _hide_path(model.path))
 
     async def auth(request: Request) -> None:
         if not cfg.api_key:
@@ -235,7 +207,7 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
     @app.get("/health", summary="What the server holds")
     async def health() -> dict:
         info = svc.info
-        return {"status": "ok", "version": dmlm.__version__, "model": str(model.path), "model_name": cfg.model_name,
+        return {"status": "ok", "version": dmlm.__version__, "model": model.path.name, "model_name": cfg.model_name,
                 "tasks": model.tasks, "routes": svc.routes(), "targets": svc.targets, "languages": svc.languages,
                 "fingerprints": info["fingerprints"], "vocoder": svc.has_vocoder, "params": info["params"],
                 "auth": bool(cfg.api_key), "limits": cfg.limits(),
@@ -268,7 +240,8 @@ def _media_routes(svc: Service, cfg: ServeConfig) -> APIRouter:
         t0 = time.perf_counter()
         svc.require("transcribe")
         lang, decoding = svc.check_lang(lang, "lang"), svc.check_decoding(decoding)
-        wav, seconds = await run_in_threadpool(read_audio, await read_upload(audio), "audio", cfg.max_audio_seconds)
+        wav, seconds = await run_in_threadpool(read_audio, await read_upload(audio), "audio", cfg.max_audio_seconds,
+                                               cfg.max_audio_samples)
         done = await svc.transcribe(wav, lang, decoding)
         return {"text": done.value, "duration": round(seconds, 3), "seconds": round(time.perf_counter() - t0, 4),
                 "batch_size": done.batch_size}
@@ -281,7 +254,8 @@ def _media_routes(svc: Service, cfg: ServeConfig) -> APIRouter:
         svc.require("translate")
         to = svc.check_lang(to or svc.targets[0], "to", targets=True)
         src, decoding = svc.check_lang(src, "src"), svc.check_decoding(decoding)
-        wav, seconds = await run_in_threadpool(read_audio, await read_upload(audio), "audio", cfg.max_audio_seconds)
+        wav, seconds = await run_in_threadpool(read_audio, await read_upload(audio), "audio", cfg.max_audio_seconds,
+                                               cfg.max_audio_samples)
         done = await svc.translate(wav, to, src, decoding)
         return {"text": done.value, "to": to, "duration": round(seconds, 3),
                 "seconds": round(time.perf_counter() - t0, 4), "batch_size": done.batch_size}

@@ -30,6 +30,9 @@ class ServeConfig:
     """Largest request body (bytes): larger uploads get 413 before they are read."""
     max_audio_seconds: float = 60.0
     """Longest audio clip accepted for transcription or translation."""
+    max_audio_samples: int = 24_000_000
+    """Most samples an audio upload may decode to (rate x channels x seconds, checked from its header before
+    decoding): 60 s of 192 kHz stereo, or of 48 kHz in 8 channels."""
     max_text_chars: int = 1000
     """Longest text accepted for speech synthesis."""
     max_image_pixels: int = 4096 * 4096
@@ -42,6 +45,14 @@ class ServeConfig:
     """How long the first request of a batch waits for others to join (milliseconds)."""
     max_pending: int = 256
     """Requests queued for the model at once; more get 503 (busy) instead of an ever longer wait."""
+    max_connections: int = 256
+    """Open connections at once; a connection past it is answered 503 and closed at once."""
+    receive_seconds: float = 30.0
+    """Longest a client may take to send a request's headers, and again its body: a slower one gets 408 and its
+    connection is closed (a stalled upload cannot hold a connection open)."""
+    allowed_hosts: str = ""
+    """More host names the server answers to, comma-separated (a Host header naming another is refused, against
+    DNS rebinding); always allowed: IP addresses, localhost, this machine's name and --host. `*`: any."""
     shutdown_seconds: float = 30.0
     """On SIGTERM/SIGINT, how long requests in flight may take to finish before the server stops."""
     log_level: str = "info"
@@ -50,17 +61,27 @@ class ServeConfig:
     def __post_init__(self) -> None:
         from dmlm.util.errors import UserError
 
-        for f in ("max_upload_bytes", "max_audio_seconds", "max_text_chars", "max_image_pixels", "max_batch", "max_pending"):
+        for f in ("max_upload_bytes", "max_audio_seconds", "max_audio_samples", "max_text_chars", "max_image_pixels",
+                  "max_batch", "max_pending", "max_connections", "receive_seconds"):
             if getattr(self, f) <= 0:
                 raise UserError(f"serve: --{f.replace('_', '-')} must be > 0, got {getattr(self, f)}")
         for f in ("max_rerank", "max_wait_ms", "shutdown_seconds", "port"):
             if getattr(self, f) < 0:
                 raise UserError(f"serve: --{f.replace('_', '-')} must be >= 0, got {getattr(self, f)}")
 
+    def host_names(self) -> set[str] | None:
+        """The names a request's Host header may give (IP addresses are always allowed); None: any."""
+        import socket
+
+        extra = {h.strip().lower().rstrip(".") for h in self.allowed_hosts.split(",") if h.strip()}
+        if "*" in extra:
+            return None
+        return {"localhost", socket.gethostname().lower(), self.host.lower().strip("[]"), *extra}
+
     def limits(self) -> dict:
         """The request limits, as /health reports them (the web page shows them)."""
-        return {f: getattr(self, f) for f in ("max_upload_bytes", "max_audio_seconds", "max_text_chars",
-                                              "max_image_pixels", "max_rerank")}
+        return {f: getattr(self, f) for f in ("max_upload_bytes", "max_audio_seconds", "max_audio_samples",
+                                              "max_text_chars", "max_image_pixels", "max_rerank")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

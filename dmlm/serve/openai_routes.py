@@ -134,7 +134,8 @@ def openai_router(svc: Service) -> APIRouter:
         svc.require("transcribe")
         refuse_unsupported_transcription(stream, timestamp_granularities, response_format)
         lang = svc.check_lang(language or "en", "language")
-        wav, duration = await run_in_threadpool(read_audio, await read_upload(file), "file", cfg.max_audio_seconds)
+        wav, duration = await run_in_threadpool(read_audio, await read_upload(file), "file", cfg.max_audio_seconds,
+                                                 cfg.max_audio_samples)
         done = await svc.transcribe(wav, lang, svc.check_decoding(_decoding(temperature)))
         return text_response(done.value, response_format, "transcribe", lang, duration, temperature,
                              time.perf_counter() - t0)
@@ -149,7 +150,8 @@ def openai_router(svc: Service) -> APIRouter:
         t0 = time.perf_counter()
         svc.require("translate")
         target = svc.check_lang(to or svc.targets[0], "to", targets=True)
-        wav, duration = await run_in_threadpool(read_audio, await read_upload(file), "file", cfg.max_audio_seconds)
+        wav, duration = await run_in_threadpool(read_audio, await read_upload(file), "file", cfg.max_audio_seconds,
+                                                 cfg.max_audio_samples)
         done = await svc.translate(wav, target, "en", svc.check_decoding(_decoding(temperature)))
         return text_response(done.value, response_format, "translate", target, duration, temperature,
                              time.perf_counter() - t0)

@@ -15,7 +15,7 @@ Design decisions:
 - A task also knows which manifest fields it reads (`sample(record, sources, lang)`: None when
   the record lacks the modality the task is about, an error naming the record when it has
   half of a pair), the source half a prompt needs (`source_sample`), and how it is scored
-  (`evaluate(rows)`). The four paired tasks are rows of one table (`dmlm.tasks.paired`); an
+  (`evaluate(rows)`). The paired tasks are rows of one table (`dmlm.tasks.paired`); an
   unpaired LM task is a small class (`dmlm.tasks.lm`).
 - A task spec is `name` or `name:lang` (`s2tt:es`, `text_lm:es`): the language of the text
   side the task reads or writes. Mixtures are lists of specs with weights (`dmlm.data.mixture`).
@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dmlm.util.errors import UserError
-from dmlm.vocab import Vocab
+from dmlm.vocab import Vocab, VocabError
 
 DEFAULT_LANG = "en"  # a record's language when it names none
 
@@ -52,6 +52,7 @@ class Sample:
     tgt_lang: str = "en"
     target_text_ids: list[int] | None = None  # text in another language: the S2TT translation
     image_codes: np.ndarray | None = None  # image codes, [0, K_image)
+    target_units: np.ndarray | None = None  # speech units of the translation's recording: the S2ST target
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Scoring:
     baseline: bool = False  # a trivial baseline (the most frequent training target) is scored beside it
     by_ear: str = "never"  # "never", "with_judge" (speech out judged when a judge is given) or "always"
     voice_clips: bool = False  # takes extra clips in the vocoder's voice (resynthesis)
+    judged_against: str = "text"  # what speech out is judged against: the record's "text" or its "translation"
 
     def row_label(self, spec: str, src_lang: str = DEFAULT_LANG) -> str:
         """The headline label of `spec`, e.g. "S2TT en→de" for `s2tt:de`."""
@@ -99,8 +101,11 @@ class Task(Protocol):
 
 def render(task: Task, sample: Sample, vocab: Vocab, spec: str = "") -> Rendered:
     """The full training sequence of `sample` for `task`."""
-    prompt = task.prompt(sample, vocab)
-    tgt = task.target_ids(sample, vocab) + [vocab.close(task.target), vocab.eos]
+    try:
+        prompt = task.prompt(sample, vocab)
+        tgt = task.target_ids(sample, vocab) + [vocab.close(task.target), vocab.eos]
+    except VocabError as e:  # e.g. "lang": "xx": the record and task, not only the tag
+        raise UserError(f"record {sample.id!r} ({spec or task.name}): {e}") from None
     ids = prompt + tgt
     return Rendered(
         ids=ids,
@@ -150,6 +155,21 @@ class Sources:
             raise UserError(f"{self.manifest}: record {record.id!r} has audio but no speech token store was given "
                              "(run `dmlm tokenize` on this manifest)")
         return self.speech.get(record.id)
+
+    def parallel_units(self, record: Any, lang: str) -> np.ndarray:
+        """Units of the recording of `record`'s sentence in `lang` (`custom.parallel[lang]`, a record id of
+        the same manifest; `dmlm prepare mini-world` with `speech_langs` writes it)."""
+        rid = ((record.custom or {}).get("parallel") or {}).get(lang)
+        if not rid:
+            raise UserError(f"{self.manifest}: record {record.id!r} names no '{lang}' recording of its sentence "
+                            "(custom.parallel)")
+        if self.speech is None:
+            raise UserError(f"{self.manifest}: S2ST needs the speech token store of this manifest (run `dmlm tokenize`)")
+        try:
+            return self.speech.get(rid)
+        except (KeyError, UserError) as e:
+            raise UserError(f"{self.manifest}: record {record.id!r}: its '{lang}' recording {rid!r} has no units "
+                            f"in the token store ({e})") from None
 
     def codes(self, record: Any) -> np.ndarray:
         if self.image is None:
@@ -228,4 +248,4 @@ from dmlm.tasks.paired import EVALUATIONS, PAIRED  # noqa: E402
 
 TASKS: dict[str, Task] = {**{t.name: t for t in PAIRED}, "text_lm": TextLM(), "speech_lm": SpeechLM(),
                           "image_lm": ImageLM()}
-"""Every registered task by name: the four paired tasks (rows of `dmlm.tasks.paired.PAIRED`) and the LM tasks."""
+"""Every registered task by name: the paired tasks (rows of `dmlm.tasks.paired.PAIRED`) and the LM tasks."""

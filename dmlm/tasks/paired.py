@@ -1,11 +1,20 @@
-"""The four paired tasks as rows of one table (ESPnet-SpeechLM's tasks-as-data idea).
+"""The paired tasks as rows of one table (ESPnet-SpeechLM's tasks-as-data idea).
 
 ```
 asr   <bos> <|asr|>  <|en|> <|speech|> s s … <|/speech|> <|en|> <|text|>   t t … <|/text|>   <eos>
 s2tt  <bos> <|s2tt|> <|en|> <|speech|> s s … <|/speech|> <|es|> <|text|>   t t … <|/text|>   <eos>
 t2s   <bos> <|t2s|>  <|en|> <|text|>   t t … <|/text|>   <|en|> <|speech|> s s … <|/speech|> <eos>
 i2t   <bos> <|i2t|>  <|en|> <|image|>  i i … <|/image|>  <|en|> <|text|>   t t … <|/text|>   <eos>
+s2st  <bos> <|s2st|> <|en|> <|speech|> s s … <|/speech|> <|es|> <|speech|> u u … <|/speech|> <eos>
+s2st_chain  <bos> <|s2st_chain|> <|en|> <|speech|> s s … <|/speech|> <|es|> <|text|> t t … <|/text|> <|speech|> u u … <|/speech|> <eos>
 ```
+
+S2ST reads a record's speech and writes the units of the same sentence spoken in the target
+language: another record of the manifest, named by `custom.parallel[LANG]` (`dmlm prepare
+mini-world` with `speech_langs`). The chained row (`via_text`) writes the target text first and
+then the units, in one sequence (AudioPaLM's chained S2ST); its prompt opens the text span.
+A spec's language selects records: `asr:es` and `t2s:es` read the Spanish recordings, `s2tt:es`
+and `s2st:es` every recording in another language (`takes`).
 
 A row says which modality goes in and out, which manifest field holds the target text, and
 how hypotheses are scored (its metric and its `Scoring`: headline label and metrics, normalizer,
@@ -48,6 +57,7 @@ class PairedTask:
     metric: Callable[[list, list], dict] | None = None  # scores hypotheses against references
     scoring: Scoring = Scoring("", ())  # how evaluations are scored and shown
     rerank_by: str | None = None  # the task whose likelihood reranks sampled candidates (`DecodingOptions.rerank`)
+    via_text: bool = False  # speech out written after its text in the target language (chained S2ST)
     decoded = True  # scored on decoded hypotheses
 
     # -- sequences ---------------------------------------------------------------------------
@@ -61,9 +71,18 @@ class PairedTask:
     def prompt(self, sample: Sample, vocab: Vocab) -> list[int]:
         src = modality_ids(vocab, sample, self.source, sample.text_ids if self.source == "text" else None, self.label)
         return [vocab.bos, vocab.task(self.name)] + span(vocab, self.source, src, self._source_lang(sample)) + [
-            vocab.lang(self._target_lang(sample)), vocab.open(self.target)]
+            vocab.lang(self._target_lang(sample)), vocab.open("text" if self.via_text else self.target)]
 
     def target_ids(self, sample: Sample, vocab: Vocab) -> list[int]:
+        if self.source == self.target == "speech":  # S2ST: the translation's recording (after its text, chained)
+            if sample.target_units is None or len(sample.target_units) == 0:
+                raise UserError(f"record {sample.id!r}: {self.label} needs the target language's speech units, got none")
+            units = vocab.speech_ids(sample.target_units)
+            if not self.via_text:
+                return units
+            if not sample.target_text_ids:
+                raise UserError(f"record {sample.id!r}: {self.label} needs a translation, got none")
+            return list(sample.target_text_ids) + [vocab.close("text"), vocab.open("speech")] + units
         if self.target == "speech":
             return modality_ids(vocab, sample, "speech", None, self.label)
         ids = sample.target_text_ids if self.target_text == "translation" else sample.text_ids
@@ -89,6 +108,17 @@ class PairedTask:
         lang = lang or rec
         return lang, lang
 
+    def takes(self, record, lang: str | None) -> bool:
+        """Whether a spec in `lang` takes `record`: a transcript or speech in `lang` only from a recording in
+        `lang` (`asr:es`, `t2s:es`); a translation into `lang` never from a record already in it, and S2ST
+        only where the record names its sentence's recording in `lang`."""
+        rec = record.lang or "en"
+        if self.target_text == "translation":
+            if lang == rec:
+                return False
+            return self.target != "speech" or bool(((record.custom or {}).get("parallel") or {}).get(lang))
+        return not lang or "speech" not in (self.source, self.target) or lang == rec
+
     def _has_source(self, record) -> bool:
         if self.source == "speech":
             return record.audio is not None
@@ -106,7 +136,7 @@ class PairedTask:
     def source_sample(self, record, sources: Sources, lang: str | None) -> Sample | None:
         """The source half of `record` (all a prompt needs; decoding has no target); None if it lacks the source."""
         src_lang, tgt_lang = self._langs(record, lang)
-        if not self._has_source(record):
+        if not self._has_source(record) or not self.takes(record, lang):
             return None
         return self.make_sample(record.id, self._source_tokens(record, sources), src_lang, tgt_lang)
 
@@ -117,6 +147,8 @@ class PairedTask:
         if (record.custom or {}).get("unpaired"):
             return None
         if (record.audio is None) if "speech" in (self.source, self.target) else not self._has_source(record):
+            return None
+        if not self.takes(record, lang):
             return None
         src_lang, tgt_lang = self._langs(record, lang)
         s = Sample(id=record.id, src_lang=src_lang, tgt_lang=tgt_lang)
@@ -129,7 +161,9 @@ class PairedTask:
             s.units = sources.units(record)
         elif self.source == "image":
             s.image_codes = sources.codes(record)
-        if self.target == "speech":
+        if self.source == self.target == "speech":
+            s.target_units = sources.parallel_units(record, tgt_lang)
+        elif self.target == "speech":
             s.units = sources.units(record)
             s.text_ids = sources.encode(record, record.text, "'text' to speak")
         elif self.target_text == "text":
@@ -139,7 +173,7 @@ class PairedTask:
     def reference(self, record, sources: Sources, lang: str | None) -> Any:
         """What a hypothesis is scored against: the transcript, the translation, every caption
         (`caption` plus `custom.captions`, COCO has five), or the reference units."""
-        if self.target == "speech":
+        if self.target == "speech" and self.target_text != "translation":
             return sources.units(record).tolist()
         if self.target_text == "translation":
             _, lang = self._langs(record, lang)
@@ -169,6 +203,20 @@ class PairedTask:
             return self.reference(record, sources, lang)[0] if record.caption else None
         return record.text or None
 
+    def output_units(self, ids: list[int], vocab: Vocab) -> list[int]:
+        """The speech units of decoded target ids (a chained output's units follow its text and `<|speech|>`)."""
+        if self.via_text:
+            opener = vocab.open("speech")
+            ids = ids[len(ids) - ids[::-1].index(opener):] if opener in ids else []
+        return vocab.ids_to_units(ids)
+
+    def output_text_ids(self, ids: list[int], vocab: Vocab) -> list[int]:
+        """The text ids of a chained output (before its `<|/text|>`); [] for other outputs."""
+        if not self.via_text:
+            return []
+        close = vocab.close("text")
+        return list(ids[: ids.index(close)] if close in ids else ids)
+
     def evaluate(self, rows: list[dict]) -> dict:
         return self.metric([r["ref"] for r in rows], [r["hyp"] for r in rows])
 
@@ -176,6 +224,16 @@ class PairedTask:
 ERROR_RATES = (("wer", "WER %"), ("cer", "CER %"), ("wer_heldout_voice", "WER % held-out voice"))
 _TEXT_NORMALIZER = "dmlm.metrics.normalize.normalize"
 _JUDGE_WERS = (("asr_only_judge_wer", "ASR-only-model WER %"), ("asr_only_judge_original_wer", "its WER % of the recordings"))
+
+
+
+def _s2st_scoring(how: str) -> Scoring:
+    """S2ST is judged by ear against the translation (ASR-BLEU): Whisper transcribes the speech out in the
+    target language; the ceiling is the same judge on the target language's own recordings."""
+    return Scoring(f"S2ST {{src}}→{{lang}} ({how})", (
+        ("asr_bleu", "ASR-BLEU"), ("asr_chrf", "ASR-chrF"), ("asr_bleu_heldout_voice", "ASR-BLEU held-out voice"),
+        ("ceiling_asr_bleu", "ASR-BLEU of the target recordings (ceiling)")),
+        "sacrebleu defaults (13a tokenizer)", by_ear="always", judged_against="translation")
 
 
 PAIRED = (
@@ -194,6 +252,10 @@ PAIRED = (
     PairedTask("i2t", "image", "text", "I2T", target_text="caption", metric=caption_scores,
                scoring=Scoring("I2T captioning", (("cider", "CIDEr"), ("bleu", "BLEU"), ("baseline_cider", "baseline CIDEr")),
                                _TEXT_NORMALIZER, baseline=True)),
+    PairedTask("s2st", "speech", "speech", "S2ST", target_text="translation", metric=translation_scores,
+               scoring=_s2st_scoring("direct")),
+    PairedTask("s2st_chain", "speech", "speech", "S2ST (chained)", target_text="translation",
+               metric=translation_scores, via_text=True, scoring=_s2st_scoring("chained: text, then units")),
 )
 
 EVALUATIONS = {

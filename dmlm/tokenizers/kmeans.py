@@ -79,12 +79,17 @@ class KMeansCodebook:
         from dmlm.util.io import atomic_file
 
         path = Path(path)
-        meta = {"modality": self.modality, "settings": json.dumps(asdict(self.settings)), "fingerprint": self.fingerprint}
+        meta = {"modality": self.modality, "settings": json.dumps(asdict(self.settings)), "fingerprint": self.fingerprint,
+                **self._more_metadata()}
         # an external codebook stores an empty (0, 0) tensor: safetensors files hold at least one
         centroids = self.centroids if self.centroids is not None else np.zeros((0, 0), np.float32)
         with atomic_file(path) as tmp:
             save_file({"centroids": centroids}, str(tmp), metadata=meta)
         return path
+
+    def _more_metadata(self) -> dict[str, str]:
+        """Metadata a subclass stores beside the settings (the speech codebook's unit merges)."""
+        return {}
 
     @classmethod
     def _read(cls, path: str | Path) -> tuple[np.ndarray, dict]:
@@ -105,7 +110,12 @@ class KMeansCodebook:
             raise CodebookMismatch(f"{path}: this is a codebook for {modality}, not for "
                                    f"{plural.get(cls.modality, cls.modality)} "
                                    f"(metadata modality {modality!r}, expected {cls.modality!r})")
-        return load_file(str(path))["centroids"], {**json.loads(meta["settings"]), "_fingerprint": meta.get("fingerprint")}
+        tensors = load_file(str(path))
+        if "settings" not in meta or "centroids" not in tensors:  # e.g. a model's weights named as the codebook
+            raise UserError(f"{path}: not a dmlm codebook (a safetensors file without codebook settings and "
+                            "centroids); name the file `dmlm codebook fit` wrote")
+        return tensors["centroids"], {**json.loads(meta["settings"]), "_fingerprint": meta.get("fingerprint"),
+                                      **({"_bpe": meta["bpe"]} if "bpe" in meta else {})}
 
     def _check_stored(self, path: str | Path, stored: str | None) -> None:
         if stored and stored != self.fingerprint:

@@ -10,10 +10,15 @@ Design decisions:
 - Defaults (k=1000, 25 Hz by averaging frame pairs, no deduplication) were picked by WER on
   mini-world. Deduplication (HuBERT-unit practice) shortens sequences as much as 25 Hz pooling
   does, but makes the time axis irregular; a small decoder then learns alignment far slower.
+- Byte-pair merges over the units (`bpe`, `dmlm.tokenizers.unit_bpe`) ride in the same file,
+  fitted later on a corpus's training units (`with_bpe`). They do not change what the codebook
+  encodes (`encode` gives units; `fingerprint` is the units'), only how the vocabulary renders
+  units for the LM, so token stores and vocoders stay valid for any merge count.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +29,7 @@ import torch
 
 from dmlm.tokenizers.features import FeatureExtractor, build_features
 from dmlm.tokenizers.kmeans import CodebookMismatch, KMeansCodebook, check_fit_settings  # noqa: F401  (re-exported)
+from dmlm.tokenizers.unit_bpe import UnitBPE
 from dmlm.util.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,20 +84,55 @@ class CodebookSettings:
 class Codebook(KMeansCodebook):
     modality = "speech"
 
-    def __init__(self, centroids: np.ndarray, settings: CodebookSettings):
+    def __init__(self, centroids: np.ndarray, settings: CodebookSettings, bpe: UnitBPE | None = None):
         if centroids.ndim != 2 or centroids.shape[0] != settings.k:
             raise UserError(f"centroids must be (k={settings.k}, D), got {centroids.shape}")
         self.settings = settings
         self._features: FeatureExtractor | None = None
         self._set_centroids(centroids)
+        self.bpe: UnitBPE | None = None
+        """Byte-pair merges over these units (None: the LM reads units)."""
+        if bpe is not None:
+            self._bind(bpe, "unit BPE")
 
     @classmethod
     def load(cls, path: str | Path) -> Codebook:
         centroids, settings = cls._read(path)
         stored = settings.pop("_fingerprint")
+        bpe = settings.pop("_bpe", None)
         cb = cls(centroids, CodebookSettings(**settings))
         cb._check_stored(path, stored)
+        if bpe is not None:
+            cb._bind(UnitBPE.from_dict(json.loads(bpe), f"{path}"), f"{path}")
         return cb
+
+    # -- unit merges -----------------------------------------------------------------------
+    def _bind(self, bpe: UnitBPE, where: str) -> None:
+        if bpe.k != self.k or bpe.base != self.fingerprint:
+            raise CodebookMismatch(f"{where}: the unit merges were fitted on codebook {bpe.base or '?'} (k={bpe.k}), "
+                                   f"not on this one, {self.fingerprint} (k={self.k})")
+        self.bpe = bpe
+
+    def with_bpe(self, bpe: UnitBPE | None) -> Codebook:
+        """This codebook (same centroids and settings) carrying `bpe` (None: no merges)."""
+        cb = Codebook(self.centroids, self.settings, bpe)
+        cb._features = self._features
+        return cb
+
+    @property
+    def pieces(self) -> int:
+        """Speech ids the vocabulary needs: k, plus the merged pieces."""
+        return self.bpe.vocab_size if self.bpe is not None else self.k
+
+    def check_bpe(self, fingerprint: str | None, what: str) -> None:
+        """Raise if `what` (a checkpoint's vocabulary) was made with other unit merges (or none) than these."""
+        mine = self.bpe.fingerprint if self.bpe is not None else None
+        if fingerprint != mine:
+            raise CodebookMismatch(f"{what} was made with unit merges {fingerprint or 'none'}, but the speech codebook "
+                                   f"given has {mine or 'none'}")
+
+    def _more_metadata(self) -> dict[str, str]:
+        return {"bpe": json.dumps(self.bpe.to_dict())} if self.bpe is not None else {}
 
     # -- encoding ------------------------------------------------------------------------
     @property
@@ -188,3 +229,11 @@ def fit_codebook(
     cb = Codebook(km.cluster_centers_.astype(np.float32), settings)
     cb._features = feats
     return cb
+
+
+def fit_unit_bpe(codebook: Codebook, units: Iterable[Sequence[int] | np.ndarray], merges: int,
+                 min_count: int = 2) -> Codebook:
+    """`codebook` carrying up to `merges` byte-pair merges fitted on `units` (its training units; each
+    merged pair seen at least `min_count` times). `merges=0`: the codebook without merges."""
+    bpe = UnitBPE.fit(units, codebook.k, merges, base=codebook.fingerprint, min_count=min_count) if merges else None
+    return codebook.with_bpe(bpe)

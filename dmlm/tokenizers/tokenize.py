@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dmlm.data.manifest import Record, read_manifest
-from dmlm.data.shards import TokenStore, build_store
+from dmlm.data.shards import TokenStore, build_store, store_file
 from dmlm.data.split import store_prefix
 from dmlm.tokenizers.image import ImageCodebook, read_external_codes
 from dmlm.tokenizers.speech import Codebook
@@ -36,7 +36,7 @@ def tokenize_manifest(
     chunk_size: int = 256,
 ) -> TokenStore | None:
     """Units for every record of `manifest` into OUT_DIR/<manifest stem>.{bin,idx.npy,json}."""
-    records = read_manifest(manifest)
+    records = _records(manifest, store_prefix(out_dir, manifest, "speech"))
 
     def encode(chunk: list[Record]) -> list[list[int]]:
         return codebook.encode_batch([load_record_audio(manifest, r) for r in chunk])
@@ -45,6 +45,20 @@ def tokenize_manifest(
             "codebook": codebook.settings.reproducing()}
     return build_store(records, encode, store_prefix(out_dir, manifest, "speech"), meta, chunk_size=chunk_size,
                        shard=shard, num_shards=num_shards, desc=f"tokenize {Path(manifest).name}")
+
+
+def _records(manifest: str | Path, prefix: Path) -> list[Record]:
+    """The manifest's records, refused if there are none (an empty store trains nothing) or if the store
+    would overwrite the manifest itself (`x.json` tokenized into its own folder is the store's `x.json`)."""
+    records = read_manifest(manifest)
+    if not records:
+        raise UserError(f"{manifest}: the manifest has no records; nothing to tokenize")
+    mine = Path(manifest).resolve()
+    clash = [store_file(prefix, ext) for ext in (".json", ".bin", ".idx.npy") if store_file(prefix, ext).resolve() == mine]
+    if clash:
+        raise UserError(f"{manifest}: the token store would be written over the manifest itself ({clash[0]}); "
+                        "tokenize into another folder (--out), or name the manifest .jsonl")
+    return records
 
 
 def load_record_image(manifest: str | Path, r: Record, size: int):
@@ -63,7 +77,7 @@ def tokenize_images(
     `external_codes` (a JSONL path or {id: codes}) supplies codes made by another tokenizer;
     it is required for an external codebook, and every imaged record must have an entry.
     """
-    records = [r for r in read_manifest(manifest) if r.image is not None]
+    records = [r for r in _records(manifest, store_prefix(out_dir, manifest, "image")) if r.image is not None]
     if isinstance(external_codes, (str, Path)):
         external_codes = read_external_codes(external_codes, codebook.k)
     if external_codes is None and codebook.is_external:
@@ -96,8 +110,12 @@ def codebook_modality(path: str | Path) -> str:
 
     if not Path(path).is_file():
         raise MissingFileError(f"{path}: codebook file not found")
-    with safe_open(str(path), "np") as fh:
-        return (fh.metadata() or {}).get("modality", "speech")
+    try:
+        with safe_open(str(path), "np") as fh:
+            return (fh.metadata() or {}).get("modality", "speech")
+    except Exception as e:  # safetensors raises its own error type for a file that is not one (a manifest)
+        raise UserError(f"{path}: not a codebook file (expected the .safetensors `dmlm codebook fit` wrote; "
+                        f"{type(e).__name__}: {str(e)[:80]})") from None
 
 
 def tokenize(codebook: str | Path, manifest: str | Path, out_dir: str | Path, shard: int = 0, num_shards: int = 1,
@@ -111,3 +129,16 @@ def tokenize(codebook: str | Path, manifest: str | Path, out_dir: str | Path, sh
     if external_codes:
         raise UserError(f"--external-codes is for external image codebooks; {codebook} is a speech codebook")
     return tokenize_manifest(Codebook.load(codebook), manifest, out_dir, shard=shard, num_shards=num_shards), modality
+
+
+def fit_bpe(codebook: str | Path | Codebook, manifest: str | Path, units: str | Path, merges: int,
+            min_count: int = 2) -> Codebook:
+    """`dmlm codebook bpe`: the speech codebook carrying up to `merges` unit merges fitted on the units of
+    `manifest` (the training manifest; its token store in `units`, made with this codebook: another
+    codebook's store is refused naming both fingerprints)."""
+    from dmlm.data.split import Split
+    from dmlm.tokenizers.speech import fit_unit_bpe
+
+    cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
+    store = Split(manifest, units).store("speech", cb)
+    return fit_unit_bpe(cb, (store[i] for i in range(len(store))), merges, min_count)

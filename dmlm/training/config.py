@@ -10,6 +10,7 @@ work starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from dmlm.modeling import ModelConfig
@@ -48,6 +49,21 @@ class DataConfig:
 
 
 @dataclass
+class Stage:
+    """One stage of `train.stages`: what trains, for how many steps."""
+
+    steps: int = 0
+    """Optimizer steps of this stage; the last stage leaves it 0 (it runs to the end of the run)."""
+    train: str = "all"
+    """What trains: new_rows (only the embedding rows dmlm adds: specials, speech units, image codes; the body and
+    the text rows frozen), embeddings (every embedding row; the body frozen), adapters (the LoRA adapters and every
+    embedding row; needs model.adapter=lora) or all (every weight; not with adapters)."""
+
+
+STAGE_KINDS = ("new_rows", "embeddings", "adapters", "all")
+
+
+@dataclass
 class TrainConfig:
     out: str = ""
     """Checkpoint folder (a Hugging Face model dir); training state lives in OUT/training_state/."""
@@ -72,12 +88,31 @@ class TrainConfig:
     """full, target, length_normalized (DMLM) or target_length_normalized (its per-modality means over target spans only)."""
     lambdas: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     """Per-modality loss weights (text, speech, image) for the length-normalized losses."""
+    logits_at_targets: bool = False
+    """Run the output layer only at the positions the loss reads (with loss target or target_length_normalized:
+    the target span, not the speech prompt); same loss, less compute (docs/design/loss.md)."""
+    stages: list[Stage] = field(default_factory=list)
+    """Staged training, e.g. [{steps: 200, train: new_rows}, {train: adapters}]: the first 200 steps train only the
+    new rows, then the adapters (see `Stage`); one schedule, one run, resumable across the boundary. Empty: one
+    stage, adapters with model.adapter=lora, else all (docs/design/training.md)."""
+    lr_new_rows: float = 1.0
+    """Learning-rate multiplier of the embedding rows dmlm adds (specials, speech units, image codes; an untied
+    head's too), e.g. 10: a pretrained start's unit rows learn faster than its body (docs/design/training.md)."""
+    lr_text_rows: float = 1.0
+    """Learning-rate multiplier of the text rows (the LLM's own embedding rows); 0 keeps them as they start."""
+    allow_lossy_start: bool = False
+    """model.init=pretrained: train even if the start check fails (the built model's text perplexity more than 2 %
+    above the untouched LLM's on the run's held-out text, e.g. after model.keep_layers cut it); it is still logged."""
     eval_every: int = 250
     save_every: int = 500
     log_every: int = 10
     seed: int = 0
     precision: str = "auto"
     """auto (bf16 autocast where the GPU or CPU has native bf16, else fp32; `dmlm.util.precision`), fp32 or bf16."""
+    parallel: str = "auto"
+    """How several processes share the work: ddp (each holds the whole model and optimizer), fsdp (FSDP2: weights,
+    gradients and optimizer state sharded over them, the training state saved sharded), auto (fsdp when launched
+    with configs/accelerate/fsdp.yaml, else ddp; `dmlm.training.distributed`)."""
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -98,9 +133,9 @@ class RunConfig:
         if missing:
             raise ConfigError(f"the run config does not set {', '.join(missing)} (e.g. {missing[0]}=PATH): "
                               "a training run names its own data and output folder")
-        self._check_values()
+        self.check_values()
 
-    def _check_values(self) -> None:
+    def check_values(self) -> None:
         """Values that type-check but cannot train (a zero step count divides by zero, a negative one
         trains forever, an unknown precision would run as fp32): an error naming the key."""
         from dmlm.training.loss import LOSSES
@@ -121,21 +156,57 @@ class RunConfig:
         for key, v in non_negative.items():
             if not v >= 0:
                 raise ConfigError(f"{key}: must be >= 0, got {v!r}")
+        for key, v in {**positive, **non_negative, "train.min_lr_ratio": t.min_lr_ratio}.items():
+            if not math.isfinite(v) and key != "train.max_minutes":  # inf trains to NaN at once
+                raise ConfigError(f"{key}: must be a finite number, got {v!r}")
+        if not 0 <= t.seed < 2**32:  # numpy's and accelerate's seeds are 32-bit unsigned
+            raise ConfigError(f"train.seed: must be in [0, 2**32), got {t.seed!r}")
         if not 0 <= t.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio!r}")
         if not 0 <= m.dropout < 1:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout!r}")
         if t.precision not in PRECISIONS:
             raise ConfigError(f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+        from dmlm.training.distributed import PARALLEL
+
+        if t.parallel not in PARALLEL:
+            raise ConfigError(f"train.parallel: expected one of {', '.join(PARALLEL)}, got {t.parallel!r}")
         if t.loss not in LOSSES:
             raise ConfigError(f"train.loss: expected one of {', '.join(LOSSES)}, got {t.loss!r}")
-        if len(t.lambdas) != 3 or not all(x >= 0 for x in t.lambdas):
+        if len(t.lambdas) != 3 or not all(0 <= x < math.inf for x in t.lambdas):
             raise ConfigError(f"train.lambdas: expected 3 weights >= 0 (text, speech, image), got {t.lambdas!r}")
-        if d.weights and (not all(w >= 0 for w in d.weights) or not sum(d.weights) > 0):
-            raise ConfigError(f"data.weights: expected weights >= 0 with a positive sum, got {d.weights!r}")
+        if d.weights and (not all(0 <= w < math.inf for w in d.weights) or not sum(d.weights) > 0):
+            raise ConfigError(f"data.weights: expected finite weights >= 0 with a positive sum, got {d.weights!r}")
+        _check_stages(t, m)
         if m.init == "scratch" and m.hidden_size % m.heads:
             raise ConfigError(f"model.heads: {m.heads} does not divide model.hidden_size={m.hidden_size} "
                               "(each head gets hidden_size / heads dimensions)")
+
+
+def _check_stages(t: TrainConfig, m: ModelConfig) -> None:
+    """train.stages names known kinds that fit model.adapter, and every stage but the last has its steps;
+    the per-row learning-rate multipliers are finite, the new rows' positive."""
+    lora = m.adapter == "lora"
+    for i, stage in enumerate(t.stages):
+        key, last = f"train.stages[{i}]", i == len(t.stages) - 1
+        if stage.train not in STAGE_KINDS:
+            raise ConfigError(f"{key}.train: expected one of {', '.join(STAGE_KINDS)}, got {stage.train!r}")
+        if stage.train == "adapters" and not lora:
+            raise ConfigError(f"{key}.train=adapters needs model.adapter=lora (model.adapter={m.adapter})")
+        if stage.train == "all" and lora:
+            raise ConfigError(f"{key}.train=all: with model.adapter=lora the body stays frozen under its adapters; "
+                              "train adapters instead (or set model.adapter=none to train every weight)")
+        if last and stage.steps != 0:
+            raise ConfigError(f"{key}.steps={stage.steps}: the last stage runs to the end of the run; "
+                              "leave its steps 0")
+        if not last and not stage.steps > 0:
+            raise ConfigError(f"{key}.steps: every stage but the last needs steps > 0, got {stage.steps!r}")
+    if t.stages and sum(s.steps for s in t.stages) >= t.steps:
+        raise ConfigError(f"train.stages: the stages before the last take {sum(s.steps for s in t.stages)} of the "
+                          f"run's {t.steps} train.steps; the last stage ({t.stages[-1].train}) would never run")
+    if not (0 < t.lr_new_rows < math.inf and 0 <= t.lr_text_rows < math.inf):
+        raise ConfigError(f"train.lr_new_rows must be > 0 and train.lr_text_rows >= 0 (finite multipliers of "
+                          f"train.lr), got {t.lr_new_rows!r} and {t.lr_text_rows!r}")
 
 
 def _reads_tokens(spec: str) -> bool:

@@ -29,23 +29,27 @@ import numpy as np
 import torch
 
 from dmlm.modeling import CheckpointFiles, build_model, load_checkpoint, save_checkpoint
+from dmlm.modeling.adapters import adapter_state, has_adapters
 from dmlm.tasks import Rendered
 from dmlm.tokenizers.text import unified_hf_tokenizer
 from dmlm.training.config import RunConfig
 from dmlm.training.data_order import BatchStream, Progress, bucket_batches, collate, padding_share
-from dmlm.training.loss import loss_counts, loss_weights, multimodal_loss
+from dmlm.training.distributed import clip_grad_norm, no_sync, parallel_mode, prepare_model, shard
+from dmlm.training.loss import logit_positions, loss_counts, loss_weights, multimodal_loss
 from dmlm.training.packing import check_packing, collate_packed, packed_attention_mask
 from dmlm.training.setup import Setup, check_fits
+from dmlm.training.sharded import restore_training_state, stage_shards
 from dmlm.training.state import (
     TrainingState,
     check_world,
     has_state,
     legacy_state_dir,
     load_progress,
-    restore_optimizer,
+    restore_adapters,
     restore_rng_state,
     state_dir_of,
 )
+from dmlm.training.trainable import Trainable
 from dmlm.util.errors import UserError
 from dmlm.util.schedule import warmup_cosine
 
@@ -54,19 +58,54 @@ log = logging.getLogger(__name__)
 
 # -- the loss of a micro-batch ------------------------------------------------------------
 
-def forward_batch(model, batch: dict):
-    """The model's output on a collated micro-batch (packed rows get their positions and masks)."""
+def forward_batch(model, batch: dict, keep: torch.Tensor | None = None):
+    """The model's output on a collated micro-batch (packed rows get their positions and masks).
+
+    keep (B, T) bool: run the output layer only there (`logits_to_keep`; logits (N, V), row-major).
+    It goes through the model's own forward, so DDP, adapters and a family's logit scaling see it.
+    """
+    kw = {} if keep is None else {"logits_to_keep": keep}
     if "segment" in batch:  # packed rows: positions restart and attention stops at each example
         return model(input_ids=batch["input_ids"], attention_mask=packed_attention_mask(batch["segment"]),
-                     position_ids=batch["position_ids"], use_cache=False)
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                     position_ids=batch["position_ids"], use_cache=False, **kw)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
 
 
-def compute_loss(model, batch: dict, loss: str, counts: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
-    """The training objective of one micro-batch, normalized by the step's global `counts`."""
-    out = forward_batch(model, batch)
+def compute_loss(model, batch: dict, loss: str, counts: torch.Tensor, lambdas: torch.Tensor,
+                 at_targets: bool = False) -> torch.Tensor:
+    """The training objective of one micro-batch, normalized by the step's global `counts`; with
+    `at_targets` the logits are computed only where the loss reads them (same value)."""
     w = loss_weights(loss, batch["attention_mask"], batch["target"], batch.get("segment"))
+    out = forward_batch(model, batch, logit_positions(w) if at_targets else None)
     return multimodal_loss(out.logits, batch["input_ids"], w, batch["modality"], loss, counts, lambdas)
+
+
+@torch.no_grad()
+def check_logits_at_targets(model) -> None:
+    """Refuse `train.logits_at_targets` for a model whose forward cannot keep chosen positions' logits.
+
+    A short random sequence with a scattered keep mask must give the full forward's logits at those
+    positions (`logits_to_keep` as a boolean (B, T) mask, transformers' `slice_logits_to_keep`); a
+    family without it, or one that slices differently, fails by name before training.
+    """
+    family = model.config.model_type
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)  # not the global RNG: training randomness stays as without the option
+    ids = torch.randint(0, model.get_input_embeddings().num_embeddings, (2, 6), generator=g).to(device)
+    keep = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 1, 0]], dtype=torch.bool, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        full = model(input_ids=ids).logits.float()[keep]
+        kept = model(input_ids=ids, logits_to_keep=keep).logits.float()
+    except Exception as e:  # noqa: BLE001 - any failure means: this family cannot keep chosen positions
+        raise UserError(f"train.logits_at_targets: the {family!r} model family cannot compute logits at chosen "
+                        f"positions ({type(e).__name__}: {e}); set train.logits_at_targets=false") from e
+    finally:
+        model.train(was_training)
+    if kept.shape != full.shape or not torch.allclose(kept, full, atol=1e-4, rtol=1e-4):
+        raise UserError(f"train.logits_at_targets: the {family!r} model family gives other logits at the kept "
+                        f"positions ({tuple(kept.shape)} vs {tuple(full.shape)}); set train.logits_at_targets=false")
 
 
 @torch.no_grad()
@@ -77,10 +116,8 @@ def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) 
     for idx in bucket_batches(np.array([len(r.ids) for r in rendered]), cfg.train.batch_tokens, 0, 0):
         items = [rendered[i] for i in idx]
         b = {k: v.to(device) for k, v in collate(items, pad).items()}
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["input_ids"][:, 1:],
-                                               reduction="none")  # (B, T-1)
         w = loss_weights("target", b["attention_mask"], b["target"])
+        ce = _token_losses(model, b, w, cfg.train.logits_at_targets)
         nll, n = (ce * w).sum(1).tolist(), w.sum(1).tolist()
         for r, x, c in zip(items, nll, n):
             acc = sums.setdefault(r.task, [0.0, 0.0])
@@ -90,6 +127,19 @@ def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) 
     out = {"all": sum(v[0] for v in sums.values()) / max(1.0, sum(v[1] for v in sums.values()))}
     out.update({t: v[0] / max(v[1], 1.0) for t, v in sorted(sums.items())})
     return out
+
+
+def _token_losses(model, b: dict, w: torch.Tensor, at_targets: bool) -> torch.Tensor:
+    """(B, T-1) cross-entropy of each predicted token; with `at_targets` only where `w` > 0 (0 elsewhere)."""
+    if not at_targets:
+        logits = forward_batch(model, b).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["input_ids"][:, 1:],
+                                                 reduction="none")
+    keep = w > 0
+    logits = forward_batch(model, b, logit_positions(w)).logits  # (N, V)
+    ce = torch.zeros_like(w)
+    ce[keep] = torch.nn.functional.cross_entropy(logits.float(), b["input_ids"][:, 1:][keep], reduction="none")
+    return ce
 
 
 def dev_record(losses: dict[str, float]) -> dict[str, float]:
@@ -115,6 +165,7 @@ class Run:
     stream: BatchStream
     info: dict  # model summary and padding share, saved in the checkpoint's meta
     hf_tokenizer: Any  # the unified tokenizer saved with the model
+    trainable: Trainable  # what trains at each step, and the embedding rows' rates
 
     @property
     def out(self) -> Path:
@@ -161,33 +212,43 @@ def start_or_resume(cfg: RunConfig, S: Setup, acc, resume: bool) -> tuple[Any, P
             raise UserError(f"{out}: checkpoint vocabulary differs from this config's; cannot resume")
         check_world(progress, acc.num_processes, cfg.train.grad_accum, state_dir)
         log.info("resuming from step %d", progress.step)
-        return ck.model.train(), progress
+        return restore_adapters(ck.model, cfg, state_dir).train(), progress  # model.adapter=lora: unmerged again
     if resume and acc.is_main_process:  # a first run under --resume (studies, the demo) is normal; a
         # checkpoint without its state is not: that one is worth a warning
         (log.warning if CheckpointFiles.is_checkpoint(out) else log.info)(
             "--resume given but %s has no training state; starting fresh", state_dir)
-    return build_model(cfg.model, S.vocab, seed=cfg.train.seed, text_rows=S.text.source_ids), Progress()
+    model = build_model(cfg.model, S.vocab, seed=cfg.train.seed, text_rows=S.text.source_ids)
+    if cfg.model.init == "pretrained":  # the start keeps what the LLM knows, or is refused (logged either way)
+        from dmlm.training.start_check import check_start
+
+        check_start(cfg, model, S.text)
+    return model, Progress()
 
 
 def prepare(cfg: RunConfig, S: Setup, acc, model, progress: Progress) -> Run:
     """Optimizer, accelerate's wrapping, the saved optimizer and RNG state (resumed) and the data stream."""
     hf_tok = unified_hf_tokenizer(S.text, S.vocab)
     check_fits(model, S)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    model = shard(cfg, acc, model)  # train.parallel=fsdp: before the optimizer, which holds the sharded weights
+    trainable = Trainable.of(cfg, model, S.vocab.text_size, acc.num_processes)
+    decay = [p for n, p in trainable.optimized() if p.ndim >= 2]
+    no_decay = [p for n, p in trainable.optimized() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, betas=(0.9, 0.95))
     if cfg.train.packing:
         check_packing(model)  # before `prepare`: in fp32, outside autocast, the test is exact
-    model, opt = acc.prepare(model, opt)
+    if cfg.train.logits_at_targets:
+        check_logits_at_targets(model)  # likewise
+    model, opt = prepare_model(acc, model, opt)
     if progress.step > 0:
         state_dir = state_dir_of(Path(cfg.train.out))
-        restore_optimizer(opt, state_dir)
+        restore_training_state(model, opt, state_dir)  # the optimizer's (sharded: and the model's) saved state
         restore_rng_state(state_dir)
     progress.world_size, progress.grad_accum = acc.num_processes, cfg.train.grad_accum
     stream = BatchStream(S.train, cfg.train.batch_tokens, cfg.train.seed, progress, S.mixture, S.pools,
                          cfg.train.packing, cfg.train.pack_tokens)
-    return Run(cfg, acc, S, model, opt, progress, stream, _summary(cfg, S, acc.unwrap_model(model), stream), hf_tok)
+    return Run(cfg, acc, S, model, opt, progress, stream, _summary(cfg, S, acc.unwrap_model(model), stream), hf_tok,
+               trainable)
 
 
 def _summary(cfg: RunConfig, S: Setup, model, stream: BatchStream) -> dict:
@@ -229,10 +290,10 @@ def _accumulate(r: Run, micro: list[dict[str, torch.Tensor]]) -> float:
     lambdas = torch.tensor(r.cfg.train.lambdas, dtype=torch.float32, device=acc.device)
     step_loss = 0.0
     for i, b in enumerate(micro):
-        ctx = acc.no_sync(r.model) if i < len(micro) - 1 else contextlib.nullcontext()
+        ctx = no_sync(acc, r.model) if i < len(micro) - 1 else contextlib.nullcontext()
         with ctx:
             with acc.autocast():
-                out = compute_loss(r.model, b, loss, counts, lambdas)
+                out = compute_loss(r.model, b, loss, counts, lambdas, at_targets=r.cfg.train.logits_at_targets)
             acc.backward(out * acc.num_processes)  # DDP averages grads; the loss is already global
         step_loss += float(out.detach())
     return float(acc.reduce(torch.tensor(step_loss, device=acc.device), reduction="sum"))
@@ -274,26 +335,55 @@ def train_step(r: Run) -> dict:
     lr = cfg.lr * warmup_cosine(r.fraction(), cfg.warmup_steps / max(1, cfg.steps), cfg.min_lr_ratio)
     for g in r.opt.param_groups:
         g["lr"] = lr
+    r.trainable.enter(r.progress.step)  # this step's stage: what is frozen
     loss = _accumulate(r, micro)
-    gnorm = r.acc.clip_grad_norm_(r.model.parameters(), cfg.clip)
+    held = r.trainable.before_update()  # frozen rows' gradients zeroed
+    gnorm = clip_grad_norm(r.acc, r.model, cfg.clip)
+    check_finite(loss, float(gnorm), r.progress.step + 1, mine, lr)  # before the update: weights stay finite
     r.opt.step()
+    r.trainable.after_update(held)  # the embedding rows' own rates
     r.opt.zero_grad(set_to_none=True)
     counts = _step_counts(r, mine, micro)
     _advance(r, counts["tokens"], time.time() - t0)
     examples = {k: counts.pop(k) for k in list(counts) if k.startswith("examples_")}
     return {"step": r.progress.step, "loss": loss, "lr": lr, "grad_norm": float(gnorm), **counts,
-            "elapsed": r.progress.elapsed, **examples}
+            "elapsed": r.progress.elapsed, **examples, **r.trainable.log_fields()}
+
+
+class NonFiniteLoss(UserError):
+    """The loss or gradient norm of a step is inf or NaN: the run stops before the update, unsaved."""
+
+
+def check_finite(loss: float, grad_norm: float, step: int, batches: list, lr: float) -> None:
+    """Refuse to take a step whose loss or gradient norm is not finite (a learning rate too high, bad
+    data): the weights would turn to NaN and every later save would be garbage. Names the step, the
+    tasks of its examples and the learning rate; the last save (if any) is untouched."""
+    if np.isfinite(loss) and np.isfinite(grad_norm):
+        return
+    examples = [x for b in batches for x in b]
+    examples = [y for x in examples for y in (x if isinstance(x, list) else [x])]  # packed rows hold lists
+    tasks = sorted({getattr(x, "task", "?") for x in examples})
+    raise NonFiniteLoss(f"step {step}: the loss is {loss} and the gradient norm {grad_norm} (tasks "
+                        f"{', '.join(tasks)}; learning rate {lr:.3g}); stopped before the update, nothing of this "
+                        "step saved. Lower train.lr (or check the data of these tasks) and train again")
 
 
 def save(r: Run) -> None:
-    """Save model and training state at the current step (main process only)."""
+    """Save model and training state at the current step: the main process writes the checkpoint; with
+    train.parallel=fsdp every rank first writes its shard of the state (`dmlm.training.sharded`)."""
+    shards = stage_shards(r.model, r.opt, r.out, r.cfg) if parallel_mode(r.cfg) == "fsdp" else None  # collective
     if not r.main:
         return
     cfg, out = r.cfg, r.out
+    model = shards.model if shards is not None else r.acc.unwrap_model(r.model)  # unsharded, on the CPU
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # never published: a checkpoint of NaN weights decodes to garbage
+        raise NonFiniteLoss(f"step {r.progress.step}: {len(bad)} weight tensor(s) hold inf or NaN ({bad[0]}, ...); "
+                            f"not saved (the last save in {out}, if any, is untouched). Lower train.lr and train again")
     meta = {"tasks": cfg.data.tasks, "config": asdict(cfg), "step": r.progress.step, "model_summary": r.info}
     codebooks = {m: Path(p) for m, p in (("speech", cfg.data.codebook), ("image", cfg.data.image_codebook)) if p}
-    state = TrainingState(r.opt, r.progress, cfg)
-    save_checkpoint(out, r.acc.unwrap_model(r.model), r.hf_tokenizer, r.S.vocab, meta, codebooks,
-                    write_state=state.save)
+    state = TrainingState(None if shards else r.opt, r.progress, cfg, adapter_state(model) if has_adapters(model)
+                          else None, shards.folder if shards else None)
+    save_checkpoint(out, model, r.hf_tokenizer, r.S.vocab, meta, codebooks, write_state=state.save)
     if legacy_state_dir(out).is_dir():  # an older run's state, superseded by the one inside the checkpoint
         shutil.rmtree(legacy_state_dir(out), ignore_errors=True)

@@ -18,6 +18,9 @@ Design decisions:
   sum to the loss of the whole batch, so the result does not depend on how a batch is split
   (gradient accumulation and data parallelism stay exact). ESPnet's `loss_region` and
   `modality_weights` are the model for one code path selected by data.
+- The loss reads logits only where w > 0 (`logit_positions`), so the model may compute just
+  those (`train.logits_at_targets`: logits (N, V) instead of (B, T, V)); `multimodal_loss`
+  takes either and gives the same value (docs/design/loss.md).
 """
 
 from __future__ import annotations
@@ -61,8 +64,20 @@ def loss_counts(loss: str, weights: torch.Tensor, modality: torch.Tensor) -> tor
     return weights.sum().reshape(1)
 
 
+def logit_positions(weights: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) weights from `loss_weights` -> (B, T) bool: the positions whose logits the loss reads.
+
+    Position t predicts token t+1, so it is kept iff w_{t+1} > 0; the last position predicts
+    nothing. With a target-span loss these are the target tokens' predecessors only: the output
+    layer (T × V) need not run over the speech prompt (`train.logits_at_targets`).
+    """
+    keep = torch.zeros(weights.shape[0], weights.shape[1] + 1, dtype=torch.bool, device=weights.device)
+    keep[:, :-1] = weights > 0
+    return keep
+
+
 def multimodal_loss(
-    logits: torch.Tensor,  # (B, T, V)
+    logits: torch.Tensor,  # (B, T, V), or (N, V) at the positions `logit_positions(weights)` keeps, row-major
     input_ids: torch.Tensor,  # (B, T)
     weights: torch.Tensor,  # (B, T-1) from loss_weights
     modality: torch.Tensor,  # (B, T) modality of each token
@@ -70,12 +85,20 @@ def multimodal_loss(
     counts: torch.Tensor,  # global denominators of the step, from loss_counts summed
     lambdas: torch.Tensor | None = None,  # (N_MOD,) per-modality weights, default 1
 ) -> torch.Tensor:
-    """This micro-batch's share of the step loss (sum over micro-batches = step loss)."""
+    """This micro-batch's share of the step loss (sum over micro-batches = step loss).
+
+    Kept logits (N, V) give the same value as full ones: the positions left out have weight 0.
+    """
     V = logits.shape[-1]
-    ce = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), input_ids[:, 1:].reshape(-1), reduction="none")
-    ce = ce.view_as(weights) * weights  # (B, T-1)
-    if loss in PER_MODALITY:
+    if logits.dim() == 2:  # only the positions the loss reads, in the order boolean indexing gives
+        keep = weights > 0  # (B, T-1)
+        ce = F.cross_entropy(logits.float(), input_ids[:, 1:][keep], reduction="none") * weights[keep]  # (N,)
+        mod = modality[:, 1:][keep]
+    else:
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), input_ids[:, 1:].reshape(-1), reduction="none")
+        ce = ce.view_as(weights) * weights  # (B, T-1)
         mod = modality[:, 1:]
+    if loss in PER_MODALITY:
         lam = lambdas if lambdas is not None else torch.ones(N_MOD, device=ce.device)
         total = ce.new_zeros(())
         for m in range(N_MOD):

@@ -12,9 +12,11 @@ Design decisions:
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
+from dmlm.util.errors import OutputError
 from dmlm.util.io import append_jsonl, read_jsonl, write_jsonl
 
 LOG_SUFFIX = ".log.jsonl"
@@ -46,7 +48,10 @@ class RunLog:
         else:
             cut_log(self.path, step)
         # purge_step: readers drop the events of steps > `step` written before this session
-        self._writer = SummaryWriter(str(self.tb_path(out)), purge_step=step + 1 if step else None)
+        try:
+            self._writer = SummaryWriter(str(self.tb_path(out)), purge_step=step + 1 if step else None)
+        except OSError as e:
+            raise _log_error(self.path, e) from None
 
     @staticmethod
     def log_path(out: str | Path) -> Path:
@@ -70,17 +75,29 @@ class RunLog:
         (`dev_*` keys under dev/, the rest under train/)."""
         if not self.enabled:
             return
-        append_jsonl(self.path, row)
-        if scalars:
-            for k, v in row.items():
-                if k != "step":
-                    self._writer.add_scalar(f"dev/{k[4:]}" if k.startswith("dev_") else f"train/{k}", v, row["step"])
+        try:
+            append_jsonl(self.path, row)
+            if scalars:
+                for k, v in row.items():
+                    if k != "step":
+                        self._writer.add_scalar(f"dev/{k[4:]}" if k.startswith("dev_") else f"train/{k}", v, row["step"])
+        except OSError as e:  # a full disk between saves: one line, the last save untouched (resumable)
+            raise _log_error(self.path, e) from None
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except OSError as e:
+                raise _log_error(self.path, e) from None
+
+
+def _log_error(path: Path, e: OSError) -> OutputError:
+    why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return OutputError(f"cannot write the run log {path} (or its TensorBoard events): {why}; the last save is "
+                       "intact: free space and rerun with --resume")
 
 
 def plot_losses(log_path: str | Path, out_png: str | Path) -> Path:

@@ -179,8 +179,12 @@ def setup(cfg: RunConfig) -> Setup:
     manifests = Manifests()
     text = build_text_tokenizer(cfg, manifests)
     fps = {m: cb.fingerprint for m, cb in (("speech", codebook), ("image", image_cb)) if cb is not None}
-    vocab = Vocab(text_size=text.vocab_size, speech_size=codebook.k if codebook else 0,
-                  image_size=image_cb.k if image_cb else 0, bos_id=text.bos_id, eos_id=text.eos_id, fingerprints=fps)
+    bpe = codebook.bpe if codebook is not None else None  # unit merges: the vocabulary renders pieces
+    if bpe is not None:
+        fps["speech_bpe"] = bpe.fingerprint
+    vocab = Vocab(text_size=text.vocab_size, speech_size=codebook.pieces if codebook else 0,
+                  image_size=image_cb.k if image_cb else 0, bos_id=text.bos_id, eos_id=text.eos_id, fingerprints=fps,
+                  speech_bpe=bpe.to_dict() if bpe is not None else {})
 
     def sources(manifest: str) -> Sources:
         split = Split(manifest, cfg.data.units or None)

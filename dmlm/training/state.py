@@ -5,8 +5,9 @@ Design decisions:
   config; it is written into the same temp folder as the model (`dmlm.modeling.save_checkpoint`)
   so both appear together. An older run's `OUT.state/` beside the model is still read.
 - This module owns every file of that folder by name (`OPTIMIZER_FILE`, `RNG_FILE`,
-  `PROGRESS_FILE`, `CONFIG_FILE`): `TrainingState.save` writes them, `load_progress`,
-  `restore_optimizer` and `restore_rng_state` read them, `read_progress(model_dir)` serves
+  `PROGRESS_FILE`, `CONFIG_FILE`, `ADAPTERS_FILE`): `TrainingState.save` writes them, `load_progress`,
+  `restore_optimizer`, `restore_rng_state` and `restore_adapters` read them (the last: a LoRA run's
+  unmerged adapted layers, which its merged checkpoint cannot give back), `read_progress(model_dir)` serves
   other readers (reports), `finished` answers "is this run already done?" without a model.
 - Nothing in it is a pickle: the RNG state is JSON (`rng.json`; a pickled `rng.pt` of an older
   dmlm is refused, never loaded), the optimizer's is tensors and numbers, loaded with
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pickle
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ import torch
 from dmlm.modeling import STATE_DIR, CheckpointFiles, fault_point
 from dmlm.training.config import RunConfig
 from dmlm.training.data_order import Progress
+from dmlm.training.runlog import LOG_SUFFIX
 from dmlm.util.config import dump_config
 from dmlm.util.errors import MissingFileError, UserError
 
@@ -37,25 +41,36 @@ RNG_FILE = "rng.json"
 LEGACY_RNG_FILE = "rng.pt"  # an older dmlm's pickle: refused, never loaded
 PROGRESS_FILE = "progress.json"
 CONFIG_FILE = "config.yaml"
+ADAPTERS_FILE = "adapters.safetensors"  # model.adapter=lora: the unmerged adapted layers (dmlm.modeling.adapters)
+SHARDS_DIR = "sharded"  # train.parallel=fsdp: every rank's shard of model and optimizer (dmlm.training.sharded)
 
 
 @dataclass
 class TrainingState:
     """What `training_state/` holds beside the model: optimizer, RNGs, data position, config."""
 
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None: its state is in the shards
     progress: Progress
     cfg: RunConfig
+    adapters: dict[str, torch.Tensor] | None = None  # `adapter_state` of a model with adapters
+    shards: Path | None = None  # the staged shards of model and optimizer (`dmlm.training.sharded`), moved in
 
     def save(self, folder: Path) -> None:
         """Write the state into `folder` (new; inside a checkpoint's temp folder). The RNG state is
         the process's own at this moment."""
         folder.mkdir()
-        save_optimizer_state(self.optimizer, folder / OPTIMIZER_FILE)
+        if self.optimizer is not None:
+            save_optimizer_state(self.optimizer, folder / OPTIMIZER_FILE)
+        if self.shards is not None:
+            self.shards.rename(folder / SHARDS_DIR)
         fault_point("state", self.progress.step)  # inside the state write: the optimizer written, the rest not
         (folder / RNG_FILE).write_text(json.dumps(rng_state()))
         (folder / PROGRESS_FILE).write_text(json.dumps(asdict(self.progress)))
         (folder / CONFIG_FILE).write_text(dump_config(self.cfg))
+        if self.adapters is not None:  # written by Python, like the optimizer: a full disk is an OSError
+            from safetensors.torch import save
+
+            (folder / ADAPTERS_FILE).write_bytes(save(self.adapters))
 
 
 def has_state(state_dir: Path) -> bool:
@@ -97,19 +112,44 @@ def finished(cfg: RunConfig, state_dir: Path) -> bool:
 
 
 def check_world(progress: Progress, processes: int, grad_accum: int, state_dir: Path) -> None:
-    """Resuming with another processes x grad_accum would change the global batch: refused."""
-    if progress.world_size is not None and (progress.world_size, progress.grad_accum) != (processes, grad_accum):
-        raise UserError(
-            f"{state_dir}: this run was trained with {progress.world_size} process(es) x grad_accum "
-            f"{progress.grad_accum}; resuming with {processes} x {grad_accum} would change the "
-            f"global batch and break exact resume. Relaunch with --nproc_per_node {progress.world_size} "
-            f"(or set train.grad_accum so that processes x grad_accum matches and start a new run)"
-        )
+    """Resuming with another processes x grad_accum product would change the global batch: refused, naming the
+    launches that keep it (`dmlm.training.distributed.check_world`)."""
+    from dmlm.training.distributed import check_world as check
+
+    check((progress.world_size, progress.grad_accum), processes, grad_accum, str(state_dir))
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, state_dir: Path) -> None:
     """Load the saved optimizer state (tensors and numbers only: `weights_only=True`)."""
-    opt.load_state_dict(torch.load(state_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+    path = state_dir / OPTIMIZER_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        # weights_only refuses a pickle that would run code (or build any object but tensors and numbers)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not an optimizer state of tensors and numbers ({type(e).__name__}: {why[:120]}); "
+                        "refused, never unpickled. Train again without --resume, or restore the file") from None
+    try:
+        opt.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{path}: the optimizer state does not fit this model ({type(e).__name__}: {e})") from None
+
+
+def restore_adapters(model: torch.nn.Module, cfg: RunConfig, state_dir: Path) -> torch.nn.Module:
+    """With model.adapter=lora: the merged checkpoint's `model` with the adapters injected again and the unmerged
+    tensors the state saved put back (exact resume); a state and a config that disagree on adapters are refused."""
+    path = state_dir / ADAPTERS_FILE
+    lora = cfg.model.adapter == "lora"
+    if lora != path.is_file():
+        raise UserError(f"{state_dir}: this run was trained {'with' if path.is_file() else 'without'} adapters but "
+                        f"the config has model.adapter={cfg.model.adapter}; resume with the config it started with")
+    if lora:
+        from safetensors.torch import load_file
+
+        from dmlm.modeling.adapters import add_lora, load_adapter_state
+
+        load_adapter_state(add_lora(model, cfg.model), load_file(path), str(path))
+    return model
 
 
 def state_dir_of(out: Path) -> Path:
@@ -123,6 +163,37 @@ def state_dir_of(out: Path) -> Path:
 def legacy_state_dir(out: Path) -> Path:
     """Where an older dmlm kept the training state of the run in `out` (`OUT.state/`, beside it)."""
     return out.with_name(out.name + ".state")
+
+
+def check_out(out: Path) -> None:
+    """`train.out` must name a folder dmlm can swap on each save: not a file system root, not a file,
+    not a symbolic link (the swap would replace the link with a real folder and leave its target
+    behind), and a name short enough for the files beside it (`OUT.lock`, `OUT.log.jsonl`, ...)."""
+    if out.name in ("", ".", "..") or out.resolve() == Path(out.resolve().anchor):
+        raise UserError(f"train.out={out}: names no folder of its own (a root or '.'); name the folder the model "
+                        "goes into, e.g. train.out=runs/model")
+    extra = len(LOG_SUFFIX)  # the longest suffix of the files dmlm writes beside it
+    limit = _name_max(out.parent)
+    if len(out.name.encode()) + extra > limit:
+        raise UserError(f"train.out: the folder name {out.name[:40]}... is {len(out.name.encode())} bytes; this "
+                        f"file system allows {limit} per name and dmlm adds up to {extra} for the files beside it "
+                        f"(a name of at most {limit - extra} bytes)")
+    if out.is_symlink():
+        raise UserError(f"train.out={out}: is a symbolic link (to {os.readlink(out)}); each save replaces the "
+                        f"folder, which would replace the link. Name the folder itself: train.out={out.resolve()}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"train.out={out}: is a file, not a folder; name a new or empty folder for the model")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name the file system at `folder` (or its nearest existing parent) allows."""
+    for parent in (folder, *folder.parents):
+        if parent.is_dir():
+            try:
+                return os.pathconf(parent, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
 
 
 def lock_path(out: Path) -> Path:

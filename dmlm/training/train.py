@@ -15,6 +15,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -22,10 +23,11 @@ from pathlib import Path
 from dmlm.data.shards import exclusive_lock
 from dmlm.modeling import CheckpointFiles, recover_interrupted_save
 from dmlm.training.config import RunConfig
+from dmlm.training.distributed import is_sharded
 from dmlm.training.loop import Run, accelerator, prepare, save, start_or_resume, train_step
 from dmlm.training.runlog import RunLog
 from dmlm.training.setup import setup
-from dmlm.training.state import finished, legacy_state_dir, lock_path, state_dir_of
+from dmlm.training.state import check_out, finished, legacy_state_dir, lock_path, state_dir_of
 from dmlm.util.errors import UserError
 from dmlm.util.progress import tqdm
 
@@ -37,7 +39,11 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, over
     needs `resume` (continue it) or `overwrite` (start again, replacing it). `stop_at` simulates an
     interruption (tests). Only one process at a time trains into a folder (`OUT.lock`)."""
     cfg.validate()
+    if resume and overwrite:
+        raise UserError("--resume continues the run in train.out and --overwrite starts it again from scratch: "
+                        "pass one of them")
     out = Path(cfg.train.out)
+    check_out(out)
     if int(os.environ.get("RANK", "0")) != 0:  # only the main process writes (torchrun / accelerate launch)
         return run(cfg, resume, stop_at, overwrite)
     try:
@@ -50,10 +56,16 @@ def train(cfg: RunConfig, resume: bool = False, stop_at: int | None = None, over
 
 
 def _refuse_to_replace(out: Path, resume: bool, overwrite: bool) -> None:
-    """A folder holding a trained model is continued (`resume`) or replaced (`overwrite`), never by default."""
+    """A folder holding a trained model is continued (`resume`) or replaced (`overwrite`), never by default;
+    any other folder that is not empty is never replaced (a save swaps the whole folder)."""
     if not resume and not overwrite and (CheckpointFiles.is_checkpoint(out) or legacy_state_dir(out).is_dir()):
         raise UserError(f"{out} already holds a trained model (or its training state {state_dir_of(out)}); pass "
                         "--resume to continue it or --overwrite to train it again from scratch")
+    if out.is_dir() and not CheckpointFiles.is_checkpoint(out) and any(out.iterdir()):
+        shown = ", ".join(sorted(p.name for p in itertools.islice(out.iterdir(), 5)))
+        raise UserError(f"train.out={out}: this folder holds files that are not a dmlm checkpoint ({shown}, ...); "
+                        "each save replaces the whole folder, so they would be deleted. Name a new or empty "
+                        "folder, e.g. train.out=" + str(out / "model"))
 
 
 def run(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -> Path:
@@ -89,7 +101,7 @@ def run(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -> P
                 saved_at = r.progress.step
         bar.close()
         # the end of training: a dev pass and a save, unless the last step has just had them
-        if S.dev and r.main and dev_at != r.progress.step:
+        if S.dev and (r.main or is_sharded(r.model)) and dev_at != r.progress.step:  # FSDP: every rank's forward
             runlog.write({"step": r.progress.step, **r.dev(), "elapsed": r.progress.elapsed}, scalars=False)
         if saved_at != r.progress.step:
             save(r)

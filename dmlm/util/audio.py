@@ -13,7 +13,9 @@ Design decisions:
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -36,9 +38,13 @@ def to_mono(samples, sample_rate: int, where: str = "audio", target_rate: int = 
     """`samples` (N,) or (N, channels), any float/int dtype, at `sample_rate` -> mono float32 at
     `target_rate`, (N,); downmixed and resampled (with a warning naming `where` unless `quiet`).
 
-    Integer samples are scaled to [-1, 1). Empty, too short or non-finite audio is an `AudioError`."""
+    Integer samples are scaled to [-1, 1) (unsigned ones about their midpoint, as 8-bit WAV stores them).
+    Empty, too short or non-finite audio is an `AudioError`."""
     wav = np.asarray(samples)
-    if wav.dtype.kind in "iu":
+    if wav.dtype.kind == "u":  # unsigned PCM (8-bit WAV) is centred on half its range, not on 0
+        half = float(np.iinfo(wav.dtype).max // 2 + 1)
+        wav = (wav.astype(np.float64) - half) / half
+    elif wav.dtype.kind == "i":
         wav = wav.astype(np.float32) / float(np.iinfo(wav.dtype).max + 1)
     elif wav.dtype.kind != "f":
         raise AudioError(f"{where}: expected audio samples (numbers), got an array of {wav.dtype}")
@@ -99,9 +105,31 @@ def _warn_if_truncated(path: Path) -> None:
                     "reading what is there", path, m[1], m[2])
 
 
+WRITE_FORMATS = {".wav": "PCM_16", ".flac": "PCM_16", ".ogg": "VORBIS", ".mp3": "MPEG_LAYER_III"}
+"""The audio files dmlm writes, by extension (soundfile picks the container from it), with their encoding."""
+
+
 def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Atomically write a 16-bit PCM wav (an `OutputError` on a full disk or missing permission)."""
+    """Atomically write audio in the format `path`'s extension names (`WRITE_FORMATS`: 16-bit PCM wav
+    or flac, ogg vorbis, mp3); another extension is refused, not written as wav bytes under its name.
+    A full disk or missing permission is an `OutputError`, whichever layer reports it."""
     from dmlm.util.io import atomic_file
 
-    with atomic_file(path, suffix=".wav") as tmp:
-        sf.write(tmp, np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16")
+    path = Path(path)
+    subtype = WRITE_FORMATS.get(path.suffix.lower())
+    if subtype is None:
+        raise UserError(f"{path}: cannot write audio as {path.suffix or 'a file without an extension'}; "
+                        f"dmlm writes {', '.join(WRITE_FORMATS)}")
+    with atomic_file(path) as tmp:
+        try:
+            sf.write(tmp, np.asarray(wav, dtype=np.float32), sample_rate, subtype=subtype)
+        except (AssertionError, sf.LibsndfileError) as e:  # libsndfile's short write or failed close
+            if _free_bytes(tmp.parent) < (1 << 20):  # atomic_file says "no space" and removes the temp file
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+            raise OSError(errno.EIO, f"the audio library failed ({type(e).__name__}: {e})") from None
+
+
+def _free_bytes(folder: Path) -> int:
+    """Space left to an unprivileged writer in `folder` (libsndfile reports a full disk as a short write)."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize

@@ -100,14 +100,17 @@ def load_config(path: str | Path | None, overrides: list[str], cls: type) -> Any
     """A `cls` from defaults, then the YAML file (after the file it `extends`), then `a.b=value` overrides."""
     cfg = cls()
     if path:
-        for values in _config_chain(Path(path)):
-            cfg = _fill(cfg, values)
+        for file, values in _config_chain(Path(path)):
+            try:
+                cfg = _fill(cfg, values)
+            except ConfigError as e:  # a key or value of a file: name the file it is in
+                raise ConfigError(f"{file}: {e}") from None
     return apply_overrides(cfg, overrides)
 
 
-def _config_chain(path: Path) -> list[dict]:
-    """The YAML mappings of `path` and the files it extends, the furthest base first."""
-    chain: list[dict] = []
+def _config_chain(path: Path) -> list[tuple[Path, dict]]:
+    """(file, YAML mapping) of `path` and the files it extends, the furthest base first."""
+    chain: list[tuple[Path, dict]] = []
     seen: list[Path] = []
     while True:
         if not path.is_file():
@@ -122,7 +125,7 @@ def _config_chain(path: Path) -> list[dict]:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at the top")
         base = values.pop(EXTENDS, None)
-        chain.insert(0, values)
+        chain.insert(0, (path, values))
         if base is None:
             return chain
         if not isinstance(base, str) or not base:

@@ -4,9 +4,12 @@ Design decisions:
 - Pillow reads and writes; arrays are numpy `uint8` (H, W, 3), the one layout every image
   consumer (scene renderer, image codebook) speaks.
 - Like `dmlm.util.audio`, input that is usable but not what was expected is converted with a
-  warning that names the file and says what was done (grayscale/palette -> RGB, alpha
-  composited on white, other sizes centre-cropped to a square and resized); input that is
-  unusable (missing, not an image, truncated, over `MAX_PIXELS`) raises `ImageError` naming the file.
+  warning that names the file and says what was done (grayscale/palette/CMYK -> RGB, alpha
+  composited on white, 16-bit and float [0, 1] grayscale scaled to 8 bits, other sizes
+  centre-cropped to a square and resized); input that is
+  unusable (missing, not an image, truncated, over `MAX_PIXELS`, a float image outside [0, 1],
+  LAB/HSV) raises `ImageError` naming the file. The pixels are those a viewer shows: the EXIF
+  orientation of a camera's JPEG is applied, alpha is composited on a white page.
 - Non-square images are centre-cropped, not squashed: the aspect ratio of what is drawn
   survives (the CLIP preprocessing convention); the cropped margins are lost.
 - Writes are atomic (temp file in the same folder + rename): an image appears complete or
@@ -19,7 +22,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dmlm.util.errors import UserError
 
@@ -34,10 +37,41 @@ class ImageError(UserError):
     """An image that cannot be used, with the file named."""
 
 
+def to_8bit(img: Image.Image, where: str = "image") -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit "L", scaled the way a viewer shows
+    it (Pillow's own conversion clips: a 16-bit mid-gray became white, a float image black); other
+    modes unchanged. 16-bit: value / 257. Mode "I" (how a 16-bit PNG or TIFF may open) must hold
+    16-bit values; "F" must hold values in [0, 1]. Anything else is an `ImageError` naming the range."""
+    if not (img.mode.startswith("I") or img.mode == "F"):
+        return img
+    a = np.asarray(img).astype(np.float64)  # (H, W)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (np.isfinite(a).all() and 0.0 <= lo and hi <= 1.0):
+            raise ImageError(f"{where}: a floating-point image (mode F) with values in [{lo:g}, {hi:g}]; dmlm reads "
+                             "float images in [0, 1] (save it as an 8- or 16-bit PNG)")
+        a = a * 255.0
+    else:
+        if not (0.0 <= lo and hi <= 65535.0):
+            raise ImageError(f"{where}: a {img.mode} image with values in [{lo:g}, {hi:g}]; dmlm reads 16-bit values "
+                             "(0..65535) at most (save it as an 8- or 16-bit PNG)")
+        a = a / 257.0
+    log.warning("%s: mode %s, scaling to 8 bits", where, img.mode)
+    return Image.fromarray(np.rint(a).astype(np.uint8), mode="L")
+
+
+UNREADABLE_MODES = ("LAB", "HSV")
+"""Modes whose channels Pillow's RGB conversion reinterprets instead of converting: refused."""
+
+
 def to_rgb(img: Image.Image, where: str = "image") -> Image.Image:
-    """`img` as mode RGB; alpha is composited on white. Warns (naming `where`) when converting."""
+    """`img` as mode RGB; alpha is composited on white, 16-bit and float scaled to 8 bits (`to_8bit`).
+    Warns (naming `where`) when converting."""
     if img.mode == "RGB":
         return img
+    if img.mode in UNREADABLE_MODES:
+        raise ImageError(f"{where}: mode {img.mode} images are not read; convert it to RGB first")
+    img = to_8bit(img, where)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # palette transparency survives only through RGBA
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -90,7 +124,7 @@ def load_image(path: str | Path, size: int | None = 64) -> np.ndarray:
                 raise ImageError(f"{path}: image is {f.width}x{f.height} pixels, more than dmlm reads "
                                  f"({MAX_PIXELS:,} pixels); resize it first")
             f.load()  # decode now: a truncated file fails here, inside the try
-            img = f.copy()
+            img = ImageOps.exif_transpose(f)  # a camera's rotation flag, applied as every viewer does
     except Image.DecompressionBombError as e:  # Pillow's own guard, hit while opening
         raise ImageError(f"{path}: image too large ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow raises all four

@@ -18,12 +18,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dmlm.util.errors import OutputError
+from dmlm.util.errors import OutputError, UserError
 
 
 def _read_umask() -> int:
@@ -33,6 +34,19 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()  # read once at import: os.umask has no read-only form, and setting it races other threads
+
+FAULT_ENV = "DMLM_FAULT"
+
+
+def fault_point(stage: str, step: int | None = None) -> None:
+    """SIGKILL this process here if `DMLM_FAULT` is `stage` or `stage@step` (crash tests only).
+
+    A real kill -9 at a chosen point of a multi-file write (a checkpoint save, a token store's
+    merge, a codebook, a vocoder), so tests check what a crash there leaves for a reader. Every
+    `atomic_file` write has one, `write:NAME` (the new file complete, not yet renamed to NAME)."""
+    want = os.environ.get(FAULT_ENV)
+    if want and want in (stage, f"{stage}@{step}"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _output_error(path: Path, e: OSError) -> OutputError:
@@ -62,6 +76,7 @@ def atomic_file(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; an output gets the usual permissions
+        fault_point(f"write:{path.name}")  # the new file complete, not in place (crash tests)
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -103,7 +118,14 @@ def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict]:
     path = Path(path)
     if missing_ok and not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:  # a damaged or hand-edited file: the line, not a traceback
+                raise UserError(f"{path}:{lineno}: not a JSON object per line ({e})") from None
+    return rows
 
 
 def swap_paths(path: str | Path) -> tuple[Path, Path]:

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dmlm.util.errors import MissingFileError, UserError
-from dmlm.util.io import atomic_write_json
+from dmlm.util.io import atomic_write_json, fault_point, finish_swap, swap_paths
 from dmlm.vocoder.config import VocoderConfig, kind_of
 
 CONFIG = "config.json"
@@ -53,10 +53,21 @@ class VocoderFiles:
 
     def require(self) -> None:
         """Raise `NoVocoder` unless both the config and the weights are here."""
+        old = swap_paths(self.folder)[1]
+        if not self.folder.exists() and old.is_dir():  # a reader never moves folders: it says what happened
+            raise NoVocoder(f"{self.folder}: a vocoder save was interrupted while swapping folders (the previous "
+                            f"vocoder is in {old}); `dmlm vocoder match MODEL` or the next vocoder training "
+                            "finishes it")
         if not self.config_path.is_file() or not self.weights_path.is_file():
             raise NoVocoder(
                 f"{self.folder}: no vocoder here ({CONFIG} and {WEIGHTS} missing); train one into a model with "
                 "`dmlm vocoder train MODEL` (it lands in MODEL/vocoder)")
+
+    def finish_interrupted_save(self) -> str | None:
+        """Finish a save (`Vocoder.save`) killed between the two renames of its folder swap: the new
+        folder goes into place if complete (its `config.json` is written last), else the previous one
+        goes back (`dmlm.util.io.finish_swap`). Writers call it before they touch the folder."""
+        return finish_swap(self.folder, lambda tmp: (tmp / CONFIG).is_file() and (tmp / WEIGHTS).is_file())
 
     def saved(self) -> dict:
         """`config.json` as written: the settings, `format_version` and the `training` record."""
@@ -92,9 +103,10 @@ class VocoderFiles:
         new = {k: v for k, v in settings.items() if saved.get(k, getattr(VocoderConfig, k)) != v}
         if new:
             VocoderConfig.from_dict({**saved, **new})  # still a valid config
+            if "matching_clips" in new:  # the set goes first: a crash between the two leaves no set, never
+                self.matching_path.unlink(missing_ok=True)  # an old set under a config that says another size
+            fault_point("vocoder-update")
             atomic_write_json(self.config_path, {**saved, **new})
-            if "matching_clips" in new:
-                self.matching_path.unlink(missing_ok=True)
         return new
 
 

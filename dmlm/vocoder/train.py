@@ -32,6 +32,7 @@ Design decisions:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -189,6 +190,7 @@ def add_matching_set(vocoder_dir: str | Path, manifest: Manifests, units_store_p
     is written atomically into `vocoder_dir`."""
     if clips is not None and clips < 1:
         raise UserError(f"a matching set needs at least 1 clip, got {clips}")
+    VocoderFiles(vocoder_dir).finish_interrupted_save()
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
     # the config and its checks, not the old set (138 MB on the demo) that is about to be replaced
     voc = Vocoder.load(vocoder_dir, codebook=cb, matching=False)
@@ -209,6 +211,7 @@ def reuse_vocoder(vocoder_dir: str | Path, cfg: VocoderConfig, manifest: Manifes
     the frame order that `knn_context` needs. Raises a UserError when `cfg` asks for another
     network (an architecture or training setting differs) or the network learned from other manifests."""
     files = VocoderFiles(vocoder_dir)
+    files.finish_interrupted_save()
     saved = files.saved()
     changed = cfg.changed_settings(saved)
     manifests = [manifest] if isinstance(manifest, (str, Path)) else list(manifest)
@@ -282,6 +285,8 @@ def train_vocoder(
         raise UserError("give steps, max_minutes or both to bound vocoder training")
     cb = codebook if isinstance(codebook, Codebook) else Codebook.load(codebook)
     cfg = _for_codebook(cfg or VocoderConfig(), cb)
+    if not (0 < cfg.lr < math.inf):
+        raise UserError(f"vocoder lr: must be a finite number > 0, got {cfg.lr!r}")
     bf16 = _bf16(cfg.precision, device)
     sources = _sources(manifest, units_store_prefix, cb)
     data = _Data(sources, cb, cfg)
@@ -294,6 +299,7 @@ def train_vocoder(
     net = _initial_network(cfg, data, cb, rng, progress).to(device).train()
 
     def save(final: bool, matching: MatchingSet | None = None) -> None:
+        _check_weights(net, run.step)
         net.eval()
         Vocoder(cfg, net, matching).save(out_dir, run.record(final))
         net.train()
@@ -406,7 +412,8 @@ def _train_steps(net: UnitToSpec, data: _Data, rng: random.Random, cfg: VocoderC
         out = losses(net, {k: v.to(device) for k, v in data.batch(rng).items()}, bf16)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
+        _check_finite(float(out["loss"].detach()), gnorm, run.step + 1, opt.param_groups[0]["lr"])
         opt.step()
         run.log(out, elapsed)
         bar.update(1)
@@ -415,6 +422,23 @@ def _train_steps(net: UnitToSpec, data: _Data, rng: random.Random, cfg: VocoderC
             save(False)
             last_save = time.monotonic()
     bar.close()
+
+
+def _check_finite(loss: float, grad_norm: float, step: int, lr: float) -> None:
+    """Stop before an update from an inf or NaN loss or gradient: the weights would turn to NaN and
+    the vocoder would be saved speaking noise. The last save (if any) is untouched."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise UserError(f"vocoder training, step {step}: the loss is {loss} and the gradient norm {grad_norm} "
+                        f"(learning rate {lr:.3g}); stopped before the update, nothing of this step saved. Lower "
+                        "the vocoder's lr and train again")
+
+
+def _check_weights(net: UnitToSpec, step: int) -> None:
+    """A vocoder whose weights hold inf or NaN is never saved."""
+    bad = [n for n, p in net.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"vocoder training, step {step}: {len(bad)} weight tensor(s) hold inf or NaN ({bad[0]}, ...); "
+                        "not saved (the last save, if any, is untouched). Lower the vocoder's lr and train again")
 
 
 def _sources(manifest: Manifests, units_store_prefix: Stores, cb: Codebook) -> list[tuple[Path, TokenStore | None]]:

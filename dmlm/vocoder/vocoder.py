@@ -51,12 +51,16 @@ class Vocoder:
         set through a temp folder renamed into place."""
         from safetensors.torch import save_file
 
-        from dmlm.util.io import atomic_dir
+        from dmlm.util.io import atomic_dir, fault_point
 
         files = VocoderFiles(out_dir)
-        with atomic_dir(files.folder) as tmp:
+        files.finish_interrupted_save()
+        # fault points (crash tests): vocoder-weights inside the write, vocoder-commit (complete, not in
+        # place) and vocoder-swap (between the renames); the config is written last: complete
+        with atomic_dir(files.folder, stage=lambda name: fault_point(f"vocoder-{name}"), what="vocoder") as tmp:
             save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()},
                       str(tmp / files.weights_path.name))
+            fault_point("vocoder-weights")
             if self.matching is not None:
                 self.matching.save(tmp)
             files.write_config(self.cfg, record, folder=tmp)
