@@ -75,8 +75,8 @@ RECIPES = {r.name: r for r in [
     Recipe("bf16", "full fine-tune, bf16 autocast", bf16=True),
     Recipe("lora", "LoRA r=16, bf16", **_LORA),
     Recipe("targets", "LoRA r=16, bf16, loss and logits at the transcript", **_LORA, at_targets=True),
-    Recipe("bpe", "… + 1,000 unit merges", **_LORA, at_targets=True, units="bpe"),
-    Recipe("dedup_bpe", "… + units deduplicated, then 1,000 merges", **_LORA, at_targets=True, units="dedup_bpe"),
+    Recipe("bpe", "… + unit merges (--merges)", **_LORA, at_targets=True, units="bpe"),
+    Recipe("dedup_bpe", "… + units deduplicated, then the merges", **_LORA, at_targets=True, units="dedup_bpe"),
     Recipe("new_rows", "dedup_bpe in a new_rows stage (body and adapters frozen)", **_LORA, at_targets=True,
            units="dedup_bpe", stage="new_rows"),
 ]}
@@ -136,7 +136,7 @@ def real_speech(n_fit: int, n_use: int, k: int, merges: int, model: str) -> Spee
         units[name] = all_units[n_fit:]
     return Speech(texts[n_fit:], [len(w) / SAMPLE_RATE for w in wavs[n_fit:]], units, bpe, k,
                   f"{model} k={k} codebook and {merges} merges fitted on {n_fit} espeak-ng clips; "
-                  f"{n_use} other clips timed")
+                  f"{n_use} other clips used")
 
 
 def synthetic_speech(texts: list[str], k: int, merges: int, seed: int = 0) -> Speech:
@@ -349,7 +349,7 @@ def subset(speech: Speech, idx: list[int]) -> Speech:
                    units={n: [u[i] for i in idx] for n, u in speech.units.items()})
 
 
-def paired_arm(name: str, args, llm: str, text, speech: Speech, lr: float):
+def paired_arm(name: str, args, llm: str, lr: float):
     """(recipe, config) of one side of the paired run: a recipe, or `staged` as its real schedule."""
     from dmlm.training.config import Stage
 
@@ -370,7 +370,7 @@ def paired_run(args, llm: str, text, train: Speech, dev: Speech) -> dict:
     out = {"steps": args.paired, "batch_utts": args.batch_utts, "train_utterances": len(train.texts),
            "dev_utterances": len(dev.texts), "dev_loss": "per transcript token, fp32 forward", "arms": {}}
     for name, lr in ((BASELINE, args.lr_baseline), (args.recommend, args.lr)):
-        recipe, cfg = paired_arm(name, args, llm, text, train, lr)
+        recipe, cfg = paired_arm(name, args, llm, lr)
         arm = build_arm(recipe, cfg, text, train)
         dev_rendered = render_asr(dev, recipe.units, text, arm.vocab)
         curve, t0 = [], time.perf_counter()
@@ -402,7 +402,7 @@ def cpu_facts() -> dict:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     except OSError:
         lscpu = ""
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
+    model = next((line[line.index(":") + 1 :].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return {"lscpu_model": model, "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags}
 
@@ -439,6 +439,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--matmul-n", type=int, default=MATMUL_N, help="size of the square matmul MFU is against")
     p.add_argument("--paired", type=int, default=0, help="steps of the paired run (0: none)")
+    p.add_argument("--paired-only", action="store_true", help="only the paired run (pretrained_speed_paired.json)")
     p.add_argument("--paired-every", type=int, default=20, help="dev loss every N steps of the paired run")
     p.add_argument("--paired-train", type=int, default=320, help="training utterances of the paired run (cycled)")
     p.add_argument("--paired-dev", type=int, default=40, help="held-out utterances of the paired run's dev loss")
@@ -458,6 +459,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--recommend {args.recommend} is not among the recipes run ({', '.join(args.names)})")
     if not (args.rounds >= 1 and args.warmup >= 1 and args.batch_utts >= 1 and 0 < args.staged_share < 1):
         p.error("--rounds, --warmup and --batch-utts must be >= 1 and --staged-share in (0, 1)")
+    if args.paired_only and not args.paired:
+        p.error("--paired-only needs --paired STEPS")
     if args.quick:
         args.rounds, args.batch_utts, args.k, args.merges, args.matmul_n = 2, 4, 32, 16, 256
         args.paired_train, args.paired_dev, args.paired_every = 8, 4, 1
@@ -506,6 +509,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         llm, text, speech, dev = prepare_data(args, Path(tmp))
         data_s = time.perf_counter() - t0
+        if args.paired_only:
+            return paired_only(args, llm, text, speech, dev, load_before)
         batches = micro_batches(speech, args.batch_utts, args.warmup + args.rounds)
         arms = [build_arm(RECIPES[n], run_config(RECIPES[n], llm), text, speech) for n in args.names]
         probes = round_robin(arms, batches, args.warmup, args.matmul_n)
@@ -531,6 +536,20 @@ def main(argv: list[str] | None = None) -> dict:
         paired=paired)
     print_table(res)
     return res
+
+
+def paired_only(args, llm: str, text, speech: Speech, dev: Speech, load_before: str) -> dict:
+    """--paired-only: the paired run alone, in its own result file (the timing table stays as it is)."""
+    from bench.common import write_result
+
+    paired = paired_run(args, llm, text, speech, dev)
+    final = {name: arm["curve"][-1]["dev_loss"] for name, arm in paired["arms"].items()}
+    return write_result(
+        "pretrained_speed_paired", f"dev loss after {args.paired * args.batch_utts} utterances ({args.recommend})",
+        "nats per transcript token", final[args.recommend], final[BASELINE], False, recommend=args.recommend,
+        llm="stand-in (quick)" if args.quick else args.llm, **cpu_facts(), threads=torch.get_num_threads(),
+        load_average_before=load_before, load_average_after=load_average(), speech=speech.source, quick=args.quick,
+        paired=paired)
 
 
 def print_table(res: dict) -> None:

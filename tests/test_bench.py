@@ -23,6 +23,8 @@ BENCHES = [
     ("bench.pretrained_cut", ["pretrained_cut.json"]),
     ("bench.unit_bpe", ["unit_bpe.json"]),
     ("bench.start_check", ["start_check.json"]),
+    ("bench.pretrained_speed", ["pretrained_speed.json"]),
+    ("bench.distributed_speed", ["distributed_speed.json"]),
 ]
 
 

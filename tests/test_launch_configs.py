@@ -81,7 +81,7 @@ def test_fsdp_divides_the_state_per_rank_and_flops_follow_the_hand_count(run_con
     names = {n for n, _ in model.named_parameters()}
     ddp, fsdp = plan(cfg, model, names, 2, "ddp", 10.0), plan(cfg, model, names, 2, "fsdp", 10.0)
     assert fsdp.memory_per_rank < ddp.memory_per_rank
-    h, L, V = 64, 2, S.vocab.size
-    per_layer = 4 * h * h + 3 * h * 128  # q, k, v, o (2 heads, no grouping) and the MLP
+    h, L, V = 64, 2, model.get_input_embeddings().num_embeddings
+    per_layer = 4 * h * h + 3 * h * model.config.intermediate_size  # q, k, v, o (no grouping) and the MLP
     matmul = L * per_layer + V * h  # the tied output layer is a matmul too
     assert ddp.flops_per_step == pytest.approx(800 * (6 * matmul + 6 * L * h * 10.0))

@@ -250,16 +250,32 @@ def test_smollm2_trimmed_to_mini_world_is_exact_and_keeps_its_rows():
     assert torch.equal(model.model.layers[5].mlp.up_proj.weight, ref.model.layers[5].mlp.up_proj.weight)
 
 
-def test_pretrained_speed_bench_quick_writes_its_result(tmp_path, monkeypatch):
+def test_pretrained_speed_bench_times_every_recipe_on_the_same_utterances(tmp_path, monkeypatch):
     import bench.common
     from bench import pretrained_speed
 
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
-    res = pretrained_speed.main(["--quick", "--variants", "trim,trim_l6", "--recommend", "trim_l6"])
+    pretrained_speed.main(["--quick", "--recipes", "bpe,lora,new_rows,dedup_bpe,targets,bf16", "--paired", "2"])
     saved = json.loads((tmp_path / "pretrained_speed.json").read_text())
-    assert saved["ratio"] == pytest.approx(saved["dmlm"] / saved["baseline"]) and saved["dmlm"] > 0
-    assert [r["variant"] for r in res["variants"]] == ["full", "trim", "trim_l6"]  # the baseline always runs
-    assert [r["layers"] for r in res["variants"]] == [12, 12, 6]
+    rows = {r["recipe"]: r for r in saved["recipes"]}
+    assert list(rows) == ["fp32", "bpe", "lora", "new_rows", "dedup_bpe", "targets", "bf16", "staged"]  # baseline first
+    assert rows["fp32"]["ratio"] == 1.0 and {r["layers"] for r in saved["recipes"] if "layers" in r} == {4}  # full depth
+    assert saved["ratio"] == pytest.approx(saved["dmlm"] / saved["baseline"]) and saved["recommend"] == "staged"
+    assert rows["staged"]["derived_from"] == ["new_rows", "dedup_bpe"]
+    # the same utterances, the bpe renderings shorter
+    assert rows["dedup_bpe"]["tokens_per_utt"] < rows["bpe"]["tokens_per_utt"] < rows["targets"]["tokens_per_utt"]
+    assert rows["targets"]["tokens_per_utt"] == rows["fp32"]["tokens_per_utt"]
+    # FLOPs actually executed: logits at targets skip most of the output layer, shorter sequences the rest
+    # (LoRA's saving shows at full width only: on this 64-wide stand-in r=16 adapters cost more than they save)
+    assert rows["dedup_bpe"]["gflops_per_utt"] < rows["bpe"]["gflops_per_utt"] < rows["targets"]["gflops_per_utt"]
+    assert rows["targets"]["gflops_per_utt"] < rows["lora"]["gflops_per_utt"]
+    assert rows["bf16"]["gflops_per_utt"] == rows["fp32"]["gflops_per_utt"]  # the same work, in another format
+    assert rows["lora"]["trainable"] < rows["bf16"]["trainable"] == rows["fp32"]["trainable"]
+    assert all(r["mfu_bf16"] > 0 and r["mfu_fp32"] > 0 for r in saved["recipes"] if "mfu_bf16" in r)
+    assert {"lscpu_model", "avx512_bf16", "load_average_before", "load_average_after"} <= saved.keys()
+    arms = saved["paired"]["arms"]
+    assert [c["utterances"] for c in arms["fp32"]["curve"]] == [c["utterances"] for c in arms["staged"]["curve"]]
+    assert arms["staged"]["stages"] == ["new_rows:1", "adapters:rest"]
 
 
 # -- the start check: a start that keeps what the LLM knows ----------------------------------

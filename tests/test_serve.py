@@ -131,6 +131,30 @@ def test_translate_caption_units_and_speech(client, m, rec):
     assert float(r.headers["x-dmlm-seconds"]) > 0 and r.headers["x-dmlm-batch-size"] == "1"
 
 
+def test_translate_speech_by_the_cascade(client, m, rec):
+    """The every-task model translates speech into speech one way, the cascade (s2tt:es, then t2s): the route's wav
+    is the API's audio; the ways it was not trained for, and languages it does not speak, are refused by field."""
+    wav_path, _, _, _ = rec
+    h = client.get("/health").json()
+    assert h["routes"]["translate-speech"] is True and h["speech_ways"] == {"cascade": ["es"]}
+    audio = {"audio": ("a.wav", wav_path.read_bytes())}
+    r = client.post("/v1/translate-speech", files=audio, data={"strategy": "sample", "seed": "3"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/wav" and (r.headers["x-dmlm-how"], r.headers["x-dmlm-to"]) == ("cascade", "es")
+    got, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+    want = m.translate(wav_path, to="es", speech=True, how="cascade", strategy="sample", seed=3)
+    assert rate == want.sample_rate == 16000 and len(got) == len(want.samples) > 1600
+    assert np.abs(got - np.clip(want.samples, -1, 1)).max() < 1e-3  # the same speech, as 16-bit PCM
+    assert float(r.headers["x-dmlm-duration"]) == pytest.approx(want.seconds, abs=1e-3)
+    assert float(r.headers["x-dmlm-input-duration"]) == pytest.approx(sf.info(wav_path).duration, abs=0.01)
+    _error(client.post("/v1/translate-speech", files=audio, data={"how": "direct"}), 400, param="how",
+           code="task_not_trained", says="s2st")
+    _error(client.post("/v1/translate-speech", files=audio, data={"how": "telepathy"}), 422, param="how")
+    _error(client.post("/v1/translate-speech", files=audio, data={"to": "en"}), 400, param="to", says="into es")
+    _error(client.post("/v1/translate-speech", files=audio, data={"src": "xx"}), 400, param="src")
+    _error(client.post("/v1/translate-speech", data={"to": "es"}), 422, param="audio", says="audio file")
+
+
 def test_openai_routes_in_process(client, rec):
     wav_path, text, es, _ = rec
     files = {"file": ("a.wav", wav_path.read_bytes())}
@@ -261,14 +285,20 @@ def test_a_model_without_a_vocoder_or_a_task(multitask_model, trained, rec):
         assert h["vocoder"] is False and h["routes"]["speak"] is False and h["routes"]["synthesize-units"] is True
         _error(c.post("/v1/speak", json={"text": text}), 400, code="no_vocoder", says="dmlm vocoder train")
         _error(c.post("/v1/audio/speech", json={"input": text}), 400, code="no_vocoder")
+        assert h["routes"]["translate-speech"] is False and h["speech_ways"] == {"cascade": ["es"]}
+        _error(c.post("/v1/translate-speech", files={"audio": ("a.wav", wav_path.read_bytes())}), 400,
+               code="no_vocoder", says="dmlm vocoder train")
         assert c.post("/v1/synthesize-units", json={"text": text}).status_code == 200
     with local_client(create_app(dmlm.load(trained))) as c:  # ASR only
         assert c.get("/health").json()["routes"] == {"transcribe": True, "translate": False, "caption": False,
-                                                     "synthesize-units": False, "speak": False}
+                                                     "synthesize-units": False, "speak": False,
+                                                     "translate-speech": False}
         _error(c.post("/v1/caption", files={"image": ("i.png", image.read_bytes())}), 400, code="task_not_trained",
                says="its tasks: asr")
         _error(c.post("/v1/audio/translations", files={"file": ("a.wav", wav_path.read_bytes())}), 400,
                code="task_not_trained")
+        _error(c.post("/v1/translate-speech", files={"audio": ("a.wav", wav_path.read_bytes())}), 400,
+               code="task_not_trained", says="s2st_chain")
         assert c.post("/v1/transcribe", files={"audio": ("a.wav", wav_path.read_bytes())}).status_code == 200
 
 

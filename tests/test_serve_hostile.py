@@ -227,6 +227,8 @@ FORM_ROUTES = {  # (route, upload field) -> optional form fields
     ("/v1/transcribe", "audio"): {"lang": LANGS, **FORM_DECODING},
     ("/v1/translate", "audio"): {"to": LANGS, "src": LANGS, **FORM_DECODING},
     ("/v1/caption", "image"): {"lang": LANGS, **FORM_DECODING},
+    ("/v1/translate-speech", "audio"): {"to": LANGS, "src": LANGS, **FORM_DECODING,
+                                        "how": st.sampled_from(["cascade", "cascade", "direct", "chained", "x", ""])},
     ("/v1/audio/transcriptions", "file"): {
         "language": LANGS, "model": any_text, "prompt": any_text, "stream": st.sampled_from(["true", "false", "x"]),
         "response_format": st.sampled_from(["json", "text", "srt", "vtt", "verbose_json", "xml"]),

@@ -110,6 +110,18 @@ def test_the_page_in_a_browser(server, rec, tmp_path):
             assert head[0] == "RIFF" and head[1] > 1000 and head[2] > 0.1 and head[3], head
             expect(page.locator("#speech-time")).to_contain_text("s of speech")
 
+            # a clip -> its translation, spoken (the model's one way: the cascade into Spanish)
+            assert page.locator("#s2st-how option").all_inner_texts() == ["cascade"]
+            assert page.locator("#s2st-to option").all_inner_texts() == ["es"]
+            page.set_input_files("#s2st-file", str(wav))
+            page.wait_for_function("(a => a.readyState >= 1 && a.duration > 0.1)(document.getElementById('s2st-speech'))",
+                                   timeout=30_000)
+            expect(page.locator("#s2st-time")).to_contain_text("→ es cascade")
+            assert page.evaluate("""async () => {
+                const a = document.getElementById('s2st-download');
+                return String.fromCharCode(...new Uint8Array(await (await fetch(a.href)).arrayBuffer()).slice(0, 4));
+                }""") == "RIFF"
+
             # an image -> its caption
             page.set_input_files("#image-file", str(image))
             expect(page.locator("#caption")).to_have_text(text, timeout=20_000)

@@ -452,12 +452,13 @@ def test_build_judge_picks_a_checkpoint_or_whisper(tmp_path, monkeypatch):
     import dmlm.evaluation.judge as J
 
     made = []
-    monkeypatch.setattr(J, "CheckpointJudge", lambda path: made.append(("ck", path)) or "ck")
-    monkeypatch.setattr(J, "WhisperJudge", lambda name, engine: made.append(("whisper", name, engine)) or "w")
+    monkeypatch.setattr(J, "CheckpointJudge", lambda path, language: made.append(("ck", path, language)) or "ck")
+    monkeypatch.setattr(J, "WhisperJudge",
+                        lambda name, engine, language: made.append(("whisper", name, engine, language)) or "w")
     (tmp_path / "dmlm.json").write_text("{}")
     assert J.build_judge(str(tmp_path)) == "ck"
-    assert J.build_judge("whisper-base", "transformers") == "w"
-    assert made == [("ck", str(tmp_path)), ("whisper", "whisper-base", "transformers")]
+    assert J.build_judge("whisper-base", "transformers", language="es") == "w"
+    assert made == [("ck", str(tmp_path), "en"), ("whisper", "whisper-base", "transformers", "es")]
 
 
 def test_evaluate_resynthesis_writes_report_examples_and_plot(vocoder_dir, corpus, codebook, tmp_path):

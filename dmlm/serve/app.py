@@ -6,6 +6,7 @@
     POST /v1/caption              multipart `image` -> {"text", "seconds"}
     POST /v1/synthesize-units     JSON {"text", ...} -> {"units", "seconds"}
     POST /v1/speak                JSON {"text", ...} -> audio/wav
+    POST /v1/translate-speech     multipart `audio` (+ `to`, `src`, `how`) -> audio/wav (S2ST)
     /v1/audio/..., /v1/models     OpenAI's audio API (`dmlm.serve.openai_routes`)
     GET  /                        the page (`static/`), /docs, /redoc and /openapi.json (FastAPI's)
 
@@ -71,6 +72,7 @@ log = logging.getLogger("dmlm.serve")
 EXPECTED = {"audio": "an audio file (multipart field 'audio')", "file": "an audio file (multipart field 'file')",
             "image": "an image file (multipart field 'image')", "text": "the text (a JSON string)",
             "input": "the text to speak (a JSON string)", "to": "a target language code, e.g. es"}
+WAYS = Literal["direct", "chained", "cascade"]
 
 
 # -- request bodies -------------------------------------------------------------------------------
@@ -209,6 +211,7 @@ def create_app(model: DMLM, cfg: ServeConfig | None = None) -> FastAPI:
         info = svc.info
         return {"status": "ok", "version": dmlm.__version__, "model": model.path.name, "model_name": cfg.model_name,
                 "tasks": model.tasks, "routes": svc.routes(), "targets": svc.targets, "languages": svc.languages,
+                "speech_ways": svc.ways,
                 "fingerprints": info["fingerprints"], "vocoder": svc.has_vocoder, "params": info["params"],
                 "auth": bool(cfg.api_key), "limits": cfg.limits(),
                 "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
@@ -270,6 +273,30 @@ def _media_routes(svc: Service, cfg: ServeConfig) -> APIRouter:
         done = await svc.caption(img, lang, decoding)
         return {"text": done.value, "width": img.width, "height": img.height,
                 "seconds": round(time.perf_counter() - t0, 4), "batch_size": done.batch_size}
+
+    @r.post("/translate-speech", summary="Speech -> speech in another language (S2ST + the vocoder), audio/wav",
+            responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM wav, 16 kHz mono"}})
+    async def translate_speech(audio: Annotated[UploadFile, File(description="wav, flac, ogg or mp3; any rate and "
+                                                                             "channels")],
+                               decoding: Annotated[dict, Depends(form_decoding)],
+                               to: Annotated[str | None, Form(description="target language (default: the first)")] = None,
+                               src: Annotated[str, Form()] = "en",
+                               how: Annotated[WAYS | None, Form(description="direct (s2st), chained (s2st_chain: text, "
+                                              "then units, one decode) or cascade (s2tt, then t2s); default: the "
+                                              "first the model was trained for (/health `speech_ways`)")] = None
+                               ) -> Response:
+        t0 = time.perf_counter()
+        svc.require("translate-speech")
+        how, to = svc.check_way(how, to)
+        src, decoding = svc.check_lang(src, "src"), svc.check_decoding(decoding, speech_out=True)
+        wav, seconds = await run_in_threadpool(read_audio, await read_upload(audio), "audio", cfg.max_audio_seconds,
+                                               cfg.max_audio_samples)
+        done = await svc.translate_speech(wav, to, src, how, decoding)
+        data, mime = await run_in_threadpool(encode_audio, done.value.samples, done.value.sample_rate, "wav")
+        return Response(data, media_type=mime, headers={
+            "X-Dmlm-Seconds": f"{time.perf_counter() - t0:.4f}", "X-Dmlm-Duration": f"{done.value.seconds:.3f}",
+            "X-Dmlm-Input-Duration": f"{seconds:.3f}", "X-Dmlm-To": to, "X-Dmlm-How": how,
+            "X-Dmlm-Batch-Size": str(done.batch_size), "Content-Disposition": 'inline; filename="translation.wav"'})
     return r
 
 

@@ -18,14 +18,17 @@ from typing import Any
 
 from dmlm.api import DMLM
 from dmlm.decoding import SPEECH_OUT_FIELDS, USER_FIELDS, DecodingOptions, make_options
+from dmlm.evaluation.s2st import WAY_TASKS
 from dmlm.serve.batching import Batcher, Done
 from dmlm.serve.config import ServeConfig
 from dmlm.serve.media import RequestError
 from dmlm.tasks import get_task, parse_spec
 from dmlm.util.errors import UserError
 
-# routes -> the trained task each needs (`speak` needs a vocoder too)
-ROUTE_TASKS = {"transcribe": "asr", "translate": "s2tt", "caption": "i2t", "synthesize-units": "t2s", "speak": "t2s"}
+# routes -> the trained task each needs (`speak` needs a vocoder too; `translate-speech` needs a vocoder and the
+# tasks of one of its ways, `WAY_TASKS`: s2st, or s2st_chain, or s2tt and t2s)
+ROUTE_TASKS = {"transcribe": "asr", "translate": "s2tt", "caption": "i2t", "synthesize-units": "t2s", "speak": "t2s",
+               "translate-speech": "s2st"}
 
 
 class Service:
@@ -39,6 +42,9 @@ class Service:
         """Languages the model translates into."""
         self.languages = sorted({"en", *(lang for _, lang in specs if lang)})
         """Languages named by the model's tasks (the page offers these)."""
+        self.ways = {way: _way_targets(specs, tasks) for way, tasks in WAY_TASKS.items()
+                     if set(tasks) <= self.task_names}
+        """The ways the model translates speech into speech (direct, chained, cascade) -> the languages each speaks."""
         info = model.info
         self.has_vocoder = bool(info["vocoder"])
         self.info = info
@@ -46,7 +52,8 @@ class Service:
     # -- life -----------------------------------------------------------------------------------
     async def start(self) -> None:
         def warm() -> None:
-            tasks = [get_task(name) for name in self.task_names & set(ROUTE_TASKS.values())]  # what routes run
+            routed = set(ROUTE_TASKS.values()) | {t for way in self.ways for t in WAY_TASKS[way]}
+            tasks = [get_task(name) for name in self.task_names & routed]  # what routes run
             modalities = {m for t in tasks for m in (t.source, t.target)}
             if "speech" in modalities:
                 self.model.codebook("speech")
@@ -64,18 +71,23 @@ class Service:
     # -- what the page and /health show ------------------------------------------------------
     def routes(self) -> dict[str, bool]:
         """Route -> whether this model can serve it."""
-        return {r: t in self.task_names and (r != "speak" or self.has_vocoder) for r, t in ROUTE_TASKS.items()}
+        return {r: (bool(self.ways) if r == "translate-speech" else t in self.task_names)
+                and (r not in SPEECH_ROUTES or self.has_vocoder) for r, t in ROUTE_TASKS.items()}
 
     # -- checks ----------------------------------------------------------------------------------
     def require(self, route: str) -> None:
         task = ROUTE_TASKS[route]
-        if task not in self.task_names:
+        if route == "translate-speech" and not self.ways:
+            raise RequestError(f"/v1/{route}: the model ({self.model.path}) was not trained to translate speech into "
+                               f"speech: that needs s2st, s2st_chain, or s2tt and t2s (its tasks: "
+                               f"{', '.join(self.model.tasks)})", 400, None, "task_not_trained")
+        if route != "translate-speech" and task not in self.task_names:
             raise RequestError(f"/v1/{route}: the model ({self.model.path}) was not trained for {task} "
                                f"(its tasks: {', '.join(self.model.tasks)})", 400, None, "task_not_trained")
-        if route == "speak" and not self.has_vocoder:
+        if route in SPEECH_ROUTES and not self.has_vocoder:
+            units = " (or ask /v1/synthesize-units for the units)" if route == "speak" else ""
             raise RequestError(f"/v1/{route}: the model ({self.model.path}) has no vocoder, so it cannot make speech; "
-                               f"train one with `dmlm vocoder train {self.model.path}` (or ask /v1/synthesize-units "
-                               "for the units)", 400, None, "no_vocoder")
+                               f"train one with `dmlm vocoder train {self.model.path}`{units}", 400, None, "no_vocoder")
 
     def check_lang(self, lang: str, param: str, targets: bool = False) -> str:
         """`lang` if the vocabulary has its tag (and, for `targets`, the model translates into it)."""
@@ -88,6 +100,20 @@ class Service:
             raise RequestError(f"{param}: language {lang!r} is not in the model's vocabulary; expected a language code "
                                f"such as {', '.join(self.languages)}", 400, param) from None
         return lang
+
+    def check_way(self, how: str | None, to: str | None) -> tuple[str, str]:
+        """(how, to) of a speech-to-speech request: a way the model was trained for (None: the first) and a
+        language it speaks that way (None: the first)."""
+        how = how or next(iter(self.ways))
+        if how not in self.ways:
+            need = " and ".join(WAY_TASKS[how]) if how in WAY_TASKS else "?"
+            raise RequestError(f"how: the model was not trained to translate speech {how!r} (that needs {need}); "
+                               f"expected one of {', '.join(self.ways)}", 400, "how", "task_not_trained")
+        to = to or next(iter(self.ways[how]), "")
+        if to not in self.ways[how]:
+            raise RequestError(f"to: the model translates speech {how} into {', '.join(self.ways[how]) or 'no language'}"
+                               f", not {to!r}", 400, "to")
+        return how, self.check_lang(to, "to")
 
     def check_decoding(self, decoding: dict, speech_out: bool = False) -> dict:
         """The non-default decoding keywords of a request, validated (400 naming the field)."""
@@ -132,7 +158,24 @@ class Service:
         key = ("t2s-speech", lang, _frozen(decoding))
         return await self._submit(key, lambda items: self.model.speak(items, lang=lang, **decoding), text)
 
+    async def translate_speech(self, wav, to: str, src: str, how: str, decoding: dict) -> Done:
+        self.require("translate-speech")
+        key = ("s2st", how, src, to, _frozen(decoding))
+        return await self._submit(key, lambda items: self.model.translate(items, to=to, src=src, speech=True, how=how,
+                                                                          **decoding), wav)
+
 
 def _frozen(decoding: dict) -> tuple:
     return tuple(sorted(decoding.items()))
+
+
+SPEECH_ROUTES = ("speak", "translate-speech")
+"""Routes that answer with speech: they need the model's vocoder."""
+
+
+def _way_targets(specs: list[tuple[str, str | None]], tasks: tuple[str, ...]) -> list[str]:
+    """The languages a way (its `tasks`) speaks into: those of its first task (s2st:es, s2tt:es) that each of
+    the others takes, as `DMLM.translate` checks (a task trained without languages takes any)."""
+    langs = {name: [lang for n, lang in specs if n == name and lang] for name in tasks}
+    return [lang for lang in langs[tasks[0]] if all(not langs[t] or lang in langs[t] for t in tasks[1:])]
 

@@ -83,11 +83,12 @@ def shard(cfg, acc, model: torch.nn.Module) -> torch.nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(acc.device.type, (acc.num_processes,))
+    model = model.to(acc.device)  # (accelerate's `prepare` would have; a sharded model does not go through it)
     blocks = _block_classes(model)
     for module in list(model.modules()):
         if isinstance(module, blocks):
             fully_shard(module, mesh=mesh, reshard_after_forward=True)
-    return fully_shard(model.to(acc.device), mesh=mesh, reshard_after_forward=True)
+    return fully_shard(model, mesh=mesh, reshard_after_forward=True)
 
 
 def prepare_model(acc, model: torch.nn.Module, opt: torch.optim.Optimizer):

@@ -86,8 +86,10 @@ def plan(cfg: RunConfig, model, trained: set[str], world: int, parallel: str, me
     head = model.get_output_embeddings()
     matrices = {n: v for n, v in params.items() if n.endswith("weight") and model.get_parameter(n).ndim == 2
                 and model.get_parameter(n) is not emb}
-    mm = sum(matrices.values()) + (head.weight.numel() if head is not None and head.weight is emb else 0)
-    mm_trained = sum(v for n, v in matrices.items() if n in trained)
+    tied = head.weight.numel() if head is not None and head.weight is emb else 0  # the output layer, tied
+    emb_name = next(n for n, p in model.named_parameters() if p is emb)
+    mm = sum(matrices.values()) + tied
+    mm_trained = sum(v for n, v in matrices.items() if n in trained) + (tied if emb_name in trained else 0)
     tokens = cfg.train.batch_tokens * cfg.train.grad_accum * world
     flops = tokens * (4 * mm + 2 * mm_trained + 6 * layers * hidden * mean_len)
     state = 4 * n_all + 12 * n_trained  # weights; gradients and AdamW moments of what trains

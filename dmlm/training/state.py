@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class TrainingState:
         if self.optimizer is not None:
             save_optimizer_state(self.optimizer, folder / OPTIMIZER_FILE)
         if self.shards is not None:
-            self.shards.rename(folder / SHARDS_DIR)
+            shutil.move(self.shards, folder / SHARDS_DIR)  # into the unpublished temp folder: not a swap
         fault_point("state", self.progress.step)  # inside the state write: the optimizer written, the rest not
         (folder / RNG_FILE).write_text(json.dumps(rng_state()))
         (folder / PROGRESS_FILE).write_text(json.dumps(asdict(self.progress)))

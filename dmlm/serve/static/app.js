@@ -100,10 +100,11 @@ function wavBlob(chunks, rate) {
 
 let recording = null;
 
-async function toggleRecording() {
-  const button = $("record");
+async function toggleRecording(button, done) {
+  // one recording at a time: a second Record button stops it, and the clip goes where it was started for
   if (recording) {
     const { stream, ctx, chunks } = recording;
+    ({ button, done } = recording);
     recording = null;
     stream.getTracks().forEach((t) => t.stop());
     const rate = ctx.sampleRate;
@@ -111,7 +112,7 @@ async function toggleRecording() {
     button.textContent = "● Record";
     button.classList.remove("recording");
     if (!chunks.length) { showError("the microphone gave no audio"); return; }
-    await runSpeech(wavBlob(chunks, rate), "recording.wav");
+    await done(wavBlob(chunks, rate), "recording.wav");
     return;
   }
   try {
@@ -124,12 +125,42 @@ async function toggleRecording() {
     const mute = ctx.createGain();
     mute.gain.value = 0;  // the graph must reach the speakers to run; silently
     ctx.createMediaStreamSource(stream).connect(node).connect(mute).connect(ctx.destination);
-    recording = { stream, ctx, chunks };
+    recording = { stream, ctx, chunks, button, done };
     button.textContent = "■ Stop";
     button.classList.add("recording");
   } catch (e) {
     showError("cannot record from the microphone: " + e.message);
   }
+}
+
+// -- speech to speech ----------------------------------------------------------------------
+async function translateSpeech(blob, name) {
+  showError("");
+  $("s2st-name").textContent = name;
+  $("s2st-name").hidden = false;
+  $("s2st-input").src = URL.createObjectURL(blob);
+  $("s2st-input").hidden = false;
+  const form = new FormData();
+  form.append("audio", blob, name);
+  form.append("to", $("s2st-to").value);
+  form.append("how", $("s2st-how").value);
+  try {
+    const [r, ms] = await call("/v1/translate-speech", form);
+    const url = URL.createObjectURL(await r.blob());
+    $("s2st-speech").src = url;
+    $("s2st-download").href = url;
+    $("s2st-box").hidden = false;
+    timing("s2st-time", ms, r.headers.get("X-Dmlm-Batch-Size"), "→ " + r.headers.get("X-Dmlm-To") + " " +
+      r.headers.get("X-Dmlm-How") + ", " + r.headers.get("X-Dmlm-Duration") + " s of speech");
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function showTargets() {
+  // the languages the chosen way speaks into
+  const to = $("s2st-to");
+  to.replaceChildren(...health.speech_ways[$("s2st-how").value].map((lang) => new Option(lang, lang)));
 }
 
 // -- speech out ---------------------------------------------------------------------------
@@ -202,10 +233,22 @@ async function start() {
     $("to-box").hidden = false;
     for (const lang of health.targets) $("to").append(new Option(lang, lang));
   }
+  $("speech-to-speech").hidden = !r["translate-speech"];
+  if (r["translate-speech"]) {
+    for (const way of Object.keys(health.speech_ways)) $("s2st-how").append(new Option(way, way));
+    showTargets();
+  }
   $("speech-out").hidden = !r["synthesize-units"];
   $("image-in").hidden = !r.caption;
   $("nothing").hidden = Object.values(r).some(Boolean);
-  $("record").addEventListener("click", toggleRecording);
+  $("record").addEventListener("click", () => toggleRecording($("record"), runSpeech));
+  $("s2st-record").addEventListener("click", () => toggleRecording($("s2st-record"), translateSpeech));
+  $("s2st-how").addEventListener("change", showTargets);
+  $("s2st-file").addEventListener("change", (e) => {
+    const f = e.target.files[0];
+    e.target.value = "";
+    if (f) translateSpeech(f, f.name);
+  });
   // each input is cleared once read, so that choosing the same file again runs it again
   $("audio-file").addEventListener("change", (e) => {
     const f = e.target.files[0];
