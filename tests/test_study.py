@@ -95,7 +95,8 @@ def test_every_study_config_loads_and_validates():
     assert {"loss", "init", "supervision", "codebook"} <= set(names)
     for name in names:
         cfg = load_study_config(str(CONFIGS / f"{name}.yaml"), [])
-        assert cfg.name == name and len(cfg.arms) >= 2 and cfg.finding
+        # two arms or more; a study of ways (s2st) compares metrics of one model (configs/studies/s2st.yaml says why)
+        assert cfg.name == name and (len(cfg.arms) >= 2 or name == "s2st") and cfg.finding
         for arm in cfg.arms:  # one factor: an arm's resolved training budget is the base's
             assert cfg.arm_config(arm).run.train.steps == cfg.base.run.train.steps
 
@@ -186,3 +187,48 @@ def _write_empty(tmp_path: Path) -> Path:
     p = tmp_path / "study.yaml"
     p.write_text("# every setting comes from the overrides\n")
     return p
+
+
+# -- S2ST: per-way metrics (issue 31) ---------------------------------------------------------------
+
+def test_s2st_study_scores_each_way_of_one_model():
+    from dmlm.recipes.study import load_study_config, metric_key, metric_task, metric_value, metric_way, study_metrics
+
+    cfg = load_study_config(str(CONFIGS / "s2st.yaml"), [])
+    assert {"s2st.direct.asr_bleu", "s2st.chained.asr_bleu", "s2st.cascade.asr_bleu"} <= set(cfg.metrics)
+    assert cfg.base.vocoder_minutes > 0 and "s2st_chain:es" in cfg.base.run.data.tasks
+    m = "s2st.cascade.asr_bleu_heldout_voice"
+    assert m in study_metrics() and (metric_task(m), metric_way(m), metric_key(m)) == ("s2st", "cascade", "asr_bleu_heldout_voice")
+    assert (metric_task("s2tt.bleu"), metric_way("s2tt.bleu"), metric_key("s2tt.bleu")) == ("s2tt", None, "bleu")
+    report = {"asr_bleu": 9.0, "ways": {"direct": {"asr_bleu": 9.0}, "cascade": {"asr_bleu": 4.0}}}
+    assert metric_value(report, "s2st.cascade.asr_bleu") == 4.0 and metric_value(report, "s2st.asr_bleu") == 9.0
+    assert metric_value(report, "s2st.chained.asr_bleu") is None  # a way the model was not trained for
+
+
+def test_s2st_study_needs_a_vocoder_and_known_ways():
+    from dmlm.recipes.study import load_study_config
+    from dmlm.util.config import ConfigError
+
+    with pytest.raises(ConfigError, match="vocoder_minutes"):
+        load_study_config(str(CONFIGS / "s2st.yaml"), ["base.vocoder_minutes=0"])
+    with pytest.raises(ConfigError, match="unknown metrics"):
+        load_study_config(str(CONFIGS / "s2st.yaml"), ["metrics=[s2st.telepathy.asr_bleu]"])
+
+
+def test_asr_bleu_stats_reproduce_the_s2st_report_and_pool_per_way(tmp_path):
+    from dmlm.evaluation.s2st import asr_bleu
+    from dmlm.recipes.study_summary import _pooled_stats
+
+    refs = ["el gato rojo corre", "un perro grande ve el gato", "el perro"]
+    hyps = ["El gato rojo corre.", "Un perro ve al gato.", "El perro."]
+    want = asr_bleu(refs, hyps)
+    for m in ("asr_bleu", "asr_chrf"):
+        assert score(m, utterance_stats(m, refs, hyps).sum(0)) == pytest.approx(want[m])
+    rows = [{"id": str(i), "way": way, "ref": r, "hyp": h if way == "direct" else "", "heldout_voice": False}
+            for way in ("direct", "cascade") for i, (r, h) in enumerate(zip(refs, hyps))]
+    path = tmp_path / "hyps.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = [{"hyps": {"s2st": str(path)}}]
+    direct = np.stack(list(_pooled_stats(runs, "s2st.direct.asr_bleu").values()))
+    assert score("asr_bleu", direct.sum(0)) == pytest.approx(want["asr_bleu"])
+    assert score("asr_bleu", np.stack(list(_pooled_stats(runs, "s2st.cascade.asr_bleu").values())).sum(0)) == 0.0

@@ -32,16 +32,24 @@ from rapidfuzz.distance import Levenshtein
 from sacrebleu.metrics import BLEU, CHRF
 
 from dmlm.metrics.captioning import cider_items
-from dmlm.metrics.normalize import get_normalizer
+from dmlm.metrics.normalize import get_normalizer, normalize
 
 LOWER_IS_BETTER = {"wer": True, "cer": True, "unit_error_rate": True, "bleu": False, "chrf": False,
-                   "cider": False, "unit_accuracy": False}
+                   "cider": False, "unit_accuracy": False, "asr_bleu": False, "asr_chrf": False}
 """Every metric the bootstrap knows, and its direction."""
+
+_HEARD = "asr_"
+"""ASR-BLEU/chrF (`dmlm.evaluation.s2st`): BLEU/chrF of judge transcripts, both sides basic-normalized first."""
 
 
 def base_metric(metric: str) -> str:
     """`wer_heldout_voice` is `wer` on a subset of the utterances."""
     return metric.removesuffix("_heldout_voice")
+
+
+def _text_metric(metric: str) -> str:
+    """The sacrebleu metric behind `metric` (`asr_bleu` is BLEU of transcripts)."""
+    return base_metric(metric).removeprefix(_HEARD)
 
 
 def utterance_stats(metric: str, refs: Sequence, hyps: Sequence, normalizer: str = "basic") -> np.ndarray:
@@ -60,8 +68,10 @@ def utterance_stats(metric: str, refs: Sequence, hyps: Sequence, normalizer: str
             n = out.hits + out.substitutions + out.deletions
             rows.append((out.substitutions + out.deletions + out.insertions, n))
         return np.asarray(rows, dtype=np.float64)
-    if m in ("bleu", "chrf"):
-        scorer = BLEU() if m == "bleu" else CHRF()
+    if _text_metric(m) in ("bleu", "chrf"):
+        if m.startswith(_HEARD):  # as the S2ST report scores them, so the full-sample score equals the report's
+            refs, hyps = [normalize(r) for r in refs], [normalize(h) for h in hyps]
+        scorer = BLEU() if _text_metric(m) == "bleu" else CHRF()
         return np.asarray(scorer._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.float64)
     if m == "cider":
         return np.asarray([(s, 1.0) for s in cider_items(refs, hyps)], dtype=np.float64)
@@ -87,8 +97,9 @@ def score(metric: str, stats: np.ndarray) -> np.ndarray:
     elif m == "unit_error_rate":
         out = 100.0 * s[:, 1] / np.maximum(s[:, 2], 1)
     else:
-        scorer = BLEU() if m == "bleu" else CHRF()
-        out = np.asarray([scorer._compute_score_from_stats([int(x) if m == "bleu" else x for x in row]).score
+        bleu = _text_metric(m) == "bleu"
+        scorer = BLEU() if bleu else CHRF()
+        out = np.asarray([scorer._compute_score_from_stats([int(x) if bleu else x for x in row]).score
                           for row in s])
     return out if np.ndim(stats) == 2 else float(out[0])
 

@@ -245,16 +245,11 @@ def train_demo_vocoder(cfg: DemoConfig, manifests: Sequence[Path], out: Path) ->
     """The unit vocoder, trained on `manifests` (the training split, and the neural voice's extra
     audio when prepared) and their units, stored in the model's `vocoder/`; a vocoder already there
     takes new synthesis and matching settings without retraining (`reuse_vocoder`)."""
-    from dmlm.vocoder import VocoderFiles, reuse_vocoder, train_vocoder
+    from dmlm.recipes.stages import make_vocoder
 
     folder = RunFolder(out)
-    target = vocoder_dir(folder.model(MIXTURE))
-    stores = [store_prefix(folder.units, m) for m in manifests]
-    VocoderFiles(target).finish_interrupted_save()  # a save killed mid-swap: reuse what it saved
-    if VocoderFiles(target).exists:
-        reuse_vocoder(target, cfg.vocoder, list(manifests), stores, folder.codebook)
-        return
-    train_vocoder(list(manifests), stores, folder.codebook, cfg.vocoder, target, max_minutes=cfg.vocoder_minutes)
+    make_vocoder(vocoder_dir(folder.model(MIXTURE)), cfg.vocoder, cfg.vocoder_minutes, manifests,
+                 [store_prefix(folder.units, m) for m in manifests], folder.codebook)
 
 
 class _SpeechOut:

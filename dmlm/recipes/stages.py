@@ -208,6 +208,31 @@ def tokenize_unpaired(cb: Codebook, icb: ImageCodebook | None, manifests: dict[s
         tokenize_images(icb, manifests["unpaired_images"], units)
 
 
+# -- vocoder ---------------------------------------------------------------------------------------
+
+def make_vocoder(target: Path, settings, minutes: float, manifests: Sequence[Path], stores: Sequence[Path],
+                 codebook: Path) -> None:
+    """The unit vocoder (a `VocoderConfig`) in `target`, trained for `minutes` on `manifests` and their unit
+    `stores`; one already there takes new synthesis and matching settings without retraining (`reuse_vocoder`)."""
+    from dmlm.vocoder import VocoderFiles, reuse_vocoder, train_vocoder
+
+    VocoderFiles(target).finish_interrupted_save()  # a save killed mid-swap: reuse what it saved
+    if VocoderFiles(target).exists:
+        reuse_vocoder(target, settings, list(manifests), list(stores), codebook)
+        return
+    train_vocoder(list(manifests), list(stores), codebook, settings, target, max_minutes=minutes)
+
+
+def install_vocoder(vocoder: Path, model: Path) -> None:
+    """A copy of the vocoder folder `vocoder` as `model`'s own (`vocoder_dir`), where loading the model finds it."""
+    import shutil
+
+    from dmlm.util.io import atomic_dir
+
+    with atomic_dir(vocoder_dir(model), what="vocoder") as tmp:
+        shutil.copytree(vocoder, tmp, dirs_exist_ok=True)
+
+
 # -- train -----------------------------------------------------------------------------------------
 
 def point_run_at(run: RunConfig, manifests: dict[str, Path], units: Path, codebook: Path, image_codebook: Path | None,

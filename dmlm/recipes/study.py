@@ -21,8 +21,10 @@ Design decisions:
   last saved step (`dmlm train --resume`); finished evaluations are reused for the same weights.
 - **Progress** is one line per stage naming arm, seed, run k of n and an ETA from the runs
   finished so far, readable in a log file.
-- No vocoder is trained in a study: T2S is scored on its units (unit accuracy), which needs no
-  audio; by-ear T2S scores are the demo's (`dmlm demo`).
+- A vocoder only where a metric hears speech out (S2ST's ASR-BLEU, per way: `s2st.cascade.asr_bleu`):
+  trained once per corpus, codebook and vocoder settings under `shared/` (as codebooks are) and
+  copied into each run's model. T2S is scored on its units (unit accuracy), which needs no audio;
+  by-ear T2S scores are the demo's (`dmlm demo`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dmlm.data.manifest import read_manifest
+from dmlm.data.split import store_prefix
 from dmlm.evaluation.headline import scorable_metrics
 from dmlm.metrics.bootstrap import LOWER_IS_BETTER, base_metric
 from dmlm.recipes.demo import DemoConfig
 from dmlm.recipes.run_folder import RunFolder
-from dmlm.recipes.stages import (LazyModel, dev_curve, evaluate_model, fit_codebooks, machine, point_run_at,
-                                 prepare_data, tokenize_splits, train_model, train_summary, uses_images)
-from dmlm.tasks import TASKS, parse_spec
+from dmlm.modeling import vocoder_dir
+from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, dev_curve, evaluate_model, fit_codebooks, install_vocoder,
+                                 machine, make_vocoder, point_run_at, prepare_data, tokenize_splits, train_model,
+                                 train_summary, uses_images)
+from dmlm.tasks import TASKS, parse_spec, scoring_for
 from dmlm.util.config import ConfigError, apply_overrides, dump_config, load_config
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
@@ -57,7 +62,25 @@ def study_metrics() -> list[str]:
         for key in scorable_metrics(name):
             if key in LOWER_IS_BETTER:
                 out += [f"{name}.{key}", f"{name}.{key}_heldout_voice"]
-    return [m for m in out if m.split(".", 1)[1] in _reported(m.split(".", 1)[0])]
+    return [m for m in out if m.split(".", 1)[1] in _reported(m.split(".", 1)[0])] + _way_metrics()
+
+
+def _way_metrics() -> list[str]:
+    """`TASK.WAY.metric` of each task whose report scores several ways (S2ST: `s2st.cascade.asr_bleu`), read
+    from the report's `ways[WAY]` (`dmlm.evaluation.s2st`)."""
+    from dmlm.evaluation.s2st import WAY_TASKS
+
+    out = []
+    for name, task in TASKS.items():
+        if task.decoded and scoring_for(name).judged_against == "translation":
+            keys = [k for k in scorable_metrics(name) if k in LOWER_IS_BETTER]
+            out += [f"{name}.{way}.{k}{v}" for way in WAY_TASKS for k in keys for v in ("", "_heldout_voice")]
+    return out
+
+
+def speech_out_metric(metric: str) -> bool:
+    """Whether scoring `metric` hears the model's speech (a vocoder makes it audible, a judge transcribes it)."""
+    return scoring_for(metric_task(metric)).by_ear == "always"
 
 
 def _reported(name: str) -> set[str]:
@@ -72,8 +95,21 @@ def metric_task(metric: str) -> str:
 
 
 def metric_key(metric: str) -> str:
-    """The report key of a study metric (`s2tt.bleu` -> `bleu`)."""
-    return metric.split(".", 1)[1]
+    """The report key of a study metric (`s2tt.bleu` -> `bleu`, `s2st.cascade.asr_bleu` -> `asr_bleu`)."""
+    return metric.rsplit(".", 1)[1]
+
+
+def metric_way(metric: str) -> str | None:
+    """The way of a per-way study metric (`s2st.cascade.asr_bleu` -> `cascade`), else None."""
+    parts = metric.split(".")
+    return parts[1] if len(parts) == 3 else None
+
+
+def metric_value(report: dict, metric: str) -> float | None:
+    """The study metric's value in a task's evaluation report (a way's from `report["ways"]`), None if absent."""
+    way = metric_way(metric)
+    value = (report.get("ways", {}).get(way, {}) if way else report).get(metric_key(metric))
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 @dataclass
@@ -101,8 +137,8 @@ class StudyConfig:
     """The arm every other arm is compared with ("": the first)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     base: DemoConfig = field(default_factory=DemoConfig)
-    """The base run; a study reads its prepare, codebook, image_codebook, run, processes and eval_limit (no
-    vocoder, no ASR-only model)."""
+    """The base run; a study reads its prepare, codebook, image_codebook, run, processes and eval_limit, and its
+    vocoder and vocoder_minutes when a metric hears speech out (judged by Whisper-base) (no ASR-only model)."""
     arms: list[Arm] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["asr.wer", "asr.cer", "asr.wer_heldout_voice"])
     """Metrics to score, `TASK.metric` (see `study_metrics`); a metric of a task an arm does not train is skipped
@@ -142,6 +178,9 @@ class StudyConfig:
         bad = [m for m in self.metrics if m not in known]
         if bad or not self.metrics:
             raise ConfigError(f"study {self.name}: unknown metrics {bad}; known: {', '.join(known)}")
+        if any(speech_out_metric(m) for m in self.metrics) and self.base.vocoder_minutes <= 0:
+            raise ConfigError(f"study {self.name}: metrics heard by ear ({[m for m in self.metrics if speech_out_metric(m)]}) "
+                              "need a vocoder: set base.vocoder_minutes > 0")
         if self.primary and self.primary not in self.metrics:
             raise ConfigError(f"study {self.name}: primary {self.primary!r} is not one of metrics {self.metrics}")
         if self.bootstrap < 100:
@@ -205,6 +244,14 @@ class Shared:
         folder = self.root / f"units-{_hash([data_key, ckey, ikey])}"
         tokenize_splits(cb, icb, {k: v for k, v in manifests.items() if k != "neural_extra"}, folder)
         return folder
+
+    def vocoder(self, cfg: DemoConfig, data_key: str, codebook: Path, units: Path, manifests: dict[str, Path]) -> Path:
+        """The unit vocoder of the arm's corpus and speech codebook, trained on its training split as the demo's."""
+        key = f"vocoder-{_hash([data_key, codebook.stem, asdict(cfg.vocoder), cfg.vocoder_minutes])}"
+        train = [manifests[m] for m in ("train", EXTRA_AUDIO) if m in manifests]
+        make_vocoder(self.root / key, cfg.vocoder, cfg.vocoder_minutes, train, [store_prefix(units, m) for m in train],
+                     codebook)
+        return self.root / key
 
 
 class _Progress:
@@ -273,6 +320,10 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
     t_train = time.time()
     train_model(run, folder.run_config(), base.processes, resume=True)
     train_seconds = _add_seconds(folder.train_seconds, time.time() - t_train)
+    specs = {parse_spec(t)[0] for t in run.data.tasks}
+    if any(speech_out_metric(m) and metric_task(m) in specs for m in cfg.metrics):
+        stage("vocoder")
+        install_vocoder(shared.vocoder(base, data_key, paths[0], units, manifests), folder.model())
     metrics, evals = evaluate_arm(cfg, base, folder, manifests["test"], units, stage)
     summary = train_summary(folder.model())
     return {"arm": arm.name, "seed": seed, "overrides": list(arm.overrides), "metrics": metrics,
@@ -291,16 +342,19 @@ def evaluate_arm(cfg: StudyConfig, base: DemoConfig, folder: RunFolder, test: Pa
     metrics: dict[str, float] = {}
     evals: dict[str, str] = {}
     settings = {"limit": base.eval_limit, "manifest": str(test)}
+    if vocoder_dir(folder.model()).is_dir():  # a report heard through another vocoder is not reused
+        settings["vocoder"] = (vocoder_dir(folder.model()) / "config.json").read_text()
     for task in dict.fromkeys(metric_task(m) for m in cfg.metrics):
         if task not in specs:
             continue
         stage(f"evaluate {task}")
         rep = evaluate_model(model, [specs[task]], test, folder, units, limit=lambda spec: base.eval_limit or None,
                              key=lambda spec, task=task: task, settings=lambda spec: settings, progress=False)[task]
-        evals[task] = str(folder.eval_hyps(task))
+        by_ear = scoring_for(task).by_ear == "always"  # its hypotheses are in the report's folder (`evaluate`)
+        evals[task] = str(folder.eval_report(task).with_suffix("") / "hyps.jsonl" if by_ear else folder.eval_hyps(task))
         for m in cfg.metrics:
-            if metric_task(m) == task and isinstance(rep.get(metric_key(m)), (int, float)):
-                metrics[m] = float(rep[metric_key(m)])
+            if metric_task(m) == task and metric_value(rep, m) is not None:
+                metrics[m] = metric_value(rep, m)
     return metrics, evals
 
 

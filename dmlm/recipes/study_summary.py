@@ -28,6 +28,7 @@ import numpy as np
 from dmlm.data.manifest import is_heldout_voice
 from dmlm.metrics.bootstrap import LOWER_IS_BETTER, base_metric, interval, paired_difference, resample_counts, score
 from dmlm.metrics.bootstrap import utterance_stats
+from dmlm.recipes.study import metric_key, metric_task, metric_way
 from dmlm.util.io import atomic_file, atomic_write_json, atomic_write_text, read_jsonl
 
 METHOD = ("Per arm: the mean and standard deviation of the seeds' scores; a 95 % percentile interval from "
@@ -40,7 +41,7 @@ VERDICTS = {"reproduced", "not reproduced", "mixed", "no claim"}
 
 def _pooled_stats(runs: list[dict], metric: str) -> dict[str, np.ndarray]:
     """Utterance id -> the metric's statistics summed over the arm's seeds (ids every seed scored)."""
-    task, key = metric.split(".")
+    task, key, way = metric_task(metric), metric_key(metric), metric_way(metric)
     per_seed = []
     for run in runs:
         path = run.get("hyps", {}).get(task)
@@ -48,7 +49,7 @@ def _pooled_stats(runs: list[dict], metric: str) -> dict[str, np.ndarray]:
             return {}
         rows = read_jsonl(path)
         heldout = key.endswith("_heldout_voice")
-        rows = [r for r in rows if is_heldout_voice(r) == heldout]
+        rows = [r for r in rows if is_heldout_voice(r) == heldout and (way is None or r.get("way") == way)]
         if not rows:
             return {}
         stats = utterance_stats(key, [r["ref"] for r in rows], [r["hyp"] for r in rows])
@@ -81,8 +82,8 @@ def summarize(study: str, finding: str, reference: str, arms: list, runs: list[d
             st = pooled[(a.name, m)]
             if st:
                 mat = np.stack(list(st.values()))
-                entry["pooled"][m] = score(base_metric(m.split(".")[1]), mat.sum(0))
-                entry["ci95"][m] = list(interval(m.split(".")[1], mat, resample_counts(len(mat), draws, seed=1)))
+                entry["pooled"][m] = score(base_metric(metric_key(m)), mat.sum(0))
+                entry["ci95"][m] = list(interval(metric_key(m), mat, resample_counts(len(mat), draws, seed=1)))
         out_arms.append(entry)
     comparisons = []
     for a in arms:
@@ -95,7 +96,7 @@ def summarize(study: str, finding: str, reference: str, arms: list, runs: list[d
             if not ids:
                 continue
             counts = resample_counts(len(ids), draws, seed=2)
-            key = m.split(".")[1]
+            key = metric_key(m)
             d = paired_difference(key, np.stack([sa[i] for i in ids]), np.stack([sr[i] for i in ids]), counts)
             comparisons.append({"arm": a.name, "reference": ref, "metric": m, **d, "utterances": len(ids),
                                 "expect": a.expect or None, "primary": m == primary})
@@ -186,7 +187,7 @@ def plot_metrics(summary: dict, path: Path) -> None:
             ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        arrow = "↓" if LOWER_IS_BETTER[base_metric(m.split(".")[1])] else "↑"
+        arrow = "↓" if LOWER_IS_BETTER[base_metric(metric_key(m))] else "↑"
         ax.set_title(f"{m} {arrow}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"study {summary['study']}: pooled score, 95 % interval, seeds as dots", fontsize=9)
