@@ -53,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.unit_bpe import CachedFrames
+
 BASELINE = "fp32"
 DERIVED = "staged"
 MATMUL_N = 2048
@@ -96,17 +98,6 @@ class Speech:
     source: str  # how the units were made
 
 
-class _Frames:
-    """A feature extractor that returns frames already computed (k-means fits without a second pass)."""
-
-    def __init__(self, frame_rate: float, wavs: list[np.ndarray], frames: list[np.ndarray]):
-        self.frame_rate = frame_rate
-        self._by_clip = {id(w): f for w, f in zip(wavs, frames)}
-
-    def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [self._by_clip[id(w)] for w in batch]
-
-
 def spoken_clips(n: int, seed: int = 1) -> tuple[list[str], list[np.ndarray]]:
     """`n` mini-world training sentences spoken by drawn espeak-ng voices: (texts, 16 kHz clips)."""
     from dmlm.data import miniworld
@@ -127,7 +118,7 @@ def real_speech(n_fit: int, n_use: int, k: int, merges: int, model: str) -> Spee
     feats = WhisperCT2Features(model)
     frames = [f for s in range(0, len(wavs), 64) for f in feats(wavs[s : s + 64])]
     settings = CodebookSettings(model=model, k=k)  # the demo's: 25 Hz, no dedup
-    cb = fit_codebook(wavs[:n_fit], settings, features=_Frames(feats.frame_rate, wavs, frames))
+    cb = fit_codebook(wavs[:n_fit], settings, features=CachedFrames(feats.frame_rate, wavs, frames))
     units, bpe = {}, {}
     for name, dedup, n_merges in (("units", False, 0), ("bpe", False, merges), ("dedup_bpe", True, merges)):
         view = Codebook(cb.centroids, replace(cb.settings, dedup=dedup))

@@ -22,7 +22,7 @@ import numpy as np
 from dmlm.util.audio import SAMPLE_RATE
 
 
-class _Cached:
+class CachedFrames:
     """The feature extractor's output for clips already encoded (k-means fits without a second pass)."""
 
     def __init__(self, frame_rate: float, wavs: list[np.ndarray], frames: list[np.ndarray]):
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_frames, test_frames = _encode(feats, train_wavs), _encode(feats, test_wavs)
     t_encode = time.perf_counter() - t0
     settings = CodebookSettings(model=args.model, k=args.k)  # the demo's: 25 Hz, no dedup
-    cb = fit_codebook(train_wavs, settings, features=_Cached(feats.frame_rate, train_wavs, train_frames))
+    cb = fit_codebook(train_wavs, settings, features=CachedFrames(feats.frame_rate, train_wavs, train_frames))
     seconds = [sum(len(w) for w in ws) / SAMPLE_RATE for ws in (train_wavs, test_wavs)]
     rows = _rows(cb, train_frames, test_frames, seconds[1], seconds[0], merge_counts)
 
