@@ -307,3 +307,21 @@ def test_s2st_scorer_on_two_clips(s2st_model, bilingual, tmp_path):
     assert (tmp_path / "rep" / "hyps.jsonl").is_file()
     with pytest.raises(UserError, match="language"):
         evaluate_s2st(load_checkpoint(s2st_model), "s2st:de", Split(two), _EchoJudge(ref))
+
+
+def test_a_translation_or_transcript_in_one_language_scores_only_that_languages_recordings(s2st_model, bilingual):
+    """s2tt:es on a bilingual test split scores the English recordings (a Spanish one has no 'es' translation);
+    asr:es scores the Spanish ones; a limit counts scored records."""
+    from dmlm.data.split import Split
+    from dmlm.decoding import DecodingOptions
+    from dmlm.evaluation.options import EvalOptions
+    from dmlm.evaluation.tasks import evaluate_task
+    from dmlm.modeling import load_checkpoint
+
+    root, manifest = bilingual
+    ck = load_checkpoint(s2st_model)
+    opts = DecodingOptions(max_new_tokens=20)
+    s2tt = evaluate_task(ck, "s2tt:es", Split(manifest, root / "units"), opts=opts, options=EvalOptions(progress=False, limit=3))
+    assert s2tt["records"] == 3
+    asr_es = evaluate_task(ck, "asr:es", Split(manifest, root / "units"), opts=opts, options=EvalOptions(progress=False))
+    assert asr_es["records"] == len([r for r in read_manifest(manifest) if r.lang == "es"])

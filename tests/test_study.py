@@ -183,6 +183,35 @@ def test_tiny_study_end_to_end_with_kill_and_resume(tmp_path):
     assert "Not yet run to completion" in page and "`loss`" in page
 
 
+def test_a_learning_curve_scores_snapshots_along_the_budget(tmp_path):
+    """curve=[0.5]: every run keeps a snapshot at step 4 of 8 and scores it; the summary has each arm's score
+    and the comparisons at 50 % and 100 % (the latter the run's own final scores), a table and a plot."""
+    from dmlm.recipes.study import load_study_config, run_study
+
+    out = tmp_path / "study"
+    args = [a for a in _tiny_args(out) if not a.startswith("seeds=")] + ["seeds=[0]", "curve=[0.5]"]
+    cfg = load_study_config(str(_write_empty(tmp_path)), args)
+    assert cfg.arm_config(cfg.arms[0], 0).run.train.snapshots == [4]
+    s = run_study(cfg)
+    runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        assert [p["step"] for p in r["curve"]] == [4, 8]
+        assert 0 < r["curve"][0]["examples"] < r["curve"][1]["examples"]
+        assert r["curve"][1]["metrics"]["asr.wer"] == r["metrics"]["asr.wer"]
+        assert Path(r["curve"][0]["hyps"]["asr"]).is_file() and "asr@step-4" in r["curve"][0]["hyps"]["asr"]
+    assert [p["fraction"] for p in s["curve"]] == [0.5, 1.0]
+    for p in s["curve"]:
+        for name, a in p["arms"].items():
+            lo, hi = a["ci95"]["asr.wer"]
+            assert lo <= a["pooled"]["asr.wer"] <= hi and len(a["seeds"]) == 1
+        assert {(c["arm"], c["metric"]) for c in p["comparisons"]} >= {("ln", "asr.wer")}
+    end = {a["name"]: a["pooled"]["asr.wer"] for a in s["arms"]}
+    assert {n: a["pooled"]["asr.wer"] for n, a in s["curve"][-1]["arms"].items()} == end
+    md = (out / "tiny.md").read_text()
+    assert "## Learning curve" in md and "| ln | full |" in md
+    assert (out / "tiny_curve.png").stat().st_size > 1000
+
+
 def _write_empty(tmp_path: Path) -> Path:
     p = tmp_path / "study.yaml"
     p.write_text("# every setting comes from the overrides\n")

@@ -95,3 +95,32 @@ def test_a_resumed_run_cuts_its_tensorboard_events_back_to_the_resumed_step(run_
     train(run_config(out, "train.steps=2", "train.batch_tokens=400", "train.log_every=1", "train.eval_every=100"),
           overwrite=True)  # a fresh run starts both logs empty
     assert _tb_steps(out) == [1, 2]
+
+
+def test_snapshots_keep_a_loadable_model_at_their_steps_and_count_examples(run_config, tmp_path):
+    """train.snapshots=[2] keeps OUT.snapshots/step-2, a plain model folder whose weights are the model at step 2
+    (a run stopped at step 2 has the same), and records the examples seen by then; a resumed run keeps it."""
+    import torch
+
+    from dmlm.modeling import load_checkpoint
+    from dmlm.training.loop import snapshot_dir
+    from dmlm.training.state import read_progress
+    from dmlm.util.config import ConfigError
+
+    out = tmp_path / "model"
+    cfg = run_config(out, "train.steps=4", "train.snapshots=[2]", "train.eval_every=1000", "train.save_every=1000")
+    train(cfg, stop_at=3)
+    snap = snapshot_dir(out, 2)
+    first = snap.stat().st_mtime_ns
+    train(cfg, resume=True)
+    assert snap.stat().st_mtime_ns == first  # written once
+    ref = tmp_path / "ref"
+    train(run_config(ref, "train.steps=4", "train.eval_every=1000", "train.save_every=1000"), stop_at=2)
+    a, b = load_checkpoint(snap), load_checkpoint(ref)
+    for (n, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p, q), n
+    meta = a.meta
+    assert meta["step"] == 2 and 0 < meta["examples"] < read_progress(out).examples
+    assert not (snap / "training_state").exists()
+    with pytest.raises(ConfigError, match="train.snapshots"):
+        run_config(tmp_path / "x", "train.steps=4", "train.snapshots=[4]").validate()

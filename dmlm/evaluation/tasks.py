@@ -150,6 +150,9 @@ def _scored_records(task: Task, spec: str, split: Split, limit: int | None) -> t
         log.warning("%s: %d record(s) without '%s' are not scored for %s (e.g. %s)", split.manifest, len(skipped), key,
                     spec, ", ".join(map(repr, skipped[:5])))
         records = [r for r in records if getattr(r, key) is not None]
+    # only the records the spec reads in its language (s2tt:es never scores a Spanish recording): before the
+    # limit, so a limit counts scored records
+    records = [r for r in records if task.takes(r, parse_spec(spec)[1])]
     records = limit_per_group(records, limit)
     if not records:
         raise UserError(f"{split.manifest}: no record has what task {spec} needs")

@@ -42,7 +42,7 @@ from dmlm.recipes.run_folder import RunFolder
 from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, Stages, cached, evaluate_model, fit_codebooks, machine,
                                  point_run_at, prepare_data, tokenize_splits, train_model, train_summary, uses_images,
                                  uses_speech_out)
-from dmlm.tasks import check_scorable
+from dmlm.tasks import check_scorable, parse_spec
 from dmlm.tokenizers.image import ImageCodebookSettings
 from dmlm.tokenizers.speech import CodebookSettings
 from dmlm.training.config import RunConfig
@@ -99,6 +99,9 @@ class DemoConfig:
     """With `t2s_decoding.rerank` > 1, also judge greedy T2S by Whisper (greedy_wer): what reranking buys."""
     eval_limit: int = 0
     """Score only the first N test records per task (0: all)."""
+    eval_tasks: list[str] = field(default_factory=list)
+    """The task specs scored on the test split ([]: the mixture's, `run.data.tasks`). A multilingual run names
+    each language (`asr:en`, `asr:es`) to report ASR per language where it trained one `asr` for all."""
     examples: int = 6
     """Examples per task shown in report.md."""
     processes: int = 2
@@ -117,7 +120,17 @@ class DemoConfig:
             self.run.check_values()
         except ConfigError as e:  # its keys are under `run.` here
             raise ConfigError(f"run.{e}") from None
-        check_scorable(self.run.data.tasks)  # a task the evaluation cannot score fails now, not after training
+        check_scorable(self.scored_tasks)  # a task the evaluation cannot score fails now, not after training
+        trained = {parse_spec(t)[0] for t in self.run.data.tasks}
+        untrained = [t for t in self.eval_tasks if parse_spec(t)[0] not in trained]
+        if untrained:
+            raise ConfigError(f"eval_tasks: {untrained} name tasks the mixture does not train (run.data.tasks: "
+                              f"{self.run.data.tasks})")
+
+    @property
+    def scored_tasks(self) -> list[str]:
+        """The task specs the evaluation scores: `eval_tasks`, else the mixture's."""
+        return list(self.eval_tasks or self.run.data.tasks)
 
 
 def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
@@ -198,7 +211,7 @@ def evaluate_demo(cfg: DemoConfig, folder: RunFolder, models: dict[str, Path], t
     """Every evaluation of the demo, keyed by task spec (the ASR-only model's by its name); each model loaded once."""
     loaded = {name: LazyModel(path) for name, path in models.items()}
     limit = cfg.eval_limit or None
-    reports = evaluate_model(loaded[MIXTURE], cfg.run.data.tasks, test, folder, folder.units,
+    reports = evaluate_model(loaded[MIXTURE], cfg.scored_tasks, test, folder, folder.units,
                              limit=lambda spec: None if spec == ASR_ONLY_TASK else limit)
     if ASR_ONLY in loaded:
         reports |= evaluate_model(loaded[ASR_ONLY], [ASR_ONLY_TASK], test, folder, folder.units, key=lambda spec: ASR_ONLY)

@@ -147,6 +147,10 @@ class StudyConfig:
     """The metric the verdict reads ("": the first of `metrics`)."""
     bootstrap: int = 2000
     """Bootstrap resamples for every interval."""
+    curve: list[float] = field(default_factory=list)
+    """Fractions of the training budget (each in (0, 1)) at which the metrics of the primary metric's task are
+    also scored, on a snapshot of the model kept there (`train.snapshots`): learning curves, the end of training
+    their last point. E.g. [0.25, 0.5], since a pretrained start's advantage is largest early."""
     docs: str = "docs/studies"
     """Where the summary (NAME.json, NAME.md, plots) is copied for the docs ("": nowhere)."""
     shared: str = ""
@@ -183,6 +187,9 @@ class StudyConfig:
                               "need a vocoder: set base.vocoder_minutes > 0")
         if self.primary and self.primary not in self.metrics:
             raise ConfigError(f"study {self.name}: primary {self.primary!r} is not one of metrics {self.metrics}")
+        if any(not 0 < f < 1 for f in self.curve) or len(set(self.curve)) != len(self.curve):
+            raise ConfigError(f"study {self.name}: curve must list distinct fractions of the budget in (0, 1), "
+                              f"got {self.curve}")
         if self.bootstrap < 100:
             raise ConfigError(f"study {self.name}: bootstrap must be at least 100 resamples, got {self.bootstrap}")
         for a in self.arms:  # every override names a real key with a value that can run, before any stage
@@ -209,8 +216,15 @@ class StudyConfig:
         cfg = apply_overrides(copy.deepcopy(self.base), list(arm.overrides))
         if seed is not None:
             cfg.run.train.seed = seed
+        if self.curve:  # the arm's own step count: an arm may change it
+            cfg.run.train.snapshots = sorted({max(1, round(f * cfg.run.train.steps)) for f in self.curve})
         cfg.validate()
         return cfg
+
+    @property
+    def curve_task(self) -> str:
+        """The task a learning curve scores: the primary metric's."""
+        return metric_task(self.primary or self.metrics[0])
 
 
 def _hash(obj: object) -> str:
@@ -325,12 +339,50 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
         stage("vocoder")
         install_vocoder(shared.vocoder(base, data_key, paths[0], units, manifests), folder.model())
     metrics, evals = evaluate_arm(cfg, base, folder, manifests["test"], units, stage)
+    curve = score_curve(cfg, base, folder, manifests["test"], units, stage)
     summary = train_summary(folder.model())
     return {"arm": arm.name, "seed": seed, "overrides": list(arm.overrides), "metrics": metrics,
             "steps": summary["steps"], "tokens": summary["tokens"], "seconds": round(train_seconds, 1),
             "final_dev_loss": summary["final_dev_loss"], "dev_curve": dev_curve(folder.model()), "hyps": evals,
             "tokens_per_step": summary["tokens_per_step"], "example_share": summary["example_share"],
-            "test_records": len(read_manifest(manifests["test"])), "machine": machine(), "config": asdict(base)}
+            "test_records": len(read_manifest(manifests["test"])), "machine": machine(), "config": asdict(base),
+            **({"curve": curve + [{"step": summary["steps"], "examples": _examples(folder.model()),
+                                   "metrics": {m: v for m, v in metrics.items() if metric_task(m) == cfg.curve_task},
+                                   "hyps": {cfg.curve_task: evals.get(cfg.curve_task)}}]} if curve else {})}
+
+
+def score_curve(cfg: StudyConfig, base: DemoConfig, folder: RunFolder, test: Path, units: Path, stage) -> list[dict]:
+    """[{"step", "examples", "metrics", "hyps"}] of the curve task's study metrics on each snapshot of the run
+    (`curve`); their reports are `eval/TASK@step-N.json`, reused while the snapshot is unchanged."""
+    from dmlm.modeling import CheckpointFiles
+    from dmlm.training.loop import snapshot_dir
+
+    task = cfg.curve_task
+    spec = next((t for t in base.run.data.tasks if parse_spec(t)[0] == task), None)
+    points = []
+    for step in base.run.train.snapshots if spec else []:
+        snap = snapshot_dir(folder.model(), step)
+        if not CheckpointFiles.is_checkpoint(snap):
+            raise UserError(f"{snap}: the snapshot of step {step} is missing; train the run again from its start "
+                            "(delete its folder) to score the learning curve")
+        stage(f"evaluate {task} at step {step}")
+        key = f"{task}@step-{step}"
+        rep = evaluate_model(LazyModel(snap), [spec], test, folder, units, limit=lambda s: base.eval_limit or None,
+                             key=lambda s: key, settings=lambda s: {"limit": base.eval_limit, "manifest": str(test)},
+                             progress=False)[key]
+        points.append({"step": step, "examples": CheckpointFiles(snap).meta.get("examples"),
+                       "metrics": {m: metric_value(rep, m) for m in cfg.metrics
+                                   if metric_task(m) == task and metric_value(rep, m) is not None},
+                       "hyps": {task: str(folder.eval_hyps(key))}})
+    return points
+
+
+def _examples(model_dir: Path) -> int | None:
+    """The examples a finished run trained on (its saved progress)."""
+    from dmlm.training.state import read_progress
+
+    progress = read_progress(model_dir)
+    return progress.examples if progress is not None else None
 
 
 def evaluate_arm(cfg: StudyConfig, base: DemoConfig, folder: RunFolder, test: Path, units: Path,

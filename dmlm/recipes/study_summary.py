@@ -161,7 +161,7 @@ def render(summary: dict, command: str) -> str:
     lines += ["", "Lower is better for WER, CER and unit error rate; higher for BLEU, chrF, CIDEr and unit accuracy. "
               "Plots: metrics with intervals, dev loss per arm.", "",
               f"![metrics]({summary['study']}_metrics.png)", "", f"![dev loss]({summary['study']}_dev_loss.png)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + render_curve(summary))
 
 
 def plot_metrics(summary: dict, path: Path) -> None:
@@ -221,11 +221,97 @@ def plot_dev_loss(summary: dict, runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def summarize_curve(cfg, runs: list[dict]) -> list[dict]:
+    """The learning curve (`curve`; the end of training its last point): at each point, each arm's scores and
+    the comparisons, computed as the summary's over the curve task's metrics. [] without a curve."""
+    if not cfg.curve or not runs or any("curve" not in r for r in runs):
+        return []
+    metrics = [m for m in cfg.metrics if metric_task(m) == cfg.curve_task]
+    primary = cfg.primary or metrics[0]
+    points = []
+    for i, fraction in enumerate([*sorted(cfg.curve), 1.0][: min(len(r["curve"]) for r in runs)]):
+        at = [{**r, "metrics": r["curve"][i]["metrics"], "hyps": r["curve"][i]["hyps"]} for r in runs]
+        s = summarize(cfg.name, cfg.finding, cfg.reference_arm, cfg.arms, at, metrics, primary, cfg.bootstrap,
+                      cfg.reference_of)
+        arms = {}
+        for a in s["arms"]:
+            mine = [r["curve"][i] for r in runs if r["arm"] == a["name"]]
+            examples = [p["examples"] for p in mine if p.get("examples")]
+            arms[a["name"]] = {"step": mine[0]["step"] if mine else None,
+                               "examples": round(float(np.mean(examples))) if examples else None,
+                               "seeds": [p["metrics"].get(primary) for p in mine],
+                               **{k: a[k] for k in ("mean", "std", "ci95", "pooled")}}
+        points.append({"fraction": fraction, "arms": arms, "comparisons": s["comparisons"]})
+    return points
+
+
+def render_curve(summary: dict) -> list[str]:
+    """The learning-curve section of NAME.md: the primary metric per arm at each point, then each comparison."""
+    curve, m = summary.get("curve") or [], summary["primary"]
+    if not curve:
+        return []
+    lines = ["## Learning curve", "", f"`{m}` at each point of the training budget: pooled score [95 % interval] "
+             "(examples trained on, mean over seeds).", "",
+             "| arm | " + " | ".join(f"{p['fraction']:.0%} of the budget" for p in curve) + " |",
+             "|---|" + "---|" * len(curve)]
+    for name in curve[0]["arms"]:
+        cells = []
+        for p in curve:
+            a = p["arms"][name]
+            y, ci = a["pooled"].get(m), a["ci95"].get(m)
+            cells.append(f"{_fmt(y)}" + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "") + f" ({a['examples'] or '–'})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| arm | against | " + " | ".join(f"{p['fraction']:.0%}" for p in curve) + " |",
+              "|---|---|" + "---|" * len(curve)]
+    pairs = dict.fromkeys((c["arm"], c["reference"]) for p in curve for c in p["comparisons"] if c["metric"] == m)
+    for arm, ref in pairs:
+        cells = []
+        for p in curve:
+            c = next((c for c in p["comparisons"] if (c["arm"], c["reference"], c["metric"]) == (arm, ref, m)), None)
+            cells.append("–" if c is None else f"{c['delta']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] {c['verdict']}")
+        lines.append(f"| {arm} | {ref} | " + " | ".join(cells) + " |")
+    return lines + ["", f"![learning curve]({summary['study']}_curve.png)", ""]
+
+
+def plot_curve(summary: dict, path: Path) -> None:
+    """The primary metric against examples trained on, per arm: pooled score with its interval, seeds as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve, m = summary.get("curve") or [], summary["primary"]
+    if not curve:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for i, name in enumerate(curve[0]["arms"]):
+        pts = [p["arms"][name] for p in curve if p["arms"][name]["pooled"].get(m) is not None]
+        xs = [p["examples"] or p["step"] for p in pts]
+        ys = [p["pooled"][m] for p in pts]
+        lo = [y - p["ci95"].get(m, [y, y])[0] for y, p in zip(ys, pts)]
+        hi = [p["ci95"].get(m, [y, y])[1] - y for y, p in zip(ys, pts)]
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="-o", ms=3, capsize=3, color=f"C{i}", label=name)
+        for x, p in zip(xs, pts):
+            seeds = [v for v in p["seeds"] if v is not None]
+            ax.plot([x] * len(seeds), seeds, ".", color=f"C{i}", alpha=0.5)
+    ax.set_xlabel("examples trained on" if all(p["arms"][n]["examples"] for p in curve for n in p["arms"]) else "step")
+    ax.set_ylabel(m)
+    ax.set_title(f"study {summary['study']}: learning curve, 95 % interval, seeds as dots", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_summary(cfg, runs: list[dict]) -> dict:
     """NAME.json, NAME.md and the plots in the study's folder, copied to `cfg.docs`."""
     summary = summarize(cfg.name, cfg.finding, cfg.reference_arm, cfg.arms, runs, cfg.metrics,
                         cfg.primary or cfg.metrics[0], cfg.bootstrap, cfg.reference_of)
     summary["seeds"] = list(cfg.seeds)
+    curve = summarize_curve(cfg, runs)
+    if curve:
+        summary["curve"] = curve
     summary["base"] = {"prepare": runs[0]["config"]["prepare"] if runs else None,
                        "model": runs[0]["config"]["run"]["model"] if runs else None,
                        "train": runs[0]["config"]["run"]["train"] if runs else None,
@@ -236,10 +322,11 @@ def write_summary(cfg, runs: list[dict]) -> dict:
     atomic_write_text(out / f"{cfg.name}.md", render(summary, f"dmlm study configs/studies/{cfg.name}.yaml"))
     plot_metrics(summary, out / f"{cfg.name}_metrics.png")
     plot_dev_loss(summary, runs, out / f"{cfg.name}_dev_loss.png")
+    plot_curve(summary, out / f"{cfg.name}_curve.png")
     if cfg.docs:
         docs = Path(cfg.docs)
         docs.mkdir(parents=True, exist_ok=True)
-        for suffix in (".json", ".md", "_metrics.png", "_dev_loss.png"):
+        for suffix in (".json", ".md", "_metrics.png", "_dev_loss.png", "_curve.png"):
             src = out / f"{cfg.name}{suffix}"
             if src.is_file():  # atomically: `write_studies_doc` reads these, never a half-copied one
                 with atomic_file(docs / src.name) as tmp:

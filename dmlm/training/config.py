@@ -105,6 +105,10 @@ class TrainConfig:
     above the untouched LLM's on the run's held-out text, e.g. after model.keep_layers cut it); it is still logged."""
     eval_every: int = 250
     save_every: int = 500
+    snapshots: list[int] = field(default_factory=list)
+    """Steps at which a copy of the model is also kept, a plain model folder without training state
+    (`OUT.snapshots/step-N`, `dmlm.training.loop.snapshot_dir`): what learning curves score (`dmlm study`'s
+    `curve`). Each is written once; a resumed run keeps those already written."""
     log_every: int = 10
     seed: int = 0
     precision: str = "auto"
@@ -116,6 +120,15 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _check_snapshots(t: TrainConfig) -> None:
+    bad = [s for s in t.snapshots if not (isinstance(s, int) and 0 < s < t.steps)]
+    if bad:
+        raise ConfigError(f"train.snapshots: expected steps in [1, train.steps={t.steps}), got {bad}")
+    if t.snapshots and t.parallel == "fsdp":
+        raise ConfigError("train.snapshots: not written under train.parallel=fsdp (a snapshot is the main process's "
+                          "unsharded model); use ddp, or score the checkpoints saved every train.save_every")
 
 
 @dataclass
@@ -178,6 +191,7 @@ class RunConfig:
         if d.weights and (not all(0 <= w < math.inf for w in d.weights) or not sum(d.weights) > 0):
             raise ConfigError(f"data.weights: expected finite weights >= 0 with a positive sum, got {d.weights!r}")
         _check_stages(t, m)
+        _check_snapshots(t)
         if m.init == "scratch" and m.hidden_size % m.heads:
             raise ConfigError(f"model.heads: {m.heads} does not divide model.hidden_size={m.hidden_size} "
                               "(each head gets hidden_size / heads dimensions)")

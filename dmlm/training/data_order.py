@@ -63,6 +63,7 @@ class Progress:
     batch: int = 0  # index of the next micro-batch within the epoch
     elapsed: float = 0.0  # training seconds so far
     tokens: int = 0
+    examples: int = 0  # examples (utterances, texts, images) trained on so far, every rank's
     world_size: int | None = None  # ranks that took the batches so far: resuming with another count changes them
     grad_accum: int | None = None  # (None: a state written before dmlm recorded them; not checked)
 

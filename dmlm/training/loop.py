@@ -311,14 +311,16 @@ def _step_counts(r: Run, mine: list, micro: list[dict[str, torch.Tensor]]) -> di
               "tokens_image": int(tok[3])}
     if len(r.S.pools) > 1:
         counts.update({f"examples_{t}": int(n) for t, n in zip(r.S.pools, tok[4:])})
+    counts["examples"] = int(sum(tok[4:]))
     return counts
 
 
-def _advance(r: Run, tokens: int, seconds: float) -> None:
+def _advance(r: Run, tokens: int, examples: int, seconds: float) -> None:
     """Count the step in the progress; ranks agree on the elapsed time (the time budget ends together)."""
     p = r.progress
     p.step += 1
     p.tokens += tokens
+    p.examples += examples
     p.elapsed += seconds
     if r.acc.num_processes > 1:
         import torch.distributed as dist
@@ -344,7 +346,7 @@ def train_step(r: Run) -> dict:
     r.trainable.after_update(held)  # the embedding rows' own rates
     r.opt.zero_grad(set_to_none=True)
     counts = _step_counts(r, mine, micro)
-    _advance(r, counts["tokens"], time.time() - t0)
+    _advance(r, counts["tokens"], counts.pop("examples"), time.time() - t0)
     examples = {k: counts.pop(k) for k in list(counts) if k.startswith("examples_")}
     return {"step": r.progress.step, "loss": loss, "lr": lr, "grad_norm": float(gnorm), **counts,
             "elapsed": r.progress.elapsed, **examples, **r.trainable.log_fields()}
@@ -366,6 +368,24 @@ def check_finite(loss: float, grad_norm: float, step: int, batches: list, lr: fl
     raise NonFiniteLoss(f"step {step}: the loss is {loss} and the gradient norm {grad_norm} (tasks "
                         f"{', '.join(tasks)}; learning rate {lr:.3g}); stopped before the update, nothing of this "
                         "step saved. Lower train.lr (or check the data of these tasks) and train again")
+
+
+def snapshot_dir(out: Path, step: int) -> Path:
+    """Where the snapshot of step `step` of the run training into `out` is kept (`train.snapshots`)."""
+    return out.with_name(out.name + ".snapshots") / f"step-{step}"
+
+
+def save_snapshot(r: Run) -> Path | None:
+    """Keep a copy of the model at this step (`train.snapshots`): a plain model folder, no training state,
+    written once (a resumed run that passes the step again keeps the first)."""
+    path = snapshot_dir(r.out, r.progress.step)
+    if not r.main or CheckpointFiles.is_checkpoint(path):
+        return None
+    meta = {"tasks": r.cfg.data.tasks, "config": asdict(r.cfg), "step": r.progress.step, "model_summary": r.info,
+            "examples": r.progress.examples, "tokens": r.progress.tokens, "snapshot": True}
+    codebooks = {m: Path(p) for m, p in (("speech", r.cfg.data.codebook), ("image", r.cfg.data.image_codebook)) if p}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(path, r.acc.unwrap_model(r.model), r.hf_tokenizer, r.S.vocab, meta, codebooks)
 
 
 def save(r: Run) -> None:

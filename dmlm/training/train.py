@@ -24,7 +24,7 @@ from dmlm.data.shards import exclusive_lock
 from dmlm.modeling import CheckpointFiles, recover_interrupted_save
 from dmlm.training.config import RunConfig
 from dmlm.training.distributed import is_sharded
-from dmlm.training.loop import Run, accelerator, prepare, save, start_or_resume, train_step
+from dmlm.training.loop import Run, accelerator, prepare, save, save_snapshot, start_or_resume, train_step
 from dmlm.training.runlog import RunLog
 from dmlm.training.setup import setup
 from dmlm.training.state import check_out, finished, legacy_state_dir, lock_path, state_dir_of
@@ -99,6 +99,8 @@ def run(cfg: RunConfig, resume: bool, stop_at: int | None, overwrite: bool) -> P
             if r.progress.step % cfg.train.save_every == 0:
                 save(r)
                 saved_at = r.progress.step
+            if r.progress.step in cfg.train.snapshots:
+                save_snapshot(r)
         bar.close()
         # the end of training: a dev pass and a save, unless the last step has just had them
         if S.dev and (r.main or is_sharded(r.model)) and dev_at != r.progress.step:  # FSDP: every rank's forward
