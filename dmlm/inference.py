@@ -220,11 +220,13 @@ def resynthesize(codebook: Codebook, vocoder: Vocoder, wav: np.ndarray) -> np.nd
     return vocoder.synthesize(codebook.encode(np.asarray(wav, dtype=np.float32)))
 
 
-def vocode(vocoder: Vocoder, units: Sequence[np.ndarray], texts: Sequence[str] | None = None) -> list[np.ndarray]:
-    """Units -> 16 kHz float32 speech; an error naming the text when a sequence is empty."""
+def vocode(vocoder: Vocoder, units: Sequence[np.ndarray], texts: Sequence[str] | None = None,
+           lang: str | None = None) -> list[np.ndarray]:
+    """Units -> 16 kHz float32 speech in the vocoder's voice of `lang` (the language the units speak,
+    `Vocoder.voice_for`); an error naming the text when a sequence is empty."""
     for i, u in enumerate(units):
         if len(u) == 0:
             what = repr(texts[i]) if texts is not None else f"item {i}"
             raise UserError(f"the model generated no speech units for {what}; try sampling "
                             "(strategy=sample, or rerank) or a model trained longer on the t2s task")
-    return vocoder.synthesize_batch([np.asarray(u) for u in units])
+    return vocoder.synthesize_batch([np.asarray(u) for u in units], lang=lang)

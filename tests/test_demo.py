@@ -240,3 +240,28 @@ def test_a_task_the_evaluation_cannot_score_is_refused_when_the_config_loads(tmp
     with pytest.raises(UserError, match=named):
         _tiny_demo(tmp_path, f"run.data.tasks={tasks}", "run.data.weights=[]")
     assert not (tmp_path / "demo").exists()
+
+
+def test_eval_tasks_score_trained_tasks_per_language_and_refuse_others(tmp_path):
+    """eval_tasks replaces the mixture's specs in the evaluation (asr:en, asr:es of one `asr`); a task the
+    mixture does not train is refused when the config loads."""
+    from dmlm.recipes.demo import DemoConfig
+    from dmlm.util.config import ConfigError
+
+    cfg = DemoConfig(eval_tasks=["asr:en", "asr:es"])
+    cfg.run.data.tasks, cfg.run.data.weights = ["asr", "t2s"], []
+    cfg.validate()
+    assert cfg.scored_tasks == ["asr:en", "asr:es"]
+    cfg.eval_tasks = ["asr:es", "s2tt:es"]
+    with pytest.raises(ConfigError, match=r"eval_tasks: \['s2tt:es'\]"):
+        cfg.validate()
+
+
+def test_max_words_limits_bible_verses_and_is_refused_elsewhere():
+    from dmlm.data.prepare import PrepareConfig, check_settings
+    from dmlm.util.errors import UserError
+
+    check_settings(PrepareConfig(corpus="bible", max_words=14))
+    for bad in (PrepareConfig(corpus="mini-world", max_words=14), PrepareConfig(corpus="bible", max_words=-1)):
+        with pytest.raises(UserError, match="prepare.max_words"):
+            check_settings(bad)

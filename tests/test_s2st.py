@@ -325,3 +325,45 @@ def test_a_translation_or_transcript_in_one_language_scores_only_that_languages_
     assert s2tt["records"] == 3
     asr_es = evaluate_task(ck, "asr:es", Split(manifest, root / "units"), opts=opts, options=EvalOptions(progress=False))
     assert asr_es["records"] == len([r for r in read_manifest(manifest) if r.lang == "es"])
+
+
+def test_speech_out_speaks_the_target_language_in_a_voice_of_that_language(s2st_model, bilingual, monkeypatch,
+                                                                           tmp_path):
+    """The vocoder learned an English and a Spanish voice: every speech-out path that knows the target language
+    (the API's translate and speak, the serve route, the s2st scorer) has it speak Spanish in the Spanish one."""
+    from fastapi.testclient import TestClient
+
+    import dmlm
+    import dmlm.inference as infer
+    from dmlm.api import DMLM
+    from dmlm.data.split import Split
+    from dmlm.evaluation.options import EvalOptions
+    from dmlm.evaluation.s2st import evaluate_s2st
+    from dmlm.modeling import load_checkpoint
+    from dmlm.serve import ServeConfig, create_app
+    from dmlm.vocoder import Vocoder
+
+    root, manifest = bilingual
+    said = np.arange(1, 13) % 16  # the model's output is not what is tested: fixed units, every way
+    monkeypatch.setattr(infer, "translate_speech_units", lambda ck, units, **kw: [said for _ in units])
+    monkeypatch.setattr(infer, "s2st_units", lambda ck, samples, *a, **kw: [said for _ in samples])
+    monkeypatch.setattr(DMLM, "synthesize_units", lambda self, texts, **kw: [said for _ in texts])
+    voices: list = []
+    spectrogram = Vocoder.spectrogram_batch
+    monkeypatch.setattr(Vocoder, "spectrogram_batch",
+                        lambda self, seqs, voice=None: voices.append(voice) or spectrogram(self, seqs, voice))
+
+    m = dmlm.load(s2st_model)
+    assert m.vocoder.cfg.voice_by_lang == {"en": "en-us+m3", "es": "es+m3"}
+    wav = read_manifest(manifest)[0].audio_path(manifest)
+    m.translate(str(wav), to="es", speech=True)
+    m.speak(["el gato rojo"], lang="es")
+    m.speak(["the red cat"])
+    assert voices == ["es+m3", "es+m3", "en-us+m3"]
+    with TestClient(create_app(m, ServeConfig()), base_url="http://localhost") as c:
+        r = c.post("/v1/translate-speech", files={"audio": ("a.wav", wav.read_bytes())}, data={"to": "es"})
+        assert r.status_code == 200, r.text
+    assert voices[3:] == ["es+m3"]
+    rep = evaluate_s2st(load_checkpoint(s2st_model), "s2st:es", Split(manifest, root / "units"), _EchoJudge("el gato"),
+                        options=EvalOptions(progress=False, limit=1))
+    assert set(rep["ways"]) == {"direct", "chained", "cascade"} and voices[4:] == ["es+m3"] * 3

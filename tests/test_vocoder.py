@@ -181,6 +181,40 @@ def test_speaker_conditioned_vocoder_speaks_in_one_voice(corpus, tmp_path):
         Vocoder(tiny_cfg()).synthesize(units, voice="en-us+m3")
 
 
+def test_each_language_is_spoken_in_a_voice_of_its_own(corpus, tmp_path):
+    """Trained on two languages' voices, the vocoder keeps each language's voice with most clips and
+    speaks units of a language in it; an explicit voice wins, an unseen language gets the default voice."""
+    from dmlm.data.manifest import write_manifest
+    from dmlm.inference import vocode
+
+    rows = [("en", "en-us+m3"), (None, "en-us+m3"), ("en", "en-us+m3"), ("en", "en-us+f2"),  # no lang: English
+            ("es", "es+m1"), ("es", "es+m1"), ("es", "es+f2")]
+    recs = read_manifest(corpus.train)[: len(rows)]
+    write_manifest(tmp_path / "two.jsonl", [replace(r, lang=lang, speaker=spk, audio=str(r.audio_path(corpus.train)))
+                                            for r, (lang, spk) in zip(recs, rows)])
+    cfg = VocoderConfig(**{**TINY, "batch_size": 4, "table_clips": 0, "speaker_conditioning": True})
+    out = train_vocoder(tmp_path / "two.jsonl", None, corpus.codebook, cfg, tmp_path / "v", steps=3, progress=False)
+    voc = Vocoder.load(out)
+    assert voc.cfg.voice == "en-us+m3" and voc.cfg.voice_by_lang == {"en": "en-us+m3", "es": "es+m1"}
+    assert json.loads((out / "config.json").read_text())["voice_by_lang"] == {"en": "en-us+m3", "es": "es+m1"}
+    units = [1, 2, 3, 4, 5, 6, 7]
+    es, en = voc.synthesize(units, voice="es+m1"), voc.synthesize(units)
+    assert np.array_equal(voc.synthesize(units, lang="es"), es) and not np.allclose(es[: len(en)], en[: len(es)])
+    assert np.allclose(voc.synthesize_batch([units, units[:4]], lang="es")[0], es, atol=1e-5)  # padding: float noise
+    assert np.array_equal(vocode(voc, [np.asarray(units)], lang="es")[0], es)
+    assert np.array_equal(voc.synthesize(units, lang="en"), en) and np.array_equal(voc.synthesize(units, lang="de"), en)
+    assert np.array_equal(voc.synthesize(units, voice="en-us+f2", lang="es"), voc.synthesize(units, voice="en-us+f2"))
+    with pytest.raises(ValueError, match="unknown voice 'nobody'.*es\\+m1"):
+        voc.synthesize_batch([units], voice="nobody", lang="es")
+    # a user's voice stays the voice of the language it speaks most
+    mine = train_vocoder(tmp_path / "two.jsonl", None, corpus.codebook, replace(cfg, voice="en-us+f2"), tmp_path / "v2",
+                         steps=1, progress=False)
+    assert Vocoder.load(mine).cfg.voice_by_lang == {"en": "en-us+f2", "es": "es+m1"}
+    # without speaker conditioning there is one voice for every language
+    plain = Vocoder(tiny_cfg())
+    assert plain.cfg.voice_by_lang == {} and np.array_equal(plain.synthesize(units, lang="es"), plain.synthesize(units))
+
+
 def test_matching_set_replaces_frames_by_real_frames_of_the_same_unit():
     from dmlm.vocoder import MatchingSet
 
@@ -677,6 +711,14 @@ def test_a_vocoder_saved_before_the_split_loads_and_speaks_the_same(tmp_path):
     voc.save(tmp_path / "again", OLD_CONFIG_JSON["training"])
     assert json.loads((tmp_path / "again" / "config.json").read_text()) == OLD_CONFIG_JSON
     assert np.array_equal(Vocoder.load(tmp_path / "again").synthesize(units), same)
+
+
+def test_a_vocoder_saved_before_voices_by_language_speaks_every_language_in_its_voice(tmp_path):
+    _old_vocoder_folder(tmp_path / "old")
+    voc = Vocoder.load(tmp_path / "old")
+    assert voc.cfg.voice_by_lang == {} and voc.voice_for("es") == "b" and voc.voice_for("es", "a") == "a"
+    units = np.random.default_rng(0).integers(0, 16, 30)
+    assert np.array_equal(voc.synthesize(units, lang="es"), voc.synthesize(units))
 
 
 def test_update_changes_synthesis_settings_only(tmp_path):

@@ -70,6 +70,9 @@ class PrepareConfig:
     n_unpaired_images: int = 0
     """mini-world: draw the scenes of the this many unpaired sentences before those into unpaired_images.jsonl,
     images only, no caption: unpaired images (image_lm). They leave unpaired.jsonl too."""
+    max_words: int = 0
+    """bible: only verses of at most this many words (0: the corpus's own limit, 20). Shorter verses are shorter
+    token sequences: more utterances per CPU minute (configs/studies/init.yaml)."""
     speech_langs: list[str] = field(default_factory=list)
     """mini-world: also speak every sentence's translation in these languages (es, de, fr; espeak-ng voices of
     each, and a held-out voice per language in test) as records of their own (id `<sentence>-<lang>`, `lang` and
@@ -112,6 +115,9 @@ def check_settings(cfg: PrepareConfig) -> None:
     if bad_langs or (cfg.speech_langs and cfg.corpus != "mini-world"):
         raise UserError(f"prepare.speech_langs: mini-world speaks es, de and fr, got {cfg.speech_langs} "
                         f"for corpus {cfg.corpus}")
+    if cfg.max_words < 0 or (cfg.max_words and cfg.corpus != "bible"):
+        raise UserError(f"prepare.max_words: a word limit on bible verses (>= 1, or 0 for the corpus's own), got "
+                        f"{cfg.max_words} for corpus {cfg.corpus}")
     if not 0 <= cfg.neural_extra <= cfg.n_unpaired - media:
         raise UserError(f"prepare.neural_extra speaks unpaired text sentences, so it must be within [0, n_unpaired - "
                          f"n_unpaired_speech - n_unpaired_images = {cfg.n_unpaired - media}], got {cfg.neural_extra}")
@@ -156,6 +162,8 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
         return manifests
 
     extra = {"n_unpaired": cfg.n_unpaired} if cfg.n_unpaired else {}
+    if cfg.max_words:
+        extra["max_words"] = cfg.max_words
     splits = _corpus_fn(cfg.corpus)(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed, **extra)
     unpaired = splits.pop("unpaired", None)
     rng = random.Random(cfg.seed + 1)

@@ -116,7 +116,7 @@ def evaluate_s2st(ck: Checkpoint, spec: str, split: Split, judge_: Judge, opts: 
     rows = []
     for way in ways_of(ck, spec):
         units = s2st_units(ck, samples, way, opts, options.progress)
-        hyps = _hear(judge_, _vocode_some(ck, units))
+        hyps = _hear(judge_, _vocode_some(ck, units, lang))
         way_rows = [{"id": r.id, "way": way, "task": S2ST_WAYS[way] or "s2tt+t2s", "ref": ref, "hyp": h,
                      "units": len(u), HELDOUT_VOICE: is_heldout_voice(r)}
                     for r, ref, h, u in zip(records, refs, hyps, units)]
@@ -131,12 +131,12 @@ def evaluate_s2st(ck: Checkpoint, spec: str, split: Split, judge_: Judge, opts: 
     return report
 
 
-def _vocode_some(ck: Checkpoint, units: list[np.ndarray]) -> list:
-    """Waveforms of the non-empty unit sequences (None for the empty ones)."""
+def _vocode_some(ck: Checkpoint, units: list[np.ndarray], lang: str) -> list:
+    """Waveforms of the non-empty unit sequences, in the vocoder's voice of `lang` (None for the empty ones)."""
     from dmlm.inference import vocode
 
     said = [i for i, u in enumerate(units) if len(u)]
     out: list = [None] * len(units)
-    for i, w in zip(said, vocode(ck.vocoder(), [units[i] for i in said]) if said else []):
+    for i, w in zip(said, vocode(ck.vocoder(), [units[i] for i in said], lang=lang) if said else []):
         out[i] = w
     return out

@@ -30,6 +30,9 @@ class _LM:
     def target_ids(self, sample: Sample, vocab: Vocab) -> list[int]:
         return modality_ids(vocab, sample, self.target, sample.text_ids, self.name)
 
+    def takes(self, record, lang: str | None) -> bool:
+        return True  # `sample` leaves out a record without this modality in `lang`
+
     def reference(self, record, sources: Sources, lang: str | None):
         return None  # scored teacher-forced, not by decoding
 

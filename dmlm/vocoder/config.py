@@ -16,7 +16,7 @@ Design decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -133,6 +133,10 @@ class Spec:
     """Training speakers, in embedding order (speaker_conditioning only)."""
     voice: str | None = None
     """Default voice for synthesis: the training speaker with most clips (speaker_conditioning only)."""
+    voice_by_lang: dict[str, str] = field(default_factory=dict)
+    """Default voice of each language (a record without `lang` is "en"): its training speaker with most clips, `voice`
+    for the language `voice` speaks most; synthesis in a language speaks its voice (speaker_conditioning only; absent
+    in a vocoder saved before it: every language speaks `voice`)."""
 
 
 KINDS: dict[str, type] = {"architecture": Architecture, "synthesis": Synthesis, "matching": Matching,
@@ -144,6 +148,10 @@ RETRAIN_KINDS = ("architecture", "training")
 
 REMOVED_FIELDS = {"unit_noise": 0.0}
 """Former settings and their neutral values (docs/experiments.md, "Speech out": no gain measured)."""
+
+ADDED_FIELDS = {"voice_by_lang": {}}
+"""Settings newer than saved vocoders, and the value their absence means: written only when they differ from it,
+so a vocoder saved before them is saved again under the keys it had."""
 
 
 def kind_of(name: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dmlm.util.errors import MissingFileError, UserError
 from dmlm.util.io import atomic_write_json, fault_point, finish_swap, swap_paths
-from dmlm.vocoder.config import VocoderConfig, kind_of
+from dmlm.vocoder.config import ADDED_FIELDS, VocoderConfig, kind_of
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -89,7 +89,8 @@ class VocoderFiles:
     def write_config(self, cfg: VocoderConfig, record: dict | None = None, folder: Path | None = None) -> None:
         """Write `cfg` (and the training `record`) as `config.json` into `folder` (default: this one)."""
         out = (folder or self.folder) / CONFIG
-        out.write_text(json.dumps({"format_version": FORMAT_VERSION, **asdict(cfg),
+        settings = {k: v for k, v in asdict(cfg).items() if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+        out.write_text(json.dumps({"format_version": FORMAT_VERSION, **settings,
                                    **({"training": record} if record else {})}, indent=1))
 
     def update(self, **settings) -> dict:

@@ -322,12 +322,22 @@ def _for_codebook(cfg: VocoderConfig, cb: Codebook) -> VocoderConfig:
 
 
 def _choose_voices(cfg: VocoderConfig, records: Sequence[Record]) -> None:
-    """Set `cfg.voices` (the training speakers, sorted) and `cfg.voice` (the user's if it is one of
-    them, else the speaker with most clips); nothing without speaker conditioning."""
-    if cfg.speaker_conditioning:
-        counts = Counter(r.speaker or UNKNOWN_VOICE for r in records)
-        cfg.voices = sorted(counts)
-        cfg.voice = cfg.voice if cfg.voice in counts else counts.most_common(1)[0][0]
+    """Set `cfg.voices` (the training speakers, sorted), `cfg.voice` (the user's if it is one of
+    them, else the speaker with most clips) and `cfg.voice_by_lang` (each language's speaker with most
+    clips; `cfg.voice` for the language it speaks most, so that language sounds as before); nothing
+    without speaker conditioning."""
+    if not cfg.speaker_conditioning:
+        return
+    counts = Counter(r.speaker or UNKNOWN_VOICE for r in records)
+    cfg.voices = sorted(counts)
+    cfg.voice = cfg.voice if cfg.voice in counts else counts.most_common(1)[0][0]
+    by_lang = Counter((r.lang or "en", r.speaker or UNKNOWN_VOICE) for r in records)
+    best = sorted(by_lang, key=lambda ls: (-by_lang[ls], ls))  # most clips first; ties by name: reproducible
+    cfg.voice_by_lang = {}
+    for lang, speaker in best:
+        cfg.voice_by_lang.setdefault(lang, speaker)
+    own = next(lang for lang, speaker in best if speaker == cfg.voice)
+    cfg.voice_by_lang[own] = cfg.voice
 
 
 def _initial_network(cfg: VocoderConfig, data: _Data, cb: Codebook, rng: random.Random, progress: bool) -> UnitToSpec:

@@ -5,7 +5,9 @@ Design decisions (the whole design: `dmlm.vocoder`):
   spectrogram, each frame is matched to real frames of the output voice (`knn`, the matching set),
   the envelope is inverted by Griffin-Lim (`dmlm.vocoder.spectrogram`) and peak-normalized
   (never clipped, never amplified past 0.9 / peak). Clips are batched by length.
-- The output voice is fixed (`voice`, a training speaker) and never depends on the input's voice.
+- The output voice is fixed (`voice`, a training speaker) and never depends on the input's voice; a
+  vocoder trained on several languages speaks each in a voice of that language (`voice_by_lang`,
+  `voice_for`): Spanish units said by an English voice would be another accent, not the translation.
 - A vocoder is tied to the codebook it was trained for: its config records the codebook's
   fingerprint, k and frame rate, and `check` / `load(codebook=...)` raise `CodebookMismatch`.
 - Saving is atomic (a temp folder renamed into place). After training only synthesis and
@@ -148,6 +150,16 @@ class Vocoder:
         """The voice it speaks by default (None for a vocoder trained without speaker_conditioning)."""
         return self.cfg.voice if self.cfg.speaker_conditioning else None
 
+    def voice_for(self, lang: str | None = None, voice: str | None = None) -> str | None:
+        """The voice synthesis speaks in: `voice` if given (checked: a training speaker), else the default
+        voice of `lang` if training saw that language (`cfg.voice_by_lang`), else `self.voice`."""
+        if voice is not None:
+            self.speaker_id(voice)  # an unknown voice, or any voice for an unconditioned vocoder: an error now
+            return voice
+        if self.voice is None:
+            return None
+        return self.cfg.voice_by_lang.get(lang, self.voice) if lang else self.voice
+
     @torch.inference_mode()
     def speaker_id(self, voice: str | None) -> int | None:
         """Embedding row of `voice` (default: the config's voice); None for an unconditioned vocoder."""
@@ -176,7 +188,8 @@ class Vocoder:
         """(B, T*r, bins) network output -> the same with each clip's frames matched to real ones
         (`cfg.knn`); unchanged without a matching set, with knn=0 or for a voice other than the set's."""
         m = self.matching
-        if not self.cfg.knn or m is None or (voice is not None and voice != m.voice):
+        # a set saved without its voice's name (older vocoders) is the default voice's
+        if not self.cfg.knn or m is None or voice not in (None, m.voice or self.voice):
             return spec
         out = spec.float().clone()
         lengths = torch.as_tensor([len(s) for s in seqs]) * self.net.r
@@ -188,11 +201,13 @@ class Vocoder:
 
     @torch.inference_mode()
     def synthesize_batch(self, batch: Sequence[Sequence[int]], batch_size: int = 16,
-                         voice: str | None = None) -> list[np.ndarray]:
+                         voice: str | None = None, lang: str | None = None) -> list[np.ndarray]:
         """Each unit sequence -> float32 16 kHz waveform of len(units_expanded) / frame_rate seconds.
-        `voice`: a training speaker of a speaker-conditioned vocoder (default: `cfg.voice`)."""
+        `voice`: a training speaker of a speaker-conditioned vocoder; default: the voice of `lang`, the
+        language the units speak (`voice_for`)."""
         if isinstance(batch, np.ndarray) and batch.ndim == 1:
             raise ValueError("synthesize_batch takes a list of unit sequences; use synthesize for one")
+        voice = self.voice_for(lang, voice)
         seqs = [self._validate(u, i) for i, u in enumerate(batch)]
         seqs = self.expand(seqs)
         c = self.cfg
@@ -210,9 +225,9 @@ class Vocoder:
                 out[i] = wav[row, : int(frames[row]) * c.hop].float().cpu().numpy()
         return out  # type: ignore[return-value]
 
-    def synthesize(self, units: Sequence[int], voice: str | None = None) -> np.ndarray:
-        """One unit sequence -> float32 16 kHz waveform."""
-        return self.synthesize_batch([self._validate(units)], voice=voice)[0]
+    def synthesize(self, units: Sequence[int], voice: str | None = None, lang: str | None = None) -> np.ndarray:
+        """One unit sequence -> float32 16 kHz waveform (`voice`, `lang`: as `synthesize_batch`)."""
+        return self.synthesize_batch([self._validate(units)], voice=voice, lang=lang)[0]
 
     def seconds(self, n_units: int) -> float:
         """Duration of the audio synthesized from `n_units` frame-rate units."""
