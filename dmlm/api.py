@@ -315,7 +315,8 @@ class DMLM:
         opts = self._options(options, decoding, speech_out=True)
         units = translate_speech_units(self.checkpoint, self.units(items, sample_rate), to=to, src=src, how=how,
                                        opts=opts)
-        wavs = vocode(self.vocoder, units, [f"clip {i} ({how} translation into {to})" for i in range(len(units))], to)
+        wavs = vocode(self.vocoder, units, [f"clip {i} ({how} translation into {to})" for i in range(len(units))],
+                      lang=to)
         out = [Audio(np.asarray(w, dtype=np.float32), SAMPLE_RATE) for w in wavs]
         return out[0] if single else out
 
@@ -357,7 +358,7 @@ class DMLM:
         items, single = _batch(text)
         results = self.synthesize_units(items, lang=lang, return_details=return_details, options=options, **decoding)
         t0 = time.perf_counter()
-        wavs = vocode(self.vocoder, [r.units for r in results] if return_details else results, items, lang)
+        wavs = vocode(self.vocoder, [r.units for r in results] if return_details else results, items, lang=lang)
         per = (time.perf_counter() - t0) / len(items)
         out = []
         for i, w in enumerate(wavs):

@@ -68,7 +68,22 @@ def forward_batch(model, batch: dict, keep: torch.Tensor | None = None):
     if "segment" in batch:  # packed rows: positions restart and attention stops at each example
         return model(input_ids=batch["input_ids"], attention_mask=packed_attention_mask(batch["segment"]),
                      position_ids=batch["position_ids"], use_cache=False, **kw)
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kw)
+
+
+def compile_layers(model) -> int:
+    """`train.compile`: compile each decoder layer in place (`nn.Module.compile`, dynamic shapes: micro-batch
+    lengths vary). The layers are alike, so one compiled graph serves them all (seconds, not minutes), and
+    parameter names, saving and adapters are unchanged. The layers are the model's ModuleList of
+    `num_hidden_layers` blocks (any family); returns how many were compiled."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    if not n or len(lists) != 1:
+        raise UserError(f"train.compile: cannot find the {n} decoder layers of this {type(model).__name__} "
+                        f"({len(lists)} lists of that length); set train.compile=false")
+    for layer in lists[0]:
+        layer.compile(dynamic=True)
+    return len(lists[0])
 
 
 def compute_loss(model, batch: dict, loss: str, counts: torch.Tensor, lambdas: torch.Tensor,
@@ -239,6 +254,8 @@ def prepare(cfg: RunConfig, S: Setup, acc, model, progress: Progress) -> Run:
         check_packing(model)  # before `prepare`: in fp32, outside autocast, the test is exact
     if cfg.train.logits_at_targets:
         check_logits_at_targets(model)  # likewise
+    if cfg.train.compile:
+        log.info("train.compile: %d decoder layers compiled (the first steps include compiling)", compile_layers(model))
     model, opt = prepare_model(acc, model, opt)
     if progress.step > 0:
         state_dir = state_dir_of(Path(cfg.train.out))

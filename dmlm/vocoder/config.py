@@ -114,7 +114,8 @@ class Training:
     seed: int = 0
     """Seed for init, data order and crops."""
     speaker_conditioning: bool = True
-    """Learn one embedding per training speaker and synthesize in one fixed voice (`voice`) instead of the average of all."""
+    """Learn one embedding per training speaker and synthesize in one fixed voice per language (`voice`,
+    `voice_by_lang`) instead of the average of all."""
 
 
 @dataclass
