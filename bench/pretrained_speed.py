@@ -14,6 +14,8 @@ backward, the per-row rates, clipping and train's AdamW. The recipes, each addin
   dedup_bpe   + units deduplicated before the merges (`codebook.dedup=true`)
   new_rows    dedup_bpe's model and data, in a `new_rows` stage (body and adapters frozen; `train.stages`)
   staged      (derived, not timed) `--staged-share` of the steps in new_rows, the rest in dedup_bpe
+  compiled, compiled_new_rows, staged_compiled: the same with the decoder layers compiled (`train.compile`;
+              their FLOPs are their uncompiled twins', which FlopCounterMode can count)
 
 Data: ASR examples of real speech units. Mini-world sentences are spoken by drawn espeak-ng voices
 and encoded by Whisper-base; a k=1000 codebook (the demo's: 25 Hz) and the merges are fitted on
@@ -57,6 +59,7 @@ from bench.unit_bpe import CachedFrames
 
 BASELINE = "fp32"
 DERIVED = "staged"
+DERIVED_COMPILED = "staged_compiled"
 MATMUL_N = 2048
 
 
@@ -69,6 +72,8 @@ class Recipe:
     at_targets: bool = False  # the loss on the transcript, the output layer there only
     units: str = "units"  # units | bpe | dedup_bpe: how the speech is rendered
     stage: str = ""  # "": one stage (all, or adapters with LoRA); new_rows: body and adapters frozen
+    compiled: bool = False  # the decoder layers compiled (`train.compile`)
+    twin: str = ""  # the same recipe uncompiled: its counted FLOPs are this one's (compiled kernels are not counted)
 
 
 _LORA = dict(bf16=True, lora_rank=16)
@@ -81,6 +86,10 @@ RECIPES = {r.name: r for r in [
     Recipe("dedup_bpe", "… + units deduplicated, then the merges", **_LORA, at_targets=True, units="dedup_bpe"),
     Recipe("new_rows", "dedup_bpe in a new_rows stage (body and adapters frozen)", **_LORA, at_targets=True,
            units="dedup_bpe", stage="new_rows"),
+    Recipe("compiled", "dedup_bpe with the decoder layers compiled", **_LORA, at_targets=True, units="dedup_bpe",
+           compiled=True, twin="dedup_bpe"),
+    Recipe("compiled_new_rows", "new_rows with the decoder layers compiled", **_LORA, at_targets=True,
+           units="dedup_bpe", stage="new_rows", compiled=True, twin="new_rows"),
 ]}
 
 
@@ -207,7 +216,7 @@ def render_asr(speech: Speech, rendering: str, text, vocab) -> list:
 def build_arm(recipe: Recipe, cfg, text, speech: Speech, seed: int = 0) -> Arm:
     """Model, vocabulary, optimizer and what trains, for `cfg` (from `run_config`) and this recipe's rendering."""
     from dmlm.modeling import build_model
-    from dmlm.training.loop import check_logits_at_targets
+    from dmlm.training.loop import check_logits_at_targets, compile_layers
     from dmlm.training.trainable import Trainable
     from dmlm.vocab import Vocab
 
@@ -219,6 +228,8 @@ def build_arm(recipe: Recipe, cfg, text, speech: Speech, seed: int = 0) -> Arm:
     model = build_model(cfg.model, vocab, seed=seed, text_rows=text.source_ids).train()
     if recipe.at_targets:
         check_logits_at_targets(model)
+    if recipe.compiled:
+        compile_layers(model)
     trainable = Trainable.of(cfg, model, vocab.text_size, 1)
     params = [p for _, p in trainable.optimized()]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.train.weight_decay},
@@ -286,7 +297,7 @@ def round_robin(arms: list[Arm], batches: list[list[int]], warmup: int, matmul_n
     for r, batch in enumerate(batches):
         k = r % len(arms)
         for arm in arms[k:] + arms[:k]:
-            timed_step(arm, batch, count_flops=r == 0)
+            timed_step(arm, batch, count_flops=r == 0 and not arm.recipe.compiled)
         if r >= warmup:
             probes["bf16"].append(matmul_flops(torch.bfloat16, matmul_n))
             probes["fp32"].append(matmul_flops(torch.float32, matmul_n))
@@ -318,12 +329,12 @@ def summary(arm: Arm, base: Arm, warmup: int, peak: dict[str, float]) -> dict:
             "first_loss": arm.losses[0], "last_loss": arm.losses[-1]}
 
 
-def staged_row(first: dict, then: dict, share: float) -> dict:
+def staged_row(first: dict, then: dict, share: float, name: str = "staged") -> dict:
     """A schedule of `share` of the steps in `first`'s stage, then `then`: utt/s = utterances ÷ time."""
     def per_utt(key: str) -> float:
         return share / first[key] + (1 - share) / then[key]
 
-    return {"recipe": DERIVED, "what": f"{share:.0%} of steps as {first['recipe']}, then {then['recipe']} (derived)",
+    return {"recipe": name, "what": f"{share:.0%} of steps as {first['recipe']}, then {then['recipe']} (derived)",
             "derived_from": [first["recipe"], then["recipe"]], "share": share, "utt_per_s": 1 / per_utt("utt_per_s"),
             "ratio": 1 / per_utt("ratio"), "speech": then["speech"], "tokens_per_utt": then["tokens_per_utt"]}
 
@@ -344,11 +355,12 @@ def paired_arm(name: str, args, llm: str, lr: float):
     """(recipe, config) of one side of the paired run: a recipe, or `staged` as its real schedule."""
     from dmlm.training.config import Stage
 
-    if name != DERIVED:
+    if name not in (DERIVED, DERIVED_COMPILED):
         return RECIPES[name], run_config(RECIPES[name], llm, lr, args.lr_new_rows)
     first = max(1, round(args.staged_share * args.paired))
     stages = [Stage(steps=first, train="new_rows"), Stage(train="adapters")]
-    return RECIPES["dedup_bpe"], run_config(RECIPES["dedup_bpe"], llm, lr, args.lr_new_rows, stages)
+    recipe = RECIPES["compiled" if name == DERIVED_COMPILED else "dedup_bpe"]
+    return recipe, run_config(recipe, llm, lr, args.lr_new_rows, stages)
 
 
 def paired_run(args, llm: str, text, train: Speech, dev: Speech) -> dict:
@@ -418,7 +430,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llm", default="smollm2-135m", help="LLM preset, hub id or folder")
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
-    p.add_argument("--recommend", default=DERIVED, help="the recipe reported as `dmlm` (a recipe, or staged)")
+    p.add_argument("--recommend", default=DERIVED_COMPILED, help="the recipe reported as `dmlm` (a recipe, or staged)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of each recipe per round)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (FLOPs counted in the first)")
     p.add_argument("--batch-utts", type=int, default=16, help="utterances per step (the same ones for every recipe)")
@@ -444,9 +456,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--recipes: unknown {unknown}; expected some of {', '.join(RECIPES)}")
     args.names = [BASELINE] + [n for n in names if n != BASELINE]  # the baseline always runs, first
-    if args.recommend == DERIVED and not {"new_rows", "dedup_bpe"} <= set(args.names):
-        p.error("--recommend staged needs the recipes new_rows and dedup_bpe")
-    if args.recommend != DERIVED and args.recommend not in args.names:
+    for derived, parts in ((DERIVED, {"new_rows", "dedup_bpe"}), (DERIVED_COMPILED, {"compiled_new_rows", "compiled"})):
+        if args.recommend == derived and not parts <= set(args.names):
+            p.error(f"--recommend {derived} needs the recipes {' and '.join(sorted(parts))}")
+    if args.recommend not in (DERIVED, DERIVED_COMPILED) and args.recommend not in args.names:
         p.error(f"--recommend {args.recommend} is not among the recipes run ({', '.join(args.names)})")
     if not (args.rounds >= 1 and args.warmup >= 1 and args.batch_utts >= 1 and 0 < args.staged_share < 1):
         p.error("--rounds, --warmup and --batch-utts must be >= 1 and --staged-share in (0, 1)")
@@ -505,12 +518,17 @@ def main(argv: list[str] | None = None) -> dict:
         batches = micro_batches(speech, args.batch_utts, args.warmup + args.rounds)
         arms = [build_arm(RECIPES[n], run_config(RECIPES[n], llm), text, speech) for n in args.names]
         probes = round_robin(arms, batches, args.warmup, args.matmul_n)
+        twins = {a.recipe.name: a for a in arms}
+        for a in arms:
+            if a.recipe.twin in twins:
+                a.flops_per_utt = twins[a.recipe.twin].flops_per_utt
         peak = {k: statistics.median(v) for k, v in probes.items()}
         rows = [summary(a, arms[0], args.warmup, peak) for a in arms]
         del arms
         by_name = {r["recipe"]: r for r in rows}
-        if {"new_rows", "dedup_bpe"} <= by_name.keys():
-            rows.append(staged_row(by_name["new_rows"], by_name["dedup_bpe"], args.staged_share))
+        for first, then, name in (("new_rows", "dedup_bpe", DERIVED), ("compiled_new_rows", "compiled", DERIVED_COMPILED)):
+            if {first, then} <= by_name.keys():
+                rows.append(staged_row(by_name[first], by_name[then], args.staged_share, name))
         timing_s = time.perf_counter() - t0 - data_s
         paired = paired_run(args, llm, text, speech, dev) if args.paired else None
     best = next(r for r in rows if r["recipe"] == args.recommend)
