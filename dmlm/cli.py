@@ -16,6 +16,7 @@
     dmlm speak MODEL "text" -o out.wav
     dmlm resynthesize MODEL in.wav -o out.wav
     dmlm evaluate MODEL --task TASK --manifest M [--out report.json]
+    dmlm evaluate-whisper MANIFEST [--model whisper-base]   Whisper on the same clips, scored like --task asr
     dmlm vocoder train MODEL [--minutes 4]        units -> speech vocoder into MODEL/vocoder/
     dmlm vocoder match MODEL [--clips N]          (re)build its matching set of real frames
     dmlm report RUN                               RUN/report.md and docs/results.md from RUN/report.json
@@ -288,6 +289,17 @@ def cmd_evaluate(args) -> None:
     print(f"report -> {out}")
 
 
+def cmd_evaluate_whisper(args) -> None:
+    from dmlm.evaluation.headline import headline
+    from dmlm.evaluation.whisper_baseline import evaluate_whisper
+
+    manifest = Path(args.manifest)
+    out = args.out or str(manifest.with_name(f"eval_{Path(args.model).name}_asr_{manifest.stem}.json"))
+    rep = evaluate_whisper(manifest, model=args.model, limit=args.limit or None, out=out)
+    print(json.dumps(headline(rep)))
+    print(f"report -> {out}")
+
+
 def cmd_report(args) -> None:
     from dmlm.recipes.report import write_reports
 
@@ -413,7 +425,7 @@ def _add_train(sub) -> None:
 
 
 def _add_scoring_verbs(sub) -> None:
-    """decode, evaluate."""
+    """decode, evaluate, evaluate-whisper."""
     for verb, fn, helptext in (("decode", cmd_decode, "decode a manifest to hyps.jsonl"),
                                ("evaluate", cmd_evaluate, "score a model on one task of a manifest (JSON report)")):
         s = sub.add_parser(verb, help=helptext)
@@ -428,6 +440,14 @@ def _add_scoring_verbs(sub) -> None:
             _add_evaluate_options(s)
         _decoding_args(s, speech_out=True)  # --rerank: refused unless the task is t2s
         s.set_defaults(fn=fn)
+    s = sub.add_parser("evaluate-whisper", help="score Whisper (greedy, English, no prompt) on a manifest's clips, "
+                       "as `evaluate --task asr` scores a model: the baseline beside it (JSON report)")
+    s.add_argument("manifest")
+    s.add_argument("--model", default="whisper-base", help="a Whisper preset or CTranslate2 folder (default: "
+                                                          "whisper-base, whose encoder makes the speech units)")
+    s.add_argument("--limit", type=int, default=0, help="score only the first N records of each voice group (0: all)")
+    s.add_argument("--out", help="the JSON report (default: beside the manifest); *.hyps.jsonl beside it")
+    s.set_defaults(fn=cmd_evaluate_whisper)
 
 
 def _add_evaluate_options(s: argparse.ArgumentParser) -> None:

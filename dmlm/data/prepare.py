@@ -6,6 +6,8 @@ Layout written under `out_dir`:
     train.jsonl  dev.jsonl  test.jsonl   (paths relative to the manifest)
     unpaired.jsonl  neural_extra.jsonl   (mini-world: `n_unpaired` text-only sentences; the first
                                           `neural_extra` of them spoken in the neural voice)
+    test_domain.jsonl                     (bible, `n_test_domain`: held-out-domain sentences, not scripture,
+                                          spoken like test; for testing only)
     prepare.json                          (the settings, so a re-run with others is refused)
 
 The test split holds every test sentence twice: once in a training voice, once in the
@@ -73,6 +75,11 @@ class PrepareConfig:
     max_words: int = 0
     """bible: only verses of at most this many words (0: the corpus's own limit, 20). Shorter verses are shorter
     token sequences: more utterances per CPU minute (configs/studies/init.yaml)."""
+    n_test_domain: int = 0
+    """bible: also write test_domain.jsonl, this many sentences of a held-out text domain that is not scripture
+    (`dmlm.data.heldout_domain`: The Devil's Dictionary, public domain; at most max_words words, 0: 20), spoken like
+    the test split (training-voice draws with neural_share, and a held-out-voice copy each), none of them a
+    sentence of train, dev or test. For testing only: no training task reads it. 0: not written."""
     speech_langs: list[str] = field(default_factory=list)
     """mini-world: also speak every sentence's translation in these languages (es, de, fr; espeak-ng voices of
     each, and a held-out voice per language in test) as records of their own (id `<sentence>-<lang>`, `lang` and
@@ -94,7 +101,7 @@ def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
 
 CORPORA = ("mini-world", "bible", "digits")
 IMAGE_CORPORA = ("digits",)  # images with captions, no audio
-_RERUN_FREE = ("workers", "images", "n_unpaired", "neural_extra")  # settings a re-run may change: they add outputs, never alter them
+_RERUN_FREE = ("workers", "images", "n_unpaired", "neural_extra", "n_test_domain")  # settings a re-run may change: they add outputs, never alter them
 
 
 def check_settings(cfg: PrepareConfig) -> None:
@@ -118,6 +125,9 @@ def check_settings(cfg: PrepareConfig) -> None:
     if cfg.max_words < 0 or (cfg.max_words and cfg.corpus != "bible"):
         raise UserError(f"prepare.max_words: a word limit on bible verses (>= 1, or 0 for the corpus's own), got "
                         f"{cfg.max_words} for corpus {cfg.corpus}")
+    if cfg.n_test_domain < 0 or (cfg.n_test_domain and cfg.corpus != "bible"):
+        raise UserError(f"prepare.n_test_domain: held-out-domain test sentences for the bible corpus (>= 0), got "
+                        f"{cfg.n_test_domain} for corpus {cfg.corpus}")
     if not 0 <= cfg.neural_extra <= cfg.n_unpaired - media:
         raise UserError(f"prepare.neural_extra speaks unpaired text sentences, so it must be within [0, n_unpaired - "
                          f"n_unpaired_speech - n_unpaired_images = {cfg.n_unpaired - media}], got {cfg.neural_extra}")
@@ -159,6 +169,8 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
             manifests.update(_write_unpaired_media(cfg, out))
         if cfg.neural_extra:
             manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
+        if cfg.n_test_domain:
+            manifests["test_domain"] = _write_test_domain(cfg, out, manifests)
         return manifests
 
     extra = {"n_unpaired": cfg.n_unpaired} if cfg.n_unpaired else {}
@@ -187,6 +199,8 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
         manifests.update(_write_unpaired_media(cfg, out, unpaired))
     if cfg.neural_extra:
         manifests["neural_extra"] = _write_neural_extra(cfg, out, manifests["unpaired"])
+    if cfg.n_test_domain:
+        manifests["test_domain"] = _write_test_domain(cfg, out, manifests)
     return manifests
 
 
@@ -292,6 +306,28 @@ def _write_neural_extra(cfg: PrepareConfig, out: Path, unpaired: Path) -> Path:
                                  text=s.text, speaker=v.speaker,
                                  custom={"voice": asdict(v), HELDOUT_VOICE: False, "vocoder_only": True})
                           for (s, v, uid), d in zip(rows, durations)])
+    return path
+
+
+def _write_test_domain(cfg: PrepareConfig, out: Path, manifests: dict[str, Path]) -> Path:
+    """test_domain.jsonl: `cfg.n_test_domain` held-out-domain sentences (none with the text of a train, dev or
+    test record) spoken like the test split: a training-voice draw each, then a held-out-voice copy each. Voices
+    come from seeds of their own (the splits' draws are untouched), drawn in the domain's draw order, so a larger
+    count extends a smaller one's records and its wavs. Resumes like the splits."""
+    from dmlm.data import heldout_domain
+
+    path = out / "test_domain.jsonl"
+    if path.is_file() and sum(1 for _ in path.open()) == 2 * cfg.n_test_domain:
+        return path
+    taken = {r.text for split in ("train", "dev", "test") for r in read_manifest(manifests[split])}
+    limit = {"max_words": cfg.max_words} if cfg.max_words else {}
+    sentences = heldout_domain.draw(cfg.n_test_domain, seed=cfg.seed, exclude=taken, **limit)
+    seen_rng, held_rng = random.Random(cfg.seed + 4), random.Random(cfg.seed + 5)
+    rows = [(s, draw_voice(seen_rng, neural_share=cfg.neural_share), s.id, False, "en") for s in sentences]
+    rows += [(s, draw_voice(held_rng, heldout=True), f"{s.id}-hv", True, "en") for s in sentences]
+    jobs = [(s.text, v, out / "wav" / f"{uid}.wav") for s, v, uid, _, _ in rows]
+    durations = synthesize_many(jobs, workers=cfg.workers, desc="synthesize test_domain")
+    write_manifest(path, [_speech_record(cfg, "test", row, d) for row, d in zip(rows, durations)])
     return path
 
 
