@@ -212,6 +212,24 @@ def test_a_learning_curve_scores_snapshots_along_the_budget(tmp_path):
     assert (out / "tiny_curve.png").stat().st_size > 1000
 
 
+def test_an_option_added_at_its_default_keeps_every_study_hash():
+    """Shared corpora, codebooks and finished runs are named by a hash of the settings away from their defaults:
+    a config class that gains an option (at its default) names them as before; a set option changes the name."""
+    from dataclasses import field, make_dataclass
+
+    from dmlm.data.prepare import PrepareConfig
+    from dmlm.recipes.demo import DemoConfig
+    from dmlm.recipes.study import _hash, settings
+
+    assert settings(DemoConfig()) == {}
+    cfg = DemoConfig()
+    cfg.prepare.n_train, cfg.run.train.lr = 5, 0.1
+    assert settings(cfg) == {"prepare": {"n_train": 5}, "run": {"train": {"lr": 0.1}}}
+    Grown = make_dataclass("Grown", [("new_option", int, field(default=0))], bases=(PrepareConfig,))
+    assert _hash(settings(Grown(n_train=5))) == _hash(settings(PrepareConfig(n_train=5)))
+    assert _hash(settings(Grown(n_train=5, new_option=1))) != _hash(settings(PrepareConfig(n_train=5)))
+
+
 def _write_empty(tmp_path: Path) -> Path:
     p = tmp_path / "study.yaml"
     p.write_text("# every setting comes from the overrides\n")

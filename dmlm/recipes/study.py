@@ -227,6 +227,28 @@ class StudyConfig:
         return metric_task(self.primary or self.metrics[0])
 
 
+def settings(obj: object) -> object:
+    """What a hash of a config reads: a dataclass as {field: value} of the fields set away from their defaults
+    (recursively), so that an option added later, at its default, leaves every existing hash (and the shared
+    corpora, codebooks and finished runs named by one) as it was."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if default is dataclasses.MISSING or value != default:
+                out[f.name] = settings(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [settings(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: settings(v) for k, v in obj.items()}
+    return obj
+
+
 def _hash(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -238,13 +260,13 @@ class Shared:
         self.root = root
 
     def data(self, cfg: DemoConfig) -> tuple[str, dict[str, Path]]:
-        key = f"data-{cfg.prepare.corpus}-{_hash(asdict(cfg.prepare))}"
+        key = f"data-{cfg.prepare.corpus}-{_hash(settings(cfg.prepare))}"
         return key, prepare_data(cfg.prepare, self.root / key)
 
     def codebook_paths(self, cfg: DemoConfig, data_key: str) -> tuple[Path, Path | None]:
         """The arm's speech codebook file and (when a task reads or writes images) its image codebook file."""
-        ckey = f"codebook-{_hash([data_key, asdict(cfg.codebook), cfg.codebook_fit_utts])}"
-        ikey = f"image_codebook-{_hash([data_key, asdict(cfg.image_codebook), cfg.image_codebook_fit_images])}"
+        ckey = f"codebook-{_hash([data_key, settings(cfg.codebook), cfg.codebook_fit_utts])}"
+        ikey = f"image_codebook-{_hash([data_key, settings(cfg.image_codebook), cfg.image_codebook_fit_images])}"
         return self.root / f"{ckey}.safetensors", (self.root / f"{ikey}.safetensors" if uses_images(cfg.run.data.tasks)
                                                    else None)
 
@@ -261,7 +283,7 @@ class Shared:
 
     def vocoder(self, cfg: DemoConfig, data_key: str, codebook: Path, units: Path, manifests: dict[str, Path]) -> Path:
         """The unit vocoder of the arm's corpus and speech codebook, trained on its training split as the demo's."""
-        key = f"vocoder-{_hash([data_key, codebook.stem, asdict(cfg.vocoder), cfg.vocoder_minutes])}"
+        key = f"vocoder-{_hash([data_key, codebook.stem, settings(cfg.vocoder), cfg.vocoder_minutes])}"
         train = [manifests[m] for m in ("train", EXTRA_AUDIO) if m in manifests]
         make_vocoder(self.root / key, cfg.vocoder, cfg.vocoder_minutes, train, [store_prefix(units, m) for m in train],
                      codebook)
@@ -296,7 +318,7 @@ def run_study(cfg: StudyConfig, summarize: bool = True) -> dict | None:
     shared = Shared(Path(cfg.shared) if cfg.shared else out / "shared")
     runs_path = out / "runs.jsonl"
     plan = [(a, s) for a in cfg.arms for s in cfg.seeds]
-    keys = {(a.name, s): _hash(asdict(cfg.arm_config(a, s))) for a, s in plan}
+    keys = {(a.name, s): _hash(settings(cfg.arm_config(a, s))) for a, s in plan}
     done = {(r["arm"], r["seed"]) for r in read_jsonl(runs_path, missing_ok=True) if r.get("config_hash") == keys.get((r["arm"], r["seed"]))}
     progress = _Progress(cfg.name, len(plan), sum((a.name, s) in done for a, s in plan))
     for k, (arm, seed) in enumerate(plan, 1):
