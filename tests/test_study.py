@@ -279,3 +279,82 @@ def test_asr_bleu_stats_reproduce_the_s2st_report_and_pool_per_way(tmp_path):
     direct = np.stack(list(_pooled_stats(runs, "s2st.direct.asr_bleu").values()))
     assert score("asr_bleu", direct.sum(0)) == pytest.approx(want["asr_bleu"])
     assert score("asr_bleu", np.stack(list(_pooled_stats(runs, "s2st.cascade.asr_bleu").values())).sum(0)) == 0.0
+
+
+# -- S2ST: ways compared in pairs (way_reference) ---------------------------------------------------
+
+_WORDS = ("el gato perro casa rojo grande ve corre come agua libro mesa niña niño sol luna verde azul "
+          "calle árbol pan leche noche día").split()
+
+
+def _way_runs(tmp_path: Path, seeds=(0, 1), n: int = 80) -> list[dict]:
+    """runs.jsonl rows of one arm whose S2ST hypotheses are known: `direct` hears one word in 12 wrong, `chained`
+    and `cascade` one in 5 (different words of the same utterances: a null difference between them)."""
+    rng = np.random.default_rng(0)
+    refs = [" ".join(rng.choice(_WORDS, size=rng.integers(8, 13))) for _ in range(n)]
+
+    def garble(ref: str, every: int, offset: int) -> str:
+        return " ".join("xx" if (j + offset) % every == 0 else w for j, w in enumerate(ref.split()))
+
+    runs = []
+    for seed in seeds:
+        rows = [{"id": f"u{i}", "way": way, "ref": ref, "hyp": garble(ref, every, (i + seed + shift) % every),
+                 "heldout_voice": i % 4 == 0}
+                for way, every, shift in (("direct", 12, 0), ("chained", 5, 1), ("cascade", 5, 3))
+                for i, ref in enumerate(refs)]
+        path = tmp_path / f"hyps{seed}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        metrics = {}
+        for way in ("direct", "chained", "cascade"):
+            mine = [r for r in rows if r["way"] == way and not r["heldout_voice"]]
+            metrics[f"s2st.{way}.asr_bleu"] = score("asr_bleu", utterance_stats(
+                "asr_bleu", [r["ref"] for r in mine], [r["hyp"] for r in mine]).sum(0))
+        runs.append({"arm": "all-ways", "seed": seed, "metrics": metrics, "steps": 10, "tokens": 100, "seconds": 1.0,
+                     "final_dev_loss": None, "hyps": {"s2st": str(path)}, "dev_curve": [{"step": 10, "dev_loss": 3.0}],
+                     "config": {"prepare": {}, "run": {"model": {}, "train": {}, "data": {"tasks": ["s2st:es"]}}}})
+    return runs
+
+
+def test_ways_are_compared_in_pairs_with_the_reference_way(tmp_path):
+    """The s2st study with its way_reference (cascade): direct (fewer errors) is 'better' with an interval above 0,
+    chained (as many errors, elsewhere) 'no difference', per metric family, in the JSON, the page and docs."""
+    from dmlm.recipes.study import load_study_config
+    from dmlm.recipes.study_summary import write_studies_doc, write_summary
+
+    cfg = load_study_config(str(CONFIGS / "s2st.yaml"), [f"out={tmp_path / 'out'}", f"docs={tmp_path / 'docs'}",
+                                                         "bootstrap=500"])
+    assert cfg.way_reference == "cascade"
+    s = write_summary(cfg, _way_runs(tmp_path))
+    comps = {(c["way"], c["metric"]): c for c in s["way_comparisons"]}
+    assert set(comps) == {(w, f"s2st.{k}") for w in ("direct", "chained")
+                          for k in ("asr_bleu", "asr_chrf", "asr_bleu_heldout_voice")}
+    for c in comps.values():
+        assert c["arm"] == "all-ways" and c["reference_way"] == "cascade" and c["ci95"][0] <= c["delta"] <= c["ci95"][1]
+        assert c["utterances"] == (20 if c["metric"].endswith("_heldout_voice") else 60)
+    for k in ("asr_bleu", "asr_chrf", "asr_bleu_heldout_voice"):
+        better, null = comps[("direct", f"s2st.{k}")], comps[("chained", f"s2st.{k}")]
+        assert better["verdict"] == "better" and better["ci95"][0] > 0, better
+        assert null["verdict"] == "no difference" and null["ci95"][0] < 0 < null["ci95"][1], null
+    # the difference is the pooled scores' (both seeds' statistics summed), as an arm comparison's
+    pooled = s["arms"][0]["pooled"]
+    assert comps[("direct", "s2st.asr_bleu")]["delta"] == pytest.approx(
+        pooled["s2st.direct.asr_bleu"] - pooled["s2st.cascade.asr_bleu"])
+    assert [c["primary"] for c in s["way_comparisons"] if c["metric"] == "s2st.asr_bleu"] == [True, True]
+    md = (tmp_path / "out" / "s2st.md").read_text()
+    assert "## Ways compared" in md and "| all-ways | direct | cascade | s2st.asr_bleu (primary) |" in md
+    assert (tmp_path / "out" / "s2st_metrics.png").stat().st_size > 1000
+    page = write_studies_doc(tmp_path / "docs", tmp_path / "studies.md").read_text()
+    assert "direct vs cascade: +" in page and "chained vs cascade:" in page
+
+
+def test_a_way_reference_must_be_a_way_of_the_metrics():
+    from dmlm.recipes.study import load_study_config
+    from dmlm.util.config import ConfigError
+
+    with pytest.raises(ConfigError, match="way_reference 'telepathy' is not a way"):
+        load_study_config(str(CONFIGS / "s2st.yaml"), ["way_reference=telepathy"])
+    # a known way that no metric names: nothing to compare with
+    with pytest.raises(ConfigError, match=r"way_reference 'cascade' is not a way.*\['direct'\]"):
+        load_study_config(str(CONFIGS / "s2st.yaml"), ["metrics=[s2st.direct.asr_bleu]", "primary="])
+    with pytest.raises(ConfigError, match="way_reference 'cascade'.*no metric is TASK.WAY.metric"):
+        load_study_config(None, ["name=x", "arms=[{name: a}]", "way_reference=cascade"])

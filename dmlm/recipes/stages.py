@@ -46,6 +46,9 @@ UNPAIRED = ("unpaired", "unpaired_speech", "unpaired_images")
 """The prepared manifests of unpaired data: text only, audio only, images only (`PrepareConfig.n_unpaired*`)."""
 EXTRA_AUDIO = "neural_extra"
 """The prepared manifest of the vocoder's extra audio (speech units only)."""
+TEST_SETS = ("test_domain",)
+"""Prepared test sets beside the test split (`PrepareConfig.n_test_domain`: the held-out text domain), tokenized
+like it; no training task reads them."""
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -185,8 +188,8 @@ def fit_codebooks(manifest: Path, speech: CodebookSettings, speech_utts: int, sp
 # -- tokenize --------------------------------------------------------------------------------------
 
 def tokenize_splits(cb: Codebook, icb: ImageCodebook | None, manifests: dict[str, Path], units: Path) -> None:
-    """Units (and image codes) of every split, the vocoder's extra audio and the unpaired audio and images
-    (unpaired text needs no store); a store already made is kept."""
+    """Units (and image codes) of every split, the vocoder's extra audio, the other test sets (`TEST_SETS`) and the
+    unpaired audio and images (unpaired text needs no store); a store already made is kept."""
     from dmlm.tokenizers.tokenize import tokenize_images, tokenize_manifest
 
     for split in SPLITS:
@@ -195,6 +198,8 @@ def tokenize_splits(cb: Codebook, icb: ImageCodebook | None, manifests: dict[str
             tokenize_images(icb, manifests[split], units)
     if EXTRA_AUDIO in manifests:  # the vocoder's extra audio: speech units only
         tokenize_manifest(cb, manifests[EXTRA_AUDIO], units)
+    for name in (n for n in TEST_SETS if n in manifests):  # scored like test, so tokenized like it
+        tokenize_manifest(cb, manifests[name], units)
     tokenize_unpaired(cb, icb, manifests, units)
 
 

@@ -145,6 +145,10 @@ class StudyConfig:
     for that arm."""
     primary: str = ""
     """The metric the verdict reads ("": the first of `metrics`)."""
+    way_reference: str = ""
+    """The way every other way of a per-way metric is compared with, e.g. `cascade` ("": ways are not compared):
+    for each arm and each per-way metric family (`s2st.WAY.asr_bleu`, `s2st.WAY.asr_chrf`, ...), each way of
+    `metrics` minus this way on the same test utterances pooled across seeds, with a paired bootstrap interval."""
     bootstrap: int = 2000
     """Bootstrap resamples for every interval."""
     curve: list[float] = field(default_factory=list)
@@ -187,6 +191,10 @@ class StudyConfig:
                               "need a vocoder: set base.vocoder_minutes > 0")
         if self.primary and self.primary not in self.metrics:
             raise ConfigError(f"study {self.name}: primary {self.primary!r} is not one of metrics {self.metrics}")
+        ways = list(dict.fromkeys(metric_way(m) for m in self.metrics if metric_way(m)))
+        if self.way_reference and self.way_reference not in ways:
+            raise ConfigError(f"study {self.name}: way_reference {self.way_reference!r} is not a way of the per-way "
+                              f"metrics (ways: {ways or 'none: no metric is TASK.WAY.metric'})")
         if any(not 0 < f < 1 for f in self.curve) or len(set(self.curve)) != len(self.curve):
             raise ConfigError(f"study {self.name}: curve must list distinct fractions of the budget in (0, 1), "
                               f"got {self.curve}")

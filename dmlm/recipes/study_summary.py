@@ -9,7 +9,10 @@ report` collects the committed summaries into docs/studies.md.
 Schema of NAME.json:
 `{"study", "finding", "reference", "method", "arms": [{"name", "overrides", "runs": [{"seed",
 "metrics", "steps", "tokens", "seconds"}], "mean", "std", "ci95": {metric: [lo, hi]}}],
-"comparisons": [{"arm", "reference", "metric", "delta", "ci95", "verdict", "expect"}], "verdict"}`.
+"comparisons": [{"arm", "reference", "metric", "delta", "ci95", "verdict", "expect"}], "verdict"}`, and with
+`way_reference` set, `"way_comparisons": [{"arm", "way", "reference_way", "metric", "delta", "ci95", "verdict",
+"utterances", "primary"}]`: per arm, each way of a per-way metric family (`metric` is the family, `TASK.KEY`;
+the way's own metric is `TASK.WAY.KEY`) minus the reference way on the same utterances.
 
 Method (`dmlm.metrics.bootstrap`): an arm's score is the corpus metric over its test utterances
 pooled across seeds; its `ci95` and each comparison's come from a (paired) bootstrap over test
@@ -105,6 +108,67 @@ def summarize(study: str, finding: str, reference: str, arms: list, runs: list[d
             "verdict": finding_verdict(comparisons)}
 
 
+def way_comparisons(cfg, runs: list[dict]) -> list[dict]:
+    """Each way of each per-way metric family minus `cfg.way_reference`, per arm ([] when it is unset).
+
+    The ways of a task are those its per-way metrics name; a family is a (task, key) some per-way metric names,
+    and every way is compared on it, listed or not (a way's hypotheses hold every key). The pair is scored on
+    the utterance ids both ways scored in every seed, their statistics summed over seeds, with one paired
+    bootstrap draw (`paired_difference`), exactly as an arm against its reference.
+    """
+    if not cfg.way_reference:
+        return []
+    per_way = [m for m in cfg.metrics if metric_way(m)]
+    ways = {metric_task(m): list(dict.fromkeys(metric_way(x) for x in per_way if metric_task(x) == metric_task(m)))
+            for m in per_way}
+    families = list(dict.fromkeys((metric_task(m), metric_key(m)) for m in per_way))
+    primary = cfg.primary or cfg.metrics[0]
+    out = []
+    for a in cfg.arms:
+        rs = sorted((r for r in runs if r["arm"] == a.name), key=lambda r: r["seed"])
+        for task, key in families:
+            ref = _pooled_stats(rs, f"{task}.{cfg.way_reference}.{key}")
+            for way in ways[task]:
+                st = _pooled_stats(rs, f"{task}.{way}.{key}") if way != cfg.way_reference else {}
+                ids = sorted(set(st) & set(ref))
+                if not ids:
+                    continue
+                d = paired_difference(key, np.stack([st[i] for i in ids]), np.stack([ref[i] for i in ids]),
+                                      resample_counts(len(ids), cfg.bootstrap, seed=2))
+                out.append({"arm": a.name, "way": way, "reference_way": cfg.way_reference, "metric": f"{task}.{key}",
+                            **d, "utterances": len(ids),
+                            "primary": (task, key) == (metric_task(primary), metric_key(primary))})
+    return out
+
+
+def render_ways(summary: dict) -> list[str]:
+    """The way-against-way table of NAME.md ([] without `way_comparisons`)."""
+    comps = summary.get("way_comparisons") or []
+    if not comps:
+        return []
+    lines = ["", "## Ways compared", "", f"Each way minus the reference way `{comps[0]['reference_way']}` on the same "
+             "test utterances pooled across seeds, with a paired bootstrap interval.", "",
+             "| arm | way | against | metric | difference | 95 % interval | verdict | utterances |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in comps:
+        lines.append(f"| {c['arm']} | {c['way']} | {c['reference_way']} | {c['metric']}"
+                     f"{' (primary)' if c['primary'] else ''} | {c['delta']:+.2f} | [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] | {c['verdict']} | "
+                     f"{c['utterances']} |")
+    return lines
+
+
+def _way_note(summary: dict, arm: str, metric: str) -> str:
+    """The label over a per-way bar: its difference from the reference way [interval], or 'reference way'."""
+    way, family = metric_way(metric), f"{metric_task(metric)}.{metric_key(metric)}"
+    for c in summary.get("way_comparisons") or []:
+        if (c["arm"], c["metric"]) == (arm, family):
+            if c["way"] == way:
+                return f"{c['delta']:+.1f} vs {c['reference_way']}\n[{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}]"
+            if c["reference_way"] == way:
+                return "reference way"
+    return ""
+
+
 def finding_verdict(comparisons: list[dict]) -> str:
     """The finding's verdict from the comparisons the paper makes a claim about (`expect`).
 
@@ -158,6 +222,7 @@ def render(summary: dict, command: str) -> str:
         lines.append(f"| {c['arm']} | {c['reference']} | {c['metric']}{' (primary)' if c['primary'] else ''} | "
                      f"{c['delta']:+.2f} | [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] | {c['verdict']} | "
                      f"{c['expect'] or '–'} |")
+    lines += render_ways(summary)
     lines += ["", "Lower is better for WER, CER and unit error rate; higher for BLEU, chrF, CIDEr and unit accuracy. "
               "Plots: metrics with intervals, dev loss per arm.", "",
               f"![metrics]({summary['study']}_metrics.png)", "", f"![dev loss]({summary['study']}_dev_loss.png)", ""]
@@ -185,6 +250,10 @@ def plot_metrics(summary: dict, path: Path) -> None:
             ax.errorbar(i, y, yerr=[[y - ci[0]], [ci[1] - y]], color="black", capsize=4)
             seeds = [r["metrics"][m] for r in a["runs"] if m in r["metrics"]]
             ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3)
+            note = _way_note(summary, a["name"], m)
+            if note:
+                ax.annotate(note, (i, ci[1]), ha="center", va="bottom", fontsize=6)
+                ax.margins(y=0.3)  # room for the label above the interval
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         arrow = "↓" if LOWER_IS_BETTER[base_metric(metric_key(m))] else "↑"
@@ -309,6 +378,8 @@ def write_summary(cfg, runs: list[dict]) -> dict:
     summary = summarize(cfg.name, cfg.finding, cfg.reference_arm, cfg.arms, runs, cfg.metrics,
                         cfg.primary or cfg.metrics[0], cfg.bootstrap, cfg.reference_of)
     summary["seeds"] = list(cfg.seeds)
+    if cfg.way_reference:
+        summary["way_comparisons"] = way_comparisons(cfg, runs)
     curve = summarize_curve(cfg, runs)
     if curve:
         summary["curve"] = curve
@@ -353,6 +424,9 @@ def write_studies_doc(docs: str | Path = "docs/studies", target: str | Path = "d
     for n in order:
         s = summaries[n]
         prim = [c for c in s["comparisons"] if c["primary"]]
+        prim += [{**c, "arm": c["way"] + (f" ({c['arm']})" if len(s["arms"]) > 1 else ""),
+                  "reference": c["reference_way"]}  # a study of ways: way vs reference way
+                 for c in s.get("way_comparisons") or [] if c["primary"]]
         cells = "; ".join(f"{c['arm']} vs {c['reference']}: {c['delta']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
                           f" ({c['verdict']})" for c in prim) or "–"
         lines.append(f"| [{n}](studies/{n}.md) | {s['finding']} | **{s['verdict']}** | {s['primary']}: {cells} |")
