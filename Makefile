@@ -32,11 +32,14 @@ sysdeps:
 	  { echo "could not install chromium; run: apt-get install chromium"; exit 1; }; }
 
 # `make demo QUICK=1`: every task end to end on a slice of the work (configs/demo-quick.yaml)
-DEMO_CONFIG := $(if $(QUICK),configs/demo-quick.yaml,configs/demo.yaml)
+# `make demo OPEN=1`: the open-vocabulary model from SmolLM2-135M (configs/open.yaml; hours, resumable)
+# `OUT=DIR`: the run folder (default: the config's `out`), e.g. outside the repository for a long run
+DEMO_CONFIG := $(if $(OPEN),configs/open.yaml,$(if $(QUICK),configs/demo-quick.yaml,configs/demo.yaml))
+DEMO_ASSETS := whisper-base $(if $(OPEN),smollm2-135m)
 
 demo: install sysdeps
-	$(BIN)/dmlm assets whisper-base
-	$(BIN)/dmlm demo $(DEMO_CONFIG)
+	$(BIN)/dmlm assets $(DEMO_ASSETS)
+	$(BIN)/dmlm demo $(DEMO_CONFIG) $(if $(OUT),out=$(OUT))
 
 test: install sysdeps
 	$(BIN)/python -m pytest -q

@@ -20,6 +20,7 @@
     dmlm vocoder train MODEL [--minutes 4]        units -> speech vocoder into MODEL/vocoder/
     dmlm vocoder match MODEL [--clips N]          (re)build its matching set of real frames
     dmlm report RUN                               RUN/report.md and docs/results.md from RUN/report.json
+    dmlm report RUN --open                        RUN/report.md and docs/open/report.{md,json} (configs/open.yaml)
     dmlm demo [CONFIG.yaml] [key=value ...]        the whole pipeline on mini-world, offline
     dmlm serve MODEL [--port 8000] [--api-key KEY] HTTP API (+ OpenAI audio routes) and a web page
     dmlm study CONFIG.yaml [key=value ...]         arms x seeds, compared with bootstrap intervals
@@ -303,7 +304,12 @@ def cmd_evaluate_whisper(args) -> None:
 def cmd_report(args) -> None:
     from dmlm.recipes.report import write_reports
 
-    for path in write_reports(args.run, results=None if args.no_docs else args.results):
+    paths = write_reports(args.run, results=None if args.no_docs or args.open else args.results)
+    if args.open:  # the open-vocabulary model's pages instead of docs/results.md
+        from dmlm.recipes.open_report import publish
+
+        paths += publish(args.run, args.open)
+    for path in paths:
         print(path)
 
 
@@ -538,6 +544,9 @@ def _add_recipe_verbs(sub) -> None:
     s.add_argument("run", help="a demo run folder (holds report.json)")
     s.add_argument("--results", default="docs/results.md", help="the results page to write (default: docs/results.md)")
     s.add_argument("--no-docs", action="store_true", help="only RUN/report.md")
+    s.add_argument("--open", nargs="?", const="docs/open", metavar="DIR",
+                   help="an open-vocabulary run (configs/open.yaml): DIR/report.md and DIR/report.json (default DIR: "
+                        "docs/open) instead of the results page")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("demo", help="whole pipeline on mini-world, offline")

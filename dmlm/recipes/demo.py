@@ -38,6 +38,7 @@ from dmlm.data.split import Split, store_prefix
 from dmlm.decoding import DecodingOptions
 from dmlm.evaluation.headline import SPEECH_OUT_KEYS, headline
 from dmlm.modeling import CheckpointFiles, vocoder_dir
+from dmlm.recipes.open_report import ScratchConfig, check_open, open_report, train_scratch
 from dmlm.recipes.run_folder import RunFolder
 from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, Stages, cached, evaluate_model, fit_codebooks, machine,
                                  point_run_at, prepare_data, tokenize_splits, train_model, train_summary, uses_images,
@@ -107,6 +108,13 @@ class DemoConfig:
     processes: int = 2
     """Training processes (torchrun, gloo on CPU). On a 2-core CPU two single-thread ranks train
     ~30 % faster than one process with two threads; 1 trains in this process."""
+    open_report: bool = False
+    """The open-vocabulary report (`dmlm.recipes.open_report`, configs/open.yaml): after the evaluation, ASR on
+    every test set (held-out chapters, the held-out domain of `prepare.n_test_domain`, the held-out and the neural
+    voice) beside Whisper-base on the same clips and the `scratch` model, with 95 % intervals, S2TT and T2S, into
+    report.json's test_sets/s2tt/t2s/train_minutes/targets and a section of report.md."""
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    """With `open_report`: a from-scratch reference model trained `scratch.minutes` on the same data (0: none)."""
 
     def validate(self) -> None:
         """Settings no single field's type can check (filled configs skip `__post_init__`)."""
@@ -121,6 +129,7 @@ class DemoConfig:
         except ConfigError as e:  # its keys are under `run.` here
             raise ConfigError(f"run.{e}") from None
         check_scorable(self.scored_tasks)  # a task the evaluation cannot score fails now, not after training
+        check_open(self)  # the open report's settings (configs/open.yaml)
         trained = {parse_spec(t)[0] for t in self.run.data.tasks}
         untrained = [t for t in self.eval_tasks if parse_spec(t)[0] not in trained]
         if untrained:
@@ -148,6 +157,10 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
             train_demo_vocoder(cfg, [manifests[m] for m in ("train", EXTRA_AUDIO) if m in manifests], folder.out)
     with stage("evaluate"):
         reports = evaluate_demo(cfg, folder, models, manifests["test"])
+    opened = {}
+    if cfg.open_report:  # every test set beside Whisper-base and the scratch model (configs/open.yaml)
+        with stage("open_report"):
+            opened = open_report(cfg, folder, manifests, models, summarize(reports))
     plot_losses(folder, models)
     report = {
         "tasks": summarize(reports),
@@ -163,6 +176,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "data": {s: len(read_manifest(p)) for s, p in manifests.items()},
         "models": {k: str(v.resolve()) for k, v in models.items()},
         "config": asdict(cfg),
+        **opened,
     }
     atomic_write_json(folder.report_json, report)
     write_pages(folder)
@@ -204,7 +218,7 @@ def train_models(cfg: DemoConfig, folder: RunFolder, manifests: dict[str, Path],
         with stage("train_asr_only"):
             train_model(asr_only_run(cfg, run, folder.model(ASR_ONLY)), folder.run_config(ASR_ONLY), cfg.processes, resume)
         models[ASR_ONLY] = folder.model(ASR_ONLY)
-    return models
+    return models | train_scratch(cfg, folder, run, stage, resume)  # the open report's reference model, if any
 
 
 def evaluate_demo(cfg: DemoConfig, folder: RunFolder, models: dict[str, Path], test: Path) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dmlm.data.manifest import is_heldout_voice, read_manifest
 from dmlm.evaluation.headline import headline_row, judged_alone, scoring_order
+from dmlm.recipes.open_report import render_section
 from dmlm.recipes.run_folder import RunFolder
 from dmlm.tasks import DEFAULT_LANG, get_task, parse_spec, scoring_for
 from dmlm.util.errors import UserError
@@ -73,6 +74,7 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
         *_table(report),
         *_intervals(out),
         *_stage_profile(report),
+        *(render_section(report) if "test_sets" in report else []),  # an open-vocabulary run (configs/open.yaml)
     ]
     lines.append("")
     tr = report["train"]
