@@ -430,7 +430,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llm", default="smollm2-135m", help="LLM preset, hub id or folder")
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
-    p.add_argument("--recommend", default=DERIVED_COMPILED, help="the recipe reported as `dmlm` (a recipe, or staged)")
+    p.add_argument("--recommend", default="", help="the recipe reported as `dmlm`: a recipe, staged or staged_compiled (default: staged_compiled when its recipes run, else staged)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of each recipe per round)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (FLOPs counted in the first)")
     p.add_argument("--batch-utts", type=int, default=16, help="utterances per step (the same ones for every recipe)")
@@ -456,6 +456,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--recipes: unknown {unknown}; expected some of {', '.join(RECIPES)}")
     args.names = [BASELINE] + [n for n in names if n != BASELINE]  # the baseline always runs, first
+    if not args.recommend:  # the compiled schedule where its recipes run, else the eager one
+        args.recommend = DERIVED_COMPILED if {"compiled_new_rows", "compiled"} <= set(args.names) else DERIVED
     for derived, parts in ((DERIVED, {"new_rows", "dedup_bpe"}), (DERIVED_COMPILED, {"compiled_new_rows", "compiled"})):
         if args.recommend == derived and not parts <= set(args.names):
             p.error(f"--recommend {derived} needs the recipes {' and '.join(sorted(parts))}")

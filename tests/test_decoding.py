@@ -152,6 +152,26 @@ def test_max_new_tokens_and_the_target_modality_are_respected(tiny):
     assert generate(model, prompts, vocab, "text", DecodingOptions(max_new_tokens=0)) == [[] for _ in prompts]
 
 
+def test_max_new_per_prompt_stops_a_looping_output_near_its_prompts_length():
+    """A random tied model never closes (it loops): with max_new_per_prompt=a each batch stops at
+    ceil(a x its longest prompt) + 16 new tokens; the same ids as without it up to there; 0 is off."""
+    import math
+
+    from dmlm.decoding.generate import PER_PROMPT_SLACK
+    from dmlm.util.errors import UserError
+
+    vocab = Vocab(text_size=64, speech_size=16)
+    model = build_model(ModelConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128), vocab, seed=0).eval()
+    prompts = [[vocab.bos] + list(range(3, 3 + n)) for n in (4, 30)]
+    full = _both(model, prompts, vocab, max_new_tokens=80, batch_size=1)
+    assert [len(o) for o in full] == [80, 80]  # it loops
+    capped = _both(model, prompts, vocab, max_new_tokens=80, batch_size=1, max_new_per_prompt=0.5)
+    want = [math.ceil(0.5 * len(p)) + PER_PROMPT_SLACK for p in prompts]
+    assert [len(o) for o in capped] == want and all(c == f[: len(c)] for c, f in zip(capped, full))
+    with pytest.raises(UserError, match="max_new_per_prompt"):
+        DecodingOptions(max_new_per_prompt=-1)
+
+
 def test_greedy_stops_at_the_close_tag_and_drops_finished_rows(tiny):
     model, vocab, prompts = tiny
     close = vocab.close("text")

@@ -24,6 +24,7 @@ Design decisions:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -38,6 +39,9 @@ from dmlm.util.errors import UserError
 from dmlm.vocab import Vocab
 
 log = logging.getLogger(__name__)
+
+PER_PROMPT_SLACK = 16
+"""max_len_b of `DecodingOptions.max_new_per_prompt`: new tokens allowed beyond the per-prompt-token share."""
 
 
 def check_positions(model: PreTrainedModel, prompts: Sequence[Sequence[int]], names: Sequence[str], what: str) -> None:
@@ -135,12 +139,14 @@ def generate(
         ids, mask = _left_pad([prompts[i] for i in idx], vocab.pad)
         ids, mask = ids.to(device), mask.to(device)
         n_new = opts.max_new_tokens if limit is None else max(0, min(opts.max_new_tokens, limit - ids.shape[1]))
+        if opts.max_new_per_prompt > 0:  # a looping output stops near its input's length
+            n_new = min(n_new, math.ceil(opts.max_new_per_prompt * ids.shape[1]) + PER_PROMPT_SLACK)
         if lean:
             gen = greedy(run, ids, mask, allowed, close, n_new)
         else:
             gen = _generate_hf(model, ids, mask, filt, close, vocab.pad, replace(opts, max_new_tokens=n_new)) \
                 if n_new else [[] for _ in idx]
-        if n_new < opts.max_new_tokens:
+        if n_new < opts.max_new_tokens and limit is not None and n_new == limit - ids.shape[1]:
             cut += sum(len(seq) >= n_new for seq in gen)
         for i, seq in zip(idx, gen):
             out[i] = seq

@@ -29,6 +29,10 @@ class DecodingOptions:
     """Beams for strategy=beam."""
     max_new_tokens: int = 256
     """Longest target to generate."""
+    max_new_per_prompt: float = 0.0
+    """With > 0, also at most ceil(this × the batch's longest prompt) + 16 new tokens (fairseq's max_len_a·src +
+    max_len_b): a looping output stops near its input's length instead of at max_new_tokens. E.g. 0.5 for a
+    transcript of 25 Hz speech units (a real one is ~0.15 tokens per unit). 0: off."""
     temperature: float = 1.0
     """Softmax temperature for strategy=sample."""
     top_k: int = 0
@@ -52,6 +56,9 @@ class DecodingOptions:
             raise UserError(f"decoding engine must be dmlm or transformers, got {self.engine!r}")
         if self.compute_type not in COMPUTE_TYPES:
             raise UserError(f"decoding compute_type must be one of {COMPUTE_TYPES}, got {self.compute_type!r}")
+        if not 0 <= self.max_new_per_prompt <= 16:
+            raise UserError(f"decoding max_new_per_prompt must be in [0, 16] new tokens per prompt token, got "
+                            f"{self.max_new_per_prompt}")
         if self.rerank < 0:
             raise UserError(f"decoding rerank must be >= 0 candidates, got {self.rerank}")
         if self.compute_type != "float32" and not (self.engine == "dmlm" and self.strategy == "greedy"):

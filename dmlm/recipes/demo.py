@@ -100,6 +100,9 @@ class DemoConfig:
     """With `t2s_decoding.rerank` > 1, also judge greedy T2S by Whisper (greedy_wer): what reranking buys."""
     eval_limit: int = 0
     """Score only the first N test records per task (0: all)."""
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    """How the tasks that write text (ASR, S2TT, I2T) decode when scored; T2S's is `t2s_decoding`. E.g.
+    `max_new_per_prompt: 0.5` stops a looping transcript near its input's length (an early checkpoint's)."""
     eval_tasks: list[str] = field(default_factory=list)
     """The task specs scored on the test split ([]: the mixture's, `run.data.tasks`). A multilingual run names
     each language (`asr:en`, `asr:es`) to report ASR per language where it trained one `asr` for all."""
@@ -226,9 +229,10 @@ def evaluate_demo(cfg: DemoConfig, folder: RunFolder, models: dict[str, Path], t
     loaded = {name: LazyModel(path) for name, path in models.items()}
     limit = cfg.eval_limit or None
     reports = evaluate_model(loaded[MIXTURE], cfg.scored_tasks, test, folder, folder.units,
-                             limit=lambda spec: None if spec == ASR_ONLY_TASK else limit)
+                             limit=lambda spec: None if spec == ASR_ONLY_TASK else limit, text_decoding=cfg.decoding)
     if ASR_ONLY in loaded:
-        reports |= evaluate_model(loaded[ASR_ONLY], [ASR_ONLY_TASK], test, folder, folder.units, key=lambda spec: ASR_ONLY)
+        reports |= evaluate_model(loaded[ASR_ONLY], [ASR_ONLY_TASK], test, folder, folder.units, key=lambda spec: ASR_ONLY,
+                                   text_decoding=cfg.decoding)
     if vocoder_dir(models[MIXTURE]).is_dir():
         reports |= evaluate_speech_out(cfg, folder, loaded, test)
     return reports

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dmlm.data.manifest import read_manifest
+from dmlm.decoding import DecodingOptions
 from dmlm.modeling import vocoder_dir
 from dmlm.recipes.run_folder import RunFolder
 from dmlm.tasks import get_task, parse_spec
@@ -366,16 +367,20 @@ class LazyModel:
 
 def evaluate_model(model: LazyModel, specs: Sequence[str], manifest: Path, folder: RunFolder, units: Path,
                    limit: Callable[[str], int | None] = lambda spec: None, key: Callable[[str], str] = lambda spec: spec,
-                   settings: Callable[[str], object] = lambda spec: None, progress: bool = True) -> dict[str, dict]:
+                   settings: Callable[[str], object] = lambda spec: None, progress: bool = True,
+                   text_decoding: DecodingOptions | None = None) -> dict[str, dict]:
     """{key(spec): report} of the model on each task of `specs` over `manifest`, each reused while its
     weights are unchanged (`cached`); the model is loaded once, for those that must run.
 
     `limit(spec)`: the records per voice group scored (None: all); `settings(spec)`: what else the
-    reuse depends on (e.g. the limit and manifest).
+    reuse depends on (e.g. the limit and manifest); `text_decoding`: how the tasks that write text decode
+    (None: the defaults), a part of what the reuse depends on.
     """
     reports = {}
     for spec in specs:
         path = folder.eval_report(key(spec))
-        reports[key(spec)] = cached(path, model.folder, lambda spec=spec, path=path: model().evaluate(
-            spec, manifest, units=units, out=path, limit=limit(spec), progress=progress), settings(spec))
+        opts = text_decoding if get_task(parse_spec(spec)[0]).target == "text" else None
+        depends = settings(spec) if opts is None or opts == DecodingOptions() else [settings(spec), asdict(opts)]
+        reports[key(spec)] = cached(path, model.folder, lambda spec=spec, path=path, opts=opts: model().evaluate(
+            spec, manifest, units=units, out=path, limit=limit(spec), progress=progress, options=opts), depends)
     return reports

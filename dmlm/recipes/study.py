@@ -399,7 +399,7 @@ def score_curve(cfg: StudyConfig, base: DemoConfig, folder: RunFolder, test: Pat
         key = f"{task}@step-{step}"
         rep = evaluate_model(LazyModel(snap), [spec], test, folder, units, limit=lambda s: base.eval_limit or None,
                              key=lambda s: key, settings=lambda s: {"limit": base.eval_limit, "manifest": str(test)},
-                             progress=False)[key]
+                             progress=False, text_decoding=base.decoding)[key]
         points.append({"step": step, "examples": CheckpointFiles(snap).meta.get("examples"),
                        "metrics": {m: metric_value(rep, m) for m in cfg.metrics
                                    if metric_task(m) == task and metric_value(rep, m) is not None},
@@ -431,7 +431,8 @@ def evaluate_arm(cfg: StudyConfig, base: DemoConfig, folder: RunFolder, test: Pa
             continue
         stage(f"evaluate {task}")
         rep = evaluate_model(model, [specs[task]], test, folder, units, limit=lambda spec: base.eval_limit or None,
-                             key=lambda spec, task=task: task, settings=lambda spec: settings, progress=False)[task]
+                             key=lambda spec, task=task: task, settings=lambda spec: settings, progress=False,
+                             text_decoding=base.decoding)[task]
         by_ear = scoring_for(task).by_ear == "always"  # its hypotheses are in the report's folder (`evaluate`)
         evals[task] = str(folder.eval_report(task).with_suffix("") / "hyps.jsonl" if by_ear else folder.eval_hyps(task))
         for m in cfg.metrics:
