@@ -295,8 +295,9 @@ def cmd_evaluate_whisper(args) -> None:
     from dmlm.evaluation.whisper_baseline import evaluate_whisper
 
     manifest = Path(args.manifest)
-    out = args.out or str(manifest.with_name(f"eval_{Path(args.model).name}_asr_{manifest.stem}.json"))
-    rep = evaluate_whisper(manifest, model=args.model, limit=args.limit or None, out=out)
+    task = "asr" if args.language == "en" else f"asr_{args.language}"
+    out = args.out or str(manifest.with_name(f"eval_{Path(args.model).name}_{task}_{manifest.stem}.json"))
+    rep = evaluate_whisper(manifest, model=args.model, limit=args.limit or None, out=out, language=args.language)
     print(json.dumps(headline(rep)))
     print(f"report -> {out}")
 
@@ -452,6 +453,7 @@ def _add_scoring_verbs(sub) -> None:
     s.add_argument("--model", default="whisper-base", help="a Whisper preset or CTranslate2 folder (default: "
                                                           "whisper-base, whose encoder makes the speech units)")
     s.add_argument("--limit", type=int, default=0, help="score only the first N records of each voice group (0: all)")
+    s.add_argument("--language", default="en", help="the recordings of this language, Whisper forced to it (default en)")
     s.add_argument("--out", help="the JSON report (default: beside the manifest); *.hyps.jsonl beside it")
     s.set_defaults(fn=cmd_evaluate_whisper)
 

@@ -289,9 +289,12 @@ def test_whisper_baseline_limit_takes_each_voice_group(corpus, tmp_path):
     assert rep["utterances"] == 1 and rep[HELDOUT_VOICE]["utterances"] == 1
     with pytest.raises(UserError, match="limit"):
         evaluate_whisper(path, judge=_Echo([], set()), limit=-1)
-    write_manifest(tmp_path / "es.jsonl", [replace(records[0], lang="es")])
-    with pytest.raises(UserError, match="no English record"):
-        evaluate_whisper(tmp_path / "es.jsonl", judge=_Echo([], set()))
+    write_manifest(tmp_path / "es.jsonl", [replace(records[0], lang="es"), records[1]])
+    with pytest.raises(UserError, match="no record with audio in language 'de'"):
+        evaluate_whisper(tmp_path / "es.jsonl", judge=_Echo([], set()), language="de")
+    # another language: only its recordings, scored against their own text, no English normalizer
+    es = evaluate_whisper(tmp_path / "es.jsonl", judge=_Echo([records[0].text], set()), language="es", progress=False)
+    assert es["utterances"] == 1 and es["wer"] == 0.0 and es["task"] == "asr:es" and "whisper_english" not in es
 
 
 def test_evaluate_whisper_verb(corpus, tmp_path, monkeypatch, capsys):

@@ -44,42 +44,44 @@ BOOTSTRAP_DRAWS = 1000
 NEURAL_GROUP = "neural_voice"
 
 
-def scored_records(manifest: Path, limit: int | None = None) -> list:
-    """The English recordings the ASR task reads, the first `limit` of each voice group (all when falsy)."""
+def scored_records(manifest: Path, limit: int | None = None, language: str = LANG) -> list:
+    """The recordings in `language` the ASR task reads, the first `limit` of each voice group (all when falsy)."""
     if limit is not None and limit < 0:
         raise UserError(f"limit must be >= 0 records per voice group, got {limit}")
     task = get_task("asr")
-    records = [r for r in read_manifest(manifest) if r.audio is not None and task.takes(r, LANG)
-               and (r.lang or LANG) == LANG]
+    records = [r for r in read_manifest(manifest) if r.audio is not None and task.takes(r, language)
+               and (r.lang or LANG) == language]
     records = limit_per_group(records, limit)
     if not records:
-        raise UserError(f"{manifest}: no English record with audio to transcribe")
+        raise UserError(f"{manifest}: no record with audio in language {language!r} to transcribe")
     return records
 
 
-def _group_report(rows: list[dict]) -> dict:
-    """The ASR task's scores of `rows`, Whisper's-normalizer WER/CER, and the WER's 95 % bootstrap interval."""
+def _group_report(rows: list[dict], language: str = LANG) -> dict:
+    """The ASR task's scores of `rows`, Whisper's-normalizer WER/CER (English), and the WER's 95 % bootstrap
+    interval."""
     refs, hyps = [r["ref"] for r in rows], [r["hyp"] for r in rows]
     out = get_task("asr").evaluate(rows)
-    own = error_rates(refs, hyps, normalizer="whisper_english")
-    out["whisper_english"] = {"wer": own["wer"], "cer": own["cer"]}
+    if language == LANG:
+        own = error_rates(refs, hyps, normalizer="whisper_english")
+        out["whisper_english"] = {"wer": own["wer"], "cer": own["cer"]}
     stats = utterance_stats("wer", refs, hyps)
     out["ci95"] = list(interval("wer", stats, resample_counts(len(rows), BOOTSTRAP_DRAWS)))
     return out
 
 
-def score_rows(rows: list[dict]) -> dict:
+def score_rows(rows: list[dict], language: str = LANG) -> dict:
     """Scores by voice group, as `dmlm evaluate --task asr` lays them out, plus the neural voice's group."""
     groups = voice_groups(rows)
     seen = [rows[i] for i in groups.get("seen", [])]
     held = [rows[i] for i in groups.get(HELDOUT_VOICE, [])]
-    out = _group_report(seen) if seen else {}
+    out = _group_report(seen, language) if seen else {}
     if held:
-        hv = out[HELDOUT_VOICE] = _group_report(held)
+        hv = out[HELDOUT_VOICE] = _group_report(held, language)
         out.update({f"{k}_{HELDOUT_VOICE}": v for k, v in hv.items() if isinstance(v, float)})
     neural = [r for r in seen if r.get("speaker") == NEURAL_VOICE]
     if neural:
-        out[NEURAL_GROUP] = _group_report(neural)
+        out[NEURAL_GROUP] = _group_report(neural, language)
     return out
 
 
@@ -97,25 +99,26 @@ def transcribe_records(manifest: Path, records: list, judge: Judge, batch: int =
 
 
 def evaluate_whisper(manifest: str | Path, *, model: str = "whisper-base", limit: int | None = None,
-                     out: str | Path | None = None, judge: Judge | None = None, progress: bool = True) -> dict:
+                     out: str | Path | None = None, judge: Judge | None = None, progress: bool = True,
+                     language: str = LANG) -> dict:
     """Whisper `model` (a preset or a CTranslate2 folder; `judge` replaces it, e.g. in tests) on `manifest`'s
-    English recordings, scored like `dmlm evaluate --task asr`: {"utterances", "wer", "cer", ...,
+    recordings in `language` (Whisper forced to it), scored like `dmlm evaluate --task asr`: {"utterances", "wer", "cer", ...,
     "heldout_voice": {...}, "neural_voice": {...}}. `out`: the JSON report, `*.hyps.jsonl` beside it."""
     t0 = time.time()
     manifest = Path(manifest)
-    records = scored_records(manifest, limit)
+    records = scored_records(manifest, limit, language)
     task, sources = get_task("asr"), Sources(manifest, None)
-    refs = [task.reference(r, sources, LANG) for r in records]  # a record without its text: named, before decoding
-    judge = judge if judge is not None else WhisperJudge(model, language=LANG)
+    refs = [task.reference(r, sources, language) for r in records]  # a record without its text: named, before decoding
+    judge = judge if judge is not None else WhisperJudge(model, language=language)
     log.info("transcribing %d clips with %s", len(records), model)
     hyps = transcribe_records(manifest, records, judge, progress=progress)
     rows = [{"id": r.id, "ref": ref, "hyp": hyp, HELDOUT_VOICE: is_heldout_voice(r), "speaker": r.speaker}
             for r, ref, hyp in zip(records, refs, hyps)]
     report = {
-        "task": "asr", "system": getattr(judge, "model_name", model), "manifest": str(manifest.resolve()),
+        "task": "asr" if language == LANG else f"asr:{language}", "language": language, "system": getattr(judge, "model_name", model), "manifest": str(manifest.resolve()),
         "records": len(rows),
         "decoding": {"strategy": "greedy", "prompt": list(WHISPER_PROMPT), "engine": getattr(judge, "engine", None)},
-        "normalizer": task.scoring.normalizer, **score_rows(rows), "seconds": round(time.time() - t0, 1),
+        "normalizer": task.scoring.normalizer, **score_rows(rows, language), "seconds": round(time.time() - t0, 1),
     }
     if out:
         out = Path(out)
