@@ -358,3 +358,14 @@ def test_a_way_reference_must_be_a_way_of_the_metrics():
         load_study_config(str(CONFIGS / "s2st.yaml"), ["metrics=[s2st.direct.asr_bleu]", "primary="])
     with pytest.raises(ConfigError, match="way_reference 'cascade'.*no metric is TASK.WAY.metric"):
         load_study_config(None, ["name=x", "arms=[{name: a}]", "way_reference=cascade"])
+
+
+def test_an_arm_whose_model_cannot_be_built_is_refused_when_the_study_loads(tmp_path):
+    """A scratch arm over a base that trims an LLM's vocabulary fails at load, not after hours of other arms."""
+    from dmlm.recipes.study import load_study_config
+    from dmlm.util.errors import UserError
+
+    with pytest.raises(UserError, match="arm scratch: model.keep_layers and model.trim_vocab"):
+        load_study_config(str(_write_empty(tmp_path)), [
+            "name=t", "base.run.model.init=random", "base.run.model.trim_vocab=true",
+            "arms=[{name: llm, overrides: []}, {name: scratch, overrides: [run.model.init=scratch]}]"])

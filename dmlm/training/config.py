@@ -158,6 +158,7 @@ class RunConfig:
         from dmlm.training.loss import LOSSES
 
         t, m, d = self.train, self.model, self.data
+        m.validate()  # e.g. a scratch model asked to trim an LLM's vocabulary: refused when the config loads
         positive = {"train.steps": t.steps, "train.batch_tokens": t.batch_tokens, "train.grad_accum": t.grad_accum,
                     "train.eval_every": t.eval_every, "train.save_every": t.save_every, "train.log_every": t.log_every,
                     "train.lr": t.lr, "train.clip": t.clip, "data.bpe_vocab_size": d.bpe_vocab_size}
