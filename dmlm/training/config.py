@@ -112,8 +112,8 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     compile: bool = False
-    """Compile each decoder layer with torch.compile (inductor; needs a C compiler): ~15 % faster steps for
-    SmolLM2-135M at full depth on the 2-core CPU, after ~20 s of compiling (docs/performance.md). Numerics differ
+    """Compile each decoder layer with torch.compile (inductor; needs a C compiler): faster steps at full depth
+    after seconds of compiling (what it saves: bench/pretrained_speed.py, docs/performance.md). Numerics differ
     from eager at rounding level, so a resumed run keeps its setting."""
     precision: str = "auto"
     """auto (bf16 autocast where the GPU or CPU has native bf16, else fp32; `dmlm.util.precision`), fp32 or bf16."""
