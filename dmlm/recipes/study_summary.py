@@ -280,14 +280,8 @@ def plot_dev_loss(summary: dict, runs: list[dict], path: Path) -> None:
         ys = np.array([[next(p["dev_loss"] for p in c if p["step"] == s) for s in steps] for c in curves])
         ax.plot(steps, ys.mean(0), "-o", ms=3, color=f"C{i}", label=a["name"])
         ax.fill_between(steps, ys.min(0), ys.max(0), color=f"C{i}", alpha=0.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("dev loss (nats per target token)")
-    ax.set_title(f"study {summary['study']}: mean over seeds, range shaded", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "step", "dev loss (nats per target token)",
+            f"study {summary['study']}: mean over seeds, range shaded")
 
 
 def summarize_curve(cfg, runs: list[dict]) -> list[dict]:
@@ -363,9 +357,17 @@ def plot_curve(summary: dict, path: Path) -> None:
         for x, p in zip(xs, pts):
             seeds = [v for v in p["seeds"] if v is not None]
             ax.plot([x] * len(seeds), seeds, ".", color=f"C{i}", alpha=0.5)
-    ax.set_xlabel("examples trained on" if all(p["arms"][n]["examples"] for p in curve for n in p["arms"]) else "step")
-    ax.set_ylabel(m)
-    ax.set_title(f"study {summary['study']}: learning curve, 95 % interval, seeds as dots", fontsize=9)
+    _finish(fig, ax, path, "examples trained on" if all(p["arms"][n]["examples"] for p in curve for n in p["arms"])
+            else "step", m, f"study {summary['study']}: learning curve, 95 % interval, seeds as dots")
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid and legend a one-axis study plot, and write it to `path`."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
