@@ -407,7 +407,7 @@ def write_summary(cfg, runs: list[dict]) -> dict:
     return summary
 
 
-FINDING_ORDER = ("loss", "init", "supervision", "codebook")
+FINDING_ORDER = ("loss", "init", "supervision", "supervision-pretrained", "codebook")
 
 
 def write_studies_doc(docs: str | Path = "docs/studies", target: str | Path = "docs/studies.md") -> Path:
