@@ -11,6 +11,7 @@ import pytest
 
 from dmlm.data import bible
 from dmlm.data.corpus import Sentence
+from dmlm.util.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # Markup and cleaning (snippets as diatheke prints them in its internal format)
@@ -269,6 +270,90 @@ def test_splits_report_too_few_verses():
         bible.generate_splits(0, 0, 1000, pool=_pool())
     with pytest.raises(ValueError):
         bible.generate_splits(-1, 0, 0, pool=_pool())
+
+
+def _chapters(sentences) -> set[tuple[str, int]]:
+    return {(s.custom["book"], s.custom["chapter"]) for s in sentences}
+
+
+def _unpaired_pool() -> list[Sentence]:
+    """`_pool()` plus, in every chapter, a verse repeating another chapter's verse 1 and a 25-word verse."""
+    rows = _fake_rows()
+    for b, book in enumerate(["Gen", "Exod", "Matt"]):
+        for chapter in range(1, 9):
+            other = chapter % 8 + 1
+            rows.append(_row(book, chapter, 20, f"word{b} chapter {other} verse 1 of {book.lower()}"))
+            rows.append(_row(book, chapter, 21, " ".join([f"long{b}x{chapter}"] * 25)))
+    return [bible.to_sentence(r) for r in rows]
+
+
+def test_unpaired_verses_come_only_from_train_chapters_and_share_no_text():
+    pool = _unpaired_pool()
+    splits = bible.generate_splits(30, 10, 10, seed=0, pool=pool, n_unpaired=40)
+    unpaired = splits["unpaired"]
+    assert len(unpaired) == 40 and all(s.translations["es"] for s in unpaired)
+    held = _chapters(splits["dev"]) | _chapters(splits["test"])
+    assert not _chapters(unpaired) & held  # never a dev or test chapter
+    assert _chapters(unpaired) <= {(s.custom["book"], s.custom["chapter"]) for s in pool} - held
+    split_texts = {s.text for k in ("train", "dev", "test") for s in splits[k]}
+    held_texts = {s.text for s in pool if (s.custom["book"], s.custom["chapter"]) in held}
+    texts = [s.text for s in unpaired]
+    assert len(set(texts)) == len(texts) and not set(texts) & (split_texts | held_texts)
+    assert any(len(t.split()) > 20 for t in texts)  # no max_words: longer verses than the spoken ones
+    # every verse available: exactly the verses of the other chapters whose text is nowhere else
+    expected = {s.text for s in pool if (s.custom["book"], s.custom["chapter"]) not in held} - split_texts - held_texts
+    everything = bible.generate_splits(30, 10, 10, seed=0, pool=pool, n_unpaired=len(expected))["unpaired"]
+    assert {s.text for s in everything} == expected and len(everything) == len(expected) == 89
+
+
+def test_unpaired_verses_leave_out_excluded_texts_and_repeats_of_held_out_verses():
+    pool = _unpaired_pool()
+    train_chapters = _chapters(pool) - {("Gen", 2)}
+    held = {s.text for s in pool if _chapters([s]) == {("Gen", 2)}}
+    n = len({s.text for s in pool} - held)
+    got = bible.unpaired_verses(pool, train_chapters, taken=set(), n=n, seed=1)  # all of them
+    texts = {s.text for s in got}
+    assert "word0 chapter 2 verse 1 of gen" not in texts  # Gen 2:1, held out, repeated as Gen 1:20
+    assert "word0 chapter 1 verse 1 of gen" in texts  # once, though Matt 8:6 and Gen 8:20 repeat it
+    assert sum(s.text == "word0 chapter 1 verse 1 of gen" for s in got) == 1
+    excluded = {s.text for s in got[:5]}
+    again = bible.unpaired_verses(pool, train_chapters, taken=excluded, n=n - 5, seed=1)
+    assert not {s.text for s in again} & excluded
+    assert [s.id for s in again] == [s.id for s in got[5:]]  # the rest keep their order
+    with pytest.raises(UserError, match=rf"n_unpaired={n - 4}, but only {n - 5} verses"):
+        bible.unpaired_verses(pool, train_chapters, taken=excluded, n=n - 4, seed=1)
+
+
+def test_unpaired_verses_are_seeded_extend_and_leave_the_splits_alone():
+    pool = _unpaired_pool()
+
+    def ids(split):
+        return [s.id for s in split]
+
+    base = bible.generate_splits(30, 10, 10, seed=2, pool=pool)
+    small = bible.generate_splits(30, 10, 10, seed=2, pool=pool, n_unpaired=10)
+    large = bible.generate_splits(30, 10, 10, seed=2, pool=pool, n_unpaired=40)
+    for split in ("train", "dev", "test"):  # growing n_unpaired changes no split
+        assert ids(base[split]) == ids(small[split]) == ids(large[split])
+    assert ids(large["unpaired"])[:10] == ids(small["unpaired"])  # a larger count extends a smaller one's list
+    assert ids(bible.generate_splits(30, 10, 10, seed=2, pool=pool, n_unpaired=40)["unpaired"]) == ids(large["unpaired"])
+    assert ids(bible.generate_splits(30, 10, 10, seed=3, pool=pool, n_unpaired=40)["unpaired"]) != ids(large["unpaired"])
+    # a larger train set keeps dev and test, and only takes its own verses out of the unpaired order
+    more = bible.generate_splits(60, 10, 10, seed=2, pool=pool, n_unpaired=20)
+    assert ids(more["dev"]) == ids(large["dev"]) and ids(more["test"]) == ids(large["test"])
+    train = {s.text for s in more["train"]}
+    assert ids(more["unpaired"]) == [s.id for s in large["unpaired"] if s.text not in train][:20]
+
+
+def test_too_many_unpaired_verses_is_a_clear_error():
+    pool = _unpaired_pool()
+    assert len(bible.generate_splits(30, 10, 10, seed=0, pool=pool, n_unpaired=89)["unpaired"]) == 89  # all of them
+    with pytest.raises(UserError, match=r"prepare\.n_unpaired=90, but only 89 verses are available"):
+        bible.generate_splits(30, 10, 10, seed=0, pool=pool, n_unpaired=90)
+    with pytest.raises(UserError, match=r"prepare\.n_unpaired=90, but only 87 verses"):  # two texts excluded
+        bible.generate_splits(30, 10, 10, seed=0, pool=pool, n_unpaired=90,
+                              unpaired_exclude={s.text for s in bible.generate_splits(
+                                  30, 10, 10, seed=0, pool=pool, n_unpaired=2)["unpaired"]})
 
 
 def test_ensure_installed_reports_a_failed_apt_get(monkeypatch):

@@ -213,6 +213,46 @@ def test_prepare_writes_a_held_out_domain_that_shares_no_sentence(small_bible, m
         prepare(replace(cfg, n_test_domain=7), out)
 
 
+def test_prepare_writes_bible_unpaired_text_from_train_chapters_only(small_bible, monkeypatch):
+    from dmlm.data.prepare import prepare
+
+    cfg, out, manifests = small_bible
+    splits = {k: read_manifest(p) for k, p in manifests.items()}
+    before = {k: p.read_bytes() for k, p in manifests.items()}
+    more = prepare(replace(cfg, n_unpaired=20), out)  # added to a prepared folder: a re-run may add it
+    assert {k: p.read_bytes() for k, p in manifests.items()} == before  # the splits are untouched
+    unpaired = read_manifest(more["unpaired"])
+    assert len(unpaired) == 20 and all(r.audio is None and r.text and r.translations["es"] and r.custom["unpaired"]
+                                       for r in unpaired)
+
+    def chapter(r):  # "bible-Gen-3-2": Genesis 3
+        return tuple(r.id.split("-")[1:3])
+
+    held = {chapter(r) for r in splits["dev"] + splits["test"]}
+    assert not {chapter(r) for r in unpaired} & held  # never a dev or test chapter
+    texts = {r.text for r in unpaired}
+    assert len(texts) == 20 and not texts & {r.text for rs in splits.values() for r in rs}
+
+    # the held-out domain: three of its sentences are unpaired verses, so unpaired.jsonl loses them
+    shared = [r.text for r in unpaired[:3]]
+    own = [f"a plain sentence of the other domain number {w}" for w in _NUMBERS[:6]]
+    domain_rows = [{"id": f"devil-t-{i}", "entry": "t", "text": t, "original": t} for i, t in enumerate(shared + own)]
+    monkeypatch.setattr(heldout_domain, "extract", lambda: domain_rows)
+    both = prepare(replace(cfg, n_unpaired=20, n_test_domain=8), out)
+    again = read_manifest(both["unpaired"])
+    domain = {r.text for r in read_manifest(both["test_domain"])}
+    assert len(again) == 20 and not {r.text for r in again} & (set(shared) | domain)
+    assert [r.id for r in again][:17] == [r.id for r in unpaired[3:]]  # the others keep their order
+    assert {k: p.read_bytes() for k, p in manifests.items()} == before
+    stamp = both["unpaired"].stat().st_mtime_ns
+    assert prepare(replace(cfg, n_unpaired=20, n_test_domain=8), out)["unpaired"].stat().st_mtime_ns == stamp
+    # 72 distinct texts, less 2 held-out chapters of 4 verses, the 12 of train and the 3 of the domain
+    with pytest.raises(UserError, match=r"prepare\.n_unpaired=500, but only 49 verses are available"):
+        prepare(replace(cfg, n_unpaired=500, n_test_domain=8), out)
+    with pytest.raises(UserError, match="prepare.n_unpaired_speech"):  # bible's unpaired data is text only
+        prepare(replace(cfg, n_unpaired=20, n_unpaired_speech=2), out)
+
+
 def test_n_test_domain_is_bible_only_and_not_negative(small_bible):
     from dmlm.data.prepare import PrepareConfig, check_settings, prepare
 

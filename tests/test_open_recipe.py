@@ -119,8 +119,8 @@ def _tiny_open(tmp_path: Path, llm: Path, *extra: str):
 
     return load_demo_config("configs/open.yaml", [
         f"out={tmp_path / 'open'}", "prepare.n_train=14", "prepare.n_dev=4", "prepare.n_test=4", "prepare.n_test_domain=3",
-        "prepare.seed=1", "codebook.backend=mel", "codebook.k=16", "codebook.pooling=1", "codebook_fit_utts=20",
-        "processes=1", f"run.model.llm={llm}", "run.model.lora_rank=4", "run.model.lora_alpha=8",
+        "prepare.n_unpaired=20", "prepare.seed=1", "codebook.backend=mel", "codebook.k=16", "codebook.pooling=1",
+        "codebook_fit_utts=20", "processes=1", f"run.model.llm={llm}", "run.model.lora_rank=4", "run.model.lora_alpha=8",
         "run.train.allow_lossy_start=true", "run.train.compile=false", "run.train.steps=4", "run.train.batch_tokens=1500",
         "run.train.stages=[{steps: 1, train: new_rows}, {train: adapters}]", "run.train.eval_every=2",
         "run.train.save_every=2", "run.train.warmup_steps=1", "run.train.log_every=1", "run.train.lr=0.01",
@@ -169,6 +169,7 @@ def test_tiny_open_recipe_end_to_end(tmp_path, stand_in_llm, fakes, monkeypatch)
     out = tmp_path / "open"
     folder = RunFolder(out)
     assert len(TokenStore(out / "units" / "test_domain")) == 6  # the held-out domain is tokenized like test
+    assert len(read_manifest(folder.data / "unpaired.jsonl")) == 20  # text_lm's unpaired verses
     assert (out / "model_scratch" / "model.safetensors").is_file() and set(rep["train"]) == {"mixture", "scratch"}
 
     expected = _expected_sets(folder.data)
@@ -257,6 +258,7 @@ def test_open_config_is_the_issues_recipe_and_the_demo_is_unchanged():
     assert cfg.open_report and p.corpus == "bible" and p.n_test_domain > 0 and p.max_words > 0 and p.neural_share > 0
     assert (m.init, m.llm, m.keep_layers) == ("pretrained", "smollm2-135m", 0)  # SmolLM2-135M at full depth
     assert cfg.run.data.tasks == ["asr", "s2tt:es", "t2s", "text_lm"]
+    assert p.n_unpaired > 0 and cfg.run.data.unpaired_only == ["text_lm"]  # text_lm reads unpaired verses only
     assert cfg.run.data.speakers == {"t2s": [NEURAL_VOICE]} and cfg.vocoder.speakers == [NEURAL_VOICE]
     assert t.max_minutes == 180 and cfg.scratch.minutes == t.max_minutes  # the reference trains the same minutes
     assert cfg.codebook.backend == "whisper" and cfg.codebook.model == "whisper-base"

@@ -222,5 +222,5 @@ def test_prepare_writes_unpaired_text_on_a_later_run(prepared):
     assert len(unpaired) == 30 and all(r.audio is None and r.text and r.translations["es"] for r in unpaired)
     paired = {r.text for p in manifests.values() for r in read_manifest(p)}
     assert not {r.text for r in unpaired} & paired
-    with pytest.raises(ValueError, match="only mini-world"):
-        prepare(PrepareConfig(corpus="bible", n_unpaired=5), out / "bible")
+    with pytest.raises(ValueError, match="mini-world's unpaired audio and scenes"):  # bible has unpaired text only
+        prepare(PrepareConfig(corpus="bible", n_unpaired=5, n_unpaired_images=1), out / "bible")

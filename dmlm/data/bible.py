@@ -31,6 +31,14 @@ Design decisions:
   never sees, identical English texts are kept once only, and everything is a function of
   the seed. The test set depends only on (seed, n_test, max_words) and dev additionally on
   n_dev, so growing the training set never moves the held-out sets.
+- Unpaired text (`n_unpaired`, for text_lm): verses as text only, from the chapters train draws
+  from and from no other, none with the text of a verse in a held-out chapter or in any split
+  (nor any text in `unpaired_exclude`: the held-out domain's sentences). They have no word limit:
+  `max_words` keeps spoken verses short for the CPU's sake, while text is cheap, and a limit would
+  leave only the few short verses train does not take (at 16 words, ~550 of the 7,555 outside the
+  held-out chapters when train takes 7,000). Their order is one seeded shuffle of those verses
+  with train's removed, so a larger n_unpaired extends a smaller one's list, and train, dev and
+  test never depend on it.
 """
 
 from __future__ import annotations
@@ -434,8 +442,10 @@ def generate_splits(
     seed: int = 0,
     max_words: int = 20,
     pool: list[Sentence] | None = None,
+    n_unpaired: int = 0,
+    unpaired_exclude: Collection[str] = (),
 ) -> dict[str, list[Sentence]]:
-    """Disjoint train/dev/test verse sets, held out by whole chapters.
+    """Disjoint train/dev/test verse sets, held out by whole chapters (and `unpaired`, with `n_unpaired`).
 
     `pool` replaces the extracted verses (tests pass a small list); it is filtered by
     `max_words` like the real corpus. Identical English texts are kept once (the first in
@@ -443,10 +453,13 @@ def generate_splits(
     until it has `n_test` verses, then dev likewise; the verses of the last chapter a
     held-out set opens beyond its count are discarded, never given to train. Train is a
     random sample of `n_train` verses from the remaining chapters. Each set is returned in
-    Bible order.
+    Bible order. `n_unpaired` > 0 adds `unpaired`: that many text-only verses of any length
+    from train's chapters (`unpaired_verses`), in their draw order; the other sets do not
+    depend on it.
     """
-    if min(n_train, n_dev, n_test) < 0:
-        raise UserError(f"split sizes must be >= 0, got {n_train}, {n_dev}, {n_test}")
+    if min(n_train, n_dev, n_test, n_unpaired) < 0:
+        raise UserError(f"split sizes must be >= 0, got {n_train}, {n_dev}, {n_test}, {n_unpaired}")
+    every = [to_sentence(r) for r in aligned_verses()] if pool is None and n_unpaired else pool
     pool = verses(max_words) if pool is None else [s for s in pool if len(s.text.split()) <= max_words]
 
     seen: set[str] = set()
@@ -483,4 +496,36 @@ def generate_splits(
         )
     train = random.Random(f"{seed}-train").sample(rest, n_train)
     splits = {"train": train, "dev": dev, "test": test}
-    return {name: sorted(split, key=lambda s: order[s.id]) for name, split in splits.items()}
+    splits = {name: sorted(split, key=lambda s: order[s.id]) for name, split in splits.items()}
+    if n_unpaired:
+        taken = {s.text for split in splits.values() for s in split} | set(unpaired_exclude)
+        splits["unpaired"] = unpaired_verses(every or [], set(keys), taken, n_unpaired, seed)
+    return splits
+
+
+def _chapter(s: Sentence) -> tuple[str, int]:
+    return s.custom["book"], s.custom["chapter"]
+
+
+def unpaired_verses(every: list[Sentence], train_chapters: set[tuple[str, int]], taken: Collection[str],
+                    n: int, seed: int = 0) -> list[Sentence]:
+    """`n` verses of `every` (all lengths, Bible order) as unpaired text: only from `train_chapters`, none
+    whose text is in `taken` (the splits' texts, and whatever else must stay unseen) or in a verse outside
+    those chapters (a held-out chapter's verse, spoken or not, stays unseen in any chapter), each text once.
+    The order is a shuffle seeded by `seed` of every such verse, with `taken`'s removed only then, so a
+    larger `n` extends a smaller one's list and a larger train set only takes its verses out."""
+    unseen = {s.text for s in every if _chapter(s) not in train_chapters}
+    seen: set[str] = set()
+    candidates = []
+    for s in every:
+        if _chapter(s) in train_chapters and s.text not in unseen and s.text not in seen:
+            seen.add(s.text)
+            candidates.append(s)
+    random.Random(f"{seed}-unpaired").shuffle(candidates)
+    taken = set(taken)
+    left = [s for s in candidates if s.text not in taken]
+    if n > len(left):
+        raise UserError(f"bible: prepare.n_unpaired={n}, but only {len(left)} verses are available (of any length, "
+                        f"from the chapters train draws from, in no split, and no sentence of a held-out chapter or "
+                        f"of the held-out domain)")
+    return left[:n]

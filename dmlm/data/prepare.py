@@ -4,7 +4,7 @@ Layout written under `out_dir`:
     wav/<id>.wav
     img/<id>.png                          (mini-world scenes that can be drawn; digits)
     train.jsonl  dev.jsonl  test.jsonl   (paths relative to the manifest)
-    unpaired.jsonl  neural_extra.jsonl   (mini-world: `n_unpaired` text-only sentences; the first
+    unpaired.jsonl  neural_extra.jsonl   (mini-world, bible: `n_unpaired` text-only sentences; the first
                                           `neural_extra` of them spoken in the neural voice)
     test_domain.jsonl                     (bible, `n_test_domain`: held-out-domain sentences, not scripture,
                                           spoken like test; for testing only)
@@ -59,8 +59,10 @@ class PrepareConfig:
     offline neural voice (`piper:en_US-joe-medium`) instead of a drawn espeak-ng voice; the held-out voice
     stays espeak-ng's. 0 keeps every draw as in corpora made before the neural voice existed."""
     n_unpaired: int = 0
-    """mini-world: also write unpaired.jsonl, this many more sentences as text only (with translations, no
-    audio), disjoint from every split and free of held-out pairs: unpaired text for mixed supervision."""
+    """mini-world, bible: also write unpaired.jsonl, this many more sentences as text only (with translations, no
+    audio), disjoint from every split: unpaired text for mixed supervision. mini-world: free of held-out pairs.
+    bible: verses of any length (no max_words) from the chapters train draws from, none a sentence of the held-out
+    domain (`dmlm.data.bible.unpaired_verses`)."""
     neural_extra: int = 0
     """mini-world: also speak the first this many unpaired sentences (so n_unpaired must be at least as large)
     in the neural voice, into neural_extra.jsonl (`custom.vocoder_only`): more audio in the output voice for
@@ -125,6 +127,9 @@ def check_settings(cfg: PrepareConfig) -> None:
     if cfg.max_words < 0 or (cfg.max_words and cfg.corpus != "bible"):
         raise UserError(f"prepare.max_words: a word limit on bible verses (>= 1, or 0 for the corpus's own), got "
                         f"{cfg.max_words} for corpus {cfg.corpus}")
+    if (cfg.n_unpaired_speech or cfg.n_unpaired_images) and cfg.corpus != "mini-world":
+        raise UserError(f"prepare.n_unpaired_speech, n_unpaired_images: mini-world's unpaired audio and scenes, got "
+                        f"{cfg.n_unpaired_speech}, {cfg.n_unpaired_images} for corpus {cfg.corpus}")
     if cfg.n_test_domain < 0 or (cfg.n_test_domain and cfg.corpus != "bible"):
         raise UserError(f"prepare.n_test_domain: held-out-domain test sentences for the bible corpus (>= 0), got "
                         f"{cfg.n_test_domain} for corpus {cfg.corpus}")
@@ -155,8 +160,8 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     manifests = {s: out / f"{s}.jsonl" for s in ("train", "dev", "test")}
     if cfg.corpus in IMAGE_CORPORA:
         return _prepare_digits(cfg, out, manifests)
-    if cfg.n_unpaired and cfg.corpus != "mini-world":
-        raise UserError(f"n_unpaired: only mini-world generates unpaired text, not {cfg.corpus}")
+    if cfg.n_unpaired and cfg.corpus not in ("mini-world", "bible"):
+        raise UserError(f"prepare.n_unpaired: only mini-world and bible generate unpaired text, not {cfg.corpus}")
     if all(p.is_file() for p in manifests.values()):
         if cfg.images and cfg.corpus == "mini-world":
             for path in manifests.values():  # the splits: unpaired text and the vocoder's audio have no scenes
@@ -173,10 +178,7 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
             manifests["test_domain"] = _write_test_domain(cfg, out, manifests)
         return manifests
 
-    extra = {"n_unpaired": cfg.n_unpaired} if cfg.n_unpaired else {}
-    if cfg.max_words:
-        extra["max_words"] = cfg.max_words
-    splits = _corpus_fn(cfg.corpus)(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed, **extra)
+    splits = _generate_splits(cfg)
     unpaired = splits.pop("unpaired", None)
     rng = random.Random(cfg.seed + 1)
     plan: dict[str, list[tuple[Sentence, Voice, str, bool]]] = {}
@@ -202,6 +204,18 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     if cfg.n_test_domain:
         manifests["test_domain"] = _write_test_domain(cfg, out, manifests)
     return manifests
+
+
+def _generate_splits(cfg: PrepareConfig) -> dict[str, list[Sentence]]:
+    """The corpus's sentences by split (`unpaired` too, with n_unpaired); deterministic in the settings."""
+    extra: dict = {"n_unpaired": cfg.n_unpaired} if cfg.n_unpaired else {}
+    if cfg.max_words:
+        extra["max_words"] = cfg.max_words
+    if cfg.n_unpaired and cfg.n_test_domain:  # every sentence of the domain, any length: no count can add one
+        from dmlm.data import heldout_domain
+
+        extra["unpaired_exclude"] = {r["text"] for r in heldout_domain.all_sentences()}
+    return _corpus_fn(cfg.corpus)(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed, **extra)
 
 
 def _spoken(s: Sentence, lang: str) -> str:
@@ -239,20 +253,20 @@ def _write_unpaired(cfg: PrepareConfig, out: Path, sentences: list[Sentence] | N
     """unpaired.jsonl: text-only records (English + translations) for text_lm tasks."""
     path = out / "unpaired.jsonl"
     n_text = cfg.n_unpaired - cfg.n_unpaired_speech - cfg.n_unpaired_images
-    if path.is_file() and sum(1 for _ in path.open()) == n_text:
+    if path.is_file() and cfg.corpus == "mini-world" and sum(1 for _ in path.open()) == n_text:
         return path
-    sentences = sentences if sentences is not None else _unpaired_sentences(cfg)
+    # bible's are drawn again on every run (a second): adding n_test_domain to a prepared folder may drop some
+    sentences = (sentences if sentences is not None else _unpaired_sentences(cfg))[:n_text]
+    if path.is_file() and [r.id for r in read_manifest(path)] == [s.id for s in sentences]:
+        return path
     write_manifest(path, [Record(id=s.id, split="train", lang="en", text=s.text, translations=dict(s.translations),
-                                 custom={"unpaired": True}) for s in sentences[:n_text]])
+                                 custom={"unpaired": True}) for s in sentences])
     return path
 
 
 def _unpaired_sentences(cfg: PrepareConfig) -> list[Sentence]:
     """A folder prepared before: the splits drawn again (deterministic) for their unpaired part."""
-    from dmlm.data import miniworld
-
-    return miniworld.generate_splits(cfg.n_train, cfg.n_dev, cfg.n_test, seed=cfg.seed,
-                                     n_unpaired=cfg.n_unpaired)["unpaired"]
+    return _generate_splits(cfg)["unpaired"]
 
 
 def _write_unpaired_media(cfg: PrepareConfig, out: Path, sentences: list[Sentence] | None = None) -> dict[str, Path]:
