@@ -127,9 +127,10 @@ def check_settings(cfg: PrepareConfig) -> None:
     if cfg.max_words < 0 or (cfg.max_words and cfg.corpus != "bible"):
         raise UserError(f"prepare.max_words: a word limit on bible verses (>= 1, or 0 for the corpus's own), got "
                         f"{cfg.max_words} for corpus {cfg.corpus}")
-    if (cfg.n_unpaired_speech or cfg.n_unpaired_images) and cfg.corpus != "mini-world":
-        raise UserError(f"prepare.n_unpaired_speech, n_unpaired_images: mini-world's unpaired audio and scenes, got "
-                        f"{cfg.n_unpaired_speech}, {cfg.n_unpaired_images} for corpus {cfg.corpus}")
+    if (cfg.n_unpaired_speech or cfg.n_unpaired_images or cfg.neural_extra) and cfg.corpus != "mini-world":
+        raise UserError(f"prepare.n_unpaired_speech, n_unpaired_images, neural_extra: mini-world's unpaired audio and "
+                        f"scenes, got {cfg.n_unpaired_speech}, {cfg.n_unpaired_images}, {cfg.neural_extra} for corpus "
+                        f"{cfg.corpus}")
     if cfg.n_test_domain < 0 or (cfg.n_test_domain and cfg.corpus != "bible"):
         raise UserError(f"prepare.n_test_domain: held-out-domain test sentences for the bible corpus (>= 0), got "
                         f"{cfg.n_test_domain} for corpus {cfg.corpus}")
