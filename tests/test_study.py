@@ -189,7 +189,8 @@ def test_a_learning_curve_scores_snapshots_along_the_budget(tmp_path):
     from dmlm.recipes.study import load_study_config, run_study
 
     out = tmp_path / "study"
-    args = [a for a in _tiny_args(out) if not a.startswith("seeds=")] + ["seeds=[0]", "curve=[0.5]"]
+    args = [a for a in _tiny_args(out) if not a.startswith("seeds=")] + ["seeds=[0]", "curve=[0.5]",
+                                                                         "base.decoding.max_new_per_prompt=0.5"]
     cfg = load_study_config(str(_write_empty(tmp_path)), args)
     assert cfg.arm_config(cfg.arms[0], 0).run.train.snapshots == [4]
     s = run_study(cfg)

@@ -380,7 +380,10 @@ def evaluate_model(model: LazyModel, specs: Sequence[str], manifest: Path, folde
     for spec in specs:
         path = folder.eval_report(key(spec))
         opts = text_decoding if get_task(parse_spec(spec)[0]).target == "text" else None
-        depends = settings(spec) if opts is None or opts == DecodingOptions() else [settings(spec), asdict(opts)]
+        depends = settings(spec)
+        if opts is not None and opts != DecodingOptions():  # a report decoded otherwise is not reused
+            given = depends if isinstance(depends, dict) else asdict(depends) if depends is not None else {}
+            depends = {**given, "text_decoding": asdict(opts)}
         reports[key(spec)] = cached(path, model.folder, lambda spec=spec, path=path, opts=opts: model().evaluate(
             spec, manifest, units=units, out=path, limit=limit(spec), progress=progress, options=opts), depends)
     return reports
