@@ -47,7 +47,7 @@ from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, dev_curve, evaluate_mod
                                  machine, make_vocoder, point_run_at, prepare_data, tokenize_splits, train_model,
                                  train_summary, uses_images)
 from dmlm.tasks import TASKS, parse_spec, scoring_for
-from dmlm.util.config import ConfigError, apply_overrides, dump_config, load_config
+from dmlm.util.config import ConfigError, apply_overrides, dump_config, field_default, load_config
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 
@@ -245,9 +245,7 @@ def settings(obj: object) -> object:
         out = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            if default is dataclasses.MISSING or value != default:
+            if value != field_default(type(obj), f.name):
                 out[f.name] = settings(value)
         return out
     if isinstance(obj, (list, tuple)):
