@@ -25,6 +25,7 @@ BENCHES = [
     ("bench.start_check", ["start_check.json"]),
     ("bench.pretrained_speed", ["pretrained_speed.json"]),
     ("bench.distributed_speed", ["distributed_speed.json"]),
+    ("bench.codebook_languages", ["codebook_languages.json"]),
 ]
 
 

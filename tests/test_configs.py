@@ -118,3 +118,24 @@ def test_quick_demo_config_says_only_what_differs():
 
     quick = yaml.safe_load((CONFIGS / "demo-quick.yaml").read_text())
     assert quick["extends"] == "demo.yaml" and "model" not in quick["run"] and "data" not in quick["run"]
+
+
+def test_multilingual_config_speaks_and_scores_four_languages():
+    """configs/multilingual.yaml (issue 31): every language of mini-world's translations spoken, ASR and T2S
+    trained and scored in each, S2TT both ways and S2ST; the config validates (every spec parses and scores)."""
+    from dmlm.recipes.demo import load_demo_config
+    from dmlm.tasks import parse_spec
+
+    cfg = load_demo_config(str(CONFIGS / "multilingual.yaml"), [])
+    cfg.validate()
+    assert cfg.prepare.speech_langs == ["es", "de", "fr"]
+    langs = ["en", *cfg.prepare.speech_langs]
+    trained = {parse_spec(s) for s in cfg.run.data.tasks}
+    scored = {parse_spec(s) for s in cfg.eval_tasks}
+    assert {("asr", lg) for lg in langs} | {("t2s", lg) for lg in langs} <= scored
+    # one `asr` for every recording; English T2S is `t2s` in the vocoder's voice, the others per language
+    assert ("asr", None) in trained and {("t2s", lg) for lg in langs[1:]} <= trained
+    assert cfg.run.data.speakers == {"t2s": ["piper:en_US-joe-medium"]}
+    assert {("s2tt", "es"), ("s2tt", "en"), ("s2st", "es"), ("s2st_chain", "es")} <= trained
+    assert {("s2tt", "es"), ("s2tt", "en"), ("s2st", "es")} <= scored
+    assert len(cfg.run.data.weights) == len(cfg.run.data.tasks) and sum(cfg.run.data.weights) == pytest.approx(1.0)

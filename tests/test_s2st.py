@@ -105,6 +105,14 @@ def test_s2st_rows_are_scored_by_ear_against_the_translation():
         check_scorable(["s2st"])
 
 
+def test_multilingual_row_labels_name_the_language_and_the_direction():
+    from dmlm.tasks import scoring_for
+
+    labels = {s: scoring_for(s).row_label(s) for s in ("asr", "asr:es", "t2s:de", "s2tt:es", "s2tt:en")}
+    assert labels == {"asr": "ASR", "asr:es": "ASR es", "t2s:de": "T2S de", "s2tt:es": "S2TT en→es",
+                      "s2tt:en": "S2TT *→en"}
+
+
 # -- the corpus ------------------------------------------------------------------------------------------------
 
 def test_prepare_speaks_the_translations_with_a_heldout_voice_per_language(tmp_path):
@@ -367,3 +375,14 @@ def test_speech_out_speaks_the_target_language_in_a_voice_of_that_language(s2st_
     rep = evaluate_s2st(load_checkpoint(s2st_model), "s2st:es", Split(manifest, root / "units"), _EchoJudge("el gato"),
                         options=EvalOptions(progress=False, limit=1))
     assert set(rep["ways"]) == {"direct", "chained", "cascade"} and voices[4:] == ["es+m3"] * 3
+
+
+def test_the_speech_codebook_is_fitted_on_every_recording_language():
+    from dmlm.data.manifest import Record
+    from dmlm.recipes.stages import interleave_languages
+
+    en = [Record(id=f"e{i}", audio=f"e{i}.wav", text="x", lang="en") for i in range(3)]
+    es = [Record(id=f"s{i}", audio=f"s{i}.wav", text="x", lang="es") for i in range(2)]
+    assert [r.id for r in interleave_languages(en + es)[:4]] == ["e0", "s0", "e1", "s1"]
+    assert [r.id for r in interleave_languages(en + es)] == ["e0", "s0", "e1", "s1", "e2"]
+    assert interleave_languages(en) == en  # one language: the manifest's own order, as before

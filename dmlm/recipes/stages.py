@@ -133,14 +133,29 @@ def uses_speech_out(specs: Sequence[str]) -> bool:
 # -- codebooks -------------------------------------------------------------------------------------
 
 def fit_speech_codebook(manifest: str | Path, settings: CodebookSettings, max_utts: int = 0) -> Codebook:
-    """k-means units fitted on the audio of the first `max_utts` records that have audio (0: all)."""
+    """k-means units fitted on the audio of the first `max_utts` records that have audio (0: all), taken in
+    turn from each recording language where there are several (a manifest lists its languages one after
+    another: the first records alone would fit an English-only codebook; docs/design/data.md, "Speech in
+    four languages"). A one-language manifest gives its first `max_utts` records, as always."""
     from dmlm.tokenizers.speech import fit_codebook
     from dmlm.tokenizers.tokenize import load_record_audio
 
-    records = [r for r in read_manifest(manifest) if r.audio is not None][: max_utts or None]
+    records = interleave_languages([r for r in read_manifest(manifest) if r.audio is not None])[: max_utts or None]
     if not records:
         raise UserError(f"{manifest}: no record has 'audio'")
     return fit_codebook((load_record_audio(manifest, r) for r in records), replace(settings), total=len(records))
+
+
+def interleave_languages(records: list) -> list:
+    """`records` taken in turn from each language (`record.lang`, in order of first appearance), each
+    language's records in their own order; a one-language list is returned unchanged."""
+    by_lang: dict = {}
+    for r in records:
+        by_lang.setdefault(r.lang, []).append(r)
+    if len(by_lang) < 2:
+        return records
+    queues = list(by_lang.values())
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
 
 
 def fit_image_codebook(manifest: str | Path, settings: ImageCodebookSettings, max_images: int = 0) -> ImageCodebook:

@@ -77,8 +77,13 @@ class Scoring:
     judged_against: str = "text"  # what speech out is judged against: the record's "text" or its "translation"
 
     def row_label(self, spec: str, src_lang: str = DEFAULT_LANG) -> str:
-        """The headline label of `spec`, e.g. "S2TT en→de" for `s2tt:de`."""
-        return self.label.format(spec=spec, src=src_lang, lang=spec.partition(":")[2] or src_lang)
+        """The headline label of `spec`, e.g. "S2TT en→de" for `s2tt:de`, "S2TT *→en" for `s2tt:en` (a
+        translation into the source language reads every other language's recordings) and "ASR es" for
+        `asr:es` (a label without a target language names the spec's)."""
+        lang = spec.partition(":")[2]
+        src = "*" if lang == src_lang else src_lang
+        label = self.label.format(spec=spec, src=src, lang=lang or src_lang)
+        return f"{label} {lang}" if lang and "{lang}" not in self.label and "{spec}" not in self.label else label
 
 
 class Task(Protocol):
