@@ -19,13 +19,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# Debian tools the demo and the tests need (espeak-ng: speech synthesis; chromium: the browser
+# Debian tools the demo and the tests need (espeak-ng, flite: speech synthesis; chromium: the browser
 # test of `dmlm serve`'s page, driven by Playwright with this system browser)
 sysdeps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 	  echo "installing espeak-ng (Debian)"; \
 	  (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null || \
 	  { echo "could not install espeak-ng; run: apt-get install espeak-ng"; exit 1; }; }
+	@command -v flite >/dev/null 2>&1 || { \
+	  echo "installing flite (Debian)"; \
+	  (apt-get update -qq && apt-get install -y -qq flite) >/dev/null || \
+	  { echo "could not install flite; run: apt-get install flite"; exit 1; }; }
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing chromium (Debian)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from dmlm.data.corpus import Sentence
 from dmlm.data.manifest import HELDOUT_VOICE, Record, is_heldout_voice, read_manifest, write_manifest
-from dmlm.data.synth import Voice, draw_language_voice, draw_voice, synthesize_many
+from dmlm.data.synth import (NEURAL_VOICE, Voice, check_voice, draw_language_voice, draw_voice, synthesize_many,
+                              training_voices)
 from dmlm.util.errors import UserError
 from dmlm.util.io import atomic_write_json
 
@@ -57,7 +58,7 @@ class PrepareConfig:
     neural_share: float = 0.0
     """Share of training-voice utterances (train, dev, and the test split's training-voice copy) spoken by the
     offline neural voice (`piper:en_US-joe-medium`) instead of a drawn espeak-ng voice; the held-out voice
-    stays espeak-ng's. 0 keeps every draw as in corpora made before the neural voice existed."""
+    is never it. 0 keeps every draw as in corpora made before the neural voice existed."""
     n_unpaired: int = 0
     """mini-world, bible: also write unpaired.jsonl, this many more sentences as text only (with translations, no
     audio), disjoint from every split: unpaired text for mixed supervision. mini-world: free of held-out pairs.
@@ -87,6 +88,16 @@ class PrepareConfig:
     each, and a held-out voice per language in test) as records of their own (id `<sentence>-<lang>`, `lang` and
     `text` in that language, `translations` holding the others); every record of a sentence names its
     recordings in `custom.parallel` (S2ST). Empty: English speech only, as before."""
+    extra_voices: list[str] = field(default_factory=list)
+    """English training voices of engines beyond espeak-ng and the neural voice, drawn (uniformly among them) for a
+    share `extra_share` of training-voice utterances: CMU Flite's flite:slt, flite:rms, flite:awb, flite:kal16
+    (Debian `flite`; docs/design/data.md, "Voices beyond espeak-ng"). Empty: the draws of corpora made before."""
+    extra_share: float = 0.0
+    """Share of training-voice utterances spoken by one of `extra_voices` (> 0 with them, 0 without; neural_share +
+    extra_share <= 1); the rest are espeak-ng's."""
+    heldout_speaker: str = ""
+    """The held-out voice, which speaks the test split's second copy (and test_domain's): any voice no training
+    draw uses, e.g. flite:awb, a speaker of an engine the model never heard. "": espeak-ng's en-gb+f4, as before."""
 
 
 def _corpus_fn(name: str) -> Callable[..., dict[str, list[Sentence]]]:
@@ -137,6 +148,35 @@ def check_settings(cfg: PrepareConfig) -> None:
     if not 0 <= cfg.neural_extra <= cfg.n_unpaired - media:
         raise UserError(f"prepare.neural_extra speaks unpaired text sentences, so it must be within [0, n_unpaired - "
                          f"n_unpaired_speech - n_unpaired_images = {cfg.n_unpaired - media}], got {cfg.neural_extra}")
+    _check_voices(cfg)
+
+
+def _check_voices(cfg: PrepareConfig) -> None:
+    """extra_voices, extra_share, heldout_speaker: known voices, new to training, and a held-out voice no training
+    draw uses."""
+    for name in cfg.extra_voices:
+        check_voice(name, "prepare.extra_voices")
+    if cfg.heldout_speaker:
+        check_voice(cfg.heldout_speaker, "prepare.heldout_speaker")
+    if (cfg.extra_share > 0) != bool(cfg.extra_voices) or cfg.extra_share < 0 or cfg.neural_share + cfg.extra_share > 1:
+        raise UserError(f"prepare.extra_share: the share of training utterances spoken by extra_voices, > 0 with them "
+                        f"and 0 without, at most 1 - neural_share; got {cfg.extra_share} with extra_voices = "
+                        f"{cfg.extra_voices} and neural_share = {cfg.neural_share}")
+    drawn = {*training_voices(), NEURAL_VOICE}
+    if len(set(cfg.extra_voices)) != len(cfg.extra_voices) or drawn & set(cfg.extra_voices):
+        raise UserError(f"prepare.extra_voices: each a voice the draws have not got already, once (the neural voice "
+                        f"comes with neural_share, espeak-ng's training voices anyway), got {cfg.extra_voices}")
+    if cfg.heldout_speaker in drawn | set(cfg.extra_voices):
+        raise UserError(f"prepare.heldout_speaker: {cfg.heldout_speaker!r} is a training voice; the held-out voice "
+                        f"must be one that no training draw uses")
+    if (cfg.extra_voices or cfg.heldout_speaker) and cfg.corpus in IMAGE_CORPORA:
+        raise UserError(f"prepare.extra_voices, heldout_speaker: voices of a speech corpus, not of {cfg.corpus}")
+
+
+def _voices(cfg: PrepareConfig) -> dict:
+    """`draw_voice`'s settings for English speech: the training voices' shares and the held-out voice."""
+    return {"neural_share": cfg.neural_share, "extra": tuple(cfg.extra_voices), "extra_share": cfg.extra_share,
+            "heldout_speaker": cfg.heldout_speaker}
 
 
 def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
@@ -184,9 +224,9 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path) -> dict[str, Path]:
     rng = random.Random(cfg.seed + 1)
     plan: dict[str, list[tuple[Sentence, Voice, str, bool]]] = {}
     for split, sentences in splits.items():
-        rows = [(s, draw_voice(rng, neural_share=cfg.neural_share), s.id, False) for s in sentences]
+        rows = [(s, draw_voice(rng, **_voices(cfg)), s.id, False) for s in sentences]
         if split == "test":
-            rows += [(s, draw_voice(rng, heldout=True), f"{s.id}-hv", True) for s in sentences]
+            rows += [(s, draw_voice(rng, heldout=True, **_voices(cfg)), f"{s.id}-hv", True) for s in sentences]
         plan[split] = [(s, v, uid, held, "en") for s, v, uid, held in rows]
     _plan_languages(cfg, splits, plan)
 
@@ -297,7 +337,7 @@ def _write_unpaired_media(cfg: PrepareConfig, out: Path, sentences: list[Sentenc
         if not path.is_file():
             sentences = sentences if sentences is not None else _unpaired_sentences(cfg)
             rng = random.Random(cfg.seed + 3)  # its own draws: the splits' voices are untouched
-            rows = [(s, draw_voice(rng, neural_share=cfg.neural_share), f"{s.id}-us")
+            rows = [(s, draw_voice(rng, **_voices(cfg)), f"{s.id}-us")
                     for s in sentences[cfg.n_unpaired - cfg.n_unpaired_speech :]]
             jobs = [(s.text, v, out / "wav" / f"{uid}.wav") for s, v, uid in rows]
             durations = synthesize_many(jobs, workers=cfg.workers, desc="synthesize unpaired speech")
@@ -338,8 +378,8 @@ def _write_test_domain(cfg: PrepareConfig, out: Path, manifests: dict[str, Path]
     limit = {"max_words": cfg.max_words} if cfg.max_words else {}
     sentences = heldout_domain.draw(cfg.n_test_domain, seed=cfg.seed, exclude=taken, **limit)
     seen_rng, held_rng = random.Random(cfg.seed + 4), random.Random(cfg.seed + 5)
-    rows = [(s, draw_voice(seen_rng, neural_share=cfg.neural_share), s.id, False, "en") for s in sentences]
-    rows += [(s, draw_voice(held_rng, heldout=True), f"{s.id}-hv", True, "en") for s in sentences]
+    rows = [(s, draw_voice(seen_rng, **_voices(cfg)), s.id, False, "en") for s in sentences]
+    rows += [(s, draw_voice(held_rng, heldout=True, **_voices(cfg)), f"{s.id}-hv", True, "en") for s in sentences]
     jobs = [(s.text, v, out / "wav" / f"{uid}.wav") for s, v, uid, _, _ in rows]
     durations = synthesize_many(jobs, workers=cfg.workers, desc="synthesize test_domain")
     write_manifest(path, [_speech_record(cfg, "test", row, d) for row, d in zip(rows, durations)])

@@ -1,4 +1,4 @@
-"""Speech synthesis with espeak-ng and a neural voice: the offline source of paired speech for demo corpora.
+"""Speech synthesis with espeak-ng, CMU Flite and a neural voice: the offline source of paired speech for demo corpora.
 
 Design decisions:
 - espeak-ng (a Debian package) is fast (~10 ms per sentence) and has many voices: accents
@@ -12,10 +12,17 @@ Design decisions:
   speech *generated* by a model trained on it could not be judged by ear or by Whisper; the
   neural voice is the natural-sounding, single-speaker part of the corpus that T2S and the
   vocoder learn to imitate, the espeak voices give ASR its speaker variety.
+- More training voices (`extra_voices`, drawn for a share `extra_share` of training utterances): CMU Flite's
+  (Debian `flite`, `flite:slt`, `flite:rms`, `flite:awb`, `flite:kal16`), statistical-parametric (clustergen) and
+  diphone speakers recorded from people, 50-350x real time on one thread, and far closer to what Whisper was
+  trained on than espeak-ng's formants (Whisper-base WER 10-12 % on a few bible verses each, the neural voice
+  16 %, espeak-ng's en-us+m3 21 %: docs/design/data.md, "Voices beyond espeak-ng"). Each draws a speaking rate
+  (`length_scale`, Flite's `duration_stretch`); its timbre is the speaker's own.
 - One voice (accent+variant combination) is never used for training: the test split carries
   a second copy of its sentences in that voice, reported separately ("unseen voice").
   Both its accent and its variant occur in training in other combinations, as a new speaker
-  of a known dialect would.
+  of a known dialect would. A corpus may choose another (`heldout_speaker` of `draw_voice`), e.g. a Flite
+  speaker that no training draw uses: a voice of an engine the model never heard.
 - Synthesis is resumable: each wav is written atomically, an existing wav is kept.
 - Neural-voice jobs run in `workers` worker processes (`python -m dmlm.data.synth JOBS.jsonl`),
   each with a one-thread ONNX session that does not spin, rather than one session whose intra-op
@@ -37,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,14 +72,17 @@ LANG_HELDOUT = {"en": HELDOUT_VOICE, "es": "es-419+f4", "de": "de+f4", "fr": "fr
 
 
 NEURAL_VOICE = "piper:en_US-joe-medium"
+# CMU Flite's 16 kHz English voices (`flite -lv` also lists kal, 8 kHz, and awb_time, which only tells the time)
+FLITE_VOICES = ("slt", "rms", "awb", "kal16")
+FLITE_INSTALL = "apt-get install flite (or `make sysdeps`)"
 
 
 @dataclass(frozen=True)
 class Voice:
-    name: str  # espeak-ng voice, e.g. "en-us+m3", or NEURAL_VOICE
+    name: str  # espeak-ng voice, e.g. "en-us+m3", a Flite voice "flite:slt", or NEURAL_VOICE
     rate: int  # espeak-ng: words per minute
     pitch: int  # espeak-ng: 0..99
-    length_scale: float = 1.0  # neural voice: > 1 speaks slower
+    length_scale: float = 1.0  # neural and Flite voices: > 1 speaks slower
     noise_scale: float = 0.667  # neural voice: VITS sampling noise (prosody/timbre variation)
     noise_w: float = 0.8  # neural voice: duration noise
 
@@ -82,6 +93,28 @@ class Voice:
     @property
     def neural(self) -> bool:
         return self.name.startswith("piper:")
+
+    @property
+    def engine(self) -> str:
+        return voice_engine(self.name)
+
+
+def voice_engine(name: str) -> str:
+    """The synthesizer of voice `name`: "piper" (the neural voice), "flite" (`flite:VOICE`) or "espeak-ng"."""
+    return next((e for e in ("piper", "flite") if name.startswith(f"{e}:")), "espeak-ng")
+
+
+def check_voice(name: str, where: str) -> None:
+    """Refuse a voice name no engine has (`where`: the setting that named it)."""
+    engine = voice_engine(name)
+    if engine == "flite" and name.removeprefix("flite:") not in FLITE_VOICES:
+        raise UserError(f"{where}: unknown Flite voice {name!r}; available: "
+                        f"{', '.join('flite:' + v for v in FLITE_VOICES)}")
+    if engine == "piper" and name != NEURAL_VOICE:
+        raise UserError(f"{where}: unknown neural voice {name!r}; available: {NEURAL_VOICE}")
+    if ":" in name and engine == "espeak-ng":
+        raise UserError(f"{where}: unknown voice engine in {name!r}; expected an espeak-ng voice (en-us+m3), "
+                        f"flite:VOICE or {NEURAL_VOICE}")
 
 
 def training_voices() -> list[str]:
@@ -101,15 +134,33 @@ def draw_language_voice(rng: random.Random, lang: str, heldout: bool = False) ->
     return Voice(name=name, rate=rng.randint(145, 185), pitch=rng.randint(35, 65))
 
 
-def draw_voice(rng: random.Random, heldout: bool = False, neural_share: float = 0.0) -> Voice:
-    """A training voice (the neural one with probability `neural_share`) or the held-out voice.
+def draw_voice(rng: random.Random, heldout: bool = False, neural_share: float = 0.0, extra: Sequence[str] = (),
+               extra_share: float = 0.0, heldout_speaker: str = "") -> Voice:
+    """A training voice (the neural one with probability `neural_share`, one of `extra` with probability
+    `extra_share`, else an espeak-ng one) or the held-out voice (`heldout_speaker`, "": `HELDOUT_VOICE`).
 
-    With `neural_share=0` the draws are exactly those of corpora made before the neural voice existed.
+    With `neural_share=0` and no `extra` the draws are exactly those of corpora made before the neural voice
+    existed; with no `extra`, those of corpora made before extra voices.
     """
-    if not heldout and neural_share > 0 and rng.random() < neural_share:
-        return Voice(name=NEURAL_VOICE, rate=0, pitch=0, length_scale=round(rng.uniform(0.85, 1.15), 3),
+    if heldout:
+        return _with_draws(heldout_speaker or HELDOUT_VOICE, rng)
+    u = rng.random() if neural_share > 0 or extra else 1.0
+    if u < neural_share:
+        return _with_draws(NEURAL_VOICE, rng)
+    if extra and u < neural_share + extra_share:
+        return _with_draws(rng.choice(list(extra)), rng)
+    return _with_draws(rng.choice(training_voices()), rng)
+
+
+def _with_draws(name: str, rng: random.Random) -> Voice:
+    """Voice `name` with its engine's speaking parameters drawn from `rng` (espeak-ng's and the neural voice's
+    in the order corpora have always drawn them)."""
+    engine = voice_engine(name)
+    if engine == "piper":
+        return Voice(name=name, rate=0, pitch=0, length_scale=round(rng.uniform(0.85, 1.15), 3),
                      noise_scale=round(rng.uniform(0.5, 0.8), 3), noise_w=round(rng.uniform(0.6, 1.0), 3))
-    name = HELDOUT_VOICE if heldout else rng.choice(training_voices())
+    if engine == "flite":
+        return Voice(name=name, rate=0, pitch=0, length_scale=round(rng.uniform(0.85, 1.15), 3))
     return Voice(name=name, rate=rng.randint(145, 185), pitch=rng.randint(35, 65))
 
 
@@ -129,6 +180,30 @@ def ensure_espeak() -> str:
     if not exe:
         raise RuntimeError("espeak-ng still not found after apt-get install")
     return exe
+
+
+@functools.lru_cache(maxsize=1)
+def flite_path() -> str:
+    """Path of CMU Flite's `flite`; a UserError naming the install command when it is missing."""
+    exe = shutil.which("flite")
+    if not exe:
+        raise UserError(f"the flite:* voices need CMU Flite, which is not installed: {FLITE_INSTALL}")
+    return exe
+
+
+def synthesize_flite(text: str, voice: Voice) -> np.ndarray:
+    """Speak `text` with a Flite voice at its drawn rate (`length_scale` > 1 speaks slower); 16 kHz mono float32."""
+    check_voice(voice.name, "synthesize")  # flite speaks an unknown voice's text in its default voice
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        # -t: the next argument is the text, even one that starts with "-"
+        subprocess.run([flite_path(), "-voice", voice.name.removeprefix("flite:"), "--setf",
+                        f"duration_stretch={voice.length_scale}", "-t", text, "-o", tmp.name],
+                       check=True, capture_output=True)
+        wav, sr = sf.read(tmp.name, dtype="float32")
+    if len(wav) == 0:
+        raise UserError(f"{voice.name} produced no audio for {text!r}")
+    wav = soxr.resample(wav, sr, SAMPLE_RATE).astype(np.float32) if sr != SAMPLE_RATE else wav
+    return _trim(wav)
 
 
 @functools.lru_cache(maxsize=2)
@@ -178,6 +253,8 @@ def synthesize(text: str, voice: Voice, espeak: str = "espeak-ng") -> np.ndarray
         raise UserError("cannot synthesize empty text")
     if voice.neural:
         return synthesize_neural(text, voice)
+    if voice.engine == "flite":
+        return synthesize_flite(text, voice)
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         subprocess.run(
             # "--": a text that starts with "-" is spoken, not read as an option (the same audio otherwise)
@@ -278,11 +355,13 @@ def _worker_main(spec: str) -> None:
 def synthesize_many(jobs: list[tuple[str, Voice, Path]], workers: int = 2, desc: str = "synthesize") -> list[float]:
     """Synthesize (text, voice, path) jobs in parallel; returns durations in seconds.
 
-    Existing files are kept (resume); each file is written atomically. espeak-ng jobs run
-    `workers` at a time (threads that each wait on an espeak-ng process); neural-voice jobs run in
+    Existing files are kept (resume); each file is written atomically. espeak-ng and Flite jobs run
+    `workers` at a time (threads that each wait on an espeak-ng or flite process); neural-voice jobs run in
     up to `workers` processes (no more than the cores this process may use), one ONNX thread each.
     """
-    espeak = ensure_espeak() if any(not v.neural for _, v, _ in jobs) else "espeak-ng"
+    espeak = ensure_espeak() if any(v.engine == "espeak-ng" for _, v, _ in jobs) else "espeak-ng"
+    if any(v.engine == "flite" for _, v, _ in jobs):
+        flite_path()  # missing: refused before any work
     durations: list[float] = [0.0] * len(jobs)
     plain, neural, neural_done = [], [], []  # neural_done: wavs already there, only measured
     for i, (_, voice, path) in enumerate(jobs):
