@@ -19,7 +19,7 @@ and measures both on `--eval-clips` other sentences per language (sentences and 
 - share of codes used: units assigned at least once, over k.
 
 The headline is the relative distortion of the non-English languages (their mean) under the English-only
-codebook (`dmlm`: what the recipe fits now) against the pooled one (`baseline`); a ratio near 1 says
+codebook (`dmlm`) against the pooled one (`baseline`, what the recipes fit since this bench); a ratio near 1 says
 refitting buys nothing. The clips come from a mini-world corpus the bench prepares itself (`dmlm prepare`'s
 API, every language of `--langs`, the recipe's voice mix; kept in `--data` to be reused) or from a prepared
 manifest (`--manifest`, e.g. a multilingual run's data/train.jsonl): the first clips of each language in
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = write_result(
         "codebook_languages", f"relative quantization distortion of {'/'.join(others)} Whisper frames (mean)",
         "fraction of the frames' variance", mean_rel("english"), mean_rel("pooled"), False,
-        headline="codebook fitted on English only (what the recipe fits) vs on every language pooled, the same "
+        headline="codebook fitted on English only vs on every language pooled (what the recipes fit now), the same "
                  "number of frames; ratio > 1: refitting lowers the distortion by that factor",
         rows=res["rows"], fit_frames=res["fit_frames"], langs=list(langs),
         clips={"fit_per_language": args.fit_clips, "eval_per_language": args.eval_clips},
