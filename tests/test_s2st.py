@@ -313,6 +313,10 @@ def test_s2st_scorer_on_two_clips(s2st_model, bilingual, tmp_path):
     want = asr_bleu([ref, en[1].translations["es"]], [ref, ref])["asr_bleu"]
     assert rep["ceiling_asr_bleu"] == pytest.approx(want) and 0 < want < 100
     assert (tmp_path / "rep" / "hyps.jsonl").is_file()
+    from dmlm.util.io import read_jsonl
+
+    ceiling = read_jsonl(tmp_path / "rep" / "ceiling.hyps.jsonl")  # kept, so the recipe's report gives it an interval
+    assert [(r["id"], r["hyp"]) for r in ceiling] == [(e.id, ref + ".") for e in en]
     with pytest.raises(UserError, match="language"):
         evaluate_s2st(load_checkpoint(s2st_model), "s2st:de", Split(two), _EchoJudge(ref))
 

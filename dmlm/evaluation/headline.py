@@ -16,7 +16,8 @@ from dmlm.util.errors import UserError
 METRIC_KEYS = ("wer", "cer", "wer_heldout_voice", "cer_heldout_voice", "sentence_accuracy", "bleu", "chrf",
                "bleu_heldout_voice", "chrf_heldout_voice", "baseline_bleu", "baseline_chrf", "cider", "baseline_cider",
                "unit_accuracy", "unit_error_rate", "length_ratio", "perplexity", "original_wer", "wer_vocoder_voice",
-               "cer_vocoder_voice", "original_wer_vocoder_voice", "utterances", "records")
+               "cer_vocoder_voice", "original_wer_vocoder_voice", "asr_bleu", "asr_chrf", "asr_bleu_heldout_voice",
+               "asr_chrf_heldout_voice", "ceiling_asr_bleu", "ceiling_asr_chrf", "utterances", "records")
 
 SPEECH_OUT_KEYS = ("wer", "cer", "wer_heldout_voice", "original_wer", "wer_vocoder_voice", "original_wer_vocoder_voice")
 """What a by-ear report (T2S audio, resynthesis) contributes to its task's summary row."""

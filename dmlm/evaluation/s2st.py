@@ -37,6 +37,8 @@ from dmlm.util.io import atomic_write_json, write_jsonl
 
 WAY_TASKS = {"direct": ("s2st",), "chained": ("s2st_chain",), "cascade": ("s2tt", "t2s")}
 """What each way needs the model to have been trained for (`dmlm.inference.S2ST_WAYS` decodes them)."""
+CEILING_HYPS = "ceiling.hyps.jsonl"
+"""The ceiling's transcripts, beside the ways' hyps.jsonl in the report's folder (so the ceiling gets an interval)."""
 
 
 def ways_of(ck: Checkpoint, spec: str) -> list[str]:
@@ -76,18 +78,21 @@ def _hear(judge_: Judge, wavs: list) -> list[str]:
     return hyps
 
 
-def _ceiling(split: Split, records: list, lang: str, refs: list[str], judge_: Judge) -> dict:
-    """ASR-BLEU of the target language's recordings of the training-voice records' sentences."""
+def _ceiling(split: Split, records: list, lang: str, refs: list[str], judge_: Judge) -> tuple[dict, list[dict]]:
+    """ASR-BLEU of the target language's recordings of the training-voice records' sentences, and its rows
+    (`id`: the source record, `recording`: the target-language recording heard)."""
     from dmlm.tokenizers.tokenize import load_record_audio
 
     by_id = {r.id: r for r in read_manifest(split.manifest)}
-    pairs = [(by_id.get(r.custom.get("parallel", {}).get(lang)), ref) for r, ref in zip(records, refs)
+    pairs = [(r, by_id.get(r.custom.get("parallel", {}).get(lang)), ref) for r, ref in zip(records, refs)
              if not is_heldout_voice(r)]
-    pairs = [(t, ref) for t, ref in pairs if t is not None and t.audio]
+    pairs = [(r, t, ref) for r, t, ref in pairs if t is not None and t.audio]
     if not pairs:
-        return {}
-    hyps = _hear(judge_, [load_record_audio(split.manifest, t) for t, _ in pairs])
-    return {f"ceiling_{k}": v for k, v in asr_bleu([ref for _, ref in pairs], hyps).items()}
+        return {}, []
+    hyps = _hear(judge_, [load_record_audio(split.manifest, t) for _, t, _ in pairs])
+    rows = [{"id": r.id, "recording": t.id, "ref": ref, "hyp": h, HELDOUT_VOICE: False}
+            for (r, t, ref), h in zip(pairs, hyps)]
+    return {f"ceiling_{k}": v for k, v in asr_bleu([ref for _, _, ref in pairs], hyps).items()}, rows
 
 
 def evaluate_s2st(ck: Checkpoint, spec: str, split: Split, judge_: Judge, opts: DecodingOptions = DecodingOptions(),
@@ -123,11 +128,13 @@ def evaluate_s2st(ck: Checkpoint, spec: str, split: Split, judge_: Judge, opts: 
         report["ways"][way] = score_rows(way_rows)
         rows += way_rows
     report.update(report["ways"][ways_of(ck, spec)[0]])
-    report.update(_ceiling(split, records, lang, refs, judge_))
+    ceiling, ceiling_rows = _ceiling(split, records, lang, refs, judge_)
+    report.update(ceiling)
     report["seconds"] = round(time.time() - t0, 1)
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "report.json", report)
         write_jsonl(Path(out_dir) / "hyps.jsonl", rows)
+        write_jsonl(Path(out_dir) / CEILING_HYPS, ceiling_rows)
     return report
 
 

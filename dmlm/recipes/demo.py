@@ -38,6 +38,7 @@ from dmlm.data.split import Split, store_prefix
 from dmlm.decoding import DecodingOptions
 from dmlm.evaluation.headline import SPEECH_OUT_KEYS, headline
 from dmlm.modeling import CheckpointFiles, vocoder_dir
+from dmlm.recipes.multilingual_report import asr_beside_whisper, check_whisper_baseline, s2st_ways
 from dmlm.recipes.open_report import ScratchConfig, check_open, open_report, train_scratch
 from dmlm.recipes.run_folder import RunFolder
 from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, Stages, cached, evaluate_model, fit_codebooks, machine,
@@ -65,6 +66,8 @@ MIXTURE = "mixture"
 class DemoConfig:
     out: str = "runs/demo"
     """Output folder: data/, units/, codebooks, model/, model_asr/, report.*"""
+    recipe: str = "configs/demo.yaml"
+    """The config file the run was made from (`dmlm demo FILE` sets it; the results page names it)."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     codebook: CodebookSettings = field(default_factory=CodebookSettings)
     codebook_fit_utts: int = 1500
@@ -118,6 +121,11 @@ class DemoConfig:
     report.json's test_sets/s2tt/t2s/train_minutes/targets and a section of report.md."""
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     """With `open_report`: a from-scratch reference model trained `scratch.minutes` on the same data (0: none)."""
+    whisper_baseline: bool = False
+    """Whisper-base beside each scored ASR (`asr:LANG`, `dmlm.recipes.multilingual_report`, configs/multilingual.yaml):
+    greedy, no prompt, its language forced, on exactly the clips dmlm's evaluation scored, both by the ASR task's
+    normalizer, WER and CER with 95 % intervals, per voice group: report.json's asr_languages and a section of
+    report.md. Costs a Whisper-base transcription of every such clip (once: reused by a re-run)."""
 
     def validate(self) -> None:
         """Settings no single field's type can check (filled configs skip `__post_init__`)."""
@@ -133,6 +141,7 @@ class DemoConfig:
             raise ConfigError(f"run.{e}") from None
         check_scorable(self.scored_tasks)  # a task the evaluation cannot score fails now, not after training
         check_open(self)  # the open report's settings (configs/open.yaml)
+        check_whisper_baseline(self)
         trained = {parse_spec(t)[0] for t in self.run.data.tasks}
         untrained = [t for t in self.eval_tasks if parse_spec(t)[0] not in trained]
         if untrained:
@@ -143,6 +152,11 @@ class DemoConfig:
     def scored_tasks(self) -> list[str]:
         """The task specs the evaluation scores: `eval_tasks`, else the mixture's."""
         return list(self.eval_tasks or self.run.data.tasks)
+
+    def limit_of(self, spec: str) -> int | None:
+        """The records per voice group the mixture's evaluation of `spec` scores (None: all): `eval_limit`, but a bare
+        ASR on the whole test split, where the ASR-only model is scored too, so the two compare."""
+        return None if spec == ASR_ONLY_TASK or not self.eval_limit else self.eval_limit
 
 
 def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
@@ -160,10 +174,7 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
             train_demo_vocoder(cfg, [manifests[m] for m in ("train", EXTRA_AUDIO) if m in manifests], folder.out)
     with stage("evaluate"):
         reports = evaluate_demo(cfg, folder, models, manifests["test"])
-    opened = {}
-    if cfg.open_report:  # every test set beside Whisper-base and the scratch model (configs/open.yaml)
-        with stage("open_report"):
-            opened = open_report(cfg, folder, manifests, models, summarize(reports))
+    sections = report_sections(cfg, folder, manifests, models, reports, stage)
     plot_losses(folder, models)
     report = {
         "tasks": summarize(reports),
@@ -179,11 +190,31 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "data": {s: len(read_manifest(p)) for s, p in manifests.items()},
         "models": {k: str(v.resolve()) for k, v in models.items()},
         "config": asdict(cfg),
-        **opened,
+        **sections,
     }
     atomic_write_json(folder.report_json, report)
     write_pages(folder)
     return report
+
+
+def report_sections(cfg: DemoConfig, folder: RunFolder, manifests: dict[str, Path], models: dict[str, Path],
+                    reports: dict[str, dict], stage: Stages) -> dict:
+    """report.json's sections beyond the demo's: every test set beside Whisper-base and the scratch model
+    (`open_report`, configs/open.yaml), each language's ASR beside Whisper-base (`whisper_baseline`,
+    configs/multilingual.yaml) and, when S2ST is scored, its three ways and the ceiling."""
+    out = {}
+    if cfg.open_report:
+        with stage("open_report"):
+            out = open_report(cfg, folder, manifests, models, summarize(reports))
+    if cfg.whisper_baseline:
+        with stage("whisper_baseline"):
+            out["asr_languages"] = asr_beside_whisper(cfg, folder, manifests["test"])
+    try:  # read from what the S2ST evaluation kept: seconds
+        ways = s2st_ways(folder, cfg.scored_tasks)
+    except UserError as e:  # the headline scores stand without it; say why it is missing rather than fail the run
+        log.warning("no s2st_ways: %s", e)
+        ways = {}
+    return out | ({"s2st_ways": ways} if ways else {})
 
 
 def make_inputs(cfg: DemoConfig, folder: RunFolder, stage: Stages):
@@ -227,9 +258,8 @@ def train_models(cfg: DemoConfig, folder: RunFolder, manifests: dict[str, Path],
 def evaluate_demo(cfg: DemoConfig, folder: RunFolder, models: dict[str, Path], test: Path) -> dict[str, dict]:
     """Every evaluation of the demo, keyed by task spec (the ASR-only model's by its name); each model loaded once."""
     loaded = {name: LazyModel(path) for name, path in models.items()}
-    limit = cfg.eval_limit or None
-    reports = evaluate_model(loaded[MIXTURE], cfg.scored_tasks, test, folder, folder.units,
-                             limit=lambda spec: None if spec == ASR_ONLY_TASK else limit, text_decoding=cfg.decoding)
+    reports = evaluate_model(loaded[MIXTURE], cfg.scored_tasks, test, folder, folder.units, limit=cfg.limit_of,
+                             text_decoding=cfg.decoding)
     if ASR_ONLY in loaded:
         reports |= evaluate_model(loaded[ASR_ONLY], [ASR_ONLY_TASK], test, folder, folder.units, key=lambda spec: ASR_ONLY,
                                    text_decoding=cfg.decoding)
@@ -380,6 +410,8 @@ def _is_speech_out_task(key: str) -> bool:
 
 def load_demo_config(path: str | None, overrides: list[str]) -> DemoConfig:
     cfg = load_config(path, overrides, cls=DemoConfig)
+    if path:
+        cfg.recipe = str(path)
     try:
         cfg.validate()
     except ValueError as e:

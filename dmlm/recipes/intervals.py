@@ -30,6 +30,7 @@ import numpy as np
 from dmlm.data.manifest import is_heldout_voice
 from dmlm.evaluation.headline import headline_row, judged_alone, scoring_order
 from dmlm.metrics import bootstrap
+from dmlm.recipes.multilingual_report import is_s2st
 from dmlm.recipes.report import short_label
 from dmlm.recipes.run_folder import RunFolder
 from dmlm.tasks import get_task, parse_spec
@@ -72,6 +73,12 @@ def headline_samples(run: Path) -> list[dict]:
     for spec in _tasks(tasks):
         task, name, row = get_task(parse_spec(spec)[0]), short_label(spec), tasks[spec]
         headers = dict(headline_row(spec)[1])
+        if is_s2st(spec):  # its own way's ASR-BLEU, the first way it kept (every way's: report.json's s2st_ways)
+            rows = read_jsonl(folder.eval_dir(spec) / "hyps.jsonl", missing_ok=True)
+            rows = [r for r in rows if not is_heldout_voice(r)]
+            add(f"{name} {headers['asr_bleu']}", "asr_bleu", [r for r in rows if r["way"] == rows[0]["way"]], "basic",
+                row.get("asr_bleu"))
+            continue
         if task.target == "speech":  # judged by ear: the T2S examples' transcripts
             add(f"{name} {headers['wer']}", "wer", read_jsonl(folder.example_hyps(spec), missing_ok=True),
                 "whisper_english", row.get("wer"))

@@ -45,7 +45,7 @@ import numpy as np
 
 from dmlm.data.manifest import HELDOUT_VOICE, is_heldout_voice, read_manifest
 from dmlm.data.synth import NEURAL_VOICE
-from dmlm.evaluation.whisper_baseline import NEURAL_GROUP
+from dmlm.evaluation.whisper_baseline import LANG, NEURAL_GROUP
 from dmlm.metrics import error_rates
 from dmlm.metrics.bootstrap import interval, paired_difference, resample_counts, utterance_stats
 from dmlm.modeling import ModelConfig
@@ -119,7 +119,8 @@ def check_open(cfg: DemoConfig) -> None:
             log.warning("open_report without prepare.n_test_domain: no held-out-domain test set")
 
 
-def _is_recognition(spec: str) -> bool:
+def is_recognition(spec: str) -> bool:
+    """Whether `spec` transcribes speech (ASR, in any language): what Whisper-base is set beside."""
     task = get_task(parse_spec(spec)[0])
     return task.source == "speech" and getattr(task, "target_text", None) == "text"
 
@@ -131,7 +132,7 @@ def _is_translation(spec: str) -> bool:
 
 def recognition_spec(specs: list[str]) -> str:
     """The speech recognition spec among the mixture's (the one every test set scores); an error if none."""
-    found = [s for s in specs if _is_recognition(s)]
+    found = [s for s in specs if is_recognition(s)]
     if not found:
         raise ConfigError(f"open_report: the mixture trains no speech recognition task (run.data.tasks: {specs})")
     return found[0]
@@ -175,14 +176,19 @@ def _asr_rows(folder: RunFolder, model: LazyModel, spec: str, name: str, manifes
     return read_jsonl(folder.eval_hyps(key))
 
 
-def _whisper_rows(folder: RunFolder, name: str, manifest: Path, progress: bool) -> list[dict]:
-    """Whisper-base's transcripts of every English clip of `manifest`; reused while the manifest is unchanged
-    (Whisper reads no checkpoint of the run: the report is keyed by the manifest alone)."""
+def whisper_rows(folder: RunFolder, name: str, manifest: Path, progress: bool, language: str = LANG,
+                 limit: int | None = None) -> list[dict]:
+    """Whisper-base's transcripts of the clips of `manifest` in `language` (its first `limit` per voice group; None:
+    every one), in report eval/whisper_base_NAME.json; reused while the manifest is unchanged (Whisper reads no
+    checkpoint of the run: the report is keyed by the manifest, the language and the limit alone)."""
     from dmlm.evaluation.whisper_baseline import evaluate_whisper
 
     path = folder.eval_report(f"{WHISPER}_{name}")
-    cached(path, manifest.parent, lambda: evaluate_whisper(manifest, model=BASELINE, out=path, progress=progress),
-           {"manifest": _stamp(manifest), "model": BASELINE})
+    settings = {"manifest": _stamp(manifest), "model": BASELINE}
+    if language != LANG or limit is not None:  # English, every clip: the key of reports made before languages
+        settings |= {"language": language, "limit": limit}
+    cached(path, manifest.parent, lambda: evaluate_whisper(manifest, model=BASELINE, limit=limit, out=path,
+                                                           progress=progress, language=language), settings)
     return read_jsonl(folder.eval_hyps(f"{WHISPER}_{name}"))
 
 
@@ -197,7 +203,7 @@ def _system_rows(cfg: DemoConfig, folder: RunFolder, manifests: dict[str, Path],
         for system, model in loaded.items():
             rows = _asr_rows(folder, model, spec, name, manifests[name], "" if system == DMLM else system)
             out[system][name] = [{**r, "speaker": speakers.get(r["id"])} for r in rows]
-        out[WHISPER][name] = _whisper_rows(folder, name, manifests[name], progress)
+        out[WHISPER][name] = whisper_rows(folder, name, manifests[name], progress)
     return out
 
 
@@ -207,18 +213,23 @@ def _pick(rows: list[dict], held: bool, speaker: str | None) -> list[dict]:
     return [r for r in rows if is_heldout_voice(r) == held and (speaker is None or r.get("speaker") == speaker)]
 
 
-def _error_rates(rows: list[dict], counts: np.ndarray) -> dict:
-    """WER/CER (dmlm's normalizer, the ASR task's scoring), the WER's 95 % interval, and both after Whisper's."""
+def _error_rates(rows: list[dict], counts: np.ndarray, language: str = LANG) -> dict:
+    """WER/CER (dmlm's normalizer, the ASR task's scoring), their 95 % intervals (`ci95`: the WER's, `cer_ci95`) and,
+    in English, both after Whisper's English normalizer."""
     refs, hyps = [r["ref"] for r in rows], [r["hyp"] for r in rows]
-    ours, theirs = error_rates(refs, hyps), error_rates(refs, hyps, normalizer="whisper_english")
-    ci = interval("wer", utterance_stats("wer", refs, hyps), counts)
-    return {"wer": ours["wer"], "cer": ours["cer"], "ci95": list(ci),
-            "whisper_english": {"wer": theirs["wer"], "cer": theirs["cer"]}}
+    ours = error_rates(refs, hyps)
+    ci = {m: list(interval(m, utterance_stats(m, refs, hyps), counts)) for m in ("wer", "cer")}
+    out = {"wer": ours["wer"], "cer": ours["cer"], "ci95": ci["wer"], "cer_ci95": ci["cer"]}
+    if language == LANG:  # Whisper's normalizer knows English spellings and numbers only
+        theirs = error_rates(refs, hyps, normalizer="whisper_english")
+        out["whisper_english"] = {"wer": theirs["wer"], "cer": theirs["cer"]}
+    return out
 
 
-def score_test_set(systems: dict[str, list[dict]], draws: int = DRAWS) -> dict:
-    """One test set's row: {"utterances", SYSTEM: {"wer", "cer", "ci95", "whisper_english"}, "dmlm_vs_whisper_base"}
-    from each system's hypothesis rows, which must be of the same utterances (paired by id)."""
+def score_test_set(systems: dict[str, list[dict]], draws: int = DRAWS, language: str = LANG) -> dict:
+    """One test set's row: {"utterances", SYSTEM: {"wer", "cer", "ci95", "cer_ci95", "whisper_english" (English
+    only)}, "dmlm_vs_whisper_base"} from each system's hypothesis rows, which must be of the same utterances (paired
+    by id)."""
     ids = [r["id"] for r in systems[DMLM]]
     by_system = {}
     for name, rows in systems.items():
@@ -229,7 +240,8 @@ def score_test_set(systems: dict[str, list[dict]], draws: int = DRAWS) -> dict:
                             f"{diff[:3]}): the columns of a test set must hear the same clips")
         by_system[name] = [by_id[i] for i in ids]
     counts = resample_counts(len(ids), draws)
-    out: dict = {"utterances": len(ids), **{name: _error_rates(rows, counts) for name, rows in by_system.items()}}
+    out: dict = {"utterances": len(ids),
+                 **{name: _error_rates(rows, counts, language) for name, rows in by_system.items()}}
     if WHISPER in by_system:
         stats = {n: utterance_stats("wer", [r["ref"] for r in by_system[n]], [r["hyp"] for r in by_system[n]])
                  for n in (DMLM, WHISPER)}

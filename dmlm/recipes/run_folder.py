@@ -10,6 +10,7 @@
       model.log.jsonl, model.tb      a checkpoint's run log (`dmlm.training`, beside the checkpoint)
       train.yaml, train_asr.yaml     the run configs handed to torchrun
       eval/KEY.json                  an evaluation report; eval/KEY.hyps.jsonl its hypotheses
+      eval/KEY/                      an S2ST evaluation's transcripts (hyps.jsonl, ceiling.hyps.jsonl)
       examples/NAME/                 by-ear evaluations: wavs, spectrograms, hyps.jsonl
       report.json, report.md         the run's summary and its page
       intervals.json                 the headline scores' bootstrap intervals
@@ -96,6 +97,11 @@ class RunFolder:
     def eval_hyps(self, key: str) -> Path:
         """The hypotheses an evaluation wrote beside its report."""
         return hyps_beside(self.eval_report(key))
+
+    def eval_dir(self, key: str) -> Path:
+        """The folder an evaluation judged by ear writes beside its report (`dmlm evaluate --out`; S2ST: its
+        ways' hyps.jsonl and the ceiling's)."""
+        return self.eval_report(key).with_suffix("")
 
     @property
     def examples(self) -> Path:
