@@ -41,8 +41,9 @@ from dmlm.modeling import CheckpointFiles, vocoder_dir
 from dmlm.recipes.multilingual_report import asr_beside_whisper, check_whisper_baseline, s2st_ways
 from dmlm.recipes.open_report import ScratchConfig, check_open, open_report, train_scratch
 from dmlm.recipes.run_folder import RunFolder
-from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, Stages, cached, evaluate_model, fit_codebooks, machine,
-                                 point_run_at, prepare_data, tokenize_splits, train_model, train_summary, uses_images,
+from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, Stages, cached, evaluate_model, fit_codebooks, fit_merges,
+                                 machine, merged_codebook_path, merges_summary, point_run_at, prepare_data,
+                                 speech_tokens_per_second, tokenize_splits, train_model, train_summary, uses_images,
                                  uses_speech_out)
 from dmlm.tasks import check_scorable, parse_spec
 from dmlm.tokenizers.image import ImageCodebookSettings
@@ -72,6 +73,10 @@ class DemoConfig:
     codebook: CodebookSettings = field(default_factory=CodebookSettings)
     codebook_fit_utts: int = 1500
     """Training utterances whose frames the speech k-means is fitted on."""
+    codebook_merges: int = 0
+    """Byte-pair merges over the speech units (0: none), fitted on the training split's units after tokenizing and
+    stored in a speech codebook file of their own beside the unit codebook, as `dmlm codebook bpe` writes it; the
+    models read the merged pieces, the token stores and the vocoder keep units (docs/design/vocabulary.md)."""
     image_codebook: ImageCodebookSettings = field(default_factory=ImageCodebookSettings)
     image_codebook_fit_images: int = 3000
     """Training images whose patches the image k-means is fitted on."""
@@ -131,6 +136,8 @@ class DemoConfig:
         """Settings no single field's type can check (filled configs skip `__post_init__`)."""
         from dmlm.training.loss import LOSSES
 
+        if self.codebook_merges < 0:
+            raise ConfigError(f"codebook_merges: must be >= 0 (0: no unit merges), got {self.codebook_merges}")
         if self.asr_only_loss and self.asr_only_loss not in LOSSES:
             raise UserError(f"asr_only_loss must be one of {LOSSES} or empty (the mixture's), got {self.asr_only_loss!r}")
         self.codebook.check()  # before hours of corpus making, not at the codebook stage
@@ -185,7 +192,8 @@ def run_demo(cfg: DemoConfig, resume: bool = True) -> dict:
         "stages_cpu_seconds": stage.cpu_seconds,
         **_accumulate_stages(folder.stages, stage.seconds, stage.cpu_seconds),
         "train": {name: train_summary(path) for name, path in models.items()},
-        "codebook": {"fingerprint": cb.fingerprint, **cb.settings.reproducing()},
+        "codebook": {"fingerprint": cb.fingerprint, **cb.settings.reproducing(), **merges_summary(cb),
+                     "speech_tokens_per_s": speech_tokens_per_second(manifests["train"], folder.units, cb)},
         "image_codebook": {"fingerprint": icb.fingerprint, **asdict(icb.settings)} if icb is not None else None,
         "data": {s: len(read_manifest(p)) for s, p in manifests.items()},
         "models": {k: str(v.resolve()) for k, v in models.items()},
@@ -218,7 +226,8 @@ def report_sections(cfg: DemoConfig, folder: RunFolder, manifests: dict[str, Pat
 
 
 def make_inputs(cfg: DemoConfig, folder: RunFolder, stage: Stages):
-    """Prepare, fit the codebooks and tokenize every split: (manifests, speech codebook, image codebook or None)."""
+    """Prepare, fit the codebooks, tokenize every split and fit the unit merges (`codebook_merges`): (manifests,
+    speech codebook the models read, image codebook or None)."""
     with stage("prepare"):
         manifests = prepare_data(cfg.prepare, folder.data)
     with stage("codebooks"):
@@ -228,6 +237,10 @@ def make_inputs(cfg: DemoConfig, folder: RunFolder, stage: Stages):
                                 folder.image_codebook)
     with stage("tokenize"):
         tokenize_splits(cb, icb, manifests, folder.units)
+    if cfg.codebook_merges:
+        with stage("unit_merges"):
+            cb = fit_merges(cb, cfg.codebook_merges, manifests["train"], folder.units,
+                            merged_codebook_path(folder.codebook, cfg.codebook_merges))
     return manifests, cb, icb
 
 
@@ -243,7 +256,7 @@ def train_models(cfg: DemoConfig, folder: RunFolder, manifests: dict[str, Path],
                  resume: bool) -> dict[str, Path]:
     """The mixture model and (with `asr_only_batch_tokens`) the ASR-only model: {name: checkpoint folder}."""
     run = cfg.run
-    point_run_at(run, manifests, folder.units, folder.codebook,
+    point_run_at(run, manifests, folder.units, merged_codebook_path(folder.codebook, cfg.codebook_merges),
                  folder.image_codebook if uses_images(run.data.tasks) else None, folder.model(MIXTURE))
     with stage("train"):
         train_model(run, folder.run_config(MIXTURE), cfg.processes, resume)

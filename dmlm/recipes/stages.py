@@ -9,8 +9,10 @@ Design decisions:
   with the same settings); training goes through `train_model` (in this process, or under
   torchrun via `dmlm.training.launch`).
 - **Work done is not redone.** A codebook file fitted with the same settings is reused (another
-  one is an error, not a silent refit); an evaluation report is reused while the files it read
-  are unchanged (`cached`, keyed by `stamp`); training resumes from its last saved step.
+  one is an error, not a silent refit), and so is a file of unit merges (`fit_merges`: one file per
+  merge count, its units the unit codebook's, so every count shares the token stores); an
+  evaluation report is reused while the files it read are unchanged (`cached`, keyed by
+  `stamp`); training resumes from its last saved step.
 - **A model is loaded once** for all its evaluations (`evaluate_model`, through `dmlm.load`),
   and only if one of them has to run.
 - Which modality a task reads or writes is asked of the task table (`dmlm.tasks`), never
@@ -199,6 +201,59 @@ def fit_codebooks(manifest: Path, speech: CodebookSettings, speech_utts: int, sp
         icb = _reuse_or_fit(image_path, ImageCodebook.load, lambda c: c.settings.reproducing() == image.reproducing(),
                             lambda: fit_image_codebook(manifest, image, images))
     return cb, icb
+
+
+def merged_codebook_path(codebook: Path, merges: int) -> Path:
+    """The file of the speech codebook carrying `merges` unit merges: beside the unit codebook `codebook`, named
+    by the count (`codebook-merges500.safetensors`), so runs with other counts never share one; `codebook`
+    itself without merges. Its units, and so the token stores and the vocoder, are the unit codebook's."""
+    return codebook.with_name(f"{codebook.stem}-merges{merges}{codebook.suffix}") if merges else codebook
+
+
+def fit_merges(cb: Codebook, merges: int, train: Path, units: Path, path: Path) -> Codebook:
+    """The speech codebook a run reads: `cb` without `merges`; else `cb` carrying up to `merges` unit merges
+    fitted on the units of the training manifest `train` (its store in `units`, made with `cb`; see
+    `dmlm.tokenizers.unit_bpe`), saved at `path` (`merged_codebook_path`), or reused from there when that file
+    holds merges fitted on `cb`. A file there without merges, or of another codebook, is an error, as
+    `fit_codebooks` refuses a codebook of other settings."""
+    from dmlm.tokenizers.tokenize import fit_bpe
+
+    if not merges:
+        return cb
+    if path.is_file():
+        merged = Codebook.load(path)
+        if merged.bpe is not None and merged.fingerprint == cb.fingerprint:
+            return merged
+        what = "no unit merges" if merged.bpe is None else f"the unit merges of codebook {merged.fingerprint}"
+        raise UserError(f"{path} holds {what}, not merges of codebook {cb.fingerprint}; delete it or use another "
+                        "output folder")
+    merged = fit_bpe(cb.with_bpe(None), train, units, merges)
+    merged.save(path)
+    return merged
+
+
+def merges_summary(cb: Codebook) -> dict:
+    """A report's facts of the codebook's unit merges ({} without): how many were fitted (a small corpus may give
+    fewer than asked), the speech ids they make and their fingerprint."""
+    if cb.bpe is None:
+        return {}
+    return {"merges": len(cb.bpe.merges), "pieces": cb.pieces, "merges_fingerprint": cb.bpe.fingerprint}
+
+
+def speech_tokens_per_second(manifest: Path, units: Path, codebook: Codebook) -> float | None:
+    """Speech tokens the LM reads per second of `manifest`'s audio: each record's units as stored in `units`
+    (after the codebook's deduplication), rendered as `codebook`'s merged pieces when it has merges (as
+    training renders them, `Vocab.speech_ids`), summed over the records with audio and a `duration`, divided
+    by their summed duration (None: no such record)."""
+    from dmlm.data.split import Split
+
+    records = [r for r in read_manifest(manifest) if r.audio is not None and r.duration]
+    if not records:
+        return None
+    store = Split(manifest, units).store("speech", codebook)
+    seqs = [store.get(r.id) for r in records]
+    pieces = codebook.bpe.encode_batch(seqs) if codebook.bpe is not None else seqs
+    return round(sum(map(len, pieces)) / sum(r.duration for r in records), 3)
 
 
 # -- tokenize --------------------------------------------------------------------------------------

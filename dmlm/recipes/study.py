@@ -15,7 +15,10 @@ Design decisions:
 - **Shared work is done once.** Corpora, codebooks and token stores live under `OUT/shared/`,
   named by a hash of exactly the settings that make them (`prepare` for a corpus; the corpus and
   the codebook settings for a codebook; both codebooks for the token stores). Arms that differ
-  only in training share all three; a codebook arm gets its own codebook and stores.
+  only in training share all three; a codebook arm gets its own codebook and stores. Unit merges
+  (`codebook_merges`) are a codebook file of their own per count beside the unit codebook
+  (`codebook-HASH-mergesN`): arms with other counts never share one, and every count shares the
+  unit codebook's token stores, since the merges apply when training renders the units.
 - **Resumable.** A finished arm × seed is a row of `OUT/runs.jsonl` (keyed by arm, seed and a
   hash of its resolved config) and is skipped on a re-run; a half-trained one resumes from its
   last saved step (`dmlm train --resume`); finished evaluations are reused for the same weights.
@@ -43,9 +46,10 @@ from dmlm.metrics.bootstrap import LOWER_IS_BETTER, base_metric
 from dmlm.recipes.demo import DemoConfig
 from dmlm.recipes.run_folder import RunFolder
 from dmlm.modeling import vocoder_dir
-from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, dev_curve, evaluate_model, fit_codebooks, install_vocoder,
-                                 machine, make_vocoder, point_run_at, prepare_data, tokenize_splits, train_model,
-                                 train_summary, uses_images)
+from dmlm.recipes.stages import (EXTRA_AUDIO, LazyModel, dev_curve, evaluate_model, fit_codebooks, fit_merges,
+                                 install_vocoder, machine, make_vocoder, merged_codebook_path, point_run_at,
+                                 prepare_data, speech_tokens_per_second, tokenize_splits, train_model, train_summary,
+                                 uses_images)
 from dmlm.tasks import TASKS, parse_spec, scoring_for
 from dmlm.util.config import ConfigError, apply_overrides, dump_config, field_default, load_config
 from dmlm.util.errors import UserError
@@ -137,8 +141,9 @@ class StudyConfig:
     """The arm every other arm is compared with ("": the first)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     base: DemoConfig = field(default_factory=DemoConfig)
-    """The base run; a study reads its prepare, codebook, image_codebook, run, processes and eval_limit, and its
-    vocoder and vocoder_minutes when a metric hears speech out (judged by Whisper-base) (no ASR-only model)."""
+    """The base run; a study reads its prepare, codebook, codebook_merges, image_codebook, run, processes and
+    eval_limit, and its vocoder and vocoder_minutes when a metric hears speech out (judged by Whisper-base) (no
+    ASR-only model)."""
     arms: list[Arm] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["asr.wer", "asr.cer", "asr.wer_heldout_voice"])
     """Metrics to score, `TASK.metric` (see `study_metrics`); a metric of a task an arm does not train is skipped
@@ -356,8 +361,12 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
     cb, icb = shared.codebooks(base, data_key, manifests)
     stage("tokenize")
     units = shared.units(data_key, paths, cb, icb, manifests)
+    speech = merged_codebook_path(paths[0], base.codebook_merges)  # its own file per count; the stores are shared
+    if base.codebook_merges:
+        stage("unit merges")
+        cb = fit_merges(cb, base.codebook_merges, manifests["train"], units, speech)
     run = base.run
-    point_run_at(run, manifests, units, paths[0], paths[1], folder.model())
+    point_run_at(run, manifests, units, speech, paths[1], folder.model())
     stage(f"train ({run.train.steps} steps)")
     t_train = time.time()
     train_model(run, folder.run_config(), base.processes, resume=True)
@@ -373,6 +382,8 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
             "steps": summary["steps"], "tokens": summary["tokens"], "seconds": round(train_seconds, 1),
             "final_dev_loss": summary["final_dev_loss"], "dev_curve": dev_curve(folder.model()), "hyps": evals,
             "tokens_per_step": summary["tokens_per_step"], "example_share": summary["example_share"],
+            "examples": _examples(folder.model()), "unit_merges": len(cb.bpe.merges) if cb.bpe is not None else 0,
+            "speech_tokens_per_s": speech_tokens_per_second(manifests["train"], units, cb),
             "test_records": len(read_manifest(manifests["test"])), "machine": machine(), "config": asdict(base),
             **({"curve": curve + [{"step": summary["steps"], "examples": _examples(folder.model()),
                                    "metrics": {m: v for m, v in metrics.items() if metric_task(m) == cfg.curve_task},

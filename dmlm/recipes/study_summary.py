@@ -8,7 +8,8 @@ report` collects the committed summaries into docs/studies.md.
 
 Schema of NAME.json:
 `{"study", "finding", "reference", "method", "arms": [{"name", "overrides", "runs": [{"seed",
-"metrics", "steps", "tokens", "seconds"}], "mean", "std", "ci95": {metric: [lo, hi]}}],
+"metrics", "steps", "tokens", "seconds", and where the row has them "examples", "speech_tokens_per_s"}], "mean", "std",
+"ci95": {metric: [lo, hi]}}],
 "comparisons": [{"arm", "reference", "metric", "delta", "ci95", "verdict", "expect"}], "verdict"}`, and with
 `way_reference` set, `"way_comparisons": [{"arm", "way", "reference_way", "metric", "delta", "ci95", "verdict",
 "utterances", "primary"}]`: per arm, each way of a per-way metric family (`metric` is the family, `TASK.KEY`;
@@ -40,6 +41,11 @@ METHOD = ("Per arm: the mean and standard deviation of the seeds' scores; a 95 %
           "over the same utterances (Koehn, 2004); 'better'/'worse' when the interval excludes zero.")
 
 VERDICTS = {"reproduced", "not reproduced", "mixed", "no claim"}
+
+RUN_FACTS = {"examples": ("examples (mean)", 0), "speech_tokens_per_s": ("speech tokens/s of training audio", 1)}
+"""Facts of a run beside its scores (rows of runs.jsonl from before them lack them): the examples it trained on
+and the speech tokens its model reads per second of training audio (after deduplication and unit merges). Each is
+a column of NAME.md, the arm's mean, where some run has it; {key: (column, digits)}."""
 
 
 def _pooled_stats(runs: list[dict], metric: str) -> dict[str, np.ndarray]:
@@ -74,7 +80,8 @@ def summarize(study: str, finding: str, reference: str, arms: list, runs: list[d
         rs = sorted(by_arm[a.name], key=lambda r: r["seed"])
         entry = {"name": a.name, "overrides": list(a.overrides),
                  "runs": [{"seed": r["seed"], "metrics": r["metrics"], "steps": r["steps"], "tokens": r["tokens"],
-                           "seconds": r["seconds"], "final_dev_loss": r.get("final_dev_loss")} for r in rs],
+                           "seconds": r["seconds"], "final_dev_loss": r.get("final_dev_loss"),
+                           **{k: r[k] for k in RUN_FACTS if r.get(k) is not None}} for r in rs],
                  "mean": {}, "std": {}, "ci95": {}, "pooled": {}}
         for m in metrics:
             vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
@@ -194,13 +201,20 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _fact(arm: dict, key: str) -> str:
+    """The arm's mean of a `RUN_FACTS` key over the runs that have it."""
+    vals = [r[key] for r in arm["runs"] if r.get(key) is not None]
+    return _fmt(float(np.mean(vals)) if vals else None, RUN_FACTS[key][1])
+
+
 def render(summary: dict, command: str) -> str:
     metrics = summary["metrics"]
+    facts = [k for k in RUN_FACTS if any(r.get(k) is not None for a in summary["arms"] for r in a["runs"])]
     lines = [f"# Study `{summary['study']}`", "", f"**Finding tested:** {summary['finding'] or '–'}", "",
              f"**Verdict:** {summary['verdict']} (primary metric `{summary['primary']}`, reference arm "
              f"`{summary['reference']}`)", "", f"Command: `{command}`", "", f"Method: {summary['method']}", "",
-             "| arm | " + " | ".join(metrics) + " | steps | train s (mean) | final dev loss (mean) |",
-             "|---|" + "---|" * (len(metrics) + 3)]
+             "| arm | " + " | ".join(metrics) + " | steps | train s (mean) | final dev loss (mean) |"
+             + "".join(f" {RUN_FACTS[k][0]} |" for k in facts), "|---|" + "---|" * (len(metrics) + 3 + len(facts))]
     for a in summary["arms"]:
         cells = []
         for m in metrics:
@@ -213,7 +227,7 @@ def render(summary: dict, command: str) -> str:
         secs = np.mean([r["seconds"] for r in a["runs"]]) if a["runs"] else None
         dev = [r["final_dev_loss"] for r in a["runs"] if r.get("final_dev_loss") is not None]
         lines.append(f"| {a['name']} | " + " | ".join(cells) + f" | {','.join(map(str, steps))} | {_fmt(secs, 0)} | "
-                     f"{_fmt(float(np.mean(dev)) if dev else None, 3)} |")
+                     f"{_fmt(float(np.mean(dev)) if dev else None, 3)} |" + "".join(f" {_fact(a, k)} |" for k in facts))
     lines += ["", "Cells: mean ± standard deviation over seeds [95 % bootstrap interval of the pooled score]. "
               f"Seeds: {', '.join(str(r['seed']) for r in summary['arms'][0]['runs']) if summary['arms'] else '–'}.",
               "", "| arm | against | metric | difference | 95 % interval | verdict | paper expects |",
