@@ -357,6 +357,7 @@ def train_summary(model_dir: Path) -> dict:
             "tokens": _trained_tokens(model_dir),
             "tokens_per_step": per_step, "example_share": {k: round(v / total_ex, 3) for k, v in examples.items()},
             "final_dev_loss": next((r["dev_loss"] for r in reversed(rows) if "dev_loss" in r), None),
+            "final_dev_listening": next((r.get("dev_listening") for r in reversed(rows) if "dev_loss" in r), None),
             "padding_share": summary.get("padding_share"), "tasks": meta.get("tasks"),
             "weights": saved.get("data", {}).get("weights"),
             "batch_tokens": saved.get("train", {}).get("batch_tokens"), "loss": saved.get("train", {}).get("loss"),
@@ -364,8 +365,10 @@ def train_summary(model_dir: Path) -> dict:
 
 
 def dev_curve(model_dir: Path) -> list[dict]:
-    """[{"step", "dev_loss"}] of a model's run log."""
-    return [{"step": r["step"], "dev_loss": r["dev_loss"]} for r in _log_rows(model_dir) if "dev_loss" in r]
+    """[{"step", "dev_loss"}] of a model's run log, with "dev_listening" where it has one (train.dev_mismatched)."""
+    return [{"step": r["step"], "dev_loss": r["dev_loss"], **({"dev_listening": r["dev_listening"]}
+                                                              if "dev_listening" in r else {})}
+            for r in _log_rows(model_dir) if "dev_loss" in r]
 
 
 def log_path(model_dir: Path) -> Path:

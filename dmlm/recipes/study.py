@@ -381,6 +381,8 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
     return {"arm": arm.name, "seed": seed, "overrides": list(arm.overrides), "metrics": metrics,
             "steps": summary["steps"], "tokens": summary["tokens"], "seconds": round(train_seconds, 1),
             "final_dev_loss": summary["final_dev_loss"], "dev_curve": dev_curve(folder.model()), "hyps": evals,
+            **({"final_dev_listening": summary["final_dev_listening"]}
+               if summary["final_dev_listening"] is not None else {}),
             "tokens_per_step": summary["tokens_per_step"], "example_share": summary["example_share"],
             "examples": _examples(folder.model()), "unit_merges": len(cb.bpe.merges) if cb.bpe is not None else 0,
             "speech_tokens_per_s": speech_tokens_per_second(manifests["train"], units, cb),

@@ -42,10 +42,12 @@ METHOD = ("Per arm: the mean and standard deviation of the seeds' scores; a 95 %
 
 VERDICTS = {"reproduced", "not reproduced", "mixed", "no claim"}
 
-RUN_FACTS = {"examples": ("examples (mean)", 0), "speech_tokens_per_s": ("speech tokens/s of training audio", 1)}
-"""Facts of a run beside its scores (rows of runs.jsonl from before them lack them): the examples it trained on
-and the speech tokens its model reads per second of training audio (after deduplication and unit merges). Each is
-a column of NAME.md, the arm's mean, where some run has it; {key: (column, digits)}."""
+RUN_FACTS = {"examples": ("examples (mean)", 0), "speech_tokens_per_s": ("speech tokens/s of training audio", 1),
+             "final_dev_listening": ("final dev listening (mean)", 3)}
+"""Facts of a run beside its scores (rows of runs.jsonl from before them lack them): the examples it trained on,
+the speech tokens its model reads per second of training audio (after deduplication and unit merges) and its last
+dev listening gap (`train.dev_mismatched`: dev loss with mismatched sources minus matched). Each is a column of
+NAME.md, the arm's mean, where some run has it; {key: (column, digits)}."""
 
 
 def _pooled_stats(runs: list[dict], metric: str) -> dict[str, np.ndarray]:

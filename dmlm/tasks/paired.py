@@ -32,7 +32,7 @@ caption's: every task keeps the one sequence format (a tag the model reads, neve
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -96,6 +96,12 @@ class PairedTask:
         value = list(tokens) if self.source == "text" else np.asarray(tokens)
         return Sample(id=sample_id, src_lang=src_lang, tgt_lang=tgt_lang or src_lang,
                       **{_SOURCE_FIELD[self.source]: value})
+
+    def with_source_of(self, sample: Sample, other: Sample) -> Sample:
+        """`sample` with `other`'s source tokens (its target and language tags kept): a mismatched pair,
+        what `train.dev_mismatched` scores to see whether a model reads its input."""
+        field_name = _SOURCE_FIELD[self.source]
+        return replace(sample, **{field_name: getattr(other, field_name)})
 
     # -- records -----------------------------------------------------------------------------
     def _langs(self, record, lang: str | None) -> tuple[str, str]:

@@ -104,6 +104,11 @@ class TrainConfig:
     """model.init=pretrained: train even if the start check fails (the built model's text perplexity more than 2 %
     above the untouched LLM's on the run's held-out text, e.g. after model.keep_layers cut it); it is still logged."""
     eval_every: int = 250
+    dev_mismatched: bool = False
+    """Each dev pass also scores the dev set with every example's source (speech, text or image the prompt reads)
+    taken from another dev example of its task, the target kept, and logs dev_loss_mismatched and dev_listening
+    (mismatched minus matched, over the tasks with a source; per task too): about 0 when the model ignores its
+    input, large when it transcribes from it. Dev loss alone rewards a good text prior (docs/design/training.md)."""
     save_every: int = 500
     snapshots: list[int] = field(default_factory=list)
     """Steps at which a copy of the model is also kept, a plain model folder without training state

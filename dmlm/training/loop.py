@@ -126,6 +126,12 @@ def check_logits_at_targets(model) -> None:
 @torch.no_grad()
 def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) -> dict[str, float]:
     """Mean per-token target loss on the dev set: over all tasks ("all") and per task spec."""
+    return _means(dev_sums(model, rendered, cfg, pad, device))
+
+
+@torch.no_grad()
+def dev_sums(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) -> dict[str, list[float]]:
+    """Task spec -> [summed target-token loss, target tokens] of `rendered`."""
     model.eval()
     sums: dict[str, list[float]] = {}
     for idx in bucket_batches(np.array([len(r.ids) for r in rendered]), cfg.train.batch_tokens, 0, 0):
@@ -139,9 +145,27 @@ def dev_loss(model, rendered: list[Rendered], cfg: RunConfig, pad: int, device) 
             acc[0] += x
             acc[1] += c
     model.train()
+    return sums
+
+
+def _means(sums: dict[str, list[float]]) -> dict[str, float]:
+    """{"all": the token-weighted mean over every task, task: its mean} of `dev_sums`."""
     out = {"all": sum(v[0] for v in sums.values()) / max(1.0, sum(v[1] for v in sums.values()))}
     out.update({t: v[0] / max(v[1], 1.0) for t, v in sorted(sums.items())})
     return out
+
+
+def listening_record(matched: dict[str, list[float]], mismatched: dict[str, list[float]]) -> dict[str, float]:
+    """The log fields of `train.dev_mismatched` from the `dev_sums` of the dev set and of its mismatched copy:
+    "dev_loss_mismatched" and "dev_listening" (mismatched - matched) over the tasks the copy has (those with a
+    source), and one of each per task when there are several. The targets are the same tokens in both."""
+    m = _means(mismatched)
+    ref = _means({t: matched[t] for t in mismatched})
+    rec = {"dev_loss_mismatched": m["all"], "dev_listening": m["all"] - ref["all"]}
+    if len(mismatched) > 1:
+        for t in sorted(mismatched):
+            rec.update({f"dev_loss_mismatched_{t}": m[t], f"dev_listening_{t}": m[t] - ref[t]})
+    return rec
 
 
 def _token_losses(model, b: dict, w: torch.Tensor, at_targets: bool) -> torch.Tensor:
@@ -195,9 +219,14 @@ class Run:
         return self.progress.fraction(self.cfg.train)
 
     def dev(self) -> dict[str, float]:
-        """The dev pass's log fields."""
-        return dev_record(dev_loss(self.acc.unwrap_model(self.model), self.S.dev, self.cfg, self.S.vocab.pad,
-                                   self.acc.device))
+        """The dev pass's log fields (with train.dev_mismatched, the listening gap's too)."""
+        model, pad = self.acc.unwrap_model(self.model), self.S.vocab.pad
+        matched = dev_sums(model, self.S.dev, self.cfg, pad, self.acc.device)
+        rec = dev_record(_means(matched))
+        if self.S.dev_mismatched:
+            rec.update(listening_record(matched, dev_sums(model, self.S.dev_mismatched, self.cfg, pad,
+                                                          self.acc.device)))
+        return rec
 
 
 def accelerator(cfg: RunConfig):

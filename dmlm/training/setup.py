@@ -22,7 +22,7 @@ from dmlm.data.manifest import Record, read_manifest
 from dmlm.data.mixture import Mixture
 from dmlm.data.split import Split
 from dmlm.modeling import model_positions
-from dmlm.tasks import Rendered, Sample, Sources, get_task, parse_spec, render
+from dmlm.tasks import Rendered, Sample, Sources, Task, get_task, parse_spec, render
 from dmlm.tokenizers.speech import Codebook
 from dmlm.tokenizers.text import TextTokenizer
 from dmlm.training.config import RunConfig
@@ -117,6 +117,7 @@ class Setup:
     mixture: Mixture
     dev: list[Rendered]
     dev_samples: list[Sample]
+    dev_mismatched: list[Rendered] = field(default_factory=list)  # train.dev_mismatched: sources swapped (`mismatched`)
 
 
 def mixture_weights(cfg: RunConfig) -> list[float]:
@@ -197,6 +198,7 @@ def setup(cfg: RunConfig) -> Setup:
     pools: dict[str, tuple[int, int]] = {}
     dev: list[Rendered] = []
     dev_samples: list[Sample] = []
+    dev_mismatched: list[Rendered] = []
     for spec in cfg.data.tasks:
         task, speakers = get_task(parse_spec(spec)[0]), cfg.data.speakers.get(spec)
         start = len(rendered)
@@ -211,15 +213,30 @@ def setup(cfg: RunConfig) -> Setup:
             ds = task_samples(spec, dev_sources, speakers, manifests(dev_sources.manifest))
             dev += [render(task, s, vocab, spec) for s in ds]
             dev_samples += ds
+            if cfg.train.dev_mismatched:
+                dev_mismatched += mismatched(task, ds, vocab, spec)
+    if cfg.train.dev_mismatched and dev_sources is not None and not dev_mismatched:
+        log.warning("train.dev_mismatched: no task of %s has a source and two dev examples; no listening gap logged",
+                    cfg.data.tasks)
     mixture = Mixture([b - a for a, b in pools.values()], mixture_weights(cfg), cfg.train.seed, names=cfg.data.tasks)
-    return Setup(vocab, text, codebook, image_cb, rendered, pools, mixture, dev, dev_samples)
+    return Setup(vocab, text, codebook, image_cb, rendered, pools, mixture, dev, dev_samples, dev_mismatched)
+
+
+def mismatched(task: Task, samples: list[Sample], vocab: Vocab, spec: str) -> list[Rendered]:
+    """The dev examples of one task with each source replaced by the next example's (a rotation by one: a fixed
+    derangement), the targets kept. Empty for a task without a source (the unpaired LM tasks) or with fewer than
+    two examples; an example whose neighbour has the same source tokens stays matched (nothing to swap)."""
+    if task.source is None or len(samples) < 2:
+        return []
+    return [render(task, task.with_source_of(s, samples[(i + 1) % len(samples)]), vocab, spec)
+            for i, s in enumerate(samples)]
 
 
 def check_fits(model, S: Setup) -> None:
     """Refuse examples longer than the model's positions (past them it would train on positions it
     cannot represent, or crash), counting them and naming the longest."""
     limit = model_positions(model)
-    for split, rendered in (("training", S.train), ("dev", S.dev)):
+    for split, rendered in (("training", S.train), ("dev", S.dev), ("mismatched dev", S.dev_mismatched)):
         over = [r for r in rendered if limit is not None and len(r.ids) > limit]
         if over:
             worst = max(over, key=lambda r: len(r.ids))
