@@ -76,7 +76,8 @@ def headline_samples(run: Path) -> list[dict]:
         if is_s2st(spec):  # its own way's ASR-BLEU, the first way it kept (every way's: report.json's s2st_ways)
             rows = read_jsonl(folder.eval_dir(spec) / "hyps.jsonl", missing_ok=True)
             rows = [r for r in rows if not is_heldout_voice(r)]
-            add(f"{name} {headers['asr_bleu']}", "asr_bleu", [r for r in rows if r["way"] == rows[0]["way"]], "basic",
+            first = rows[0]["way"] if rows else None  # no transcripts kept: `add` skips the row
+            add(f"{name} {headers['asr_bleu']}", "asr_bleu", [r for r in rows if r["way"] == first], "basic",
                 row.get("asr_bleu"))
             continue
         if task.target == "speech":  # judged by ear: the T2S examples' transcripts

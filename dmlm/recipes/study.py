@@ -378,16 +378,17 @@ def run_arm_seed(cfg: StudyConfig, arm: Arm, seed: int, shared: Shared, stage) -
     metrics, evals = evaluate_arm(cfg, base, folder, manifests["test"], units, stage)
     curve = score_curve(cfg, base, folder, manifests["test"], units, stage)
     summary = train_summary(folder.model())
+    examples = _examples(folder.model())
     return {"arm": arm.name, "seed": seed, "overrides": list(arm.overrides), "metrics": metrics,
             "steps": summary["steps"], "tokens": summary["tokens"], "seconds": round(train_seconds, 1),
             "final_dev_loss": summary["final_dev_loss"], "dev_curve": dev_curve(folder.model()), "hyps": evals,
             **({"final_dev_listening": summary["final_dev_listening"]}
                if summary["final_dev_listening"] is not None else {}),
             "tokens_per_step": summary["tokens_per_step"], "example_share": summary["example_share"],
-            "examples": _examples(folder.model()), "unit_merges": len(cb.bpe.merges) if cb.bpe is not None else 0,
+            "examples": examples, "unit_merges": len(cb.bpe.merges) if cb.bpe is not None else 0,
             "speech_tokens_per_s": speech_tokens_per_second(manifests["train"], units, cb),
             "test_records": len(read_manifest(manifests["test"])), "machine": machine(), "config": asdict(base),
-            **({"curve": curve + [{"step": summary["steps"], "examples": _examples(folder.model()),
+            **({"curve": curve + [{"step": summary["steps"], "examples": examples,
                                    "metrics": {m: v for m, v in metrics.items() if metric_task(m) == cfg.curve_task},
                                    "hyps": {cfg.curve_task: evals.get(cfg.curve_task)}}]} if curve else {})}
 
