@@ -53,7 +53,7 @@ def test_tiny_demo_without_vocoder(tmp_path):
     assert intervals["S2TT en→es BLEU"]["value"] == pytest.approx(tasks["s2tt:es"]["bleu"])
     assert intervals["ASR WER %"]["ci95"][0] <= tasks["asr"]["wer"] <= intervals["ASR WER %"]["ci95"][1]
     md = (out / "report.md").read_text()
-    for row in ("ASR (mixture model)", "ASR (ASR-only model)", "S2TT en→es", "I2T captioning", "T2S", "## I2T examples"):
+    for row in ("ASR (mixture model)", "ASR (ASR-only model)", "S2TT en→es", "I2T captioning", "T2S", "## I2T captioning examples"):
         assert row in md
     assert "](data/img/" in md  # captions shown next to their images
     # where the time went: wall and CPU seconds of every stage (the training ran in this process)

@@ -230,7 +230,7 @@ def test_report_and_results_page_show_both_tables_and_the_stage_times(run, tmp_p
     folder = RunFolder(run)
     folder.report_json.write_text(json.dumps(report))
     rows = {r["score"]: r for r in headline_intervals(run, draws=200)}  # S2ST's own way: once a KeyError
-    assert rows["S2ST en→es ASR-BLEU"]["value"] == pytest.approx(report["tasks"]["s2st:es"]["asr_bleu"])
+    assert rows["S2ST en→es (direct) ASR-BLEU"]["value"] == pytest.approx(report["tasks"]["s2st:es"]["asr_bleu"])
     page = tmp_path / "docs" / "multilingual.md"
     write_reports(run, results=page)
     md, res = folder.report_md.read_text(), page.read_text()
@@ -299,7 +299,7 @@ def test_the_multilingual_recipe_sets_whisper_beside_its_asr_and_the_demo_does_n
     from dmlm.recipes.demo import load_demo_config
 
     ml = load_demo_config("configs/multilingual.yaml", [])
-    assert ml.whisper_baseline and all(ml.limit_of(s) == ml.eval_limit == 75 for s in ("asr:en", "asr:es", "s2st:es"))
+    assert ml.whisper_baseline and ml.eval_limit > 0 and all(ml.limit_of(s) == ml.eval_limit for s in ("asr:en", "asr:es", "s2st:es"))
     assert not load_demo_config("configs/demo.yaml", []).whisper_baseline
     with pytest.raises(ConfigError, match="name each in eval_tasks"):
         load_demo_config("configs/multilingual.yaml", [f"out={tmp_path}", "eval_tasks=[asr, 's2st:es']"])

@@ -113,6 +113,14 @@ def test_multilingual_row_labels_name_the_language_and_the_direction():
                       "s2tt:en": "S2TT *→en"}
 
 
+def test_interval_and_example_names_use_the_headline_labels():
+    # the intervals table and the examples once named `asr:es` "ASR en→es", a translation it is not
+    from dmlm.recipes.report import short_label
+
+    assert [short_label(s) for s in ("asr:es", "t2s:de", "s2tt:es", "s2tt:en")] == \
+        ["ASR es", "T2S de", "S2TT en→es", "S2TT *→en"]
+
+
 # -- the corpus ------------------------------------------------------------------------------------------------
 
 def test_prepare_speaks_the_translations_with_a_heldout_voice_per_language(tmp_path):

@@ -101,11 +101,9 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
 
 
 def short_label(spec: str, src_lang: str = DEFAULT_LANG) -> str:
-    """A task's short name with its language pair where its output is in another language than its
-    input: "ASR", "S2TT en→es", "I2T" (for example headings and interval names)."""
-    name, lang = parse_spec(spec)
-    task = get_task(name)
-    return f"{task.label} {src_lang}→{lang}" if lang and task.decoded else task.label
+    """`spec`'s headline label, "ASR", "ASR es", "S2TT en→es", "S2TT *→en" (`Scoring.row_label`), for example
+    headings and interval names."""
+    return scoring_for(spec).row_label(spec, src_lang)
 
 
 def _is_task(key: str) -> bool:
