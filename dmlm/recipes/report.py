@@ -69,7 +69,7 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
     tasks = report["tasks"]
     lines = [
         f"# dmlm demo report ({report['config']['prepare']['corpus']})", "",
-        f"Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu']}; this invocation {report['minutes']:.1f} min "
+        f"Machine: {m['cores']} cores, {m['cpu']}{_bf16(m)}, GPU: {m['gpu']}; this invocation {report['minutes']:.1f} min "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in report['stages_seconds'].items())})." + _all_runs(report), "",
         "All scores on the held-out test split (sentences never seen in training; 40 % of them hold a colour–object "
         "pair never seen in training). Baselines predict the most frequent training target for every input.", "",
@@ -98,6 +98,14 @@ def render_markdown(report: dict, out: Path, n_examples: int = 6) -> str:
     lines += ["", f"![loss]({RunFolder(out).loss_plot().name})", ""]
     lines += _examples(out, n_examples, tasks)
     return "\n".join(lines) + "\n"
+
+
+def _bf16(machine: dict) -> str:
+    """Whether the CPU has native bf16 (AVX512-BF16 or AMX), where the report records it: the same CPU name covers
+    models with and without it (reports made before the field say nothing)."""
+    if "native_bf16" not in machine:
+        return ""
+    return " (CPU with native bf16)" if machine["native_bf16"] else " (CPU without native bf16)"
 
 
 def short_label(spec: str, src_lang: str = DEFAULT_LANG) -> str:
@@ -220,7 +228,7 @@ def render_results(report: dict, run: Path, results_json: str = "results.json") 
         "Do not edit by hand.", "",
         f"- Corpus: {cfg.get('prepare', {}).get('corpus', '?')}, test split; "
         + ", ".join(f"{k} {v:,}" for k, v in (report.get("data") or {}).items()) + " records.",
-        f"- Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu']}; Python {m['python']}, torch {m['torch']}.",
+        f"- Machine: {m['cores']} cores, {m['cpu']}{_bf16(m)}, GPU: {m['gpu']}; Python {m['python']}, torch {m['torch']}.",
         f"- Wall time: {minutes:.1f} min in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ").",
         "", "All scores on held-out test sentences; baselines predict the most frequent training target for every input.",
         "", *_table(report), *_intervals(run), *multilingual_section(report), "",
