@@ -15,7 +15,8 @@ def machine() -> str:
     from dmlm.recipes.stages import machine as facts
 
     m = facts()
-    return f"{m['cores']} cores, {m['cpu']}, {m['gpu'] or 'no GPU'}, torch {m['torch']}"
+    bf16 = "native bf16" if m["native_bf16"] else "no native bf16"
+    return f"{m['cores']} cores, {m['cpu']} ({bf16}), {m['gpu'] or 'no GPU'}, torch {m['torch']}"
 
 
 def write_result(name: str, metric: str, unit: str, dmlm: float, baseline: float, higher_is_better: bool, **extra) -> dict:
