@@ -254,10 +254,12 @@ def test_report_and_results_page_show_both_tables_and_the_stage_times(run, tmp_p
     kept = json.loads(page.with_suffix(".json").read_text())
     assert kept["asr_languages"] == report["asr_languages"] and kept["s2st_ways"] == report["s2st_ways"]
     assert "(a `make demo` run" in res and "`multilingual.json` beside this page" in res  # no recipe recorded: the demo's
+    assert res.startswith("# Results\n")
     folder.report_json.write_text(json.dumps({**report, "config": {**report.get("config", {}),
                                                                    "recipe": "configs/multilingual.yaml"}}))
     write_reports(run, results=page)
-    assert "(a `dmlm demo configs/multilingual.yaml` run)" in page.read_text()  # the page names the run's recipe
+    res = page.read_text()  # the page names the run's recipe, in its title too
+    assert "(a `dmlm demo configs/multilingual.yaml` run)" in res and res.startswith("# Results of `configs/multilingual.yaml`")
 
 
 def test_a_report_without_them_is_unchanged():
