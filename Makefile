@@ -39,8 +39,8 @@ sysdeps:
 # `make demo OPEN=1`: the open-vocabulary model from SmolLM2-135M (configs/open.yaml; hours, resumable)
 # `make demo MULTI=1`: speech in English, Spanish, German and French, and S2ST (configs/multilingual.yaml; <= 60 min)
 # `OUT=DIR`: the run folder (default: the config's `out`), e.g. outside the repository for a long run
-DEMO_CONFIG := $(if $(OPEN),configs/open.yaml,$(if $(MULTI),configs/multilingual.yaml,\
-  $(if $(QUICK),configs/demo-quick.yaml,configs/demo.yaml)))
+QUICK_OR_DEMO := $(if $(QUICK),configs/demo-quick.yaml,configs/demo.yaml)
+DEMO_CONFIG := $(if $(OPEN),configs/open.yaml,$(if $(MULTI),configs/multilingual.yaml,$(QUICK_OR_DEMO)))
 DEMO_ASSETS := whisper-base $(if $(OPEN),smollm2-135m)
 
 demo: install sysdeps

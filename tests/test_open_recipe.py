@@ -302,3 +302,5 @@ def test_make_demo_open_runs_the_open_config():
     assert commands() == [".venv/bin/dmlm assets whisper-base", ".venv/bin/dmlm demo configs/demo.yaml"]
     assert commands("OPEN=1", "OUT=/tmp/open-run") == [".venv/bin/dmlm assets whisper-base smollm2-135m",
                                                        ".venv/bin/dmlm demo configs/open.yaml out=/tmp/open-run"]
+    assert commands("MULTI=1") == [".venv/bin/dmlm assets whisper-base", ".venv/bin/dmlm demo configs/multilingual.yaml"]
+    assert commands("QUICK=1")[-1] == ".venv/bin/dmlm demo configs/demo-quick.yaml"
