@@ -370,3 +370,57 @@ def test_an_arm_whose_model_cannot_be_built_is_refused_when_the_study_loads(tmp_
         load_study_config(str(_write_empty(tmp_path)), [
             "name=t", "base.run.model.init=random", "base.run.model.trim_vocab=true",
             "arms=[{name: llm, overrides: []}, {name: scratch, overrides: [run.model.init=scratch]}]"])
+
+
+# -- tuning: the summary applies the rule a tuning study fixed (choose, candidate_for) ----------------------------
+
+def _tuning_runs(facts: dict[str, tuple[float, float]]) -> list[dict]:
+    """runs.jsonl rows (seed 0) with only the facts a choice reads: {arm: (final dev loss, final dev listening)}."""
+    return [{"arm": arm, "seed": 0, "metrics": {}, "steps": 50, "tokens": 100, "seconds": 1.0,
+             "final_dev_loss": loss, "final_dev_listening": gap, "hyps": {},
+             "dev_curve": [{"step": 50, "dev_loss": loss, "dev_listening": gap}],
+             "config": {"prepare": {}, "run": {"model": {}, "train": {}, "data": {"tasks": ["asr"]}}}}
+            for arm, (loss, gap) in facts.items()]
+
+
+def test_a_tuning_study_chooses_the_lowest_dev_loss_among_settings_that_listen(tmp_path):
+    """init-tune's rule: the lowest dev loss wins only among listening settings (random-lr3e-3 has the lowest loss
+    and does not listen); a group where none listens gets its largest gap, said so; a candidate not yet run makes
+    the choice provisional. The JSON and the page carry it."""
+    from dmlm.recipes.study import load_study_config
+    from dmlm.recipes.study_summary import write_summary
+
+    cfg = load_study_config(str(CONFIGS / "init-tune.yaml"), [f"out={tmp_path / 'out'}", f"docs={tmp_path / 'docs'}",
+                                                              "bootstrap=200"])
+    facts = {a.name: (3.0, 0.0) for a in cfg.arms}
+    facts.update({"random-lr1e-3": (2.5, 0.3), "random-lr3e-3": (2.0, 0.05), "random-lr1e-3-rows10": (2.4, 0.2),
+                  "random-lr3e-3-rows10": (2.6, 0.9),
+                  "scratch-demo-lr1e-3": (2.0, 0.01), "scratch-demo-lr3e-3": (1.9, 0.04),
+                  "scratch-demo-lr1e-2": (2.2, 0.08)})
+    del facts["pretrained-lora-lr3e-3"]
+    s = write_summary(cfg, _tuning_runs(facts))
+    chosen = {c["for"]: c for c in s["choices"]}
+    assert list(chosen) == ["random", "pretrained", "pretrained-lora", "scratch-demo"]
+    assert chosen["random"]["chosen"] == "random-lr1e-3-rows10" and chosen["random"]["complete"]
+    assert chosen["random"]["overrides"] == ["run.train.lr=0.001", "run.train.lr_new_rows=10"]
+    assert chosen["random"]["rule"] == "dev_loss_listening"
+    assert chosen["scratch-demo"]["chosen"] == "scratch-demo-lr1e-2"
+    assert chosen["scratch-demo"]["rule"].startswith("largest dev listening gap")
+    assert chosen["pretrained-lora"]["chosen"] == "pretrained-lora-lr1e-3" and not chosen["pretrained-lora"]["complete"]
+    page = (tmp_path / "docs" / "init-tune.md").read_text()
+    assert "## Chosen settings" in page and "| random | random-lr1e-3-rows10 | 2.400 | 0.200 | yes | **chosen** |" in page
+    assert "| random | random-lr3e-3 | 2.000 | 0.050 | no |  |" in page
+    assert "pretrained-lora-lr3e-3 | – | – | – | not run |" in page and "provisional" in page
+    assert json.loads((tmp_path / "docs" / "init-tune.json").read_text())["choices"][0]["chosen"] == "random-lr1e-3-rows10"
+
+
+def test_a_choice_rule_needs_candidates_and_the_listening_gap():
+    from dmlm.recipes.study import load_study_config
+    from dmlm.util.config import ConfigError
+
+    with pytest.raises(ConfigError, match="choose must be one of"):
+        load_study_config(str(CONFIGS / "init-tune.yaml"), ["choose=vibes"])
+    with pytest.raises(ConfigError, match="dev_loss_listening reads the dev listening gap.*random-lr1e-3"):
+        load_study_config(str(CONFIGS / "init-tune.yaml"), ["base.run.train.dev_mismatched=false"])
+    with pytest.raises(ConfigError, match="needs arms with `candidate_for`"):
+        load_study_config(str(CONFIGS / "init.yaml"), ["choose=dev_loss"])

@@ -116,6 +116,11 @@ def metric_value(report: dict, metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+CHOICE_RULES = {"": "no choice", "dev_loss": "lowest final dev loss",
+                "dev_loss_listening": "lowest final dev loss among the settings that listen"}
+"""The rules a tuning study's summary can choose each candidate group's setting by (`StudyConfig.choose`)."""
+
+
 @dataclass
 class Arm:
     name: str = ""
@@ -127,6 +132,9 @@ class Arm:
     expect: str = ""
     """What the paper's finding predicts for this arm against its reference: better, worse or "" (not a claim of
     the paper: reported, not part of the verdict)."""
+    candidate_for: str = ""
+    """In a tuning study, the arm of the tuned study this setting is a candidate for (e.g. `random`); the summary's
+    "Chosen settings" picks one candidate per name by the study's `choose` rule ("": not a candidate)."""
 
 
 @dataclass
@@ -165,6 +173,13 @@ class StudyConfig:
     shared: str = ""
     """Folder of corpora, codebooks and token stores ("": OUT/shared). Its entries are named by a hash of what
     made them, so studies can share one folder safely and reuse each other's corpora."""
+    choose: str = ""
+    """How a tuning study picks each candidate group's setting (arms with the same `candidate_for`), applied by the
+    summary, fixed before the runs: "" (no choice), `dev_loss` (the lowest final dev loss, mean over seeds) or
+    `dev_loss_listening` (the lowest final dev loss among the settings whose final dev listening gap, mean over
+    seeds, exceeds `listening_min` nats; if none does, the largest gap: `train.dev_mismatched` must be on)."""
+    listening_min: float = 0.1
+    """`choose: dev_loss_listening`: the dev listening gap (nats) above which a setting counts as listening."""
 
     def validate(self) -> None:
         import re
@@ -203,6 +218,14 @@ class StudyConfig:
         if any(not 0 < f < 1 for f in self.curve) or len(set(self.curve)) != len(self.curve):
             raise ConfigError(f"study {self.name}: curve must list distinct fractions of the budget in (0, 1), "
                               f"got {self.curve}")
+        if self.choose not in CHOICE_RULES:
+            raise ConfigError(f"study {self.name}: choose must be one of {sorted(CHOICE_RULES)}, got {self.choose!r}")
+        if self.choose and not any(a.candidate_for for a in self.arms):
+            raise ConfigError(f"study {self.name}: choose: {self.choose} needs arms with `candidate_for` (the arm of "
+                              "the tuned study each setting is a candidate for)")
+        if self.choose and not all(a.candidate_for for a in self.arms):
+            raise ConfigError(f"study {self.name}: choose: {self.choose}: arms "
+                              f"{[a.name for a in self.arms if not a.candidate_for]} lack `candidate_for`")
         if self.bootstrap < 100:
             raise ConfigError(f"study {self.name}: bootstrap must be at least 100 resamples, got {self.bootstrap}")
         for a in self.arms:  # every override names a real key with a value that can run, before any stage
@@ -211,6 +234,11 @@ class StudyConfig:
             except UserError as e:
                 raise (ConfigError if isinstance(e, ConfigError) else UserError)(
                     f"study {self.name}: arm {a.name}: {e}") from None
+        if self.choose == "dev_loss_listening":
+            off = [a.name for a in self.arms if not self.arm_config(a).run.train.dev_mismatched]
+            if off:
+                raise ConfigError(f"study {self.name}: choose: dev_loss_listening reads the dev listening gap, but "
+                                  f"arms {off} train without run.train.dev_mismatched=true")
 
     @property
     def out_dir(self) -> Path:

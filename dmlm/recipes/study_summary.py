@@ -14,6 +14,9 @@ Schema of NAME.json:
 `way_reference` set, `"way_comparisons": [{"arm", "way", "reference_way", "metric", "delta", "ci95", "verdict",
 "utterances", "primary"}]`: per arm, each way of a per-way metric family (`metric` is the family, `TASK.KEY`;
 the way's own metric is `TASK.WAY.KEY`) minus the reference way on the same utterances.
+A tuning study (`choose` set) adds `"choose_rule"` and `"choices": [{"for", "chosen", "overrides", "rule",
+"complete", "candidates": [{"arm", "overrides", "final_dev_loss", "final_dev_listening", "listens", "runs"}]}]`:
+the setting its rule picks for each arm of the tuned study (`choose_settings`).
 
 Method (`dmlm.metrics.bootstrap`): an arm's score is the corpus metric over its test utterances
 pooled across seeds; its `ci95` and each comparison's come from a (paired) bootstrap over test
@@ -178,6 +181,74 @@ def _way_note(summary: dict, arm: str, metric: str) -> str:
     return ""
 
 
+def choose_settings(cfg, arms: list[dict]) -> list[dict]:
+    """A tuning study's choice per candidate group (`cfg.choose`, arms' `candidate_for`; [] when unset).
+
+    Each candidate is read by its final dev loss and final dev listening gap, each the mean over its seeds (the
+    summary's arm entries). `dev_loss`: the lowest dev loss. `dev_loss_listening`: the lowest dev loss among
+    the candidates whose gap exceeds `cfg.listening_min`; if none does, the largest gap (the setting closest to
+    listening), and the entry says so. A candidate with no finished run is listed, not chosen.
+    """
+    if not cfg.choose:
+        return []
+    by_name = {a["name"]: a for a in arms}
+
+    def mean(arm: dict, key: str) -> float | None:
+        vals = [r[key] for r in arm["runs"] if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    out = []
+    for group in dict.fromkeys(a.candidate_for for a in cfg.arms):
+        cands = []
+        for a in (a for a in cfg.arms if a.candidate_for == group):
+            entry = by_name.get(a.name, {"runs": []})
+            loss, gap = mean(entry, "final_dev_loss"), mean(entry, "final_dev_listening")
+            cands.append({"arm": a.name, "overrides": list(a.overrides), "final_dev_loss": loss,
+                          "final_dev_listening": gap, "runs": len(entry["runs"]),
+                          "listens": None if gap is None else gap > cfg.listening_min})
+        scored = [c for c in cands if c["final_dev_loss"] is not None]
+        rule = cfg.choose
+        if cfg.choose == "dev_loss_listening":
+            listening = [c for c in scored if c["listens"]]
+            pick = (min(listening, key=lambda c: c["final_dev_loss"]) if listening else
+                    max((c for c in scored if c["final_dev_listening"] is not None),
+                        key=lambda c: c["final_dev_listening"], default=None))
+            if not listening and pick:
+                rule = "largest dev listening gap (no setting listens)"
+        else:
+            pick = min(scored, key=lambda c: c["final_dev_loss"], default=None)
+        out.append({"for": group, "chosen": pick["arm"] if pick else None,
+                    "overrides": pick["overrides"] if pick else [], "rule": rule,
+                    "complete": all(c["runs"] for c in cands), "candidates": cands})
+    return out
+
+
+def render_choices(summary: dict) -> list[str]:
+    """The "Chosen settings" section of a tuning study's NAME.md ([] without `choices`)."""
+    choices = summary.get("choices") or []
+    if not choices:
+        return []
+    from dmlm.recipes.study import CHOICE_RULES
+
+    lines = ["", "## Chosen settings", "",
+             f"Rule, fixed before the runs: {summary['choose_rule']}. Per candidate: final dev loss and dev listening gap "
+             "(dev loss with mismatched inputs minus matched), means over seeds.", "",
+             "| for | candidate | final dev loss | dev listening | listens | chosen |", "|---|---|---|---|---|---|"]
+    for ch in choices:
+        for c in ch["candidates"]:
+            listens = "–" if c["listens"] is None else ("yes" if c["listens"] else "no")
+            mark = "**chosen**" if c["arm"] == ch["chosen"] else ("not run" if not c["runs"] else "")
+            lines.append(f"| {ch['for']} | {c['arm']} | {_fmt(c['final_dev_loss'], 3)} | "
+                         f"{_fmt(c['final_dev_listening'], 3)} | {listens} | {mark} |")
+    lines.append("")
+    for ch in choices:
+        how = CHOICE_RULES.get(ch["rule"], ch["rule"])
+        state = "" if ch["complete"] else " (not every candidate has run: provisional)"
+        lines.append(f"- **{ch['for']}**: {ch['chosen'] or 'none yet'}"
+                     + (f" (`{'`, `'.join(ch['overrides'])}`), by {how}{state}" if ch["chosen"] else ""))
+    return lines
+
+
 def finding_verdict(comparisons: list[dict]) -> str:
     """The finding's verdict from the comparisons the paper makes a claim about (`expect`).
 
@@ -239,6 +310,7 @@ def render(summary: dict, command: str) -> str:
                      f"{c['delta']:+.2f} | [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] | {c['verdict']} | "
                      f"{c['expect'] or '–'} |")
     lines += render_ways(summary)
+    lines += render_choices(summary)
     lines += ["", "Lower is better for WER, CER and unit error rate; higher for BLEU, chrF, CIDEr and unit accuracy. "
               "Plots: metrics with intervals, dev loss per arm.", "",
               f"![metrics]({summary['study']}_metrics.png)", "", f"![dev loss]({summary['study']}_dev_loss.png)", ""]
@@ -398,6 +470,13 @@ def write_summary(cfg, runs: list[dict]) -> dict:
     summary["seeds"] = list(cfg.seeds)
     if cfg.way_reference:
         summary["way_comparisons"] = way_comparisons(cfg, runs)
+    choices = choose_settings(cfg, summary["arms"])
+    if choices:
+        from dmlm.recipes.study import CHOICE_RULES
+
+        summary["choices"] = choices
+        summary["choose_rule"] = (CHOICE_RULES[cfg.choose] + (f" (gap above {cfg.listening_min} nats; if none "
+                                  "listens, the largest gap)" if cfg.choose == "dev_loss_listening" else ""))
     curve = summarize_curve(cfg, runs)
     if curve:
         summary["curve"] = curve
