@@ -17,6 +17,10 @@ backward, the per-row rates, clipping and train's AdamW. The recipes, each addin
   compiled, compiled_new_rows, staged_compiled: the same with the decoder layers compiled (`train.compile`;
               their FLOPs are their uncompiled twins', which FlopCounterMode can count)
 
+The recipes from `lora` on run in bf16 autocast where the CPU has native bf16 (AVX512-BF16), else in
+fp32, as `train.precision: auto` would train them (`--cheap-precision` pins either): on an AVX2-only
+CPU bf16 autocast is slower than fp32, and the ratio that matters there is the cheap recipe in fp32.
+
 Data: ASR examples of real speech units. Mini-world sentences are spoken by drawn espeak-ng voices
 and encoded by Whisper-base; a k=1000 codebook (the demo's: 25 Hz) and the merges are fitted on
 the first `--fit-clips` clips only; the timed utterances are other clips. Every recipe trains on
@@ -356,10 +360,10 @@ def paired_arm(name: str, args, llm: str, lr: float):
     from dmlm.training.config import Stage
 
     if name not in (DERIVED, DERIVED_COMPILED):
-        return RECIPES[name], run_config(RECIPES[name], llm, lr, args.lr_new_rows)
+        return args.table[name], run_config(args.table[name], llm, lr, args.lr_new_rows)
     first = max(1, round(args.staged_share * args.paired))
     stages = [Stage(steps=first, train="new_rows"), Stage(train="adapters")]
-    recipe = RECIPES["compiled" if name == DERIVED_COMPILED else "dedup_bpe"]
+    recipe = args.table["compiled" if name == DERIVED_COMPILED else "dedup_bpe"]
     return recipe, run_config(recipe, llm, lr, args.lr_new_rows, stages)
 
 
@@ -426,6 +430,16 @@ def stand_in_llm(texts: list[str], folder: Path) -> str:
     return str(folder)
 
 
+def recipes_in(precision: str) -> dict[str, Recipe]:
+    """The recipes with the cheap ones (LoRA onwards) in `precision`: bf16 as listed, or fp32 (what
+    `train.precision: auto` trains in on a CPU without native bf16, where bf16 autocast is slow). The
+    `bf16` recipe stays bf16 either way: it measures autocast itself."""
+    if precision == "bf16":
+        return dict(RECIPES)
+    return {n: replace(r, bf16=False, what=r.what.replace(", bf16", ", fp32")) if r.lora_rank else r
+            for n, r in RECIPES.items()}
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llm", default="smollm2-135m", help="LLM preset, hub id or folder")
@@ -449,8 +463,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr-baseline", type=float, default=1e-4, help="paired run: the baseline's learning rate")
     p.add_argument("--lr", type=float, default=1e-3, help="paired run: the recommended recipe's learning rate")
     p.add_argument("--lr-new-rows", type=float, default=10.0, help="paired run: train.lr_new_rows of both")
+    p.add_argument("--cheap-precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="precision of the LoRA recipes: auto (bf16 where the CPU has native bf16, as "
+                        "train.precision: auto trains; else fp32), bf16 or fp32")
     p.add_argument("--quick", action="store_true", help="tiny stand-in LLM and synthetic units (CI smoke)")
     args = p.parse_args(argv)
+    if args.cheap_precision == "auto":
+        from dmlm.util.precision import native_bf16
+
+        args.cheap_precision = "bf16" if native_bf16() else "fp32"
+    args.table = recipes_in(args.cheap_precision)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
@@ -518,7 +540,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.paired_only:
             return paired_only(args, llm, text, speech, dev, load_before)
         batches = micro_batches(speech, args.batch_utts, args.warmup + args.rounds)
-        arms = [build_arm(RECIPES[n], run_config(RECIPES[n], llm), text, speech) for n in args.names]
+        arms = [build_arm(args.table[n], run_config(args.table[n], llm), text, speech) for n in args.names]
         probes = round_robin(arms, batches, args.warmup, args.matmul_n)
         twins = {a.recipe.name: a for a in arms}
         for a in arms:
@@ -539,6 +561,7 @@ def main(argv: list[str] | None = None) -> dict:
         best["utt_per_s"], rows[0]["utt_per_s"], True, recommend=args.recommend,
         baseline_is="full fine-tune in fp32 (trimmed vocabulary, 30 layers, length-normalized loss), same run",
         llm="stand-in (quick)" if args.quick else args.llm, **cpu_facts(), threads=torch.get_num_threads(),
+        cheap_precision=args.cheap_precision,
         load_average_before=load_before, load_average_after=load_average(), speech=speech.source,
         speech_tokens_per_audio_second=speech_rates(speech), batch_utts=args.batch_utts, rounds=args.rounds,
         warmup=args.warmup, matmul={"n": args.matmul_n, "gflops_bf16": peak["bf16"] / 1e9,
@@ -559,6 +582,7 @@ def paired_only(args, llm: str, text, speech: Speech, dev: Speech, load_before: 
         "pretrained_speed_paired", f"dev loss after {args.paired * args.batch_utts} utterances ({args.recommend})",
         "nats per transcript token", final[args.recommend], final[BASELINE], False, recommend=args.recommend,
         llm="stand-in (quick)" if args.quick else args.llm, **cpu_facts(), threads=torch.get_num_threads(),
+        cheap_precision=args.cheap_precision,
         load_average_before=load_before, load_average_after=load_average(), speech=speech.source, quick=args.quick,
         paired=paired)
 

@@ -278,6 +278,23 @@ def test_pretrained_speed_bench_times_every_recipe_on_the_same_utterances(tmp_pa
     assert arms["staged"]["stages"] == ["new_rows:1", "adapters:rest"]
 
 
+def test_pretrained_speed_runs_the_cheap_recipes_in_the_precision_train_would_pick(monkeypatch):
+    """On a CPU without native bf16 `train.precision: auto` trains fp32, so the LoRA recipes are timed in fp32 there
+    (bf16 where it is native); the bf16 recipe measures autocast either way; the choice is pinnable."""
+    from bench import pretrained_speed
+    from dmlm.util import precision
+
+    for native, want in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(precision, "native_bf16", lambda device="cpu", native=native: native)
+        args = pretrained_speed.parse(["--quick"])
+        assert args.cheap_precision == want
+        assert args.table["compiled"].bf16 == (want == "bf16") and args.table["lora"].bf16 == (want == "bf16")
+        assert args.table["bf16"].bf16 and not args.table["fp32"].bf16
+    args = pretrained_speed.parse(["--quick", "--cheap-precision", "fp32"])
+    assert args.table["targets"].what == "LoRA r=16, fp32, loss and logits at the transcript"
+    assert pretrained_speed.run_config(args.table["lora"], "x").train.precision == "fp32"
+
+
 # -- the start check: a start that keeps what the LLM knows ----------------------------------
 
 def _teach(path, steps: int = 100) -> None:
